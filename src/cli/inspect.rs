@@ -1,0 +1,301 @@
+//! `qsparse inspect MODEL`: what a person wants to know about a model file at a glance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+
+use crate::gguf::{GgufFile, TypeDialect, Value};
+use crate::model::ModelConfig;
+use crate::models;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A GGUF file path, or a model name from the manifest (e.g. smollm2-135m-instruct).
+    model: String,
+    /// Print one JSON document instead of text (keys are documented in README.md).
+    #[arg(long)]
+    json: bool,
+    /// Also list every tensor: name, type, shape, bytes, offset.
+    #[arg(long)]
+    tensors: bool,
+    /// Also list every metadata key with its value (long arrays abbreviated).
+    #[arg(long)]
+    metadata: bool,
+    /// Print only the value of this metadata key (arrays in full).
+    #[arg(long, value_name = "KEY")]
+    meta: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TypeSummary {
+    #[serde(rename = "type")]
+    ty: String,
+    tensors: usize,
+    parameters: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TensorRow {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    shape: Vec<u64>,
+    bytes: u64,
+    offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Packing {
+    layout: Option<String>,
+    default_sparsity: Option<f32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    path: String,
+    file_size: u64,
+    gguf_version: u32,
+    alignment: u64,
+    type_ids: &'static str,
+    architecture: Option<String>,
+    name: Option<String>,
+    parameters: u64,
+    tensor_count: usize,
+    kv_count: usize,
+    model: Option<ModelConfig>,
+    model_error: Option<String>,
+    types: Vec<TypeSummary>,
+    packed: Option<Packing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tensors: Option<Vec<TensorRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let path = models::resolve(&args.model)?;
+    let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+
+    if let Some(key) = &args.meta {
+        let value = file
+            .get(key)
+            .ok_or_else(|| anyhow!("{} has no metadata key `{key}`", path.display()))?;
+        print_value(&value, args.json)?;
+        return Ok(());
+    }
+
+    let report = build_report(&path, &file, &args);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report, &file, args.metadata);
+    }
+    Ok(())
+}
+
+fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
+    let mut by_type: BTreeMap<&str, TypeSummary> = BTreeMap::new();
+    for t in file.tensors() {
+        let s = by_type.entry(t.ty.name()).or_insert_with(|| TypeSummary {
+            ty: t.ty.name().to_string(),
+            tensors: 0,
+            parameters: 0,
+            bytes: 0,
+        });
+        s.tensors += 1;
+        s.parameters += t.n_elements();
+        s.bytes += t.n_bytes;
+    }
+    let mut types: Vec<TypeSummary> = by_type.into_values().collect();
+    types.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+
+    let (model, model_error) = match ModelConfig::from_gguf(file) {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let str_key = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let packed = file.get("qsparse.layout").map(|_| Packing {
+        layout: str_key("qsparse.layout"),
+        default_sparsity: file.get("qsparse.sparsity").and_then(|v| v.as_f32()),
+    });
+    Report {
+        path: path.display().to_string(),
+        file_size: file.file_size(),
+        gguf_version: file.version(),
+        alignment: file.alignment(),
+        type_ids: match file.dialect() {
+            TypeDialect::Ggml => "ggml",
+            TypeDialect::BitnetCpp => "bitnet.cpp",
+        },
+        architecture: str_key("general.architecture"),
+        name: str_key("general.name"),
+        parameters: file.tensors().iter().map(|t| t.n_elements()).sum(),
+        tensor_count: file.tensors().len(),
+        kv_count: file.kv_count(),
+        model,
+        model_error,
+        types,
+        packed,
+        tensors: args.tensors.then(|| {
+            file.tensors()
+                .iter()
+                .map(|t| TensorRow {
+                    name: t.name.clone(),
+                    ty: t.ty.name().to_string(),
+                    shape: t.dims.clone(),
+                    bytes: t.n_bytes,
+                    offset: t.file_offset,
+                })
+                .collect()
+        }),
+        metadata: (args.metadata && args.json).then(|| {
+            file.metadata()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect()
+        }),
+    }
+}
+
+fn print_value(value: &Value<'_>, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value.to_json())?);
+    } else if let Some(a) = value.as_array() {
+        for v in a.iter() {
+            match v.as_str() {
+                Some(s) => println!("{s}"),
+                None => println!("{v}"),
+            }
+        }
+    } else {
+        match value.as_str() {
+            Some(s) => println!("{s}"),
+            None => println!("{value}"),
+        }
+    }
+    Ok(())
+}
+
+/// Human-readable byte counts (MiB with one decimal, or bytes when small).
+fn human_bytes(n: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / MIB)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn print_text(r: &Report, file: &GgufFile, metadata: bool) {
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    println!("file           {}", r.path);
+    println!(
+        "size           {} ({} bytes), GGUF v{}, alignment {}, {} type ids",
+        human_bytes(r.file_size),
+        r.file_size,
+        r.gguf_version,
+        r.alignment,
+        r.type_ids
+    );
+    println!("architecture   {}", opt(&r.architecture));
+    println!("name           {}", opt(&r.name));
+    println!(
+        "parameters     {} ({})",
+        human_count(r.parameters),
+        r.parameters
+    );
+    println!(
+        "tensors        {}   metadata keys {}",
+        r.tensor_count, r.kv_count
+    );
+    match (&r.model, &r.model_error) {
+        (Some(m), _) => {
+            println!("layers         {}", m.n_layers);
+            println!("d_model        {}", m.d_model);
+            println!("d_ff           {}", m.d_ff);
+            println!(
+                "heads          {} query / {} kv, head dim {}",
+                m.n_heads, m.n_kv_heads, m.head_dim
+            );
+            println!("context        {}", m.context_length);
+            println!("rope           base {}, dim {}", m.rope_base, m.rope_dim);
+            println!("rms eps        {:e}", m.rms_eps);
+            println!(
+                "vocab          {} ({} tokenizer, pre-tokenizer {})",
+                m.vocab_size,
+                opt(&m.tokenizer_model),
+                opt(&m.tokenizer_pre)
+            );
+            println!(
+                "chat template  {}",
+                if m.has_chat_template { "yes" } else { "no" }
+            );
+        }
+        (None, Some(e)) => println!("model shape    unavailable: {e}"),
+        (None, None) => {}
+    }
+    match &r.packed {
+        Some(p) => println!(
+            "packed         layout {}, default sparsity {}",
+            opt(&p.layout),
+            p.default_sparsity.map_or("-".into(), |s| s.to_string())
+        ),
+        None => println!("packed         no (a plain GGUF; `qsparse pack` makes a packed one)"),
+    }
+    println!();
+    println!(
+        "{:<10} {:>8} {:>14} {:>12}",
+        "type", "tensors", "parameters", "size"
+    );
+    for t in &r.types {
+        println!(
+            "{:<10} {:>8} {:>14} {:>12}",
+            t.ty,
+            t.tensors,
+            human_count(t.parameters),
+            human_bytes(t.bytes)
+        );
+    }
+    if let Some(rows) = &r.tensors {
+        println!();
+        println!(
+            "{:<40} {:<8} {:<20} {:>12} {:>12}",
+            "tensor", "type", "shape", "bytes", "offset"
+        );
+        for t in rows {
+            let shape = t
+                .shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" x ");
+            println!(
+                "{:<40} {:<8} {:<20} {:>12} {:>12}",
+                t.name, t.ty, shape, t.bytes, t.offset
+            );
+        }
+    }
+    if metadata {
+        println!();
+        for (k, v) in file.metadata() {
+            let mut shown = v.to_string();
+            if shown.chars().count() > 160 {
+                shown = shown.chars().take(157).collect::<String>() + "...";
+            }
+            println!("{k:<44} {shown}");
+        }
+    }
+}

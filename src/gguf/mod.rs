@@ -1,0 +1,16 @@
+//! GGUF: reading (memory-mapped, zero-copy, validated once) and writing (streamed, atomic).
+//! The first layer of the flow file -> mmap tensors -> kernels -> executor; it knows nothing of
+//! models, only of the container format and ggml's tensor types.
+
+mod cursor;
+mod error;
+mod reader;
+mod types;
+mod value;
+mod writer;
+
+pub use error::GgufError;
+pub use reader::{GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
+pub use types::{GgmlType, TypeDialect};
+pub use value::{Array, ArrayIter, MetaValue, Value, ValueType};
+pub use writer::{GgufWriter, TensorSpec};

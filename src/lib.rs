@@ -1,0 +1,9 @@
+//! qsparse: a CPU-first SIMD inference runtime for Q-Sparse (top-K activation sparsity) LLMs.
+//!
+//! Data flows one way: file -> mmap tensors ([`gguf`]) -> kernels (`qsparse-kernels`) ->
+//! executor ([`model`]) -> sampler -> CLI ([`cli`]).
+
+pub mod cli;
+pub mod gguf;
+pub mod model;
+pub mod models;

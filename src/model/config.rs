@@ -1,0 +1,138 @@
+//! The hyper-parameters of a llama-family model, from `<arch>.*` GGUF metadata.
+//! Required keys are checked up front and a missing one is named in the error.
+
+use serde::Serialize;
+
+use crate::gguf::{GgufError, GgufFile, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("metadata key `{key}`: {what}")]
+    Invalid { key: String, what: String },
+}
+
+/// Shape and numerics of a transformer, as the file declares them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub context_length: usize,
+    pub rope_base: f32,
+    pub rope_dim: usize,
+    pub rms_eps: f32,
+    pub vocab_size: usize,
+    pub tokenizer_model: Option<String>,
+    pub tokenizer_pre: Option<String>,
+    pub has_chat_template: bool,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
+        let arch = file.get_str("general.architecture")?.to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let invalid = |k: String, what: String| ConfigError::Invalid { key: k, what };
+
+        let n_layers = file.get_usize(&key("block_count"))?;
+        let d_model = file.get_usize(&key("embedding_length"))?;
+        let d_ff = file.get_usize(&key("feed_forward_length"))?;
+        let n_heads = file.get_usize(&key("attention.head_count"))?;
+        let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
+            None => n_heads,
+            Some(v) => uniform_count(&v).ok_or_else(|| {
+                invalid(
+                    key("attention.head_count_kv"),
+                    format!("expected one count for all layers, got {v}"),
+                )
+            })?,
+        };
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(invalid(
+                key("attention.head_count"),
+                format!("{n_heads} heads cannot be shared by {n_kv_heads} kv heads"),
+            ));
+        }
+        let head_dim = match file.get(&key("attention.key_length")) {
+            Some(_) => file.get_usize(&key("attention.key_length"))?,
+            None if d_model % n_heads == 0 => d_model / n_heads,
+            None => {
+                return Err(invalid(
+                    key("embedding_length"),
+                    format!("{d_model} is not divisible by {n_heads} heads"),
+                ))
+            }
+        };
+        let context_length = file.get_usize(&key("context_length"))?;
+        let rope_base =
+            optional(file, &key("rope.freq_base"), |f, k| f.get_f32(k))?.unwrap_or(10_000.0);
+        let rope_dim = optional(file, &key("rope.dimension_count"), |f, k| f.get_usize(k))?
+            .unwrap_or(head_dim);
+        let rms_eps = optional(file, &key("attention.layer_norm_rms_epsilon"), |f, k| {
+            f.get_f32(k)
+        })?
+        .unwrap_or(1e-5);
+        let vocab_size = match file.get(&key("vocab_size")) {
+            Some(_) => file.get_usize(&key("vocab_size"))?,
+            None => usize::try_from(file.get_array("tokenizer.ggml.tokens")?.len())
+                .unwrap_or(usize::MAX),
+        };
+        Ok(ModelConfig {
+            name: file
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            architecture: arch,
+            n_layers,
+            d_model,
+            d_ff,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            context_length,
+            rope_base,
+            rope_dim,
+            rms_eps,
+            vocab_size,
+            tokenizer_model: file
+                .get("tokenizer.ggml.model")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            tokenizer_pre: file
+                .get("tokenizer.ggml.pre")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            has_chat_template: file.get("tokenizer.chat_template").is_some(),
+        })
+    }
+}
+
+/// A key that may be absent, but must have the right type when present.
+fn optional<T>(
+    file: &GgufFile,
+    key: &str,
+    get: impl Fn(&GgufFile, &str) -> Result<T, GgufError>,
+) -> Result<Option<T>, GgufError> {
+    match file.get(key) {
+        None => Ok(None),
+        Some(_) => get(file, key).map(Some),
+    }
+}
+
+/// A count stored as a scalar, or as a per-layer array whose entries are all equal.
+fn uniform_count(v: &Value<'_>) -> Option<usize> {
+    if let Some(a) = v.as_array() {
+        let mut it = a.iter().map(|x| x.as_u64());
+        let first = it.next()??;
+        return it
+            .all(|x| x == Some(first))
+            .then(|| usize::try_from(first).ok())?;
+    }
+    v.as_u64().and_then(|n| usize::try_from(n).ok())
+}

@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The real SmolLM2 file. The README's test command pulls it first; a missing model is a failure
+/// with instructions, never a silent skip.
+pub fn smollm2() -> PathBuf {
+    match qsparse::models::resolve("smollm2-135m-instruct") {
+        Ok(p) => p,
+        Err(e) => {
+            panic!("{e}\n(the test suite needs the real model: run `cargo run --release -- pull`)")
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+}
+
+use qsparse::gguf::{GgmlType, GgufWriter, MetaValue, ValueType};
+
+/// Metadata covering every GGUF value type: scalars at their extremes, strings with multi-byte
+/// UTF-8, arrays of every element type, empty arrays and nested arrays.
+pub fn every_value_type() -> Vec<(String, MetaValue)> {
+    use MetaValue as M;
+    let v: Vec<(&str, MetaValue)> = vec![
+        ("t.u8", M::U8(u8::MAX)),
+        ("t.i8", M::I8(i8::MIN)),
+        ("t.u16", M::U16(u16::MAX)),
+        ("t.i16", M::I16(i16::MIN)),
+        ("t.u32", M::U32(u32::MAX)),
+        ("t.i32", M::I32(i32::MIN)),
+        ("t.f32", M::F32(-1.5e-7)),
+        ("t.bool_true", M::Bool(true)),
+        ("t.bool_false", M::Bool(false)),
+        ("t.string", M::from("héllo, 世界 🦀\n\t\"q\"")),
+        ("t.empty_string", M::from("")),
+        ("t.u64", M::U64(u64::MAX)),
+        ("t.i64", M::I64(i64::MIN)),
+        ("t.f64", M::F64(std::f64::consts::PI)),
+        ("t.arr.u8", M::array(ValueType::U8, [0u8, 1, 255])),
+        ("t.arr.i8", M::array(ValueType::I8, [-128i8, 0, 127])),
+        ("t.arr.u16", M::array(ValueType::U16, [0u16, 65535])),
+        ("t.arr.i16", M::array(ValueType::I16, [-32768i16, 32767])),
+        (
+            "t.arr.u32",
+            M::array(ValueType::U32, [1u32, 2, 3, u32::MAX]),
+        ),
+        ("t.arr.i32", M::array(ValueType::I32, [-1i32, 0, i32::MAX])),
+        (
+            "t.arr.f32",
+            M::array(ValueType::F32, [0.5f32, -0.0, f32::MAX, f32::MIN_POSITIVE]),
+        ),
+        ("t.arr.bool", M::array(ValueType::Bool, [true, false, true])),
+        (
+            "t.arr.string",
+            M::strings(["<|im_start|>", "", "Ġthe", "日本語", "🙂"]),
+        ),
+        ("t.arr.u64", M::array(ValueType::U64, [0u64, u64::MAX])),
+        ("t.arr.i64", M::array(ValueType::I64, [i64::MIN, i64::MAX])),
+        ("t.arr.f64", M::array(ValueType::F64, [1e300f64, -2.5])),
+        ("t.arr.empty", M::Array(ValueType::U32, vec![])),
+        (
+            "t.arr.nested",
+            M::Array(
+                ValueType::Array,
+                vec![
+                    M::array(ValueType::U32, [1u32, 2]),
+                    M::Array(ValueType::U32, vec![]),
+                    M::array(ValueType::U32, [3u32]),
+                ],
+            ),
+        ),
+        (
+            "t.arr.nested_strings",
+            M::Array(
+                ValueType::Array,
+                vec![M::strings(["a", "bc"]), M::strings(["déf"])],
+            ),
+        ),
+    ];
+    v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Tensors of several types with deterministic contents: (name, type, dims, bytes).
+pub fn sample_tensors() -> Vec<(String, GgmlType, Vec<u64>, Vec<u8>)> {
+    let specs: Vec<(&str, GgmlType, Vec<u64>)> = vec![
+        ("a.f32", GgmlType::F32, vec![3, 2]),
+        ("b.f16", GgmlType::F16, vec![5]),
+        ("c.q4_1", GgmlType::Q4_1, vec![64, 2]),
+        ("d.bf16", GgmlType::BF16, vec![2, 3, 4]),
+        ("e.q8_0", GgmlType::Q8_0, vec![32, 1, 1, 2]),
+        ("f.empty", GgmlType::F32, vec![0]),
+    ];
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, ty, dims))| {
+            let n = ty.tensor_bytes(&dims).unwrap() as usize;
+            let bytes = (0..n).map(|j| (j * 31 + i * 7) as u8).collect();
+            (name.to_string(), ty, dims, bytes)
+        })
+        .collect()
+}
+
+/// A writer holding [`every_value_type`] and [`sample_tensors`].
+pub fn sample_writer() -> (GgufWriter, Vec<Vec<u8>>) {
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", "test");
+    for (k, v) in every_value_type() {
+        w.add_kv(k, v);
+    }
+    let mut data = Vec::new();
+    for (name, ty, dims, bytes) in sample_tensors() {
+        w.add_tensor(name, ty, &dims);
+        data.push(bytes);
+    }
+    (w, data)
+}
+
+/// The in-memory image of [`sample_writer`]'s file.
+pub fn sample_image() -> Vec<u8> {
+    let (w, data) = sample_writer();
+    let mut out = Vec::new();
+    w.write_to(&mut out, |i, _, o| o.write_all(&data[i]))
+        .unwrap();
+    out
+}

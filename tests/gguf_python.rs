@@ -1,0 +1,127 @@
+//! Interop with the official Python `gguf` package (installed by the README's test command):
+//! we read exactly what gguf-py writes, and gguf-py reads exactly what we write.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use qsparse::gguf::{GgufFile, MetaValue};
+use serde_json::Value as J;
+
+fn interop(mode: &str, path: &Path) -> J {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/gguf_interop.py");
+    let out = Command::new("python3")
+        .args([script, mode])
+        .arg(path)
+        .output()
+        .expect("python3 must be installed for the interop tests");
+    assert!(
+        out.status.success(),
+        "gguf_interop.py {mode} failed (is the `gguf` package installed? `python3 -m pip install gguf`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Numbers compared as exact integers where both are integers, else as f64.
+fn json_eq(a: &J, b: &J) -> bool {
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => match (x.as_i128(), y.as_i128()) {
+            (Some(p), Some(q)) => p == q,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        _ => a == b,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn we_read_exactly_what_gguf_py_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py.gguf");
+    let expected = interop("write", &path);
+
+    let f = GgufFile::open(&path).unwrap();
+    let kv = expected["kv"].as_object().unwrap();
+    assert_eq!(f.kv_count(), kv.len());
+    for (key, want) in kv {
+        let got = f.get(key).unwrap_or_else(|| panic!("key {key} missing"));
+        let got_type = got.describe_type();
+        assert_eq!(got_type, want["type"].as_str().unwrap(), "type of {key}");
+        assert!(
+            json_eq(&got.to_json(), &want["value"]),
+            "{key}: read {}, gguf-py wrote {}",
+            got.to_json(),
+            want["value"]
+        );
+    }
+    for t in expected["tensors"].as_array().unwrap() {
+        let info = f.require_tensor(t["name"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            hex(f.tensor_data(info)),
+            t["data_hex"].as_str().unwrap(),
+            "{}",
+            info.name
+        );
+    }
+}
+
+#[test]
+fn gguf_py_reads_exactly_what_we_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ours.gguf");
+    let (w, data) = common::sample_writer();
+    // gguf-py cannot hold empty arrays or zero-sized tensors; everything else is checked.
+    w.write_file(&path, |i, _, o| o.write_all(&data[i]))
+        .unwrap();
+    let read = interop("read", &path);
+
+    let kv = read["kv"].as_object().unwrap();
+    for (key, value) in common::every_value_type() {
+        let got = &kv[&key];
+        let ours = GgufFile::open(&path).unwrap();
+        let v = ours.get(&key).unwrap();
+        assert_eq!(
+            got["type"].as_str().unwrap(),
+            v.describe_type(),
+            "type of {key}"
+        );
+        let want = match &value {
+            // gguf-py flattens nested arrays into one list of leaves.
+            MetaValue::Array(..) => J::Array(flatten(&v.to_json())),
+            _ => v.to_json(),
+        };
+        assert!(
+            json_eq(&got["value"], &want),
+            "{key}: gguf-py read {}, we wrote {want}",
+            got["value"]
+        );
+    }
+    let tensors = read["tensors"].as_array().unwrap();
+    for ((name, ty, dims, bytes), t) in common::sample_tensors().iter().zip(tensors) {
+        assert_eq!(t["name"], name.as_str());
+        assert_eq!(t["type"], ty.name());
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        assert_eq!(&shape, dims, "{name}");
+        assert_eq!(t["data_hex"].as_str().unwrap(), hex(bytes), "{name}");
+    }
+}
+
+fn flatten(v: &J) -> Vec<J> {
+    match v {
+        J::Array(items) => items.iter().flat_map(flatten).collect(),
+        other => vec![other.clone()],
+    }
+}
