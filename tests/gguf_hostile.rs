@@ -99,7 +99,7 @@ fn absurd_counts_are_refused_before_allocating() {
 #[test]
 fn strings_and_arrays_past_the_end() {
     let mut r = Raw::header(3, 0, 1);
-    r.u64(u64::MAX).bytes(b"abc");
+    r.u64(u64::MAX).bytes(b"abcdefghijklmnop");
     assert!(err_text(&r).contains("truncated"));
 
     let mut r = Raw::header(3, 0, 1);

@@ -110,7 +110,7 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
         s.bytes += t.n_bytes;
     }
     let mut types: Vec<TypeSummary> = by_type.into_values().collect();
-    types.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    types.sort_by_key(|t| std::cmp::Reverse(t.bytes));
 
     let (model, model_error) = match ModelConfig::from_gguf(file) {
         Ok(c) => (Some(c), None),

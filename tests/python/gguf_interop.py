@@ -74,7 +74,10 @@ def write(path):
 
 
 def type_name(vtype, sub):
-    """Our reader's description of a value type, e.g. `array of u32`."""
+    """Our reader's description of a value type, e.g. `array of u32`. gguf-py's reader does not
+    keep the element type of an empty array: that is reported as `array of ?`."""
+    if vtype == T.ARRAY and sub is None:
+        return "array of ?"
     return f"array of {TYPE_NAMES[sub]}" if vtype == T.ARRAY else TYPE_NAMES[vtype]
 
 
