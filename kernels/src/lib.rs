@@ -1,1 +1,27 @@
-//! qsparse-kernels: the SIMD kernels of the Q-Sparse decode step (no I/O, no model knowledge).
+//! qsparse-kernels: the SIMD kernels of one Q-Sparse decode step, with no I/O and no model
+//! knowledge.
+//!
+//! 1. [`quant`]: int8 absmax quantization of the activation.
+//! 2. [`topk`]: exact Top-K by magnitude and compaction of the kept (index, value) pairs.
+//! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
+//!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
+//! 4. [`dense`]: row-major f32/f16 matvec (the lm_head).
+//!
+//! Every SIMD kernel runs at a chosen [`Isa`] and has a scalar twin it is tested against.
+
+pub mod dense;
+pub mod gather;
+#[cfg(target_arch = "x86_64")]
+mod gather_avx2;
+#[cfg(target_arch = "x86_64")]
+mod gather_avx512;
+pub mod isa;
+pub mod layout;
+pub mod quant;
+pub mod topk;
+
+pub use gather::{gather_matvec, Input};
+pub use isa::Isa;
+pub use layout::{ColumnTiles, Format, PackedMatrix, TILE_ROWS};
+pub use quant::{quantize_absmax, NonFinite};
+pub use topk::{keep_count, topk_f32, topk_i8, Sparse};

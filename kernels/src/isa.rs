@@ -1,0 +1,81 @@
+//! Which instruction set a kernel runs with, chosen at run time.
+//!
+//! Detection goes through pulp's tokens (`V4` = AVX-512 F/BW/CD/DQ/VL, `V3` = AVX2+FMA); holding a
+//! token proves the CPU has the features, which is what makes calling the `#[target_feature]`
+//! kernels sound. Tests force every level the machine supports, so each SIMD path is compared
+//! with the scalar reference on the same inputs.
+
+use std::fmt;
+
+/// An instruction-set level a kernel can be run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference every SIMD kernel is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C (pulp's `V3`).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/CD/DQ/VL (pulp's `V4`); VNNI is used where present.
+    Avx512,
+}
+
+impl Isa {
+    /// The best level this CPU supports.
+    pub fn best() -> Isa {
+        *Self::available().last().unwrap_or(&Isa::Scalar)
+    }
+
+    /// Every level this CPU supports, from scalar up.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::v3().is_some() {
+                v.push(Isa::Avx2);
+            }
+            if x86::v4().is_some() {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+
+    /// Whether this CPU can run kernels at this level.
+    pub fn is_available(self) -> bool {
+        Self::available().contains(&self)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use pulp::x86::{V3, V4};
+
+    /// AVX2 + FMA, plus F16C for half-precision loads (every AVX2 CPU has it, pulp's V3 does
+    /// not list it, so it is checked here).
+    pub fn v3() -> Option<V3> {
+        V3::try_new().filter(|_| std::arch::is_x86_feature_detected!("f16c"))
+    }
+
+    pub fn v4() -> Option<V4> {
+        v3()?;
+        V4::try_new()
+    }
+
+    /// AVX-512 VNNI (`vpdpwssd`), used by the int8 kernels when present.
+    pub fn has_vnni() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+}

@@ -1,0 +1,365 @@
+//! The column-major tiled weight layout every gather kernel reads, and packers into it.
+//!
+//! A linear layer y = W·x with W of shape [d_out, d_in] is stored input-channel-major: the weights
+//! of input j (column j) are contiguous, so a sparse input needs only the columns it keeps.
+//! Output rows are cut into tiles of [`TILE_ROWS`]; tile t holds, for every column j in order,
+//! the 256 weights W[256t .. 256t+256, j] in the format's encoding. A worker that owns a tile
+//! walks one contiguous region, and each column chunk is a whole number of 64-byte cache lines:
+//!
+//! | format | weights | bytes per column per tile |
+//! |---|---|---|
+//! | `T2`  | ternary {−1,0,+1}: a "+" bit-plane then a "−" bit-plane (bit r of byte r/8 is row r) | 64 |
+//! | `I8`  | int8, row r at byte r | 256 |
+//! | `F16` | IEEE half, row r at element r | 512 |
+//! | `F32` | f32, row r at element r | 1024 |
+//!
+//! Integer formats carry a per-output-row f32 scale (BitNet's single per-tensor α is the case
+//! where all are equal). Rows past d_out in the last tile are zero.
+
+use half::f16;
+
+/// Output rows per tile.
+pub const TILE_ROWS: usize = 256;
+
+/// How weights are encoded in the tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    T2,
+    I8,
+    F16,
+    F32,
+}
+
+impl Format {
+    /// Bytes one column occupies in one tile.
+    pub const fn bytes_per_tile_column(self) -> usize {
+        match self {
+            Format::T2 => TILE_ROWS / 4,
+            Format::I8 => TILE_ROWS,
+            Format::F16 => TILE_ROWS * 2,
+            Format::F32 => TILE_ROWS * 4,
+        }
+    }
+
+    /// Whether the format takes int8-quantized activations (else f32).
+    pub const fn is_integer(self) -> bool {
+        matches!(self, Format::T2 | Format::I8)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::T2 => "T2",
+            Format::I8 => "I8",
+            Format::F16 => "F16",
+            Format::F32 => "F32",
+        }
+    }
+
+    /// Bytes of a [d_out, d_in] matrix in this layout (tiles are padded to whole tiles).
+    pub fn matrix_bytes(self, d_out: usize, d_in: usize) -> usize {
+        d_out.div_ceil(TILE_ROWS) * d_in * self.bytes_per_tile_column()
+    }
+}
+
+/// A weight matrix in the tiled column-major layout, borrowed (from a packed file's mapping, or
+/// from a [`PackedMatrix`]). Sizes are checked once, at construction, so kernels can trust them.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnTiles<'a> {
+    format: Format,
+    d_out: usize,
+    d_in: usize,
+    data: &'a [u8],
+    row_scale: &'a [f32],
+}
+
+/// Why bytes cannot be viewed as a [`ColumnTiles`] matrix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{format:?} [{d_out} x {d_in}] needs {expected} bytes of weights, got {got}")]
+    Size {
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{format:?} weights must start on a 64-byte boundary")]
+    Misaligned { format: Format },
+    #[error("{format:?} [{d_out} x {d_in}] needs {expected} row scales, got {got}")]
+    Scales {
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+        expected: usize,
+        got: usize,
+    },
+}
+
+impl<'a> ColumnTiles<'a> {
+    /// View `data` as a [d_out, d_in] matrix. Integer formats need `d_out` row scales; float
+    /// formats take none (pass an empty slice).
+    pub fn new(
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+        data: &'a [u8],
+        row_scale: &'a [f32],
+    ) -> Result<Self, LayoutError> {
+        let expected = format.matrix_bytes(d_out, d_in);
+        if data.len() != expected {
+            return Err(LayoutError::Size {
+                format,
+                d_out,
+                d_in,
+                expected,
+                got: data.len(),
+            });
+        }
+        if !(data.as_ptr() as usize).is_multiple_of(64) {
+            return Err(LayoutError::Misaligned { format });
+        }
+        let scales = if format.is_integer() { d_out } else { 0 };
+        if row_scale.len() != scales {
+            return Err(LayoutError::Scales {
+                format,
+                d_out,
+                d_in,
+                expected: scales,
+                got: row_scale.len(),
+            });
+        }
+        Ok(ColumnTiles {
+            format,
+            d_out,
+            d_in,
+            data,
+            row_scale,
+        })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn n_tiles(&self) -> usize {
+        self.d_out.div_ceil(TILE_ROWS)
+    }
+
+    pub fn row_scale(&self) -> &'a [f32] {
+        self.row_scale
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The bytes of tile `t`: d_in column chunks.
+    pub fn tile(&self, t: usize) -> &'a [u8] {
+        let n = self.d_in * self.format.bytes_per_tile_column();
+        &self.data[t * n..(t + 1) * n]
+    }
+
+    /// Bytes of weights a product reads when `kept` of the d_in columns are used.
+    pub fn bytes_read(&self, kept: usize) -> usize {
+        self.n_tiles() * kept * self.format.bytes_per_tile_column()
+    }
+}
+
+/// 64-byte aligned owned bytes.
+#[derive(Clone)]
+pub struct AlignedBytes {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u8; 64]);
+
+impl AlignedBytes {
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            blocks: vec![Block([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `blocks` is a contiguous, initialized allocation of at least `len` bytes, and
+        // Block is plain bytes with no padding.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const u8, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut u8, self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBytes({} bytes)", self.len)
+    }
+}
+
+/// An owned matrix in the tiled layout (made by the packers below).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    pub format: Format,
+    pub d_out: usize,
+    pub d_in: usize,
+    pub data: AlignedBytes,
+    pub row_scale: Vec<f32>,
+}
+
+impl PackedMatrix {
+    pub fn view(&self) -> ColumnTiles<'_> {
+        ColumnTiles {
+            format: self.format,
+            d_out: self.d_out,
+            d_in: self.d_in,
+            data: self.data.as_slice(),
+            row_scale: &self.row_scale,
+        }
+    }
+
+    fn zeroed(format: Format, d_out: usize, d_in: usize, row_scale: Vec<f32>) -> Self {
+        PackedMatrix {
+            format,
+            d_out,
+            d_in,
+            data: AlignedBytes::zeroed(format.matrix_bytes(d_out, d_in)),
+            row_scale,
+        }
+    }
+
+    /// The chunk of column j in the tile holding row `row`, and the row's index in that tile.
+    fn chunk_mut(&mut self, row: usize, j: usize) -> (&mut [u8], usize) {
+        let bpc = self.format.bytes_per_tile_column();
+        let at = ((row / TILE_ROWS) * self.d_in + j) * bpc;
+        (&mut self.data.as_mut_slice()[at..at + bpc], row % TILE_ROWS)
+    }
+
+    /// Pack ternary weights given as codes in {−1, 0, +1} (row-major [d_out][d_in]) with a
+    /// per-row scale. Codes outside {−1, 0, +1} are clamped.
+    pub fn t2_from_codes(codes: &[i8], d_out: usize, d_in: usize, row_scale: Vec<f32>) -> Self {
+        assert_eq!(
+            codes.len(),
+            d_out * d_in,
+            "t2_from_codes: codes are not d_out x d_in"
+        );
+        assert_eq!(row_scale.len(), d_out, "t2_from_codes: one scale per row");
+        let mut m = Self::zeroed(Format::T2, d_out, d_in, row_scale);
+        for i in 0..d_out {
+            for j in 0..d_in {
+                let c = codes[i * d_in + j].signum();
+                if c == 0 {
+                    continue;
+                }
+                let (chunk, r) = m.chunk_mut(i, j);
+                let plane = if c > 0 { 0 } else { TILE_ROWS / 8 };
+                chunk[plane + r / 8] |= 1 << (r % 8);
+            }
+        }
+        m
+    }
+
+    /// Ternarize f32 weights as BitNet b1.58 does: α = mean|W| over the whole tensor,
+    /// W_t = round(clamp(W/α, −1, 1)), every row scaled by α.
+    pub fn t2_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "t2_from_f32: weights are not d_out x d_in"
+        );
+        let alpha =
+            (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len().max(1) as f64) as f32;
+        let inv = if alpha > 0.0 { 1.0 / alpha } else { 0.0 };
+        let codes: Vec<i8> = w
+            .iter()
+            .map(|&v| (v * inv).clamp(-1.0, 1.0).round() as i8)
+            .collect();
+        Self::t2_from_codes(&codes, d_out, d_in, vec![alpha; d_out])
+    }
+
+    /// int8 weights with a per-row absmax scale: s_i = max|W_i|/127, q = round(W/s_i).
+    pub fn i8_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "i8_from_f32: weights are not d_out x d_in"
+        );
+        let mut scales = Vec::with_capacity(d_out);
+        let mut q = vec![0i8; w.len()];
+        for i in 0..d_out {
+            let row = &w[i * d_in..(i + 1) * d_in];
+            let m = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let s = m / 127.0;
+            let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
+            for (o, &v) in q[i * d_in..(i + 1) * d_in].iter_mut().zip(row) {
+                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            scales.push(s);
+        }
+        Self::i8_from_codes(&q, d_out, d_in, scales)
+    }
+
+    /// int8 weights given directly (row-major) with a per-row scale.
+    pub fn i8_from_codes(q: &[i8], d_out: usize, d_in: usize, row_scale: Vec<f32>) -> Self {
+        assert_eq!(
+            q.len(),
+            d_out * d_in,
+            "i8_from_codes: weights are not d_out x d_in"
+        );
+        assert_eq!(row_scale.len(), d_out, "i8_from_codes: one scale per row");
+        let mut m = Self::zeroed(Format::I8, d_out, d_in, row_scale);
+        for i in 0..d_out {
+            for j in 0..d_in {
+                let (chunk, r) = m.chunk_mut(i, j);
+                chunk[r] = q[i * d_in + j] as u8;
+            }
+        }
+        m
+    }
+
+    pub fn f16_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "f16_from_f32: weights are not d_out x d_in"
+        );
+        let mut m = Self::zeroed(Format::F16, d_out, d_in, Vec::new());
+        for i in 0..d_out {
+            for j in 0..d_in {
+                let (chunk, r) = m.chunk_mut(i, j);
+                chunk[2 * r..2 * r + 2]
+                    .copy_from_slice(&f16::from_f32(w[i * d_in + j]).to_le_bytes());
+            }
+        }
+        m
+    }
+
+    pub fn f32_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "f32_from_f32: weights are not d_out x d_in"
+        );
+        let mut m = Self::zeroed(Format::F32, d_out, d_in, Vec::new());
+        for i in 0..d_out {
+            for j in 0..d_in {
+                let (chunk, r) = m.chunk_mut(i, j);
+                chunk[4 * r..4 * r + 4].copy_from_slice(&w[i * d_in + j].to_le_bytes());
+            }
+        }
+        m
+    }
+}

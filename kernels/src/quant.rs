@@ -1,0 +1,211 @@
+//! int8 absmax activation quantization (Q-Sparse with quantization, BitNet b1.58):
+//! γ = max|x|, x_q = round(clamp(127·x/γ, −127, 127)), and x ≈ x_q · γ/127.
+//!
+//! Every ISA computes `x * (127/γ)` and rounds half to even, so SIMD and scalar agree bit for bit.
+//! A non-finite input is an error the executor reports, never silent garbage.
+
+use crate::isa::Isa;
+
+/// The input held a NaN or an infinity (the first one found is named).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("activation {index} is {value}, not a finite number")]
+pub struct NonFinite {
+    pub index: usize,
+    pub value: f32,
+}
+
+/// Quantize `x` into `out` (same length) and return γ = max|x| (0 for an all-zero input, whose
+/// output is all zeros). The dequantization factor is γ/127.
+pub fn quantize_absmax(isa: Isa, x: &[f32], out: &mut [i8]) -> Result<f32, NonFinite> {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "quantize_absmax: input and output lengths differ"
+    );
+    let gamma = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => match crate::isa::x86::v4() {
+            // SAFETY: the V4 token proves AVX-512 F/BW/VL are present.
+            Some(_) => unsafe { avx512::absmax(x) },
+            None => absmax_scalar(x),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match crate::isa::x86::v3() {
+            // SAFETY: the V3 token proves AVX2 and FMA are present.
+            Some(_) => unsafe { avx2::absmax(x) },
+            None => absmax_scalar(x),
+        },
+        _ => absmax_scalar(x),
+    };
+    if !gamma.is_finite() {
+        return Err(first_non_finite(x));
+    }
+    if gamma == 0.0 {
+        out.fill(0);
+        return Ok(0.0);
+    }
+    let inv = 127.0 / gamma;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if crate::isa::x86::v4().is_some() => {
+            // SAFETY: the V4 token proves AVX-512 F/BW/VL are present; lengths are equal.
+            unsafe { avx512::scale_round(x, inv, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if crate::isa::x86::v3().is_some() => {
+            // SAFETY: the V3 token proves AVX2 is present; lengths are equal.
+            unsafe { avx2::scale_round(x, inv, out) }
+        }
+        _ => scale_round_scalar(x, inv, out),
+    }
+    Ok(gamma)
+}
+
+/// max|x|, or a non-finite value if any input is NaN or infinite.
+fn absmax_scalar(x: &[f32]) -> f32 {
+    let mut m = 0.0f32;
+    for &v in x {
+        if !v.is_finite() {
+            return f32::NAN;
+        }
+        m = m.max(v.abs());
+    }
+    m
+}
+
+fn first_non_finite(x: &[f32]) -> NonFinite {
+    let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    NonFinite {
+        index,
+        value: x.get(index).copied().unwrap_or(f32::NAN),
+    }
+}
+
+#[inline(always)]
+fn quantize_one(v: f32, inv: f32) -> i8 {
+    (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
+fn scale_round_scalar(x: &[f32], inv: f32, out: &mut [i8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_one(v, inv);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// max|x| over 16 lanes; returns NaN when any element is non-finite.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn absmax(x: &[f32]) -> f32 {
+        let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+        let exp_mask = _mm512_set1_epi32(0x7f80_0000);
+        let mut m = _mm512_setzero_ps();
+        let mut bad: u16 = 0;
+        let n = x.len();
+        let mut i = 0;
+        while i < n {
+            let rem = n - i;
+            let k: __mmask16 = if rem >= 16 { 0xffff } else { (1u16 << rem) - 1 };
+            // SAFETY: the mask covers only elements i..n of x.
+            let v = _mm512_castps_si512(unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)) });
+            let a = _mm512_and_si512(v, abs_mask);
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(a, exp_mask), exp_mask);
+            m = _mm512_max_ps(m, _mm512_castsi512_ps(a));
+            i += 16;
+        }
+        if bad != 0 {
+            return f32::NAN;
+        }
+        _mm512_reduce_max_ps(m)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn scale_round(x: &[f32], inv: f32, out: &mut [i8]) {
+        let s = _mm512_set1_ps(inv);
+        let lo = _mm512_set1_epi32(-127);
+        let hi = _mm512_set1_epi32(127);
+        let n = x.len();
+        let mut i = 0;
+        while i < n {
+            let rem = n - i;
+            let k: __mmask16 = if rem >= 16 { 0xffff } else { (1u16 << rem) - 1 };
+            // SAFETY: masked load and store touch only elements i..n of x and out.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
+                // Default MXCSR rounding: to nearest, ties to even, as `round_ties_even`.
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, s));
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i) as *mut _, k, q);
+            }
+            i += 16;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn absmax(x: &[f32]) -> f32 {
+        let abs_mask = _mm256_set1_epi32(0x7fff_ffff);
+        let exp_mask = _mm256_set1_epi32(0x7f80_0000);
+        let mut m = _mm256_setzero_ps();
+        let mut bad = _mm256_setzero_si256();
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            // SAFETY: c holds exactly 8 floats.
+            let v = _mm256_castps_si256(unsafe { _mm256_loadu_ps(c.as_ptr()) });
+            let a = _mm256_and_si256(v, abs_mask);
+            bad = _mm256_or_si256(
+                bad,
+                _mm256_cmpeq_epi32(_mm256_and_si256(a, exp_mask), exp_mask),
+            );
+            m = _mm256_max_ps(m, _mm256_castsi256_ps(a));
+        }
+        if _mm256_testz_si256(bad, bad) == 0 {
+            return f32::NAN;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: lanes has room for 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        let mut r = lanes.iter().fold(0.0f32, |a, &b| a.max(b));
+        for &v in tail {
+            if !v.is_finite() {
+                return f32::NAN;
+            }
+            r = r.max(v.abs());
+        }
+        r
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scale_round(x: &[f32], inv: f32, out: &mut [i8]) {
+        let s = _mm256_set1_ps(inv);
+        let lo = _mm256_set1_epi32(-127);
+        let hi = _mm256_set1_epi32(127);
+        // packs interleave 128-bit lanes; this restores element order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let n32 = x.len() / 32 * 32;
+        let mut i = 0;
+        while i < n32 {
+            // SAFETY: i + 32 <= len for both slices.
+            unsafe {
+                let p = x.as_ptr().add(i);
+                let q = |o: usize| {
+                    let v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(o)), s));
+                    _mm256_min_epi32(_mm256_max_epi32(v, lo), hi)
+                };
+                let ab = _mm256_packs_epi32(q(0), q(8));
+                let cd = _mm256_packs_epi32(q(16), q(24));
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+                _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
+            }
+            i += 32;
+        }
+        super::scale_round_scalar(&x[n32..], inv, &mut out[n32..]);
+    }
+}

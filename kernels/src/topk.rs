@@ -1,0 +1,287 @@
+//! Exact Top-K by magnitude, and compaction of the kept (index, value) pairs.
+//!
+//! Q-Sparse keeps the K = round((1−S)·d) entries of largest |x| before each projection. Ties at the
+//! threshold are broken by lowest index, so exactly K survive and every ISA keeps the same set.
+//! The kept pairs come out in ascending index order, so the gather walks weight columns forward.
+//!
+//! Two selectors find the threshold: a 128-bin histogram for int8 magnitudes (one O(d) pass),
+//! and introselect (std's `select_nth_unstable`) on f32 magnitudes for unquantized paths.
+
+use crate::isa::Isa;
+
+/// K for a sparsity ratio S over d inputs: round((1−S)·d), clamped to [0, d].
+pub fn keep_count(d: usize, sparsity: f32) -> usize {
+    let k = ((1.0 - f64::from(sparsity)) * d as f64).round();
+    if k.is_nan() || k <= 0.0 {
+        0
+    } else {
+        (k as usize).min(d)
+    }
+}
+
+/// The kept entries of one activation vector, in ascending index order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sparse<T> {
+    pub indices: Vec<u32>,
+    pub values: Vec<T>,
+}
+
+impl<T: Copy> Sparse<T> {
+    pub fn with_capacity(d: usize) -> Self {
+        Sparse {
+            indices: Vec::with_capacity(d),
+            values: Vec::with_capacity(d),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// Every entry of `x` (the dense case, K = d).
+    pub fn dense(&mut self, x: &[T]) {
+        self.indices.clear();
+        self.values.clear();
+        self.indices.extend(0..x.len() as u32);
+        self.values.extend_from_slice(x);
+    }
+}
+
+/// Keep the `k` entries of `x` with the largest |x| (ties: lowest index first) into `out`.
+pub fn topk_i8(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<i8>) {
+    let k = k.min(x.len());
+    out.indices.clear();
+    out.values.clear();
+    if k == 0 {
+        return;
+    }
+    if k == x.len() {
+        out.dense(x);
+        return;
+    }
+    // Histogram of magnitudes; the threshold t is the largest magnitude with count(|x| >= t) >= k.
+    let mut hist = [0u32; 129];
+    for &v in x {
+        hist[v.unsigned_abs() as usize] += 1;
+    }
+    let mut above = 0usize; // count of |x| > t
+    let mut t = 128usize;
+    loop {
+        let at = hist[t] as usize;
+        if above + at >= k || t == 0 {
+            break;
+        }
+        above += at;
+        t -= 1;
+    }
+    let ties = k - above; // how many entries equal to t to keep, lowest index first
+    compact_i8(isa, x, t as u8, ties, out);
+}
+
+/// Keep the `k` entries of `x` with the largest |x| (ties: lowest index first) into `out`.
+/// `scratch` is reused between calls to avoid allocating per token.
+pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut Sparse<f32>) {
+    let k = k.min(x.len());
+    out.indices.clear();
+    out.values.clear();
+    if k == 0 {
+        return;
+    }
+    if k == x.len() {
+        out.dense(x);
+        return;
+    }
+    scratch.clear();
+    scratch.extend(x.iter().map(|v| v.abs()));
+    // The k-th largest magnitude: after selection, position d−k holds it.
+    let pos = x.len() - k;
+    let (_, &mut t, upper) = scratch.select_nth_unstable_by(pos, |a, b| a.total_cmp(b));
+    let above = upper.iter().filter(|&&v| v > t).count();
+    compact_f32(isa, x, t, k - above, out);
+}
+
+/// Append (i, x[i]) for |x[i]| > t, and for the first `ties` entries with |x[i]| == t.
+fn compact_i8(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if crate::isa::x86::v4().is_some() => {
+            // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3) are present.
+            unsafe { avx512::compact_i8(x, t, ties, out) }
+        }
+        _ => compact_scalar(x, |v| v.unsigned_abs().cmp(&t), ties, out),
+    }
+}
+
+fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, out: &mut Sparse<f32>) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if crate::isa::x86::v4().is_some() => {
+            // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3) are present.
+            unsafe { avx512::compact_f32(x, t, ties, out) }
+        }
+        _ => compact_scalar(x, |v| v.abs().total_cmp(&t), ties, out),
+    }
+}
+
+fn compact_scalar<T: Copy>(
+    x: &[T],
+    cmp: impl Fn(T) -> std::cmp::Ordering,
+    mut ties: usize,
+    out: &mut Sparse<T>,
+) {
+    use std::cmp::Ordering::*;
+    for (i, &v) in x.iter().enumerate() {
+        let keep = match cmp(v) {
+            Greater => true,
+            Equal if ties > 0 => {
+                ties -= 1;
+                true
+            }
+            _ => false,
+        };
+        if keep {
+            out.indices.push(i as u32);
+            out.values.push(v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Sparse;
+    use std::arch::x86_64::*;
+
+    /// The lowest `n` set bits of `mask` (all of them if it has fewer).
+    #[inline(always)]
+    fn lowest_bits(mask: u64, n: usize) -> u64 {
+        if n >= 64 {
+            mask
+        } else {
+            // SAFETY: BMI2 is part of x86-64-v3, which the caller's token proves.
+            unsafe { _pdep_u64((1u64 << n) - 1, mask) }
+        }
+    }
+
+    /// Compaction with `vpcompressd`: 16 entries per step, ties taken lowest index first.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,bmi2,popcnt")]
+    pub unsafe fn compact_i8(x: &[i8], t: u8, mut ties: usize, out: &mut Sparse<i8>) {
+        let n = x.len();
+        // The output holds at most n entries: reserve once so the unchecked stores below fit.
+        out.indices.reserve(n + 16);
+        out.values.reserve(n + 16);
+        let tv = _mm512_set1_epi32(i32::from(t));
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(16);
+        let mut len = out.indices.len();
+        let mut i = 0;
+        while i < n {
+            let rem = n - i;
+            let live: __mmask16 = if rem >= 16 { 0xffff } else { (1u16 << rem) - 1 };
+            // SAFETY: the masked load reads only x[i..n].
+            let bytes = unsafe { _mm_maskz_loadu_epi8(live, x.as_ptr().add(i)) };
+            let v = _mm512_cvtepi8_epi32(bytes);
+            let mag = _mm512_abs_epi32(v);
+            let gt = _mm512_mask_cmpgt_epi32_mask(live, mag, tv);
+            let eq = _mm512_mask_cmpeq_epi32_mask(live, mag, tv);
+            let eq_kept = if ties == 0 {
+                0
+            } else {
+                lowest_bits(u64::from(eq), ties) as u16
+            };
+            ties -= eq_kept.count_ones() as usize;
+            let keep = gt | eq_kept;
+            if keep != 0 {
+                let c = keep.count_ones() as usize;
+                // SAFETY: len + 16 <= capacity (reserved n + 16 and len <= i); the compressed
+                // stores write c <= 16 elements, then the lengths are set to cover exactly them.
+                unsafe {
+                    _mm512_mask_compressstoreu_epi32(
+                        out.indices.as_mut_ptr().add(len) as *mut _,
+                        keep,
+                        idx,
+                    );
+                    _mm512_mask_compressstoreu_epi8(
+                        out.values.as_mut_ptr().add(len) as *mut _,
+                        u64::from(keep),
+                        _mm512_castsi128_si512(bytes),
+                    );
+                    len += c;
+                    out.indices.set_len(len);
+                    out.values.set_len(len);
+                }
+            }
+            idx = _mm512_add_epi32(idx, step);
+            i += 16;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,bmi2,popcnt")]
+    pub unsafe fn compact_f32(x: &[f32], t: f32, mut ties: usize, out: &mut Sparse<f32>) {
+        let n = x.len();
+        out.indices.reserve(n + 16);
+        out.values.reserve(n + 16);
+        let tv = _mm512_set1_ps(t);
+        let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(16);
+        let mut len = out.indices.len();
+        let mut i = 0;
+        while i < n {
+            let rem = n - i;
+            let live: __mmask16 = if rem >= 16 { 0xffff } else { (1u16 << rem) - 1 };
+            // SAFETY: the masked load reads only x[i..n].
+            let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+            let mag = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+            let gt = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(live, mag, tv);
+            let eq = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(live, mag, tv);
+            let eq_kept = if ties == 0 {
+                0
+            } else {
+                lowest_bits(u64::from(eq), ties) as u16
+            };
+            ties -= eq_kept.count_ones() as usize;
+            let keep = gt | eq_kept;
+            if keep != 0 {
+                let c = keep.count_ones() as usize;
+                // SAFETY: as in compact_i8: capacity covers len + 16, lengths set to what was written.
+                unsafe {
+                    _mm512_mask_compressstoreu_epi32(
+                        out.indices.as_mut_ptr().add(len) as *mut _,
+                        keep,
+                        idx,
+                    );
+                    _mm512_mask_compressstoreu_ps(
+                        out.values.as_mut_ptr().add(len) as *mut _,
+                        keep,
+                        v,
+                    );
+                    len += c;
+                    out.indices.set_len(len);
+                    out.values.set_len(len);
+                }
+            }
+            idx = _mm512_add_epi32(idx, step);
+            i += 16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_count_rounds_and_clamps() {
+        assert_eq!(keep_count(4096, 0.0), 4096);
+        assert_eq!(keep_count(4096, 0.5), 2048);
+        assert_eq!(keep_count(576, 0.6), 230); // 230.4
+        assert_eq!(keep_count(10, 1.0), 0);
+        assert_eq!(keep_count(10, 1.5), 0);
+        assert_eq!(keep_count(10, -0.5), 10);
+        assert_eq!(keep_count(0, 0.3), 0);
+    }
+}

@@ -1,0 +1,381 @@
+//! Every kernel at every ISA level this CPU has equals the scalar reference on random and edge
+//! inputs, and the scalar reference equals a naive product over the unpacked weights.
+
+use half::f16;
+use qsparse_kernels::dense::{matvec_rows, RowMajor};
+use qsparse_kernels::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const SIZES: &[usize] = &[
+    1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 576, 1000, 4099,
+];
+
+/// Every level this CPU runs. Detection is checked against std's, so a detection bug cannot
+/// silently reduce these tests to scalar-vs-scalar.
+fn isas() -> Vec<Isa> {
+    let v = Isa::available();
+    assert!(v.contains(&Isa::Scalar));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            assert!(v.contains(&Isa::Avx2), "AVX2 present but not offered");
+        }
+        if has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512dq")
+            && has!("avx512cd")
+        {
+            assert!(v.contains(&Isa::Avx512), "AVX-512 present but not offered");
+        }
+    }
+    v
+}
+
+/// Activation-like vectors: gaussian-ish, one huge outlier, all equal, all zero, few levels.
+fn activations(rng: &mut SmallRng, d: usize, kind: usize) -> Vec<f32> {
+    (0..d)
+        .map(|i| match kind % 5 {
+            0 => rng.random_range(-1.0f32..1.0) * rng.random_range(0.0f32..3.0),
+            1 => {
+                if i == d / 2 {
+                    1e4
+                } else {
+                    rng.random_range(-1.0f32..1.0)
+                }
+            }
+            2 => -0.75,
+            3 => 0.0,
+            _ => (rng.random_range(-3i32..=3)) as f32 * 0.5,
+        })
+        .collect()
+}
+
+#[test]
+fn quantize_matches_scalar_at_every_isa() {
+    let mut rng = SmallRng::seed_from_u64(1);
+    for &d in SIZES.iter().chain(&[0]) {
+        for kind in 0..5 {
+            let x = activations(&mut rng, d, kind);
+            let mut want = vec![0i8; d];
+            let g_want = quantize_absmax(Isa::Scalar, &x, &mut want).unwrap();
+            // The definition, independently: round-half-even of 127·x/γ, clamped.
+            let gamma = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert_eq!(g_want, gamma);
+            for (q, v) in want.iter().zip(&x) {
+                let e = if gamma == 0.0 {
+                    0.0
+                } else {
+                    (v * (127.0 / gamma)).round_ties_even()
+                };
+                assert_eq!(f32::from(*q), e.clamp(-127.0, 127.0));
+            }
+            for isa in isas() {
+                let mut got = vec![0i8; d];
+                let g = quantize_absmax(isa, &x, &mut got).unwrap();
+                assert_eq!((g, &got), (g_want, &want), "{isa} d={d} kind={kind}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_reports_the_first_non_finite_value() {
+    for isa in isas() {
+        for &d in &[1usize, 16, 33, 1000] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, d / 2, d - 1] {
+                    let mut x = vec![0.5f32; d];
+                    x[at] = bad;
+                    if at > 0 {
+                        x[0] = 1e30; // large but finite
+                    }
+                    let mut out = vec![0i8; d];
+                    let e = quantize_absmax(isa, &x, &mut out).unwrap_err();
+                    assert_eq!(e.index, at, "{isa} d={d}");
+                }
+            }
+        }
+    }
+}
+
+/// Brute force: sort by (|x| desc, index asc), take k, return ascending indices.
+fn topk_reference(mags: &[f64], k: usize) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..mags.len()).collect();
+    order.sort_by(|&a, &b| mags[b].total_cmp(&mags[a]).then(a.cmp(&b)));
+    let mut kept: Vec<u32> = order[..k].iter().map(|&i| i as u32).collect();
+    kept.sort_unstable();
+    kept
+}
+
+fn ks(d: usize, rng: &mut SmallRng) -> Vec<usize> {
+    let mut v = vec![
+        0,
+        1,
+        d / 4,
+        d / 2,
+        d.saturating_sub(1),
+        d,
+        rng.random_range(0..=d),
+    ];
+    v.retain(|&k| k <= d);
+    v
+}
+
+#[test]
+fn topk_i8_is_exact_with_ties_lowest_index_first() {
+    let mut rng = SmallRng::seed_from_u64(2);
+    for &d in SIZES {
+        for kind in 0..5 {
+            let xf = activations(&mut rng, d, kind);
+            let mut x = vec![0i8; d];
+            quantize_absmax(Isa::Scalar, &xf, &mut x).unwrap();
+            let mags: Vec<f64> = x.iter().map(|v| f64::from(v.unsigned_abs())).collect();
+            for k in ks(d, &mut rng) {
+                let want = topk_reference(&mags, k);
+                for isa in isas() {
+                    let mut s = Sparse::default();
+                    topk_i8(isa, &x, k, &mut s);
+                    assert_eq!(s.indices, want, "{isa} d={d} k={k} kind={kind}");
+                    let vals: Vec<i8> = want.iter().map(|&i| x[i as usize]).collect();
+                    assert_eq!(s.values, vals);
+                }
+            }
+        }
+    }
+    // Extremes of the int8 range, including -128 (which the quantizer never makes).
+    let x: Vec<i8> = (0..300).map(|i| [-128i8, 127, -127, 0, 1][i % 5]).collect();
+    let mags: Vec<f64> = x.iter().map(|v| f64::from(v.unsigned_abs())).collect();
+    for isa in isas() {
+        let mut s = Sparse::default();
+        topk_i8(isa, &x, 100, &mut s);
+        assert_eq!(s.indices, topk_reference(&mags, 100), "{isa}");
+    }
+}
+
+#[test]
+fn topk_f32_is_exact_with_ties_lowest_index_first() {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let mut scratch = Vec::new();
+    for &d in SIZES {
+        for kind in 0..5 {
+            let x = activations(&mut rng, d, kind);
+            let mags: Vec<f64> = x.iter().map(|v| f64::from(v.abs())).collect();
+            for k in ks(d, &mut rng) {
+                let want = topk_reference(&mags, k);
+                for isa in isas() {
+                    let mut s = Sparse::default();
+                    topk_f32(isa, &x, k, &mut scratch, &mut s);
+                    assert_eq!(s.indices, want, "{isa} d={d} k={k} kind={kind}");
+                    let vals: Vec<f32> = want.iter().map(|&i| x[i as usize]).collect();
+                    assert_eq!(s.values, vals);
+                }
+            }
+        }
+    }
+}
+
+/// Shapes (d_out, d_in): partial tiles, one row, one column, several tiles.
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (17, 3),
+    (255, 64),
+    (256, 100),
+    (257, 33),
+    (600, 257),
+    (1024, 129),
+];
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+fn sparse_input_i8(rng: &mut SmallRng, d_in: usize, k: usize) -> (Sparse<i8>, f32) {
+    let kind = rng.random_range(0..5);
+    let xf = activations(rng, d_in, kind);
+    let mut xq = vec![0i8; d_in];
+    let gamma = quantize_absmax(Isa::Scalar, &xf, &mut xq).unwrap();
+    let mut s = Sparse::default();
+    topk_i8(Isa::Scalar, &xq, k, &mut s);
+    (s, gamma / 127.0)
+}
+
+fn sparse_input_f32(rng: &mut SmallRng, d_in: usize, k: usize) -> Sparse<f32> {
+    let kind = rng.random_range(0..5);
+    let x = activations(rng, d_in, kind);
+    let mut s = Sparse::default();
+    topk_f32(Isa::Scalar, &x, k, &mut Vec::new(), &mut s);
+    s
+}
+
+/// Runs every ISA (1 and 2 threads) and checks all outputs are bitwise equal to `want`.
+fn check_all_isas(w: &ColumnTiles<'_>, input: Input<'_>, want: &[f32], what: &str) {
+    for isa in isas() {
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; w.d_out()];
+            pool(threads).install(|| gather_matvec(isa, w, input, &mut y));
+            let same = y.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{what}: {isa} with {threads} threads differs from the reference"
+            );
+        }
+    }
+}
+
+#[test]
+fn gather_integer_formats_equal_the_naive_product() {
+    let mut rng = SmallRng::seed_from_u64(4);
+    for &(d_out, d_in) in SHAPES {
+        let codes_t: Vec<i8> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-1i8..=1))
+            .collect();
+        let codes_8: Vec<i8> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-127i8..=127))
+            .collect();
+        let scales: Vec<f32> = (0..d_out).map(|_| rng.random_range(0.01f32..2.0)).collect();
+        let t2 = PackedMatrix::t2_from_codes(&codes_t, d_out, d_in, scales.clone());
+        let i8m = PackedMatrix::i8_from_codes(&codes_8, d_out, d_in, scales.clone());
+        for k in ks(d_in, &mut rng) {
+            let (x, xs) = sparse_input_i8(&mut rng, d_in, k);
+            for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
+                // Naive: exact integer sums over the row-major codes, then the same scaling.
+                let want: Vec<f32> = (0..d_out)
+                    .map(|i| {
+                        let acc: i32 = x
+                            .indices
+                            .iter()
+                            .zip(&x.values)
+                            .map(|(&j, &v)| i32::from(v) * i32::from(codes[i * d_in + j as usize]))
+                            .sum();
+                        acc as f32 * (xs * scales[i])
+                    })
+                    .collect();
+                let what = format!("{:?} {d_out}x{d_in} k={k}", m.format);
+                check_all_isas(&m.view(), Input::I8 { x: &x, scale: xs }, &want, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_float_formats_equal_the_naive_product() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    for &(d_out, d_in) in SHAPES {
+        let w: Vec<f32> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let w16: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        let f32m = PackedMatrix::f32_from_f32(&w, d_out, d_in);
+        let f16m = PackedMatrix::f16_from_f32(&w, d_out, d_in);
+        for k in ks(d_in, &mut rng) {
+            let x = sparse_input_f32(&mut rng, d_in, k);
+            for (m, wr) in [(&f32m, &w), (&f16m, &w16)] {
+                // Naive: one FMA chain per row in column order (the kernels' contract).
+                let want: Vec<f32> = (0..d_out)
+                    .map(|i| {
+                        x.indices
+                            .iter()
+                            .zip(&x.values)
+                            .fold(0.0f32, |acc, (&j, &v)| {
+                                wr[i * d_in + j as usize].mul_add(v, acc)
+                            })
+                    })
+                    .collect();
+                let what = format!("{:?} {d_out}x{d_in} k={k}", m.format);
+                check_all_isas(&m.view(), Input::F32(&x), &want, &what);
+            }
+        }
+    }
+}
+
+/// Many columns of +1 weights times 127 would overflow int16 partial sums without the flush.
+#[test]
+fn ternary_partial_sums_do_not_overflow() {
+    let (d_out, d_in) = (300, 5000);
+    let t2 = PackedMatrix::t2_from_codes(&vec![1i8; d_out * d_in], d_out, d_in, vec![1.0; d_out]);
+    let x = Sparse {
+        indices: (0..d_in as u32).collect(),
+        values: vec![127i8; d_in],
+    };
+    let want = vec![(127 * d_in) as f32; d_out];
+    check_all_isas(&t2.view(), Input::I8 { x: &x, scale: 1.0 }, &want, "all +1");
+    let x = Sparse {
+        indices: (0..d_in as u32).collect(),
+        values: vec![-127i8; d_in],
+    };
+    let want = vec![-((127 * d_in) as f32); d_out];
+    check_all_isas(&t2.view(), Input::I8 { x: &x, scale: 1.0 }, &want, "all -1");
+}
+
+#[test]
+fn ternarization_follows_bitnet() {
+    // α = mean|W| = 0.5; W/α = [2, -0.2, 0.8, -1] -> clamp, round -> [1, 0, 1, -1].
+    let w = [1.0f32, -0.1, 0.4, -0.5];
+    let m = PackedMatrix::t2_from_f32(&w, 1, 4);
+    let alpha = m.row_scale[0];
+    assert!((alpha - 0.5).abs() < 1e-7, "alpha {alpha}");
+    let x = Sparse {
+        indices: vec![0, 1, 2, 3],
+        values: vec![1i8, 10, 100, 3],
+    };
+    let mut y = [0.0];
+    gather_matvec(
+        Isa::Scalar,
+        &m.view(),
+        Input::I8 { x: &x, scale: 1.0 },
+        &mut y,
+    );
+    assert_eq!(y[0], (1 + 100 - 3) as f32 * alpha);
+}
+
+#[test]
+fn dense_rows_match_within_rounding() {
+    let mut rng = SmallRng::seed_from_u64(6);
+    for &(d_out, d_in) in SHAPES.iter().chain(&[(300, 576)]) {
+        let w: Vec<f32> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let x = activations(&mut rng, d_in, 0);
+        for isa in isas() {
+            for threads in [1, 2] {
+                let mut y = vec![0.0; d_out];
+                pool(threads).install(|| matvec_rows(isa, RowMajor::F32(&w), &x, &mut y));
+                let mut y16 = vec![0.0; d_out];
+                pool(threads).install(|| matvec_rows(isa, RowMajor::F16(&w16), &x, &mut y16));
+                for i in 0..d_out {
+                    let row = &w[i * d_in..(i + 1) * d_in];
+                    let exact: f64 = row
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum();
+                    let mag: f64 = row
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| f64::from((a * b).abs()))
+                        .sum();
+                    assert!(
+                        (f64::from(y[i]) - exact).abs() <= 1e-5 * mag + 1e-30,
+                        "{isa} f32 row {i}"
+                    );
+                    let exact16: f64 = w16[i * d_in..(i + 1) * d_in]
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| f64::from(a.to_f32()) * f64::from(*b))
+                        .sum();
+                    assert!(
+                        (f64::from(y16[i]) - exact16).abs() <= 1e-5 * mag + 1e-30,
+                        "{isa} f16 row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
