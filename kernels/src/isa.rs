@@ -16,12 +16,21 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/CD/DQ/VL (pulp's `V4`); VNNI is used where present.
     Avx512,
+    /// aarch64 Advanced SIMD (pulp's `Neon`).
+    Neon,
 }
 
 impl Isa {
-    /// The best level this CPU supports.
+    /// The level kernels run at by default: the best this CPU supports, except that AVX-512 is
+    /// opt-in (`QSPARSE_AVX512=1`) until its kernels have been verified on AVX-512 hardware: the
+    /// machines this project is developed and tested on expose only AVX2. Tests always run every
+    /// available level against the scalar reference, so a test run on an AVX-512 machine checks it.
     pub fn best() -> Isa {
-        *Self::available().last().unwrap_or(&Isa::Scalar)
+        let avx512_ok = std::env::var("QSPARSE_AVX512").is_ok_and(|v| v == "1");
+        Self::available()
+            .into_iter()
+            .rfind(|&isa| isa != Isa::Avx512 || avx512_ok)
+            .unwrap_or(Isa::Scalar)
     }
 
     /// Every level this CPU supports, from scalar up.
@@ -36,6 +45,10 @@ impl Isa {
                 v.push(Isa::Avx512);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if pulp::aarch64::Neon::try_new().is_some() {
+            v.push(Isa::Neon);
+        }
         v
     }
 
@@ -49,6 +62,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 }

@@ -2,24 +2,38 @@
 //!
 //! A linear layer y = W·x with W of shape [d_out, d_in] is stored input-channel-major: the weights
 //! of input j (column j) are contiguous, so a sparse input needs only the columns it keeps.
-//! Output rows are cut into tiles of [`TILE_ROWS`]; tile t holds, for every column j in order,
-//! the 256 weights W[256t .. 256t+256, j] in the format's encoding. A worker that owns a tile
-//! walks one contiguous region, and each column chunk is a whole number of 64-byte cache lines:
+//! Output rows are cut into tiles; tile t holds, for every column j in order, the chunk of that
+//! column's weights for the tile's rows. Every chunk is exactly one 64-byte cache line, so a
+//! sparse gather fetches whole lines it fully uses and never a line's neighbour half; a worker
+//! that owns a tile walks one contiguous region:
 //!
-//! | format | weights | bytes per column per tile |
+//! | format | weights | rows per tile (one 64-byte line per column) |
 //! |---|---|---|
-//! | `T2`  | ternary {−1,0,+1}: a "+" bit-plane then a "−" bit-plane (bit r of byte r/8 is row r) | 64 |
-//! | `I8`  | int8, row r at byte r | 256 |
-//! | `F16` | IEEE half, row r at element r | 512 |
-//! | `F32` | f32, row r at element r | 1024 |
+//! | `T2`  | ternary {−1,0,+1} as 2-bit codes t+1 ∈ {0,1,2}, see below | 256 |
+//! | `I8`  | int8, row r at byte r | 64 |
+//! | `F16` | IEEE half, row r at element r | 32 |
+//! | `F32` | f32, row r at element r | 16 |
+//!
+//! (Tiles of 256 rows for every format were measured first: the AVX2 kernels, which must split a
+//! 256-row tile in halves to keep accumulators in registers, then fetched every line twice, and
+//! a sparse gather of partial lines ran slower than the dense product.)
+//!
+//! T2 codes: 8 groups of 32 rows, 8 bytes each; in group g, bits 2q..2q+1 of byte k hold row
+//! 32g + 8q + k. Broadcasting a group's 8 bytes to four 64-bit lanes and shifting lane q right by
+//! 2q lays the 32 codes out in row order with one shift and one AND, and the codes feed
+//! `pmaddubsw` as unsigned bytes against signed activations; Σ_j x_j is subtracted once per
+//! product (Σ (t+1)·x = Σ t·x + Σ x).
 //!
 //! Integer formats carry a per-output-row f32 scale (BitNet's single per-tensor α is the case
 //! where all are equal). Rows past d_out in the last tile are zero.
 
 use half::f16;
 
-/// Output rows per tile.
-pub const TILE_ROWS: usize = 256;
+/// The most rows a tile of any format has (T2's).
+pub const MAX_TILE_ROWS: usize = 256;
+
+/// Bytes of one column in one tile: a cache line.
+pub const CHUNK_BYTES: usize = 64;
 
 /// How weights are encoded in the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,14 +45,24 @@ pub enum Format {
 }
 
 impl Format {
-    /// Bytes one column occupies in one tile.
-    pub const fn bytes_per_tile_column(self) -> usize {
+    /// Output rows per tile: as many weights as fit one 64-byte line per column.
+    pub const fn tile_rows(self) -> usize {
         match self {
-            Format::T2 => TILE_ROWS / 4,
-            Format::I8 => TILE_ROWS,
-            Format::F16 => TILE_ROWS * 2,
-            Format::F32 => TILE_ROWS * 4,
+            Format::T2 => 256,
+            Format::I8 => 64,
+            Format::F16 => 32,
+            Format::F32 => 16,
         }
+    }
+
+    /// Bytes one column occupies in one tile (every format: one cache line).
+    pub const fn bytes_per_tile_column(self) -> usize {
+        CHUNK_BYTES
+    }
+
+    /// Bits of storage per weight.
+    pub const fn bits_per_weight(self) -> usize {
+        CHUNK_BYTES * 8 / self.tile_rows()
     }
 
     /// Whether the format takes int8-quantized activations (else f32).
@@ -57,7 +81,7 @@ impl Format {
 
     /// Bytes of a [d_out, d_in] matrix in this layout (tiles are padded to whole tiles).
     pub fn matrix_bytes(self, d_out: usize, d_in: usize) -> usize {
-        d_out.div_ceil(TILE_ROWS) * d_in * self.bytes_per_tile_column()
+        d_out.div_ceil(self.tile_rows()) * d_in * CHUNK_BYTES
     }
 }
 
@@ -150,7 +174,7 @@ impl<'a> ColumnTiles<'a> {
     }
 
     pub fn n_tiles(&self) -> usize {
-        self.d_out.div_ceil(TILE_ROWS)
+        self.d_out.div_ceil(self.format.tile_rows())
     }
 
     pub fn row_scale(&self) -> &'a [f32] {
@@ -171,6 +195,13 @@ impl<'a> ColumnTiles<'a> {
     pub fn bytes_read(&self, kept: usize) -> usize {
         self.n_tiles() * kept * self.format.bytes_per_tile_column()
     }
+}
+
+/// Where row `r` (0..256) of a T2 column chunk lives: (byte, bit shift) of its 2-bit code.
+#[inline(always)]
+pub fn t2_position(r: usize) -> (usize, u32) {
+    let (g, q, k) = (r / 32, (r % 32) / 8, r % 8);
+    (8 * g + k, 2 * q as u32)
 }
 
 /// 64-byte aligned owned bytes.
@@ -243,9 +274,12 @@ impl PackedMatrix {
 
     /// The chunk of column j in the tile holding row `row`, and the row's index in that tile.
     fn chunk_mut(&mut self, row: usize, j: usize) -> (&mut [u8], usize) {
-        let bpc = self.format.bytes_per_tile_column();
-        let at = ((row / TILE_ROWS) * self.d_in + j) * bpc;
-        (&mut self.data.as_mut_slice()[at..at + bpc], row % TILE_ROWS)
+        let rows = self.format.tile_rows();
+        let at = ((row / rows) * self.d_in + j) * CHUNK_BYTES;
+        (
+            &mut self.data.as_mut_slice()[at..at + CHUNK_BYTES],
+            row % rows,
+        )
     }
 
     /// Pack ternary weights given as codes in {−1, 0, +1} (row-major [d_out][d_in]) with a
@@ -261,12 +295,9 @@ impl PackedMatrix {
         for i in 0..d_out {
             for j in 0..d_in {
                 let c = codes[i * d_in + j].signum();
-                if c == 0 {
-                    continue;
-                }
                 let (chunk, r) = m.chunk_mut(i, j);
-                let plane = if c > 0 { 0 } else { TILE_ROWS / 8 };
-                chunk[plane + r / 8] |= 1 << (r % 8);
+                let (byte, shift) = t2_position(r);
+                chunk[byte] |= ((c + 1) as u8) << shift;
             }
         }
         m

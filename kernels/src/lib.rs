@@ -9,12 +9,15 @@
 //!
 //! Every SIMD kernel runs at a chosen [`Isa`] and has a scalar twin it is tested against.
 
+pub mod bandwidth;
 pub mod dense;
 pub mod gather;
 #[cfg(target_arch = "x86_64")]
 mod gather_avx2;
 #[cfg(target_arch = "x86_64")]
 mod gather_avx512;
+#[cfg(target_arch = "aarch64")]
+mod gather_neon;
 pub mod isa;
 pub mod layout;
 pub mod quant;
@@ -22,6 +25,6 @@ pub mod topk;
 
 pub use gather::{gather_matvec, Input};
 pub use isa::Isa;
-pub use layout::{ColumnTiles, Format, PackedMatrix, TILE_ROWS};
+pub use layout::{ColumnTiles, Format, PackedMatrix, CHUNK_BYTES, MAX_TILE_ROWS};
 pub use quant::{quantize_absmax, NonFinite};
 pub use topk::{keep_count, topk_f32, topk_i8, Sparse};

@@ -31,6 +31,11 @@ fn isas() -> Vec<Isa> {
             assert!(v.contains(&Isa::Avx512), "AVX-512 present but not offered");
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    assert!(
+        v.contains(&Isa::Neon),
+        "NEON is baseline on aarch64 but not offered"
+    );
     v
 }
 
@@ -177,10 +182,16 @@ fn topk_f32_is_exact_with_ties_lowest_index_first() {
     }
 }
 
-/// Shapes (d_out, d_in): partial tiles, one row, one column, several tiles.
+/// Shapes (d_out, d_in): partial tiles of every format (16, 32, 64 and 256 rows), one row, one
+/// column, several tiles.
 const SHAPES: &[(usize, usize)] = &[
     (1, 1),
+    (15, 5),
     (17, 3),
+    (31, 7),
+    (33, 2),
+    (63, 9),
+    (65, 11),
     (255, 64),
     (256, 100),
     (257, 33),
