@@ -1,20 +1,29 @@
 //! Sparse column-gather matvec: y = W·x_sparse, reading only the weight columns of the kept
 //! inputs. The dense product is the same kernel with every column kept.
 //!
-//! One driver serves every format: it checks the input once, splits the output tiles across rayon
-//! workers (each owns whole tiles, so no reduction is needed; small products stay on one thread),
-//! and calls the per-format, per-ISA tile kernel. Integer formats accumulate exactly in integers
-//! and apply (γ/127)·scale_i once per output row; float formats use one FMA chain per row, in
-//! column order, so SIMD and scalar agree bit for bit.
+//! One driver serves every format and ISA. It checks the input once; splits the output lines
+//! into one contiguous range per rayon worker (no reduction needed; small products stay on one
+//! thread); walks the kept columns in batches small enough to stay in L2, prefetching the next
+//! batch's column runs whole so DRAM sees long sequential reads; and for each batch and output
+//! line calls the per-format, per-ISA *block kernel*, which accumulates that line's rows in
+//! registers. Integer formats accumulate exactly in integers and apply (γ/127)·scale_i once per
+//! row; float formats keep one FMA chain per row in column order, so SIMD and scalar agree bit
+//! for bit.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use crate::isa::Isa;
-use crate::layout::{ColumnTiles, Format, CHUNK_BYTES, MAX_TILE_ROWS};
+use crate::layout::{ColumnTiles, Format, LINES_PER_TILE, LINE_BYTES, MAX_LINE_ROWS};
 use crate::topk::Sparse;
 
 /// Below this many weight bytes per product, threading costs more than it saves.
 pub const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// Bytes of T2 weights per batch of kept columns: a batch's runs stay in L2 while every output
+/// line of the segment is computed from them.
+const BATCH_BYTES: usize = 48 * 1024;
 
 /// The sparse activation a product consumes.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +40,22 @@ impl Input<'_> {
             Input::I8 { x, .. } => &x.indices,
             Input::F32(x) => &x.indices,
         }
+    }
+}
+
+/// One output line of one batch: the line of column j starts at `tile[first + j * stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lines<'a> {
+    pub tile: &'a [u8],
+    pub first: usize,
+    pub stride: usize,
+}
+
+impl Lines<'_> {
+    /// The 64 bytes of column j's line.
+    pub fn line(&self, j: u32) -> &[u8] {
+        let at = self.first + j as usize * self.stride;
+        &self.tile[at..at + LINE_BYTES]
     }
 }
 
@@ -66,29 +91,120 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         idx.iter().all(|&j| j < d_in),
         "gather_matvec: an input index is >= d_in = {d_in}"
     );
-    let kernel = Kernel::select(isa, w.format());
+    let kernel = Kernel::select(isa);
 
-    let rows = w.format().tile_rows();
-    let n_tiles = w.n_tiles();
+    let rpl = w.format().rows_per_line();
+    let n_lines = w.n_lines();
     let threads = rayon::current_num_threads();
-    if threads <= 1 || n_tiles <= 1 || w.bytes_read(idx.len()) < PARALLEL_MIN_BYTES {
-        for (t, ys) in y.chunks_mut(rows).enumerate() {
-            kernel.run(w, t, input, ys);
-        }
+    if threads <= 1 || n_lines <= 1 || w.bytes_read(idx.len()) < PARALLEL_MIN_BYTES {
+        run_range(kernel, w, input, 0, y);
         return;
     }
-    // Contiguous runs of tiles per worker keep each worker's reads in one region.
-    let per_task = n_tiles.div_ceil(threads);
-    y.par_chunks_mut(per_task * rows)
+    // One contiguous range of output lines per worker keeps each worker's reads in one region.
+    let per_task = n_lines.div_ceil(threads);
+    y.par_chunks_mut(per_task * rpl)
         .enumerate()
-        .for_each(|(c, ys)| {
-            for (k, yt) in ys.chunks_mut(rows).enumerate() {
-                kernel.run(w, c * per_task + k, input, yt);
-            }
-        });
+        .for_each(|(c, ys)| run_range(kernel, w, input, c * per_task, ys));
 }
 
-/// The tile kernel chosen for one product: decided once per call, not per tile.
+thread_local! {
+    /// Per-thread accumulators, reused across calls (no allocation per token once warm).
+    static ACC_INT: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output lines line0 .. line0 + ceil(y.len() / rows per line), into y.
+fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize, y: &mut [f32]) {
+    let format = w.format();
+    let rpl = format.rows_per_line();
+    let lines = y.len().div_ceil(rpl);
+    match input {
+        Input::I8 { x, scale } => ACC_INT.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(lines * rpl, 0);
+            let (idx, val) = (x.indices.as_slice(), x.values.as_slice());
+            for_each_segment(w, line0, lines, |seg, n, at| {
+                let acc = &mut acc[at * rpl..(at + n) * rpl];
+                match format {
+                    Format::T2 => t2_segment(kernel, seg, n, idx, val, acc),
+                    _ => kernel.i8_runs(seg, n, idx, val, acc),
+                }
+            });
+            // T2 codes are t + 1: every row carries +Σx, removed here once.
+            let bias: i32 = match format {
+                Format::T2 => val.iter().map(|&v| i32::from(v)).sum(),
+                _ => 0,
+            };
+            let scales = &w.row_scale()[line0 * rpl..line0 * rpl + y.len()];
+            for ((o, &a), &s) in y.iter_mut().zip(acc.iter()).zip(scales) {
+                *o = (a - bias) as f32 * (scale * s);
+            }
+        }),
+        Input::F32(x) => ACC_FLOAT.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(lines * rpl, 0.0);
+            let (idx, val) = (x.indices.as_slice(), x.values.as_slice());
+            for_each_segment(w, line0, lines, |seg, n, at| {
+                let acc = &mut acc[at * rpl..(at + n) * rpl];
+                kernel.float_runs(format, seg, n, idx, val, acc);
+            });
+            y.copy_from_slice(&acc[..y.len()]);
+        }),
+    }
+}
+
+/// Calls `f(segment, n, at)` for each tile's part of the output lines line0 .. line0 + lines:
+/// `segment` addresses its first line (column j's run part starts at first + j·stride), `n` is
+/// its number of lines and `at` its first line relative to line0.
+fn for_each_segment(
+    w: &ColumnTiles<'_>,
+    line0: usize,
+    lines: usize,
+    mut f: impl FnMut(Lines<'_>, usize, usize),
+) {
+    let mut line = line0;
+    let end = line0 + lines;
+    while line < end {
+        let t = line / LINES_PER_TILE;
+        let (s0, s1) = (
+            line % LINES_PER_TILE,
+            (end - t * LINES_PER_TILE).min(w.tile_lines(t)),
+        );
+        let seg = Lines {
+            tile: w.tile(t),
+            first: s0 * LINE_BYTES,
+            stride: w.tile_lines(t) * LINE_BYTES,
+        };
+        f(seg, s1 - s0, line - line0);
+        line = t * LINES_PER_TILE + s1;
+    }
+}
+
+/// T2 is compute-bound, so its kernel keeps a whole 256-row line in registers and walks the kept
+/// columns per line; columns go in batches whose runs stay in L2 across the segment's lines.
+fn t2_segment(kernel: Kernel, seg: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+    const ROWS: usize = MAX_LINE_ROWS;
+    let batch = (BATCH_BYTES / (n * LINE_BYTES)).max(2) & !1;
+    let mut p0 = 0;
+    while p0 < idx.len() {
+        let p1 = (p0 + batch).min(idx.len());
+        for s in 0..n {
+            let line = Lines {
+                first: seg.first + s * LINE_BYTES,
+                ..seg
+            };
+            kernel.t2_line(
+                line,
+                &idx[p0..p1],
+                &val[p0..p1],
+                &mut acc[s * ROWS..(s + 1) * ROWS],
+            );
+        }
+        p0 = p1;
+    }
+}
+
+/// The block kernels chosen for one product: decided once per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Scalar,
@@ -102,10 +218,14 @@ enum Kernel {
     Neon,
 }
 
+#[cfg(target_arch = "aarch64")]
+use crate::gather_neon as neon;
+#[cfg(target_arch = "x86_64")]
+use crate::{gather_avx2 as avx2, gather_avx512 as avx512};
+
 impl Kernel {
-    /// The kernel for `isa`, if this CPU has it (else the scalar reference).
-    fn select(isa: Isa, format: Format) -> Kernel {
-        let _ = format;
+    /// The kernels for `isa`, if this CPU has it (else the scalar reference).
+    fn select(isa: Isa) -> Kernel {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if crate::isa::x86::v4().is_some() => Kernel::Avx512 {
@@ -119,126 +239,119 @@ impl Kernel {
         }
     }
 
-    /// One output tile: rows t·R .. t·R + y.len() (R = the format's tile rows).
-    fn run(self, w: &ColumnTiles<'_>, t: usize, input: Input<'_>, y: &mut [f32]) {
-        let data = w.tile(t);
-        let first = t * w.format().tile_rows();
-        let scales = match w.format() {
-            Format::T2 | Format::I8 => &w.row_scale()[first..first + y.len()],
-            Format::F16 | Format::F32 => &[][..],
-        };
-        use Format::*;
-        // SAFETY (every arm): `select` only returns a SIMD kernel after its pulp token (or CPUID)
-        // proved the features; `data` is the whole tile (d_in chunks), every index is < d_in
-        // (checked in gather_matvec), and y and scales hold y.len() <= tile rows.
-        match (self, w.format(), input) {
-            (Kernel::Scalar, T2, Input::I8 { x, scale }) => scalar::t2(data, x, scale, scales, y),
-            (Kernel::Scalar, I8, Input::I8 { x, scale }) => scalar::i8(data, x, scale, scales, y),
-            (Kernel::Scalar, F16, Input::F32(x)) => scalar::f16(data, x, y),
-            (Kernel::Scalar, F32, Input::F32(x)) => scalar::f32(data, x, y),
+    /// acc[r] += Σ_p x_p · (t + 1)(row r, column idx[p]) for one 256-row T2 line.
+    fn t2_line(self, l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+        // SAFETY (SIMD arms): `select` returned this kernel only after its pulp token proved the
+        // CPU features; every index is < d_in (checked in gather_matvec), so every line lies in
+        // the tile; acc holds 256 rows.
+        match self {
+            Kernel::Scalar => scalar::t2_line(l, idx, val, acc),
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, T2, Input::I8 { x, scale }) => unsafe {
-                avx2::t2(data, x, scale, scales, y)
-            },
+            Kernel::Avx2 => unsafe { avx2::t2_line(l, idx, val, acc) },
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, I8, Input::I8 { x, scale }) => unsafe {
-                avx2::i8(data, x, scale, scales, y)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, F16, Input::F32(x)) => unsafe { avx2::f16(data, x, y) },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, F32, Input::F32(x)) => unsafe { avx2::f32(data, x, y) },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512 { .. }, T2, Input::I8 { x, scale }) => unsafe {
-                avx512::t2(data, x, scale, scales, y)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512 { vnni: true }, I8, Input::I8 { x, scale }) => unsafe {
-                avx512::i8_vnni(data, x, scale, scales, y)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512 { vnni: false }, I8, Input::I8 { x, scale }) => unsafe {
-                avx512::i8(data, x, scale, scales, y)
-            },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512 { .. }, F16, Input::F32(x)) => unsafe { avx512::f16(data, x, y) },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512 { .. }, F32, Input::F32(x)) => unsafe { avx512::f32(data, x, y) },
+            Kernel::Avx512 { .. } => unsafe { avx512::t2_line(l, idx, val, acc) },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, T2, Input::I8 { x, scale }) => unsafe {
-                neon::t2(data, x, scale, scales, y)
+            Kernel::Neon => unsafe { neon::t2_line(l, idx, val, acc) },
+        }
+    }
+
+    /// acc[line][r] += Σ_p x_p · w(row, column idx[p]) over `n` lines of int8 weights, sweeping
+    /// each kept column's run in order (a few columns at a time) so DRAM streams whole runs.
+    fn i8_runs(self, l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+        // SAFETY (SIMD arms): as in t2_line; acc holds n · 64 rows.
+        match self {
+            Kernel::Scalar => scalar::i8_runs(l, n, idx, val, acc),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::i8_runs(l, n, idx, val, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 { vnni: true } => unsafe { avx512::i8_runs_vnni(l, n, idx, val, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 { vnni: false } => unsafe { avx512::i8_runs(l, n, idx, val, acc) },
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { neon::i8_runs(l, n, idx, val, acc) },
+        }
+    }
+
+    /// acc[row] = fma(w(row, idx[p]), x_p, acc[row]) in order of p, over `n` lines of a float
+    /// format, sweeping each kept column's run in order.
+    fn float_runs(
+        self,
+        format: Format,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        val: &[f32],
+        acc: &mut [f32],
+    ) {
+        // SAFETY (SIMD arms): as in t2_line; acc holds n lines of the format's rows.
+        match (self, format) {
+            (Kernel::Scalar, Format::F16) => scalar::f16_runs(l, n, idx, val, acc),
+            (Kernel::Scalar, _) => scalar::f32_runs(l, n, idx, val, acc),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, Format::F16) => unsafe { avx2::f16_runs(l, n, idx, val, acc) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, _) => unsafe { avx2::f32_runs(l, n, idx, val, acc) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512 { .. }, Format::F16) => unsafe {
+                avx512::f16_runs(l, n, idx, val, acc)
             },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512 { .. }, _) => unsafe { avx512::f32_runs(l, n, idx, val, acc) },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, I8, Input::I8 { x, scale }) => unsafe {
-                neon::i8(data, x, scale, scales, y)
-            },
+            (Kernel::Neon, Format::F16) => unsafe { neon::f16_runs(l, n, idx, val, acc) },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, F16, Input::F32(x)) => unsafe { neon::f16(data, x, y) },
-            #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, F32, Input::F32(x)) => unsafe { neon::f32(data, x, y) },
-            _ => unreachable!("format and input kind were matched in gather_matvec"),
+            (Kernel::Neon, _) => unsafe { neon::f32_runs(l, n, idx, val, acc) },
         }
     }
 }
-
-#[cfg(target_arch = "aarch64")]
-use crate::gather_neon as neon;
-#[cfg(target_arch = "x86_64")]
-use crate::{gather_avx2 as avx2, gather_avx512 as avx512};
 
 /// The reference kernels: plain loops over the layout's definition.
 pub(crate) mod scalar {
     use super::*;
     use half::f16;
 
-    /// Integer results to f32: acc · ((γ/127) · scale_i), the exact order the SIMD kernels use.
-    pub fn finish(acc: &[i32], scale: f32, row_scale: &[f32], y: &mut [f32]) {
-        for ((o, &a), &s) in y.iter_mut().zip(acc).zip(row_scale) {
-            *o = a as f32 * (scale * s);
-        }
-    }
-
-    fn chunk(tile: &[u8], j: u32) -> &[u8] {
-        &tile[j as usize * CHUNK_BYTES..(j as usize + 1) * CHUNK_BYTES]
-    }
-
-    pub fn t2(tile: &[u8], x: &Sparse<i8>, scale: f32, row_scale: &[f32], y: &mut [f32]) {
-        let mut acc = [0i32; MAX_TILE_ROWS];
-        for (&j, &v) in x.indices.iter().zip(&x.values) {
-            let c = chunk(tile, j);
-            for (r, a) in acc.iter_mut().enumerate().take(y.len()) {
+    pub fn t2_line(l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+        for (&j, &v) in idx.iter().zip(val) {
+            let c = l.line(j);
+            for (r, a) in acc.iter_mut().enumerate().take(MAX_LINE_ROWS) {
                 let (byte, shift) = crate::layout::t2_position(r);
-                let t = i32::from((c[byte] >> shift) & 3) - 1;
-                *a += i32::from(v) * t;
-            }
-        }
-        finish(&acc, scale, row_scale, y);
-    }
-
-    pub fn i8(tile: &[u8], x: &Sparse<i8>, scale: f32, row_scale: &[f32], y: &mut [f32]) {
-        let mut acc = [0i32; MAX_TILE_ROWS];
-        for (&j, &v) in x.indices.iter().zip(&x.values) {
-            for (a, &w) in acc.iter_mut().zip(chunk(tile, j)).take(y.len()) {
-                *a += i32::from(v) * i32::from(w as i8);
-            }
-        }
-        finish(&acc, scale, row_scale, y);
-    }
-
-    pub fn f16(tile: &[u8], x: &Sparse<f32>, y: &mut [f32]) {
-        y.fill(0.0);
-        for (&j, &v) in x.indices.iter().zip(&x.values) {
-            for (o, w) in y.iter_mut().zip(chunk(tile, j).chunks_exact(2)) {
-                *o = f16::from_le_bytes([w[0], w[1]]).to_f32().mul_add(v, *o);
+                *a += i32::from(v) * i32::from((c[byte] >> shift) & 3);
             }
         }
     }
 
-    pub fn f32(tile: &[u8], x: &Sparse<f32>, y: &mut [f32]) {
-        y.fill(0.0);
-        for (&j, &v) in x.indices.iter().zip(&x.values) {
-            for (o, w) in y.iter_mut().zip(chunk(tile, j).chunks_exact(4)) {
-                *o = f32::from_le_bytes([w[0], w[1], w[2], w[3]]).mul_add(v, *o);
+    /// Line s of column j's run.
+    fn run_line<'t>(l: &Lines<'t>, j: u32, s: usize) -> &'t [u8] {
+        let at = l.first + j as usize * l.stride + s * LINE_BYTES;
+        &l.tile[at..at + LINE_BYTES]
+    }
+
+    pub fn i8_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+        for (&j, &v) in idx.iter().zip(val) {
+            for (s, a) in acc.chunks_exact_mut(64).take(n).enumerate() {
+                for (a, &w) in a.iter_mut().zip(run_line(&l, j, s)) {
+                    *a += i32::from(v) * i32::from(w as i8);
+                }
+            }
+        }
+    }
+
+    pub fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
+        for (&j, &v) in idx.iter().zip(val) {
+            for (s, a) in acc.chunks_exact_mut(32).take(n).enumerate() {
+                for (a, w) in a.iter_mut().zip(run_line(&l, j, s).chunks_exact(2)) {
+                    *a = f16::from_le_bytes([w[0], w[1]]).to_f32().mul_add(v, *a);
+                }
+            }
+        }
+    }
+
+    pub fn f32_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
+        for (&j, &v) in idx.iter().zip(val) {
+            for (s, a) in acc.chunks_exact_mut(16).take(n).enumerate() {
+                for (a, w) in a.iter_mut().zip(run_line(&l, j, s).chunks_exact(4)) {
+                    *a = f32::from_le_bytes([w[0], w[1], w[2], w[3]]).mul_add(v, *a);
+                }
             }
         }
     }

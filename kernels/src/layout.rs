@@ -1,39 +1,51 @@
-//! The column-major tiled weight layout every gather kernel reads, and packers into it.
+//! The column-major weight layout every gather kernel reads, and packers into it.
 //!
 //! A linear layer y = W·x with W of shape [d_out, d_in] is stored input-channel-major: the weights
 //! of input j (column j) are contiguous, so a sparse input needs only the columns it keeps.
-//! Output rows are cut into tiles; tile t holds, for every column j in order, the chunk of that
-//! column's weights for the tile's rows. Every chunk is exactly one 64-byte cache line, so a
-//! sparse gather fetches whole lines it fully uses and never a line's neighbour half; a worker
-//! that owns a tile walks one contiguous region:
 //!
-//! | format | weights | rows per tile (one 64-byte line per column) |
+//! Geometry, in 64-byte lines. A *line* holds one column's weights for a fixed number of rows
+//! (T2 256, I8 64, F16 32, F32 16). Rows are padded to whole lines and cut into tiles of up to
+//! [`LINES_PER_TILE`] (61) lines; within a tile every column's lines form one contiguous *run* of
+//! up to 3904 bytes, runs in column order. A sparse product reads whole runs, skips whole runs:
+//!
+//! ```text
+//! tile 0: [col 0: line 0 .. line 60][col 1: line 0 .. line 60] ... [col d_in-1: ...]
+//! tile 1: ... (the last tile may have fewer lines)
+//! ```
+//!
+//! Why runs of 4 KiB: reading a random half of a buffer in runs of 64 B moved only ~6 GB/s of
+//! useful data on the AVX2 development machine against ~19 GB/s sequential, in runs of 1 KiB ~12,
+//! in runs of 4 KiB ~19 (`examples/run_length.rs`): DRAM and the hardware prefetchers work in
+//! pages and streams, so skipping must be coarse to save time. A first layout with one 64-byte
+//! line per column made a product at 50% sparsity exactly as slow as the dense one. Full tiles
+//! have 61 lines, not 64: runs of exactly 4 KiB put every column's line s in the same cache set.
+//!
+//! | format | weights | rows per line |
 //! |---|---|---|
 //! | `T2`  | ternary {−1,0,+1} as 2-bit codes t+1 ∈ {0,1,2}, see below | 256 |
 //! | `I8`  | int8, row r at byte r | 64 |
 //! | `F16` | IEEE half, row r at element r | 32 |
 //! | `F32` | f32, row r at element r | 16 |
 //!
-//! (Tiles of 256 rows for every format were measured first: the AVX2 kernels, which must split a
-//! 256-row tile in halves to keep accumulators in registers, then fetched every line twice, and
-//! a sparse gather of partial lines ran slower than the dense product.)
-//!
-//! T2 codes: 8 groups of 32 rows, 8 bytes each; in group g, bits 2q..2q+1 of byte k hold row
-//! 32g + 8q + k. Broadcasting a group's 8 bytes to four 64-bit lanes and shifting lane q right by
-//! 2q lays the 32 codes out in row order with one shift and one AND, and the codes feed
+//! T2 codes in a line: 8 groups of 32 rows, 8 bytes each; in group g, bits 2q..2q+1 of byte k
+//! hold row 32g + 8q + k. Broadcasting a group's 8 bytes to four 64-bit lanes and shifting lane q
+//! right by 2q lays the 32 codes out in row order with one shift and one AND, and the codes feed
 //! `pmaddubsw` as unsigned bytes against signed activations; Σ_j x_j is subtracted once per
 //! product (Σ (t+1)·x = Σ t·x + Σ x).
 //!
 //! Integer formats carry a per-output-row f32 scale (BitNet's single per-tensor α is the case
-//! where all are equal). Rows past d_out in the last tile are zero.
+//! where all are equal). Padding rows are zero and never written out.
 
 use half::f16;
 
-/// The most rows a tile of any format has (T2's).
-pub const MAX_TILE_ROWS: usize = 256;
+/// Bytes of one line: one column's weights for [`Format::rows_per_line`] rows.
+pub const LINE_BYTES: usize = 64;
 
-/// Bytes of one column in one tile: a cache line.
-pub const CHUNK_BYTES: usize = 64;
+/// Lines per column run in a full tile (runs of just under 4 KiB; see the module doc).
+pub const LINES_PER_TILE: usize = 61;
+
+/// The most rows one line holds (T2's).
+pub const MAX_LINE_ROWS: usize = 256;
 
 /// How weights are encoded in the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,24 +57,29 @@ pub enum Format {
 }
 
 impl Format {
-    /// Output rows per tile: as many weights as fit one 64-byte line per column.
-    pub const fn tile_rows(self) -> usize {
-        match self {
-            Format::T2 => 256,
-            Format::I8 => 64,
-            Format::F16 => 32,
-            Format::F32 => 16,
-        }
+    /// Output rows one 64-byte line of a column holds.
+    pub const fn rows_per_line(self) -> usize {
+        LINE_BYTES * 8 / self.bits_per_weight()
     }
 
-    /// Bytes one column occupies in one tile (every format: one cache line).
-    pub const fn bytes_per_tile_column(self) -> usize {
-        CHUNK_BYTES
+    /// Rows of a full tile.
+    pub const fn tile_rows(self) -> usize {
+        self.rows_per_line() * LINES_PER_TILE
     }
 
     /// Bits of storage per weight.
     pub const fn bits_per_weight(self) -> usize {
-        CHUNK_BYTES * 8 / self.tile_rows()
+        match self {
+            Format::T2 => 2,
+            Format::I8 => 8,
+            Format::F16 => 16,
+            Format::F32 => 32,
+        }
+    }
+
+    /// d_out rounded up to whole lines.
+    pub const fn padded_rows(self, d_out: usize) -> usize {
+        d_out.div_ceil(self.rows_per_line()) * self.rows_per_line()
     }
 
     /// Whether the format takes int8-quantized activations (else f32).
@@ -79,9 +96,9 @@ impl Format {
         }
     }
 
-    /// Bytes of a [d_out, d_in] matrix in this layout (tiles are padded to whole tiles).
+    /// Bytes of a [d_out, d_in] matrix in this layout.
     pub fn matrix_bytes(self, d_out: usize, d_in: usize) -> usize {
-        d_out.div_ceil(self.tile_rows()) * d_in * CHUNK_BYTES
+        self.padded_rows(d_out) / self.rows_per_line() * d_in * LINE_BYTES
     }
 }
 
@@ -173,8 +190,13 @@ impl<'a> ColumnTiles<'a> {
         self.d_in
     }
 
+    /// Output lines (d_out rounded up to whole lines).
+    pub fn n_lines(&self) -> usize {
+        self.format.padded_rows(self.d_out) / self.format.rows_per_line()
+    }
+
     pub fn n_tiles(&self) -> usize {
-        self.d_out.div_ceil(self.format.tile_rows())
+        self.n_lines().div_ceil(LINES_PER_TILE)
     }
 
     pub fn row_scale(&self) -> &'a [f32] {
@@ -185,19 +207,35 @@ impl<'a> ColumnTiles<'a> {
         self.data
     }
 
-    /// The bytes of tile `t`: d_in column chunks.
+    /// Lines in tile `t` (64, or fewer in the last tile): also the run length of each column.
+    pub fn tile_lines(&self, t: usize) -> usize {
+        (self.n_lines() - t * LINES_PER_TILE).min(LINES_PER_TILE)
+    }
+
+    /// The bytes of tile `t`: d_in runs of `tile_lines(t)` lines.
     pub fn tile(&self, t: usize) -> &'a [u8] {
-        let n = self.d_in * self.format.bytes_per_tile_column();
-        &self.data[t * n..(t + 1) * n]
+        let start = t * LINES_PER_TILE * self.d_in * LINE_BYTES;
+        &self.data[start..start + self.tile_lines(t) * self.d_in * LINE_BYTES]
     }
 
     /// Bytes of weights a product reads when `kept` of the d_in columns are used.
     pub fn bytes_read(&self, kept: usize) -> usize {
-        self.n_tiles() * kept * self.format.bytes_per_tile_column()
+        self.n_lines() * kept * LINE_BYTES
     }
 }
 
-/// Where row `r` (0..256) of a T2 column chunk lives: (byte, bit shift) of its 2-bit code.
+/// Where (row, column) of a [d_out, d_in] matrix lives: byte offset of its line, row in the line.
+fn locate(format: Format, d_in: usize, d_out: usize, row: usize, j: usize) -> (usize, usize) {
+    let rpl = format.rows_per_line();
+    let n_lines = format.padded_rows(d_out) / rpl;
+    let (line, r) = (row / rpl, row % rpl);
+    let (t, s) = (line / LINES_PER_TILE, line % LINES_PER_TILE);
+    let tile_lines = (n_lines - t * LINES_PER_TILE).min(LINES_PER_TILE);
+    let at = (t * LINES_PER_TILE * d_in + j * tile_lines + s) * LINE_BYTES;
+    (at, r)
+}
+
+/// Where row `r` (0..256) of a T2 line lives: (byte, bit shift) of its 2-bit code.
 #[inline(always)]
 pub fn t2_position(r: usize) -> (usize, u32) {
     let (g, q, k) = (r / 32, (r % 32) / 8, r % 8);
@@ -272,14 +310,10 @@ impl PackedMatrix {
         }
     }
 
-    /// The chunk of column j in the tile holding row `row`, and the row's index in that tile.
+    /// The line holding (row, column j), and the row's index in that line.
     fn chunk_mut(&mut self, row: usize, j: usize) -> (&mut [u8], usize) {
-        let rows = self.format.tile_rows();
-        let at = ((row / rows) * self.d_in + j) * CHUNK_BYTES;
-        (
-            &mut self.data.as_mut_slice()[at..at + CHUNK_BYTES],
-            row % rows,
-        )
+        let (at, r) = locate(self.format, self.d_in, self.d_out, row, j);
+        (&mut self.data.as_mut_slice()[at..at + LINE_BYTES], r)
     }
 
     /// Pack ternary weights given as codes in {−1, 0, +1} (row-major [d_out][d_in]) with a

@@ -25,6 +25,6 @@ pub mod topk;
 
 pub use gather::{gather_matvec, Input};
 pub use isa::Isa;
-pub use layout::{ColumnTiles, Format, PackedMatrix, CHUNK_BYTES, MAX_TILE_ROWS};
+pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use quant::{quantize_absmax, NonFinite};
 pub use topk::{keep_count, topk_f32, topk_i8, Sparse};
