@@ -69,6 +69,11 @@ fn dot_f32(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
         // SAFETY: the V4 token proves AVX-512 F; w and x have equal lengths.
         return unsafe { avx512::dot_f32(w, x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && crate::isa::x86::v3().is_some() {
+        // SAFETY: the V3 token proves AVX2 and FMA; w and x have equal lengths.
+        return unsafe { avx2::dot_f32(w, x) };
+    }
     let _ = isa;
     w.iter().zip(x).map(|(a, b)| a * b).sum()
 }
@@ -79,8 +84,79 @@ fn dot_f16(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
         // SAFETY: the V4 token proves AVX-512 F; w and x have equal lengths.
         return unsafe { avx512::dot_f16(w, x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && crate::isa::x86::v3().is_some() {
+        // SAFETY: the V3 token proves AVX2, FMA and F16C; w and x have equal lengths.
+        return unsafe { avx2::dot_f16(w, x) };
+    }
     let _ = isa;
     w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(a: [__m256; 4]) -> f32 {
+        let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        let mut lanes = [0f32; 8];
+        // SAFETY: lanes holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+        lanes.iter().sum()
+    }
+
+    /// Four independent accumulators hide the FMA latency; the tail is scalar.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads elements below n of both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    *a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(w.as_ptr().add(o)),
+                        _mm256_loadu_ps(x.as_ptr().add(o)),
+                        *a,
+                    );
+                }
+                i += 32;
+            }
+        }
+        let tail: f32 = w[i..n].iter().zip(&x[i..n]).map(|(a, b)| a * b).sum();
+        // SAFETY: AVX2 is enabled in this function.
+        unsafe { hsum(acc) + tail }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let wp = w.as_ptr() as *const u16;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads elements below n of both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(o) as *const __m128i));
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(o)), *a);
+                }
+                i += 32;
+            }
+        }
+        let tail: f32 = w[i..n]
+            .iter()
+            .zip(&x[i..n])
+            .map(|(a, b)| a.to_f32() * b)
+            .sum();
+        // SAFETY: AVX2 is enabled in this function.
+        unsafe { hsum(acc) + tail }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -64,9 +64,20 @@ pub fn topk_i8(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<i8>) {
         return;
     }
     // Histogram of magnitudes; the threshold t is the largest magnitude with count(|x| >= t) >= k.
+    // Four interleaved histograms keep repeated magnitudes from serializing on one counter.
+    let mut parts = [[0u32; 129]; 4];
+    let chunks = x.chunks_exact(4);
+    for &v in chunks.remainder() {
+        parts[0][v.unsigned_abs() as usize] += 1;
+    }
+    for c in chunks {
+        for (h, &v) in parts.iter_mut().zip(c) {
+            h[v.unsigned_abs() as usize] += 1;
+        }
+    }
     let mut hist = [0u32; 129];
-    for &v in x {
-        hist[v.unsigned_abs() as usize] += 1;
+    for (b, h) in hist.iter_mut().enumerate() {
+        *h = parts.iter().map(|p| p[b]).sum();
     }
     let mut above = 0usize; // count of |x| > t
     let mut t = 128usize;
@@ -112,6 +123,11 @@ fn compact_i8(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
             // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3) are present.
             unsafe { avx512::compact_i8(x, t, ties, out) }
         }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if crate::isa::x86::v3().is_some() => {
+            // SAFETY: the V3 token proves AVX2, BMI2 and POPCNT are present.
+            unsafe { avx2::compact_i8(x, t, ties, out) }
+        }
         _ => compact_scalar(x, |v| v.unsigned_abs().cmp(&t), ties, out),
     }
 }
@@ -127,6 +143,8 @@ fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, out: &mut Sparse<f32>) 
     }
 }
 
+/// Branch-free: every entry is written at the current end and the end advances only for kept
+/// ones, so a random keep pattern costs no mispredictions.
 fn compact_scalar<T: Copy>(
     x: &[T],
     cmp: impl Fn(T) -> std::cmp::Ordering,
@@ -134,19 +152,99 @@ fn compact_scalar<T: Copy>(
     out: &mut Sparse<T>,
 ) {
     use std::cmp::Ordering::*;
+    let Some(&first) = x.first() else { return };
+    let start = out.indices.len();
+    out.indices.resize(start + x.len(), 0);
+    out.values.resize(start + x.len(), first);
+    let (idx, val) = (&mut out.indices[start..], &mut out.values[start..]);
+    let mut len = 0;
     for (i, &v) in x.iter().enumerate() {
-        let keep = match cmp(v) {
-            Greater => true,
-            Equal if ties > 0 => {
-                ties -= 1;
-                true
+        let ord = cmp(v);
+        let tie = ord == Equal && ties > 0;
+        ties -= usize::from(tie);
+        idx[len] = i as u32;
+        val[len] = v;
+        len += usize::from(ord == Greater || tie);
+    }
+    out.indices.truncate(start + len);
+    out.values.truncate(start + len);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Sparse;
+    use std::arch::x86_64::*;
+
+    /// For each 8-bit keep mask, the lane order that packs the kept lanes first.
+    const PACK: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut lane, mut k) = (0, 0);
+            while lane < 8 {
+                if m & (1 << lane) != 0 {
+                    t[m][k] = lane as u32;
+                    k += 1;
+                }
+                lane += 1;
             }
-            _ => false,
-        };
-        if keep {
-            out.indices.push(i as u32);
-            out.values.push(v);
+            m += 1;
         }
+        t
+    };
+
+    /// Compaction 8 entries per step: compare magnitudes, pick ties lowest index first (`pdep`),
+    /// pack the kept indices with one permute through a lookup table.
+    #[target_feature(enable = "avx2,bmi2,popcnt")]
+    pub unsafe fn compact_i8(x: &[i8], t: u8, mut ties: usize, out: &mut Sparse<i8>) {
+        let n = x.len();
+        let start = out.indices.len();
+        // Room for a full 8-lane store past the last kept entry.
+        out.indices.resize(start + n + 8, 0);
+        let tv = _mm256_set1_epi32(i32::from(t));
+        let step = _mm256_set1_epi32(8);
+        let mut idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut len = start;
+        let n8 = n / 8 * 8;
+        let mut i = 0;
+        while i < n8 {
+            // SAFETY: i + 8 <= n for the load; len + 8 <= start + n + 8 for the store, since
+            // len - start <= i.
+            unsafe {
+                let bytes = _mm_loadl_epi64(x.as_ptr().add(i) as *const __m128i);
+                let mag = _mm256_abs_epi32(_mm256_cvtepi8_epi32(bytes));
+                let gt =
+                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(mag, tv))) as u32;
+                let eq =
+                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, tv))) as u32;
+                let eq_kept = if ties == 0 {
+                    0
+                } else {
+                    _pdep_u32((1u32 << ties.min(8)) - 1, eq)
+                };
+                ties -= eq_kept.count_ones() as usize;
+                let keep = (gt | eq_kept) as usize;
+                let order = _mm256_loadu_si256(PACK[keep].as_ptr() as *const __m256i);
+                _mm256_storeu_si256(
+                    out.indices.as_mut_ptr().add(len) as *mut __m256i,
+                    _mm256_permutevar8x32_epi32(idx, order),
+                );
+                len += keep.count_ones() as usize;
+            }
+            idx = _mm256_add_epi32(idx, step);
+            i += 8;
+        }
+        // The last n % 8 entries, as the scalar reference does them.
+        for (i, &v) in x.iter().enumerate().skip(n8) {
+            let mag = v.unsigned_abs();
+            let tie = mag == t && ties > 0;
+            ties -= usize::from(tie);
+            out.indices[len] = i as u32;
+            len += usize::from(mag > t || tie);
+        }
+        out.indices.truncate(len);
+        out.values
+            .extend(out.indices[start..].iter().map(|&j| x[j as usize]));
     }
 }
 
