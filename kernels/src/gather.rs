@@ -3,10 +3,11 @@
 //!
 //! One driver serves every format and ISA. It checks the input once; splits the output lines
 //! into one contiguous range per rayon worker (no reduction needed; small products stay on one
-//! thread); walks the kept columns in batches small enough to stay in L2, prefetching the next
-//! batch's column runs whole so DRAM sees long sequential reads; and for each batch and output
-//! line calls the per-format, per-ISA *block kernel*, which accumulates that line's rows in
-//! registers. Integer formats accumulate exactly in integers and apply (γ/127)·scale_i once per
+//! thread); and, per tile, hands the per-format, per-ISA *run kernel* the kept columns. A run
+//! kernel sweeps each kept column's run (the column's lines for the tile, see `layout`) from first
+//! line to last, four columns at a time, prefetching the next four runs line by line, and adds
+//! into per-row accumulators that stay in L1: DRAM sees long sequential reads and skipped columns
+//! cost nothing. Integer formats accumulate exactly in integers and apply (γ/127)·scale_i once per
 //! row; float formats keep one FMA chain per row in column order, so SIMD and scalar agree bit
 //! for bit.
 
@@ -20,10 +21,6 @@ use crate::topk::Sparse;
 
 /// Below this many weight bytes per product, threading costs more than it saves.
 pub const PARALLEL_MIN_BYTES: usize = 256 * 1024;
-
-/// Bytes of T2 weights per batch of kept columns: a batch's runs stay in L2 while every output
-/// line of the segment is computed from them.
-const BATCH_BYTES: usize = 48 * 1024;
 
 /// The sparse activation a product consumes.
 #[derive(Debug, Clone, Copy)]
@@ -49,14 +46,6 @@ pub(crate) struct Lines<'a> {
     pub tile: &'a [u8],
     pub first: usize,
     pub stride: usize,
-}
-
-impl Lines<'_> {
-    /// The 64 bytes of column j's line.
-    pub fn line(&self, j: u32) -> &[u8] {
-        let at = self.first + j as usize * self.stride;
-        &self.tile[at..at + LINE_BYTES]
-    }
 }
 
 /// y = W·x for the kept entries of x. Threads: the current rayon pool (1 thread = serial).
@@ -111,6 +100,8 @@ thread_local! {
     /// Per-thread accumulators, reused across calls (no allocation per token once warm).
     static ACC_INT: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// int16 partial sums of the T2 kernels.
+    static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Output lines line0 .. line0 + ceil(y.len() / rows per line), into y.
@@ -126,7 +117,10 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
             for_each_segment(w, line0, lines, |seg, n, at| {
                 let acc = &mut acc[at * rpl..(at + n) * rpl];
                 match format {
-                    Format::T2 => t2_segment(kernel, seg, n, idx, val, acc),
+                    Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
+                        scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
+                        kernel.t2_runs(seg, n, idx, val, acc, scratch)
+                    }),
                     _ => kernel.i8_runs(seg, n, idx, val, acc),
                 }
             });
@@ -180,30 +174,6 @@ fn for_each_segment(
     }
 }
 
-/// T2 is compute-bound, so its kernel keeps a whole 256-row line in registers and walks the kept
-/// columns per line; columns go in batches whose runs stay in L2 across the segment's lines.
-fn t2_segment(kernel: Kernel, seg: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-    const ROWS: usize = MAX_LINE_ROWS;
-    let batch = (BATCH_BYTES / (n * LINE_BYTES)).max(2) & !1;
-    let mut p0 = 0;
-    while p0 < idx.len() {
-        let p1 = (p0 + batch).min(idx.len());
-        for s in 0..n {
-            let line = Lines {
-                first: seg.first + s * LINE_BYTES,
-                ..seg
-            };
-            kernel.t2_line(
-                line,
-                &idx[p0..p1],
-                &val[p0..p1],
-                &mut acc[s * ROWS..(s + 1) * ROWS],
-            );
-        }
-        p0 = p1;
-    }
-}
-
 /// The block kernels chosen for one product: decided once per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
@@ -239,19 +209,29 @@ impl Kernel {
         }
     }
 
-    /// acc[r] += Σ_p x_p · (t + 1)(row r, column idx[p]) for one 256-row T2 line.
-    fn t2_line(self, l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+    /// acc[line][r] += Σ_p x_p · (t + 1)(row, column idx[p]) over `n` lines of T2 weights,
+    /// sweeping each kept column's run in order. `scratch` holds n · 256 int16 partial sums.
+    fn t2_runs(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        val: &[i8],
+        acc: &mut [i32],
+        scratch: &mut [i16],
+    ) {
         // SAFETY (SIMD arms): `select` returned this kernel only after its pulp token proved the
-        // CPU features; every index is < d_in (checked in gather_matvec), so every line lies in
-        // the tile; acc holds 256 rows.
+        // CPU features (AVX-512 implies AVX2, whose T2 kernel it uses); every index is < d_in
+        // (checked in gather_matvec), so every run lies in the tile; acc holds n · 256 rows.
+        let _ = &scratch;
         match self {
-            Kernel::Scalar => scalar::t2_line(l, idx, val, acc),
+            Kernel::Scalar => scalar::t2_runs(l, n, idx, val, acc),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::t2_line(l, idx, val, acc) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 { .. } => unsafe { avx512::t2_line(l, idx, val, acc) },
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
+                avx2::t2_runs(l, n, idx, val, acc, scratch)
+            },
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => unsafe { neon::t2_line(l, idx, val, acc) },
+            Kernel::Neon => unsafe { neon::t2_runs(l, n, idx, val, acc) },
         }
     }
 
@@ -310,12 +290,14 @@ pub(crate) mod scalar {
     use super::*;
     use half::f16;
 
-    pub fn t2_line(l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+    pub fn t2_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
         for (&j, &v) in idx.iter().zip(val) {
-            let c = l.line(j);
-            for (r, a) in acc.iter_mut().enumerate().take(MAX_LINE_ROWS) {
-                let (byte, shift) = crate::layout::t2_position(r);
-                *a += i32::from(v) * i32::from((c[byte] >> shift) & 3);
+            for (s, a) in acc.chunks_exact_mut(MAX_LINE_ROWS).take(n).enumerate() {
+                let c = run_line(&l, j, s);
+                for (r, a) in a.iter_mut().enumerate() {
+                    let (byte, shift) = crate::layout::t2_position(r);
+                    *a += i32::from(v) * i32::from((c[byte] >> shift) & 3);
+                }
             }
         }
     }

@@ -10,85 +10,78 @@ use std::arch::x86_64::*;
 
 use crate::gather::Lines;
 
-/// The lines of the column pair at kept positions p, p + 1 (an odd last column pairs with itself
-/// times zero).
-#[inline(always)]
-unsafe fn pair(l: &Lines<'_>, idx: &[u32], val: &[i8], p: usize) -> (*const u8, *const u8, i8, i8) {
-    let n = idx.len();
-    let base = l.tile.as_ptr();
-    // SAFETY: p < n and p + 1 < n where read; indices are < d_in, so both lines lie in the tile.
-    unsafe {
-        let (j1, v1) = (*idx.get_unchecked(p) as usize, *val.get_unchecked(p));
-        let (j2, v2) = if p + 1 < n {
-            (
-                *idx.get_unchecked(p + 1) as usize,
-                *val.get_unchecked(p + 1),
-            )
-        } else {
-            (j1, 0)
-        };
-        (
-            base.add(l.first + j1 * l.stride),
-            base.add(l.first + j2 * l.stride),
-            v1,
-            v2,
-        )
+/// Ternary 2-bit codes (256 rows per line): four kept columns at a time, each run swept line by
+/// line. Each 32-row group's 8 code bytes are broadcast and shifted into row order (`vpsrlvq`),
+/// two columns' codes interleaved, and `vpmaddubsw` multiplies them (unsigned) by the (x1, x2)
+/// pair (signed). int16 partial sums live in `scratch` (L1) in the interleaved row order ("lo":
+/// rows 0-7 | 16-23 of a group, "hi": 8-15 | 24-31) and are flushed into `acc` every 32 groups of
+/// four columns (32 · 4 · 2 · 127 < 2^15). Codes are t + 1: the caller removes Σx.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn t2_runs(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    val: &[i8],
+    acc: &mut [i32],
+    scratch: &mut [i16],
+) {
+    assert!(acc.len() >= n * 256 && scratch.len() >= n * 256);
+    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
+    let three = _mm256_set1_epi8(3);
+    let sp = scratch.as_mut_ptr() as *mut __m256i;
+    let pair =
+        |a: i8, b: i8| _mm256_set1_epi16(((u16::from(b as u8) << 8) | u16::from(a as u8)) as i16);
+    scratch[..n * 256].fill(0);
+    let mut p = 0;
+    let mut groups = 0;
+    while p < idx.len() {
+        // SAFETY: the runs lie in the tile (n lines each); scratch holds n · 256 int16.
+        unsafe {
+            let (c, v) = group4(&l, idx, val, p);
+            let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
+            let next = next_runs(&l, idx, p + 4);
+            for s in 0..n {
+                prefetch_line(&next, s);
+                for g in 0..8 {
+                    let o = 64 * s + 8 * g;
+                    let decode = |q: usize| {
+                        let bits = (c[q].add(o) as *const i64).read_unaligned();
+                        _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(bits), shifts), three)
+                    };
+                    let (a0, a1, a2, a3) = (decode(0), decode(1), decode(2), decode(3));
+                    let lo = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a0, a1), x01),
+                        _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a2, a3), x23),
+                    );
+                    let hi = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a0, a1), x01),
+                        _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a2, a3), x23),
+                    );
+                    let (pl, ph) = (sp.add(16 * s + 2 * g), sp.add(16 * s + 2 * g + 1));
+                    _mm256_storeu_si256(pl, _mm256_add_epi16(_mm256_loadu_si256(pl), lo));
+                    _mm256_storeu_si256(ph, _mm256_add_epi16(_mm256_loadu_si256(ph), hi));
+                }
+            }
+        }
+        p += 4;
+        groups += 1;
+        if groups == 32 || p >= idx.len() {
+            flush_t2(&mut scratch[..n * 256], &mut acc[..n * 256]);
+            groups = 0;
+        }
     }
 }
 
-/// Ternary 2-bit codes (256 rows), two kept columns at a time: each 32-row group's 8 code bytes
-/// are broadcast and shifted into row order (`vpsrlvq`), the two columns' codes interleaved, and
-/// `vpmaddubsw` multiplies them (unsigned) by the (x1, x2) pair (signed). int16 sums are flushed
-/// to int32 every 64 pairs (64 · 2 · 2 · 127 < 2^15). Codes are t + 1: the caller removes Σx.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn t2_line(l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-    let n = idx.len();
-    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
-    let three = _mm256_set1_epi8(3);
-    // Two halves of 128 rows (4 groups) keep the 8 accumulators in registers.
-    for half in 0..2 {
-        let mut p = 0;
-        while p < n {
-            let end = (p + 128).min(n);
-            let mut a16 = [_mm256_setzero_si256(); 8];
-            while p < end {
-                // SAFETY: p < n; both lines lie in the tile and hold 64 bytes.
-                unsafe {
-                    let (c1, c2, v1, v2) = pair(&l, idx, val, p);
-                    let (c1, c2) = (c1.add(32 * half), c2.add(32 * half));
-                    let xp = _mm256_set1_epi16(
-                        ((u16::from(v2 as u8) << 8) | u16::from(v1 as u8)) as i16,
-                    );
-                    for g in 0..4 {
-                        // Group g of this half: 8 bytes at c + 8g, inside the line.
-                        let decode = |c: *const u8| {
-                            let q = (c.add(8 * g) as *const i64).read_unaligned();
-                            _mm256_and_si256(
-                                _mm256_srlv_epi64(_mm256_set1_epi64x(q), shifts),
-                                three,
-                            )
-                        };
-                        let (a, b) = (decode(c1), decode(c2));
-                        let lo = _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a, b), xp);
-                        let hi = _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a, b), xp);
-                        a16[2 * g] = _mm256_add_epi16(a16[2 * g], lo);
-                        a16[2 * g + 1] = _mm256_add_epi16(a16[2 * g + 1], hi);
-                    }
-                }
-                p += 2;
-            }
-            // "lo" words 0-7 are rows 0-7 of the group, words 8-15 rows 16-23; "hi" 8-15, 24-31.
-            for g in 0..4 {
-                let row0 = 128 * half + 32 * g;
-                for (part, a) in [(0, a16[2 * g]), (8, a16[2 * g + 1])] {
-                    let mut w = [0i16; 16];
-                    // SAFETY: w holds 16 int16.
-                    unsafe { _mm256_storeu_si256(w.as_mut_ptr() as *mut __m256i, a) };
-                    for (i, &v) in w.iter().enumerate() {
-                        acc[row0 + part + (i / 8) * 16 + i % 8] += i32::from(v);
-                    }
-                }
-            }
+/// Adds the interleaved int16 partial sums of `scratch` into `acc` (natural row order) and
+/// clears them.
+fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
+    for (sc, ac) in scratch.chunks_exact_mut(32).zip(acc.chunks_exact_mut(32)) {
+        for (i, v) in sc.iter_mut().enumerate() {
+            // Word i: "lo" (i < 16) or "hi" (i >= 16); within each, words 0-7 are the group's
+            // rows 0-7 (+8 for hi), words 8-15 rows 16-23 (+8 for hi).
+            let (part, w) = (i / 16, i % 16);
+            ac[8 * part + 16 * (w / 8) + w % 8] += i32::from(*v);
+            *v = 0;
         }
     }
 }

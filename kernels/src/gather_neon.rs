@@ -10,50 +10,36 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::gather::Lines;
 
-/// Ternary 2-bit codes (256 rows): each group's 8 code bytes shifted by 0, 2, 4, 6 give 8 rows
-/// each in order; codes (t + 1, the caller removes Σx) are widened and multiply-accumulated in
-/// int16, flushed every 128 columns (128 · 2 · 127 < 2^15), a 64-row quarter at a time.
+/// Ternary 2-bit codes (256 rows per line): each kept column's run swept line by line; each
+/// group's 8 code bytes shifted by 0, 2, 4, 6 give 8 rows each in order, widened and
+/// multiply-accumulated into int32 (`vmlal`). Codes are t + 1: the caller removes Σx.
 #[target_feature(enable = "neon")]
-pub unsafe fn t2_line(l: Lines<'_>, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+pub unsafe fn t2_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+    assert!(acc.len() >= n * 256);
     let base = l.tile.as_ptr();
-    let n = idx.len();
-    for quarter in 0..4 {
-        let mut start = 0;
-        while start < n {
-            let end = (start + 128).min(n);
-            let mut a16 = [vdupq_n_s16(0); 8];
-            for p in start..end {
-                // SAFETY: p < n and indices are < d_in: the line lies inside the tile.
-                unsafe {
-                    let j = *idx.get_unchecked(p) as usize;
-                    let c = base.add(l.first + j * l.stride + 16 * quarter);
-                    let v = i16::from(*val.get_unchecked(p));
-                    let three = vdup_n_u8(3);
-                    for g in 0..2 {
-                        let raw = vld1_u8(c.add(8 * g));
-                        let parts = [
-                            raw,
-                            vshr_n_u8::<2>(raw),
-                            vshr_n_u8::<4>(raw),
-                            vshr_n_u8::<6>(raw),
-                        ];
-                        for (q, part) in parts.into_iter().enumerate() {
-                            let code = vreinterpretq_s16_u16(vmovl_u8(vand_u8(part, three)));
-                            let a = &mut a16[4 * g + q];
-                            *a = vmlaq_n_s16(*a, code, v);
-                        }
+    for (&j, &v) in idx.iter().zip(val) {
+        let v = i16::from(v);
+        for s in 0..n {
+            // SAFETY: j < d_in, so the run (n lines) lies inside the tile; acc holds n · 256 int32.
+            unsafe {
+                let c = base.add(l.first + j as usize * l.stride + 64 * s);
+                let three = vdup_n_u8(3);
+                for g in 0..8 {
+                    let raw = vld1_u8(c.add(8 * g));
+                    let parts = [
+                        raw,
+                        vshr_n_u8::<2>(raw),
+                        vshr_n_u8::<4>(raw),
+                        vshr_n_u8::<6>(raw),
+                    ];
+                    for (q, part) in parts.into_iter().enumerate() {
+                        let code = vreinterpretq_s16_u16(vmovl_u8(vand_u8(part, three)));
+                        let a = acc.as_mut_ptr().add(256 * s + 32 * g + 8 * q);
+                        vst1q_s32(a, vmlal_n_s16(vld1q_s32(a), vget_low_s16(code), v));
+                        vst1q_s32(a.add(4), vmlal_high_n_s16(vld1q_s32(a.add(4)), code, v));
                     }
                 }
             }
-            for (g, a) in a16.iter().enumerate() {
-                let mut lanes = [0i16; 8];
-                // SAFETY: lanes holds 8 int16.
-                unsafe { vst1q_s16(lanes.as_mut_ptr(), *a) };
-                for (k, v) in lanes.iter().enumerate() {
-                    acc[64 * quarter + 8 * g + k] += i32::from(*v);
-                }
-            }
-            start = end;
         }
     }
 }
