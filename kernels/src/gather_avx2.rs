@@ -1,13 +1,14 @@
-//! AVX2 block kernels for [`crate::gather`], the fast path on CPUs without AVX-512 (including
-//! the machines qsparse is developed on). Each call accumulates one output line (the format's
-//! rows per line) over one batch of kept columns, with the accumulators in registers.
+//! AVX2 run kernels for [`crate::gather`], the fast path on CPUs without AVX-512 (including the
+//! machines qsparse is developed on). Each call sweeps the runs of all kept columns over `n`
+//! lines of one tile, four columns at a time, adding into per-row accumulators (`acc`, L1).
 //!
-//! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX2, FMA and F16C; every
-//! index is < d_in, so `l.first + j * l.stride + 64 <= l.tile.len()`; `acc` holds exactly the
-//! format's rows per line.
+//! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX2, FMA, F16C and BMI2;
+//! every index is < d_in, so each run `l.first + j * l.stride .. + 64 n` lies in `l.tile`; `acc`
+//! holds n lines of the format's rows.
 
 use std::arch::x86_64::*;
 
+use crate::gather::runs::{group4, next_runs, prefetch_line};
 use crate::gather::Lines;
 
 /// Ternary 2-bit codes (256 rows per line): four kept columns at a time, each run swept line by
@@ -82,60 +83,6 @@ fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
             let (part, w) = (i / 16, i % 16);
             ac[8 * part + 16 * (w / 8) + w % 8] += i32::from(*v);
             *v = 0;
-        }
-    }
-}
-
-/// The start of each kept column's run for the group of four at position p (p < idx.len());
-/// past the end, the group repeats the first column.
-#[inline(always)]
-unsafe fn runs4(l: &Lines<'_>, idx: &[u32], p: usize) -> [*const u8; 4] {
-    let base = l.tile.as_ptr();
-    let mut c = [base; 4];
-    for (q, c) in c.iter_mut().enumerate() {
-        let at = if p + q < idx.len() { p + q } else { p };
-        // SAFETY: at < idx.len(); indices are < d_in, so the run lies inside the tile.
-        *c = unsafe { base.add(l.first + *idx.get_unchecked(at) as usize * l.stride) };
-    }
-    c
-}
-
-/// The runs and activations of the group of four at position p; past the end, the group is
-/// padded with the first column times zero (exact for integer sums; float kernels never use the
-/// padding).
-#[inline(always)]
-unsafe fn group4<T: Copy + Default>(
-    l: &Lines<'_>,
-    idx: &[u32],
-    val: &[T],
-    p: usize,
-) -> ([*const u8; 4], [T; 4]) {
-    let mut v = [T::default(); 4];
-    for (q, v) in v.iter_mut().enumerate() {
-        if p + q < idx.len() {
-            // SAFETY: p + q < idx.len() == val.len().
-            *v = unsafe { *val.get_unchecked(p + q) };
-        }
-    }
-    // SAFETY: p < idx.len().
-    (unsafe { runs4(l, idx, p) }, v)
-}
-
-/// The runs of the next group (if any). Line s of each is prefetched while line s of the current
-/// group is computed, so every run streams from DRAM one group ahead (this took a single thread
-/// from 7.4 to 9.7 GB/s on a 4096 x 11008 int8 product).
-#[inline(always)]
-unsafe fn next_runs(l: &Lines<'_>, idx: &[u32], p: usize) -> Option<[*const u8; 4]> {
-    // SAFETY: runs4 is called only with p < idx.len().
-    (p < idx.len()).then(|| unsafe { runs4(l, idx, p) })
-}
-
-#[inline(always)]
-unsafe fn prefetch_line(next: &Option<[*const u8; 4]>, s: usize) {
-    if let Some(runs) = next {
-        for r in runs {
-            // SAFETY: prefetching is a hint; the address is inside the run's tile.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(r.add(64 * s) as *const i8) };
         }
     }
 }

@@ -1,71 +1,20 @@
-//! AVX-512 block kernels for [`crate::gather`]: the AVX2 kernels' algorithms on 512-bit vectors
+//! AVX-512 run kernels for [`crate::gather`]: the AVX2 kernels' algorithms on 512-bit vectors
 //! (VNNI's fused `vpdpwssd` where present).
 //!
 //! Not yet run on AVX-512 hardware: the machines qsparse is developed and tested on expose only
 //! AVX2, so [`crate::Isa::best`] uses these only with `QSPARSE_AVX512=1`, and the test suite
 //! checks them against the scalar reference wherever the CPU has AVX-512.
 //!
+//! T2 uses the AVX2 kernel (its 512-bit form is not written yet).
+//!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
-//! for `i8_vnni`); every index is < d_in, so each line lies in `l.tile`; `acc` holds exactly the
-//! format's rows per line.
+//! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n
+//! lines of the format's rows.
 
 use std::arch::x86_64::*;
 
+use crate::gather::runs::{group4, next_runs, prefetch_line};
 use crate::gather::Lines;
-
-/// The start of each kept column's run for the group of four at position p (p < idx.len());
-/// past the end, the group repeats the first column.
-#[inline(always)]
-unsafe fn runs4(l: &Lines<'_>, idx: &[u32], p: usize) -> [*const u8; 4] {
-    let base = l.tile.as_ptr();
-    let mut c = [base; 4];
-    for (q, c) in c.iter_mut().enumerate() {
-        let at = if p + q < idx.len() { p + q } else { p };
-        // SAFETY: at < idx.len(); indices are < d_in, so the run lies inside the tile.
-        *c = unsafe { base.add(l.first + *idx.get_unchecked(at) as usize * l.stride) };
-    }
-    c
-}
-
-/// The runs and activations of the group of four at position p; past the end, the group is
-/// padded with the first column times zero (exact for integer sums; float kernels never use the
-/// padding).
-#[inline(always)]
-unsafe fn group4<T: Copy + Default>(
-    l: &Lines<'_>,
-    idx: &[u32],
-    val: &[T],
-    p: usize,
-) -> ([*const u8; 4], [T; 4]) {
-    let mut v = [T::default(); 4];
-    for (q, v) in v.iter_mut().enumerate() {
-        if p + q < idx.len() {
-            // SAFETY: p + q < idx.len() == val.len().
-            *v = unsafe { *val.get_unchecked(p + q) };
-        }
-    }
-    // SAFETY: p < idx.len().
-    (unsafe { runs4(l, idx, p) }, v)
-}
-
-/// The runs of the next group (if any). Line s of each is prefetched while line s of the current
-/// group is computed, so every run streams from DRAM one group ahead (this took a single thread
-/// from 7.4 to 9.7 GB/s on a 4096 x 11008 int8 product).
-#[inline(always)]
-unsafe fn next_runs(l: &Lines<'_>, idx: &[u32], p: usize) -> Option<[*const u8; 4]> {
-    // SAFETY: runs4 is called only with p < idx.len().
-    (p < idx.len()).then(|| unsafe { runs4(l, idx, p) })
-}
-
-#[inline(always)]
-unsafe fn prefetch_line(next: &Option<[*const u8; 4]>, s: usize) {
-    if let Some(runs) = next {
-        for r in runs {
-            // SAFETY: prefetching is a hint; the address is inside the run's tile.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(r.add(64 * s) as *const i8) };
-        }
-    }
-}
 
 /// int8 weights (64 rows per line) as the AVX2 kernel: four kept columns at a time, runs swept
 /// line by line, 32-row halves widened to int16, interleaved pairwise, multiplied by the (x1, x2)

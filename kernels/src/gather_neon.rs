@@ -1,4 +1,4 @@
-//! NEON block kernels for [`crate::gather`] (aarch64, where NEON is baseline).
+//! NEON run kernels for [`crate::gather`] (aarch64, where NEON is baseline).
 //!
 //! Callers guarantee what the x86 kernels' callers do (see `gather_avx2`). Tested under
 //! qemu-user in CI; performance has not been measured on real ARM hardware.
