@@ -3,12 +3,14 @@
 //! models, only of the container format and ggml's tensor types.
 
 mod cursor;
+mod dequant;
 mod error;
 mod reader;
 mod types;
 mod value;
 mod writer;
 
+pub use dequant::{dequantize, DequantError, SUPPORTED as DEQUANT_SUPPORTED};
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
 pub use types::{GgmlType, TypeDialect};
