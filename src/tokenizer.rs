@@ -1,0 +1,429 @@
+//! Text <-> token ids, built from a GGUF file's `tokenizer.ggml.*` metadata with the `tokenizers`
+//! crate. Two vocabulary kinds are supported, as llama.cpp names them:
+//!
+//! - `gpt2`: byte-level BPE with merges; the pre-tokenizer follows `tokenizer.ggml.pre` (e.g.
+//!   `smollm` isolates every digit before the GPT-2 split).
+//! - `llama`: SentencePiece-style BPE with per-token scores and byte fallback (`<0x0A>`); merges are
+//!   derived from the scores, the way Hugging Face converts SentencePiece models.
+//!
+//! Control and user-defined tokens (`<|im_start|>`, `<s>`, ...) are matched as single tokens.
+//! Decoding goes through a per-token byte table, so a stream of tokens can be printed as soon as
+//! it forms whole UTF-8 characters ([`StreamDecoder`]).
+
+use std::collections::HashMap;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::gguf::{GgufError, GgufFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported tokenizer: {0}")]
+    Unsupported(String),
+    #[error("tokenizer metadata is inconsistent: {0}")]
+    Invalid(String),
+    #[error("tokenizer: {0}")]
+    Library(String),
+}
+
+fn lib(e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Library(e.to_string())
+}
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+const TYPE_BYTE: i32 = 6;
+
+/// The GPT-2 split regex (llama.cpp's default for BPE vocabularies).
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// Llama 3's split regex (`llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A model's tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The bytes each token stands for (control tokens: their text).
+    bytes: Vec<Vec<u8>>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
+    add_bos: bool,
+    control: Vec<bool>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.bytes.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let kind = file.get_str("tokenizer.ggml.model")?;
+        let tokens: Vec<&str> = file
+            .get_array("tokenizer.ggml.tokens")?
+            .strings()
+            .ok_or_else(|| {
+                TokenizerError::Invalid("tokenizer.ggml.tokens is not an array of strings".into())
+            })?
+            .collect();
+        let n = tokens.len();
+        let types: Vec<i32> = match file.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .as_array()
+                .map(|a| a.iter().map(|t| t.as_i64().unwrap_or(1) as i32).collect())
+                .unwrap_or_default(),
+            None => vec![1; n],
+        };
+        if types.len() != n {
+            return Err(TokenizerError::Invalid(format!(
+                "{n} tokens but {} token types",
+                types.len()
+            )));
+        }
+        let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(i) if (i as usize) < n => Ok(Some(i as u32)),
+                    _ => Err(TokenizerError::Invalid(format!(
+                        "{key} = {v} is not a token id"
+                    ))),
+                },
+            }
+        };
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id")?,
+            id("tokenizer.ggml.eos_token_id")?,
+        );
+        let eot = id("tokenizer.ggml.eot_token_id")?;
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v.as_bool().unwrap_or(false),
+            None => kind == "llama",
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        if vocab.len() != n {
+            return Err(TokenizerError::Invalid(
+                "tokenizer.ggml.tokens has duplicate tokens".into(),
+            ));
+        }
+
+        let (mut inner, bytes) = match kind {
+            "gpt2" => {
+                let merges: Vec<(String, String)> = file
+                    .get_array("tokenizer.ggml.merges")?
+                    .strings()
+                    .ok_or_else(|| {
+                        TokenizerError::Invalid(
+                            "tokenizer.ggml.merges is not an array of strings".into(),
+                        )
+                    })?
+                    .map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| {
+                                TokenizerError::Invalid(format!("merge `{m}` has no space"))
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .build()
+                    .map_err(lib)?;
+                let mut t = tokenizers::Tokenizer::new(bpe);
+                let pre = file
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(pre)?));
+                t.with_decoder(Some(ByteLevelDecoder::default()));
+                let unicode_to_byte = byte_level_inverse();
+                let bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(t, &ty)| match ty {
+                        TYPE_CONTROL | TYPE_USER_DEFINED => t.as_bytes().to_vec(),
+                        _ => t
+                            .chars()
+                            .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
+                            .collect(),
+                    })
+                    .collect();
+                (t, bytes)
+            }
+            "llama" => {
+                let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
+                    Some(v) => v
+                        .as_array()
+                        .map(|a| a.iter().map(|s| s.as_f32().unwrap_or(0.0)).collect())
+                        .unwrap_or_default(),
+                    None => vec![0.0; n],
+                };
+                if scores.len() != n {
+                    return Err(TokenizerError::Invalid(format!(
+                        "{n} tokens but {} scores",
+                        scores.len()
+                    )));
+                }
+                let merges = spm_merges(&tokens, &scores, &types);
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .byte_fallback(true)
+                    .fuse_unk(true)
+                    .build()
+                    .map_err(lib)?;
+                let mut t = tokenizers::Tokenizer::new(bpe);
+                let add_space = file
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(true);
+                let mut norms: Vec<NormalizerWrapper> = Vec::new();
+                if add_space {
+                    norms.push(Prepend::new("▁".into()).into());
+                }
+                norms.push(Replace::new(" ", "▁").map_err(lib)?.into());
+                t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)));
+                let bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(t, &ty)| match ty {
+                        TYPE_BYTE => parse_byte_token(t).map(|b| vec![b]).unwrap_or_default(),
+                        TYPE_CONTROL => Vec::new(),
+                        _ => t.replace('▁', " ").into_bytes(),
+                    })
+                    .collect();
+                (t, bytes)
+            }
+            other => {
+                return Err(TokenizerError::Unsupported(format!(
+                    "tokenizer.ggml.model = `{other}` (qsparse reads `gpt2` and `llama`)"
+                )))
+            }
+        };
+
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED)
+            .map(|(t, _)| AddedToken::from(t.to_string(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Ok(Tokenizer {
+            inner,
+            bytes,
+            bos,
+            eos,
+            eot,
+            add_bos,
+            control: types.iter().map(|&t| t == TYPE_CONTROL).collect(),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether generation should stop at this token (end of sequence or end of turn).
+    pub fn is_end(&self, id: u32) -> bool {
+        Some(id) == self.eos || Some(id) == self.eot
+    }
+
+    /// Token ids of `text`, with BOS first when the model asks for it. Special tokens written in
+    /// the text (`<|im_start|>`) become single tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode_fast(text, false).map_err(lib)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The bytes of one token (empty for unknown ids and for control tokens of SentencePiece
+    /// vocabularies).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id as usize).map_or(&[], |b| b.as_slice())
+    }
+
+    /// The token as stored in the vocabulary (for display in `--logprobs`).
+    pub fn piece(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.token_bytes(id)).into_owned()
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The text of a token sequence (invalid UTF-8 replaced).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns token bytes into text as soon as they form whole UTF-8 characters, so a streamed reply
+/// never shows half an emoji. Bytes that can never become valid UTF-8 are replaced by U+FFFD.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a token's bytes; returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // SAFETY-free: the prefix was just validated.
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is left at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
+    let byte_level = |regex: bool| {
+        PreTokenizerWrapper::from(
+            ByteLevel::default()
+                .add_prefix_space(false)
+                .use_regex(regex),
+        )
+    };
+    let split = |pattern: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
+        Ok(Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(lib)?
+        .into())
+    };
+    Ok(match pre {
+        // llama.cpp: "\p{N}" then the GPT-2 regex.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                split(GPT2_SPLIT)?,
+                byte_level(false),
+            ])
+            .into()
+        }
+        "gpt2" | "default" | "mpt" | "olmo" | "jais" => byte_level(true),
+        "llama3" | "llama-bpe" | "llama-v3" | "falcon3" | "pixtral" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into()
+        }
+        other => return Err(TokenizerError::Unsupported(format!(
+            "tokenizer.ggml.pre = `{other}` (supported: smollm, gpt2, llama-bpe and their aliases)"
+        ))),
+    })
+}
+
+/// GPT-2's byte <-> printable-character table, inverted: the character each token string uses
+/// for a byte, back to the byte.
+fn byte_level_inverse() -> HashMap<char, u8> {
+    let mut printable: Vec<u32> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .map(u32::from)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable
+        .iter()
+        .zip(chars)
+        .filter_map(|(&b, c)| char::from_u32(c).map(|c| (c, b as u8)))
+        .collect()
+}
+
+fn parse_byte_token(t: &str) -> Option<u8> {
+    let hex = t.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged token (higher
+/// first): every split of a normal token into two vocabulary tokens is a merge.
+fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
+    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut ranked: Vec<(f32, usize, usize, String, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if types[i] != 1 || t.chars().count() < 2 {
+            continue;
+        }
+        for (at, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(at);
+            if let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) {
+                ranked.push((scores[i], ia, ib, a.to_string(), b.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    ranked.into_iter().map(|(_, _, _, a, b)| (a, b)).collect()
+}
