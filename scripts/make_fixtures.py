@@ -4,7 +4,8 @@ tests/fixtures/smollm2_llamacpp.json so the test suite runs without llama.cpp.
 
     python3 scripts/make_fixtures.py            # installs llama-cpp-python (compiles llama.cpp) if needed
 
-Holds: token ids of tricky strings.
+Holds: token ids of tricky strings; for a set of prompts, the top-10 logits after the prompt and
+the greedy 32-token continuation (llama.cpp's CPU backend, 2 threads).
 """
 import json
 import os
@@ -36,6 +37,71 @@ TOKENIZE = [
 ]
 
 
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, there was a",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "<|im_start|>user\nWhat is the largest planet in the solar system?<|im_end|>\n<|im_start|>assistant\n",
+    "In 1969, Neil Armstrong",
+    "Water boils at a temperature of",
+    "1, 2, 3, 4, 5,",
+]
+
+
+def logits_and_greedy(model_path):
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path, n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    out = []
+    for prompt in PROMPTS:
+        toks = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        llm.reset()
+        llm.eval(toks)
+        logits = np.array(llm.scores[len(toks) - 1], dtype=np.float64)
+        top = np.argsort(-logits)[:10]
+        greedy = []
+        for _ in range(32):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            greedy.append(nxt)
+            llm.eval([nxt])
+        out.append({
+            "prompt": prompt,
+            "prompt_ids": toks,
+            "top10": [[int(i), float(logits[i])] for i in top],
+            "greedy32": greedy,
+        })
+    return out
+
+
+def f32_copy(model_path, out_path):
+    """The same model with every tensor dequantized to F32 (metadata copied), so llama.cpp runs it
+    with f32 activations: the exact reference for qsparse's `--weights f32` path."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    r = GGUFReader(model_path)
+    arch = r.fields["general.architecture"].contents()
+    w = GGUFWriter(out_path, arch)
+    for name, field in r.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == GGUFValueType.ARRAY and len(field.types) > 1 else None
+        w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+    w.add_file_type(0)
+    for t in r.tensors:
+        data = dequantize(t.data, t.tensor_type).astype(np.float32)
+        shape = [int(d) for d in reversed(t.shape)]
+        w.add_tensor(t.name, data.reshape(shape), raw_dtype=GGMLQuantizationType.F32)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     try:
         import llama_cpp  # noqa: F401
@@ -48,7 +114,17 @@ def main():
     vocab = Llama(MODEL, vocab_only=True, verbose=False)
     tokens = [{"text": t, "ids": vocab.tokenize(t.encode(), add_bos=False, special=True)} for t in TOKENIZE]
     import llama_cpp
-    out = {"llama_cpp_python": llama_cpp.__version__, "model": os.path.basename(MODEL), "tokenize": tokens}
+    out = {
+        "llama_cpp_python": llama_cpp.__version__,
+        "model": os.path.basename(MODEL),
+        "tokenize": tokens,
+        "prompts": logits_and_greedy(MODEL),
+    }
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path = os.path.join(tmp, "smollm2-f32.gguf")
+        f32_copy(MODEL, f32_path)
+        out["prompts_f32"] = logits_and_greedy(f32_path)
     with open(OUT, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -7,4 +7,5 @@ pub mod cli;
 pub mod gguf;
 pub mod model;
 pub mod models;
+pub mod sample;
 pub mod tokenizer;

@@ -373,9 +373,11 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> 
         "llama3" | "llama-bpe" | "llama-v3" | "falcon3" | "pixtral" => {
             Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into()
         }
-        other => return Err(TokenizerError::Unsupported(format!(
+        other => {
+            return Err(TokenizerError::Unsupported(format!(
             "tokenizer.ggml.pre = `{other}` (supported: smollm, gpt2, llama-bpe and their aliases)"
-        ))),
+        )))
+        }
     })
 }
 

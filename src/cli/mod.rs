@@ -1,6 +1,8 @@
 //! The `qsparse` command line: one file per subcommand, each thin (parse flags, call the library,
 //! print). Errors go to stderr with exit code 1; usage errors exit with 2 (clap's convention).
 
+mod common;
+mod generate;
 mod inspect;
 mod pull;
 
@@ -27,6 +29,8 @@ enum Command {
     Pull(pull::Args),
     /// Show what a GGUF model file holds: architecture, shapes, tensor types and sizes.
     Inspect(inspect::Args),
+    /// Generate text from a prompt (stdout: the text only; stderr: speeds).
+    Generate(generate::Args),
 }
 
 /// Entry point of the binary.
@@ -35,6 +39,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pull(args) => pull::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,47 @@
-//! Models: their configuration read from GGUF metadata (and, in later steps, their weights and
-//! forward pass). Sits between the GGUF layer and the executor.
+//! Models: configuration from GGUF metadata, weights converted into the kernels' formats, and the
+//! llama forward pass with Q-Sparse. Sits between the GGUF layer and the sampler/CLI.
 
 pub mod config;
+pub mod llama;
+pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
+pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic};
+pub use weights::{WeightFormat, Weights, WeightsError};
+
+use std::path::Path;
+
+use crate::gguf::{GgufError, GgufFile};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("architecture `{0}` is not supported (qsparse runs `llama`)")]
+    Architecture(String),
+}
+
+/// Open a GGUF model file and convert its weights to `format`. `progress(done, total)` reports
+/// converted tensors.
+pub fn load(
+    path: &Path,
+    format: WeightFormat,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Model, Tokenizer), LoadError> {
+    let file = GgufFile::open(path)?;
+    let config = ModelConfig::from_gguf(&file)?;
+    if config.architecture != "llama" {
+        return Err(LoadError::Architecture(config.architecture));
+    }
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let weights = Weights::load(&file, &config, format, progress)?;
+    Ok((Model::new(file, config, weights), tokenizer))
+}

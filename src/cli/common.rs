@@ -1,0 +1,103 @@
+//! Flags and steps shared by the commands that run a model.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::model::{self, Model, Sparsity, WeightFormat};
+use crate::models;
+use crate::tokenizer::Tokenizer;
+
+/// Model selection, weight format and sparsity.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// A GGUF file path or a manifest model name.
+    #[arg(short, long, default_value = "smollm2-135m-instruct")]
+    pub model: String,
+    /// Weight format the linear layers are converted to at load: f32 (exact reference), f16, or
+    /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse).
+    #[arg(long, value_enum, default_value = "int8")]
+    pub weights: WeightsArg,
+    /// Q-Sparse ratio S in [0, 1): keep the top (1-S) of each projection's inputs by magnitude.
+    /// 0 is the dense model.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
+    pub sparsity: f32,
+    /// Also sparsify the lm_head input at this ratio (Q-Sparse leaves it dense).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
+    pub lm_head_sparsity: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    F32,
+    F16,
+    Int8,
+}
+
+impl From<WeightsArg> for WeightFormat {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::F32 => WeightFormat::F32,
+            WeightsArg::F16 => WeightFormat::F16,
+            WeightsArg::Int8 => WeightFormat::Int8,
+        }
+    }
+}
+
+pub fn parse_sparsity(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is outside [0, 1): S is the fraction of inputs dropped"
+        ))
+    }
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(models::resolve(&self.model)?)
+    }
+
+    pub fn sparsity(&self) -> Sparsity {
+        Sparsity {
+            lm_head: self.lm_head_sparsity,
+            ..Sparsity::uniform(self.sparsity)
+        }
+    }
+
+    /// Load the model, with a progress bar on a terminal.
+    pub fn load(&self) -> Result<(Model, Tokenizer)> {
+        let path = self.path()?;
+        let bar = if std::io::stderr().is_terminal() {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_message(format!(
+                "loading {} as {}",
+                path.display(),
+                WeightFormat::from(self.weights).name()
+            ));
+            Some(b)
+        } else {
+            None
+        };
+        let progress = |done: usize, total: usize| {
+            if let Some(b) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        };
+        let loaded = model::load(&path, self.weights.into(), &progress)
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(loaded)
+    }
+}

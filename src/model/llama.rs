@@ -1,0 +1,405 @@
+//! The llama forward pass for one token, with Q-Sparse before every projection.
+//!
+//! Reads top to bottom like the architecture: embed → for each layer (RMSNorm → q/k/v → RoPE →
+//! grouped-query attention over the KV cache → o → residual; RMSNorm → gate/up → SiLU·up → down →
+//! residual) → final norm → lm_head. Each projection's input goes through [`Sparsifier::select`]:
+//! int8 absmax quantization for int8 weights, then Top-K by magnitude; q/k/v share one selection
+//! (same input), gate/up share one. Attention scores and the lm_head stay dense by default.
+
+use qsparse_kernels::{
+    gather_matvec, keep_count, quantize_absmax, topk_f32, topk_i8, Input, Isa, NonFinite, Sparse,
+};
+
+use super::config::ModelConfig;
+use super::weights::{Linear, WeightFormat, Weights};
+use crate::gguf::{DequantError, GgufFile};
+
+/// Sparsity ratio S per projection input (K = round((1−S)·d) entries kept).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sparsity {
+    pub qkv: f32,
+    pub o: f32,
+    pub gate_up: f32,
+    pub down: f32,
+    /// The lm_head input; 0 (dense) unless asked for.
+    pub lm_head: f32,
+}
+
+impl Sparsity {
+    /// The same ratio for every projection (the lm_head stays dense).
+    pub fn uniform(s: f32) -> Sparsity {
+        Sparsity {
+            qkv: s,
+            o: s,
+            gate_up: s,
+            down: s,
+            lm_head: 0.0,
+        }
+    }
+
+    pub fn dense() -> Sparsity {
+        Sparsity::uniform(0.0)
+    }
+}
+
+/// Weight bytes read and weights used by one forward pass, per projection kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    pub bytes: [u64; 8],
+    pub active_params: [u64; 8],
+}
+
+impl Traffic {
+    pub const NAMES: [&'static str; 8] = ["q", "k", "v", "o", "gate", "up", "down", "lm_head"];
+
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    pub fn total_active_params(&self) -> u64 {
+        self.active_params.iter().sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("token id {token} is outside the vocabulary ({vocab} tokens)")]
+    BadToken { token: u32, vocab: usize },
+    #[error("position {pos} is beyond the context length {ctx}")]
+    ContextFull { pos: usize, ctx: usize },
+    #[error("layer {layer}: {source}")]
+    NonFinite {
+        layer: usize,
+        #[source]
+        source: NonFinite,
+    },
+    #[error(transparent)]
+    Dequant(#[from] DequantError),
+}
+
+/// The selected (and for int8 weights, quantized) input of a projection.
+#[derive(Debug, Default)]
+struct Selection {
+    int: Sparse<i8>,
+    float: Sparse<f32>,
+    scale: f32,
+    quantized: Vec<i8>,
+    scratch: Vec<f32>,
+}
+
+/// Chooses K inputs per projection; owns the reusable buffers so no step allocates.
+#[derive(Debug)]
+struct Sparsifier {
+    isa: Isa,
+    format: WeightFormat,
+    sel: Selection,
+}
+
+impl Sparsifier {
+    /// Select the inputs of `x` to keep at sparsity `s`.
+    fn select(&mut self, x: &[f32], s: f32) -> Result<(), NonFinite> {
+        let k = keep_count(x.len(), s);
+        let sel = &mut self.sel;
+        match self.format {
+            WeightFormat::Int8 => {
+                sel.quantized.resize(x.len(), 0);
+                let gamma = quantize_absmax(self.isa, x, &mut sel.quantized)?;
+                sel.scale = gamma / 127.0;
+                topk_i8(self.isa, &sel.quantized, k, &mut sel.int);
+            }
+            WeightFormat::F32 | WeightFormat::F16 => {
+                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                    return Err(NonFinite {
+                        index: i,
+                        value: x[i],
+                    });
+                }
+                topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
+            }
+        }
+        Ok(())
+    }
+
+    /// y = W·x_selected; returns the bytes of weights read.
+    fn matvec(&self, w: &Linear, y: &mut [f32]) -> (u64, u64) {
+        let view = w.view();
+        let kept = match self.format {
+            WeightFormat::Int8 => {
+                gather_matvec(
+                    self.isa,
+                    &view,
+                    Input::I8 {
+                        x: &self.sel.int,
+                        scale: self.sel.scale,
+                    },
+                    y,
+                );
+                self.sel.int.len()
+            }
+            _ => {
+                gather_matvec(self.isa, &view, Input::F32(&self.sel.float), y);
+                self.sel.float.len()
+            }
+        };
+        (view.bytes_read(kept) as u64, (kept * w.d_out()) as u64)
+    }
+}
+
+/// Per-sequence state: activations, KV cache, selection buffers. Allocated once.
+#[derive(Debug)]
+pub struct RunState {
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att_out: Vec<f32>,
+    attn_proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ffn_out: Vec<f32>,
+    scores: Vec<f32>,
+    pub logits: Vec<f32>,
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+    ctx: usize,
+    sparsifier: Sparsifier,
+    /// What the last forward pass read.
+    pub traffic: Traffic,
+}
+
+impl RunState {
+    pub fn new(config: &ModelConfig, format: WeightFormat, ctx: usize) -> RunState {
+        let kv = config.n_kv_heads * config.head_dim;
+        let q = config.n_heads * config.head_dim;
+        RunState {
+            x: vec![0.0; config.d_model],
+            xb: vec![0.0; config.d_model],
+            q: vec![0.0; q],
+            k: vec![0.0; kv],
+            v: vec![0.0; kv],
+            att_out: vec![0.0; q],
+            attn_proj: vec![0.0; config.d_model],
+            gate: vec![0.0; config.d_ff],
+            up: vec![0.0; config.d_ff],
+            ffn_out: vec![0.0; config.d_model],
+            scores: vec![0.0; ctx],
+            logits: vec![0.0; config.vocab_size],
+            key_cache: vec![0.0; config.n_layers * ctx * kv],
+            value_cache: vec![0.0; config.n_layers * ctx * kv],
+            ctx,
+            sparsifier: Sparsifier {
+                isa: Isa::best(),
+                format,
+                sel: Selection::default(),
+            },
+            traffic: Traffic::default(),
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.ctx
+    }
+}
+
+/// A loaded llama-family model: configuration, converted weights, and the mapped file (for the
+/// token embedding).
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub file: GgufFile,
+    rope_freqs: Vec<f32>,
+}
+
+impl Model {
+    pub fn new(file: GgufFile, config: ModelConfig, weights: Weights) -> Model {
+        // θ_i = base^(−2i/rope_dim): llama.cpp's "normal" RoPE rotates consecutive pairs
+        // (x[2i], x[2i+1]); the GGUF converter permuted q/k rows to match it.
+        let half = config.rope_dim / 2;
+        let rope_freqs = (0..half)
+            .map(|i| {
+                config
+                    .rope_base
+                    .powf(-2.0 * i as f32 / config.rope_dim as f32)
+            })
+            .collect();
+        Model {
+            config,
+            weights,
+            file,
+            rope_freqs,
+        }
+    }
+
+    /// Run token `token` at position `pos` through the model; the next-token logits are left in
+    /// `state.logits`.
+    pub fn forward(
+        &self,
+        state: &mut RunState,
+        token: u32,
+        pos: usize,
+        sparsity: Sparsity,
+    ) -> Result<(), ForwardError> {
+        let c = &self.config;
+        if token as usize >= c.vocab_size {
+            return Err(ForwardError::BadToken {
+                token,
+                vocab: c.vocab_size,
+            });
+        }
+        if pos >= state.ctx {
+            return Err(ForwardError::ContextFull {
+                pos,
+                ctx: state.ctx,
+            });
+        }
+        let (hd, n_heads, n_kv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let kv_dim = n_kv * hd;
+        let group = n_heads / n_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut traffic = Traffic::default();
+        let mut count = |slot: usize, (bytes, params): (u64, u64)| {
+            traffic.bytes[slot] += bytes;
+            traffic.active_params[slot] += params;
+        };
+
+        self.weights
+            .embedding
+            .row(&self.file, token, &mut state.x)?;
+
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let nonfinite = |source| ForwardError::NonFinite { layer: l, source };
+
+            // Attention block.
+            rms_norm(&mut state.xb, &state.x, &layer.attn_norm, c.rms_eps);
+            state
+                .sparsifier
+                .select(&state.xb, sparsity.qkv)
+                .map_err(nonfinite)?;
+            count(0, state.sparsifier.matvec(&layer.wq, &mut state.q));
+            count(1, state.sparsifier.matvec(&layer.wk, &mut state.k));
+            count(2, state.sparsifier.matvec(&layer.wv, &mut state.v));
+            self.rope(&mut state.q, pos);
+            self.rope(&mut state.k, pos);
+
+            let layer_off = l * state.ctx * kv_dim;
+            let at = layer_off + pos * kv_dim;
+            state.key_cache[at..at + kv_dim].copy_from_slice(&state.k);
+            state.value_cache[at..at + kv_dim].copy_from_slice(&state.v);
+
+            for h in 0..n_heads {
+                let kvh = h / group;
+                let q = &state.q[h * hd..(h + 1) * hd];
+                let scores = &mut state.scores[..=pos];
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let k = &state.key_cache[layer_off + t * kv_dim + kvh * hd..][..hd];
+                    *s = dot(q, k) * scale;
+                }
+                softmax(scores);
+                let out = &mut state.att_out[h * hd..(h + 1) * hd];
+                out.fill(0.0);
+                for (t, &p) in scores.iter().enumerate() {
+                    let v = &state.value_cache[layer_off + t * kv_dim + kvh * hd..][..hd];
+                    for (o, &vv) in out.iter_mut().zip(v) {
+                        *o += p * vv;
+                    }
+                }
+            }
+            state
+                .sparsifier
+                .select(&state.att_out, sparsity.o)
+                .map_err(nonfinite)?;
+            count(3, state.sparsifier.matvec(&layer.wo, &mut state.attn_proj));
+            for (x, a) in state.x.iter_mut().zip(&state.attn_proj) {
+                *x += a;
+            }
+
+            // Feed-forward block.
+            rms_norm(&mut state.xb, &state.x, &layer.ffn_norm, c.rms_eps);
+            state
+                .sparsifier
+                .select(&state.xb, sparsity.gate_up)
+                .map_err(nonfinite)?;
+            count(4, state.sparsifier.matvec(&layer.w_gate, &mut state.gate));
+            count(5, state.sparsifier.matvec(&layer.w_up, &mut state.up));
+            for (g, u) in state.gate.iter_mut().zip(&state.up) {
+                *g = silu(*g) * u;
+            }
+            state
+                .sparsifier
+                .select(&state.gate, sparsity.down)
+                .map_err(nonfinite)?;
+            count(
+                6,
+                state.sparsifier.matvec(&layer.w_down, &mut state.ffn_out),
+            );
+            for (x, f) in state.x.iter_mut().zip(&state.ffn_out) {
+                *x += f;
+            }
+        }
+
+        rms_norm(
+            &mut state.xb,
+            &state.x,
+            &self.weights.output_norm,
+            c.rms_eps,
+        );
+        state
+            .sparsifier
+            .select(&state.xb, sparsity.lm_head)
+            .map_err(|source| ForwardError::NonFinite {
+                layer: c.n_layers,
+                source,
+            })?;
+        count(
+            7,
+            state
+                .sparsifier
+                .matvec(&self.weights.lm_head, &mut state.logits),
+        );
+        state.traffic = traffic;
+        Ok(())
+    }
+
+    /// Rotate consecutive pairs of each head's first rope_dim entries by pos·θ_i.
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.config.head_dim;
+        for head in v.chunks_exact_mut(hd) {
+            for (i, &f) in self.rope_freqs.iter().enumerate() {
+                let (sin, cos) = (pos as f32 * f).sin_cos();
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos - b * sin;
+                head[2 * i + 1] = a * sin + b * cos;
+            }
+        }
+    }
+}
+
+fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * inv * wi;
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}

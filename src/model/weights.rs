@@ -1,0 +1,274 @@
+//! A llama-family model's weights, converted once at load from the GGUF file's types into the
+//! kernels' tiled column-major formats (`--weights f32|f16|int8`). Norm vectors stay f32; the token
+//! embedding stays in the file (mapped) and one row is dequantized per token.
+
+use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use crate::gguf::{dequantize, DequantError, GgufError, GgufFile, TensorInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("tensor `{tensor}`: {source}")]
+    Dequant {
+        tensor: String,
+        #[source]
+        source: DequantError,
+    },
+    #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        tensor: String,
+        got: Vec<u64>,
+        expected: Vec<u64>,
+    },
+}
+
+/// The kernels' weight format to convert linear layers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// f32: exact dequantized values, the reference.
+    F32,
+    F16,
+    /// int8 with a per-output-row scale (absmax per row).
+    Int8,
+}
+
+impl WeightFormat {
+    pub fn kernel_format(self) -> Format {
+        match self {
+            WeightFormat::F32 => Format::F32,
+            WeightFormat::F16 => Format::F16,
+            WeightFormat::Int8 => Format::I8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+}
+
+/// One linear layer y = W·x, W of shape [d_out, d_in].
+#[derive(Debug)]
+pub struct Linear {
+    pub name: String,
+    pub matrix: PackedMatrix,
+}
+
+impl Linear {
+    pub fn view(&self) -> ColumnTiles<'_> {
+        self.matrix.view()
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.matrix.d_in
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.matrix.d_out
+    }
+}
+
+/// One transformer block.
+#[derive(Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Linear,
+    pub w_up: Linear,
+    pub w_down: Linear,
+}
+
+/// The token embedding table, read from the mapped file one row at a time.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub info: TensorInfo,
+    row_bytes: usize,
+}
+
+impl Embedding {
+    /// Dequantize the row of `token` into `out` (d_model values).
+    pub fn row(&self, file: &GgufFile, token: u32, out: &mut [f32]) -> Result<(), DequantError> {
+        let data = file.tensor_data(&self.info);
+        let at = token as usize * self.row_bytes;
+        dequantize(self.info.ty, &data[at..at + self.row_bytes], out)
+    }
+}
+
+#[derive(Debug)]
+pub struct Weights {
+    pub format: WeightFormat,
+    pub embedding: Embedding,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// The lm_head ([vocab, d_model]); the token embedding when the file ties them.
+    pub lm_head: Linear,
+}
+
+impl Weights {
+    /// Convert every weight of `file` (parallel over tensors). `progress(done, total)` is called
+    /// as tensors finish.
+    pub fn load(
+        file: &GgufFile,
+        config: &ModelConfig,
+        format: WeightFormat,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Weights, WeightsError> {
+        let (d, ff, kv) = (
+            config.d_model as u64,
+            config.d_ff as u64,
+            (config.n_kv_heads * config.head_dim) as u64,
+        );
+        let q_dim = (config.n_heads * config.head_dim) as u64;
+        let vocab = config.vocab_size as u64;
+        let shape = |name: &str, expected: &[u64]| -> Result<TensorInfo, WeightsError> {
+            let info = file.require_tensor(name)?.clone();
+            if info.dims != expected {
+                return Err(WeightsError::Shape {
+                    tensor: name.to_string(),
+                    got: info.dims.clone(),
+                    expected: expected.to_vec(),
+                });
+            }
+            Ok(info)
+        };
+
+        // Every linear layer to convert: (name, d_in, d_out).
+        let mut linears: Vec<(String, u64, u64)> = Vec::new();
+        for l in 0..config.n_layers {
+            let p = |s: &str| format!("blk.{l}.{s}.weight");
+            linears.push((p("attn_q"), d, q_dim));
+            linears.push((p("attn_k"), d, kv));
+            linears.push((p("attn_v"), d, kv));
+            linears.push((p("attn_output"), q_dim, d));
+            linears.push((p("ffn_gate"), d, ff));
+            linears.push((p("ffn_up"), d, ff));
+            linears.push((p("ffn_down"), ff, d));
+        }
+        let head_name = if file.tensor("output.weight").is_some() {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        linears.push((head_name.to_string(), d, vocab));
+        let infos: Vec<TensorInfo> = linears
+            .iter()
+            .map(|(n, d_in, d_out)| shape(n, &[*d_in, *d_out]))
+            .collect::<Result<_, _>>()?;
+
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let total = infos.len();
+        let mut converted: Vec<Linear> = infos
+            .par_iter()
+            .map(|info| {
+                let m = convert(file, info, format)?;
+                progress(
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    total,
+                );
+                Ok(m)
+            })
+            .collect::<Result<_, WeightsError>>()?;
+
+        let norm = |name: String| -> Result<Vec<f32>, WeightsError> {
+            let info = shape(&name, &[d])?;
+            let mut v = vec![0f32; d as usize];
+            dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
+                WeightsError::Dequant {
+                    tensor: name.clone(),
+                    source,
+                }
+            })?;
+            Ok(v)
+        };
+        let lm_head = converted.pop().expect("lm_head was queued last");
+        let mut it = converted.into_iter();
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let mut next = || it.next().expect("7 linears per layer were queued");
+            layers.push(Layer {
+                attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
+                wq: next(),
+                wk: next(),
+                wv: next(),
+                wo: next(),
+                ffn_norm: norm(format!("blk.{l}.ffn_norm.weight"))?,
+                w_gate: next(),
+                w_up: next(),
+                w_down: next(),
+            });
+        }
+        let emb = shape("token_embd.weight", &[d, vocab])?;
+        let row_bytes = (emb
+            .ty
+            .tensor_bytes(&[d])
+            .map_err(|what| GgufError::BadTensor {
+                tensor: emb.name.clone(),
+                what,
+            })?) as usize;
+        Ok(Weights {
+            format,
+            embedding: Embedding {
+                info: emb,
+                row_bytes,
+            },
+            layers,
+            output_norm: norm("output_norm.weight".to_string())?,
+            lm_head,
+        })
+    }
+
+    /// Bytes of all linear layers and the lm_head in their converted format.
+    pub fn linear_bytes(&self) -> usize {
+        let layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.view().data().len())
+                    .sum::<usize>()
+            })
+            .sum();
+        layer + self.lm_head.view().data().len()
+    }
+}
+
+/// Dequantize one [d_out, d_in] tensor row by row and pack it in `format`.
+fn convert(
+    file: &GgufFile,
+    info: &TensorInfo,
+    format: WeightFormat,
+) -> Result<Linear, WeightsError> {
+    let (d_in, d_out) = (info.dims[0] as usize, info.dims[1] as usize);
+    let mut w = vec![0f32; d_in * d_out];
+    let data = file.tensor_data(info);
+    let row_bytes = data.len() / d_out;
+    for (r, out) in w.chunks_exact_mut(d_in).enumerate() {
+        dequantize(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out).map_err(|source| {
+            WeightsError::Dequant {
+                tensor: info.name.clone(),
+                source,
+            }
+        })?;
+    }
+    let matrix = match format {
+        WeightFormat::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
+        WeightFormat::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
+        WeightFormat::Int8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
+    };
+    Ok(Linear {
+        name: info.name.clone(),
+        matrix,
+    })
+}
