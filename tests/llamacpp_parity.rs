@@ -94,9 +94,8 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
 
         // Greedy continuation; where it departs from llama.cpp, the two must have been near-tied.
         let want = ids(&case["greedy32"]);
-        let mut pos = prompt.len();
         let mut same = true;
-        for &w in &want {
+        for (pos, &w) in (prompt.len()..).zip(&want) {
             let ours = argmax(&state.logits);
             if ours != w {
                 let gap = state.logits[ours as usize] - state.logits[w as usize];
@@ -111,7 +110,6 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
             model
                 .forward(&mut state, w, pos, Sparsity::dense())
                 .unwrap();
-            pos += 1;
         }
         identical += usize::from(same);
     }
