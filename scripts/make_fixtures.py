@@ -75,6 +75,37 @@ def logits_and_greedy(model_path):
     return out
 
 
+PPL_TEXT = os.path.join(ROOT, "data", "english.txt")
+PPL_CTX = 256
+
+
+def perplexity(model_path):
+    """qsparse's definition: non-overlapping windows of PPL_CTX tokens, each from an empty cache,
+    every one of the ctx-1 next-token predictions scored with log-softmax in f64."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path, n_ctx=PPL_CTX, n_threads=2, logits_all=True, verbose=False)
+    with open(PPL_TEXT, "rb") as f:
+        toks = llm.tokenize(f.read(), add_bos=False, special=False)
+    nll, n, windows = 0.0, 0, []
+    for start in range(0, len(toks) - PPL_CTX + 1, PPL_CTX):
+        window = toks[start:start + PPL_CTX]
+        llm.reset()
+        llm.eval(window)
+        w = 0.0
+        for i in range(PPL_CTX - 1):
+            logits = np.array(llm.scores[i], dtype=np.float64)
+            m = logits.max()
+            lse = np.log(np.exp(logits - m).sum()) + m
+            w -= logits[window[i + 1]] - lse
+        windows.append(w / (PPL_CTX - 1))
+        nll += w
+        n += PPL_CTX - 1
+    return {"ctx": PPL_CTX, "n_predictions": n, "mean_nll": nll / n, "ppl": float(np.exp(nll / n)),
+            "window_mean_nll": windows}
+
+
 def f32_copy(model_path, out_path):
     """The same model with every tensor dequantized to F32 (metadata copied), so llama.cpp runs it
     with f32 activations: the exact reference for qsparse's `--weights f32` path."""
@@ -119,12 +150,14 @@ def main():
         "model": os.path.basename(MODEL),
         "tokenize": tokens,
         "prompts": logits_and_greedy(MODEL),
+        "perplexity": perplexity(MODEL),
     }
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         f32_path = os.path.join(tmp, "smollm2-f32.gguf")
         f32_copy(MODEL, f32_path)
         out["prompts_f32"] = logits_and_greedy(f32_path)
+        out["perplexity_f32"] = perplexity(f32_path)
     with open(OUT, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -4,6 +4,7 @@
 //! executor ([`model`]) -> sampler -> CLI ([`cli`]).
 
 pub mod cli;
+pub mod eval;
 pub mod gguf;
 pub mod model;
 pub mod models;

@@ -96,6 +96,60 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         .for_each(|(c, ys)| run_range(kernel, w, input, c * per_task, ys));
 }
 
+/// y[r] += scale_r · Σ_i w(r, idx[i]) · val[i] for a few columns of an integer-format matrix,
+/// with f32 activations. The executor keeps the largest few activations (massive outliers) out of
+/// the int8 quantization so they do not flatten everything else to a handful of levels, and adds
+/// their columns here in f32.
+pub fn add_columns(w: &ColumnTiles<'_>, idx: &[u32], val: &[f32], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        w.d_out(),
+        "add_columns: y has {} rows, W has {}",
+        y.len(),
+        w.d_out()
+    );
+    assert_eq!(idx.len(), val.len(), "add_columns: ragged input");
+    assert!(
+        w.format().is_integer(),
+        "add_columns: {:?} is not an integer format",
+        w.format()
+    );
+    let d_in = w.d_in() as u32;
+    assert!(
+        idx.iter().all(|&j| j < d_in),
+        "add_columns: an input index is >= d_in = {d_in}"
+    );
+    let rpl = w.format().rows_per_line();
+    let scales = w.row_scale();
+    for t in 0..w.n_tiles() {
+        let (tile, lines) = (w.tile(t), w.tile_lines(t));
+        let stride = lines * LINE_BYTES;
+        for (&j, &v) in idx.iter().zip(val) {
+            for s in 0..lines {
+                let at = j as usize * stride + s * LINE_BYTES;
+                let line = &tile[at..at + LINE_BYTES];
+                let row0 = (t * LINES_PER_TILE + s) * rpl;
+                let rows = rpl.min(y.len().saturating_sub(row0));
+                let (ys, sc) = (&mut y[row0..row0 + rows], &scales[row0..row0 + rows]);
+                match w.format() {
+                    Format::T2 => {
+                        for (r, (o, &s)) in ys.iter_mut().zip(sc).enumerate() {
+                            let (byte, shift) = crate::layout::t2_position(r);
+                            let t = f32::from((line[byte] >> shift) & 3) - 1.0;
+                            *o += s * t * v;
+                        }
+                    }
+                    _ => {
+                        for ((o, &s), &q) in ys.iter_mut().zip(sc).zip(line) {
+                            *o += s * f32::from(q as i8) * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 thread_local! {
     /// Per-thread accumulators, reused across calls (no allocation per token once warm).
     static ACC_INT: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };

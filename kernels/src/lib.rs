@@ -23,7 +23,7 @@ pub mod layout;
 pub mod quant;
 pub mod topk;
 
-pub use gather::{gather_matvec, Input};
+pub use gather::{add_columns, gather_matvec, Input};
 pub use isa::Isa;
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use quant::{quantize_absmax, NonFinite};

@@ -390,3 +390,36 @@ fn dense_rows_match_within_rounding() {
         }
     }
 }
+
+#[test]
+fn add_columns_equals_the_naive_sum() {
+    let mut rng = SmallRng::seed_from_u64(8);
+    for &(d_out, d_in) in SHAPES {
+        let codes_t: Vec<i8> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-1i8..=1))
+            .collect();
+        let codes_8: Vec<i8> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-127i8..=127))
+            .collect();
+        let scales: Vec<f32> = (0..d_out).map(|_| rng.random_range(0.01f32..2.0)).collect();
+        let t2 = PackedMatrix::t2_from_codes(&codes_t, d_out, d_in, scales.clone());
+        let i8m = PackedMatrix::i8_from_codes(&codes_8, d_out, d_in, scales.clone());
+        let cols: Vec<u32> = (0..d_in as u32).filter(|j| j % 3 == 0).take(4).collect();
+        let vals: Vec<f32> = cols
+            .iter()
+            .map(|_| rng.random_range(-50.0f32..50.0))
+            .collect();
+        for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
+            let base: Vec<f32> = (0..d_out).map(|i| i as f32 * 0.25).collect();
+            let mut y = base.clone();
+            add_columns(&m.view(), &cols, &vals, &mut y);
+            for i in 0..d_out {
+                let mut want = base[i];
+                for (&j, &v) in cols.iter().zip(&vals) {
+                    want += scales[i] * f32::from(codes[i * d_in + j as usize]) * v;
+                }
+                assert_eq!(y[i].to_bits(), want.to_bits(), "{:?} row {i}", m.format);
+            }
+        }
+    }
+}

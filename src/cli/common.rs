@@ -27,6 +27,10 @@ pub struct ModelArgs {
     /// Also sparsify the lm_head input at this ratio (Q-Sparse leaves it dense).
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     pub lm_head_sparsity: f32,
+    /// With int8 weights: how many of each activation vector's largest values skip int8
+    /// quantization and are applied in f32 (0 = plain absmax, as in Q-Sparse).
+    #[arg(long, default_value_t = crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS)]
+    pub act_outliers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +71,13 @@ impl ModelArgs {
             lm_head: self.lm_head_sparsity,
             ..Sparsity::uniform(self.sparsity)
         }
+    }
+
+    /// A run state for this model with the chosen options.
+    pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
+        let mut state = crate::model::RunState::new(&model.config, self.weights.into(), ctx);
+        state.set_activation_outliers(self.act_outliers);
+        state
     }
 
     /// Load the model, with a progress bar on a terminal.

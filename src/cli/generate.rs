@@ -8,7 +8,6 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::common::ModelArgs;
-use crate::model::RunState;
 use crate::sample::{log_prob, Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
 
@@ -67,7 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let sparsity = args.model.sparsity();
-    let mut state = RunState::new(&model.config, args.model.weights.into(), ctx);
+    let mut state = args.model.run_state(&model, ctx);
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: args.temp,
         top_k: args.top_k,

@@ -4,6 +4,7 @@
 mod common;
 mod generate;
 mod inspect;
+mod perplexity;
 mod pull;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Generate text from a prompt (stdout: the text only; stderr: speeds).
     Generate(generate::Args),
+    /// Perplexity of a text file, in non-overlapping windows.
+    Perplexity(perplexity::Args),
 }
 
 /// Entry point of the binary.
@@ -40,6 +43,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
