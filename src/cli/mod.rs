@@ -1,6 +1,7 @@
 //! The `qsparse` command line: one file per subcommand, each thin (parse flags, call the library,
 //! print). Errors go to stderr with exit code 1; usage errors exit with 2 (clap's convention).
 
+mod bench;
 mod common;
 mod generate;
 mod inspect;
@@ -34,6 +35,8 @@ enum Command {
     Generate(generate::Args),
     /// Perplexity of a text file, in non-overlapping windows.
     Perplexity(perplexity::Args),
+    /// Prompt-evaluation and decode speed (medians), and weight bytes read per token.
+    Bench(bench::Args),
 }
 
 /// Entry point of the binary.
@@ -44,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
