@@ -416,22 +416,23 @@ fn top_magnitudes(x: &[f32], m: usize, out: &mut Sparse<f32>) {
     if m == 0 {
         return;
     }
-    // m is tiny: keep a sorted short list of (|x|, index), largest first.
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(m + 1);
+    // m is tiny: keep the indices sorted by magnitude, largest first, in `out.indices` itself
+    // (its capacity is reused across calls; ties keep the lower index).
+    let idx = &mut out.indices;
     for (i, &v) in x.iter().enumerate() {
         let a = v.abs();
-        if best.len() == m && a <= best[m - 1].0 {
+        if idx.len() == m && a <= x[idx[m - 1] as usize].abs() {
             continue;
         }
-        let at = best.iter().position(|&(b, _)| a > b).unwrap_or(best.len());
-        best.insert(at, (a, i as u32));
-        best.truncate(m);
+        let at = idx
+            .iter()
+            .position(|&j| a > x[j as usize].abs())
+            .unwrap_or(idx.len());
+        idx.insert(at, i as u32);
+        idx.truncate(m);
     }
-    best.sort_by_key(|&(_, i)| i);
-    for (_, i) in best {
-        out.indices.push(i);
-        out.values.push(x[i as usize]);
-    }
+    idx.sort_unstable();
+    out.values.extend(idx.iter().map(|&i| x[i as usize]));
 }
 
 fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
@@ -460,4 +461,25 @@ fn softmax(x: &mut [f32]) {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_magnitudes_picks_the_largest_in_index_order() {
+        let x = [0.5, -9.0, 3.0, 9.0, -0.1, 7.0, -3.0];
+        let mut out = Sparse::default();
+        top_magnitudes(&x, 3, &mut out);
+        assert_eq!(out.indices, [1, 3, 5]);
+        assert_eq!(out.values, [-9.0, 9.0, 7.0]);
+        // Ties at the threshold keep the lower index.
+        top_magnitudes(&x, 4, &mut out);
+        assert_eq!(out.indices, [1, 2, 3, 5]);
+        top_magnitudes(&x, 0, &mut out);
+        assert!(out.is_empty());
+        top_magnitudes(&x, 10, &mut out);
+        assert_eq!(out.len(), x.len());
+    }
 }
