@@ -176,13 +176,12 @@ impl Sparsifier {
 pub struct RunState {
     x: Vec<f32>,
     xb: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// q, k, v of one token, as the stacked q/k/v product writes them.
+    qkv: Vec<f32>,
     att_out: Vec<f32>,
     attn_proj: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    /// gate then up (the stacked product); SiLU(gate)·up is formed in the gate half.
+    gate_up: Vec<f32>,
     ffn_out: Vec<f32>,
     scores: Vec<f32>,
     pub logits: Vec<f32>,
@@ -201,13 +200,10 @@ impl RunState {
         RunState {
             x: vec![0.0; config.d_model],
             xb: vec![0.0; config.d_model],
-            q: vec![0.0; q],
-            k: vec![0.0; kv],
-            v: vec![0.0; kv],
+            qkv: vec![0.0; q + 2 * kv],
             att_out: vec![0.0; q],
             attn_proj: vec![0.0; config.d_model],
-            gate: vec![0.0; config.d_ff],
-            up: vec![0.0; config.d_ff],
+            gate_up: vec![0.0; 2 * config.d_ff],
             ffn_out: vec![0.0; config.d_model],
             scores: vec![0.0; ctx],
             logits: vec![0.0; config.vocab_size],
@@ -289,6 +285,7 @@ impl Model {
         }
         let (hd, n_heads, n_kv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let kv_dim = n_kv * hd;
+        let q_dim = n_heads * hd;
         let group = n_heads / n_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut traffic = Traffic::default();
@@ -310,20 +307,23 @@ impl Model {
                 .sparsifier
                 .select(&state.xb, sparsity.qkv)
                 .map_err(nonfinite)?;
-            count(0, state.sparsifier.matvec(&layer.wq, &mut state.q));
-            count(1, state.sparsifier.matvec(&layer.wk, &mut state.k));
-            count(2, state.sparsifier.matvec(&layer.wv, &mut state.v));
-            self.rope(&mut state.q, pos);
-            self.rope(&mut state.k, pos);
+            let read = state.sparsifier.matvec(&layer.wqkv, &mut state.qkv);
+            for (slot, rows) in [(0, q_dim), (1, kv_dim), (2, kv_dim)] {
+                count(slot, share(read, rows, q_dim + 2 * kv_dim));
+            }
+            let (q, kv) = state.qkv.split_at_mut(q_dim);
+            let (k, v) = kv.split_at_mut(kv_dim);
+            self.rope(q, pos);
+            self.rope(k, pos);
 
             let layer_off = l * state.ctx * kv_dim;
             let at = layer_off + pos * kv_dim;
-            state.key_cache[at..at + kv_dim].copy_from_slice(&state.k);
-            state.value_cache[at..at + kv_dim].copy_from_slice(&state.v);
+            state.key_cache[at..at + kv_dim].copy_from_slice(k);
+            state.value_cache[at..at + kv_dim].copy_from_slice(v);
 
             for h in 0..n_heads {
                 let kvh = h / group;
-                let q = &state.q[h * hd..(h + 1) * hd];
+                let q = &q[h * hd..(h + 1) * hd];
                 let scores = &mut state.scores[..=pos];
                 for (t, s) in scores.iter_mut().enumerate() {
                     let k = &state.key_cache[layer_off + t * kv_dim + kvh * hd..][..hd];
@@ -354,14 +354,18 @@ impl Model {
                 .sparsifier
                 .select(&state.xb, sparsity.gate_up)
                 .map_err(nonfinite)?;
-            count(4, state.sparsifier.matvec(&layer.w_gate, &mut state.gate));
-            count(5, state.sparsifier.matvec(&layer.w_up, &mut state.up));
-            for (g, u) in state.gate.iter_mut().zip(&state.up) {
+            let read = state
+                .sparsifier
+                .matvec(&layer.w_gate_up, &mut state.gate_up);
+            count(4, share(read, c.d_ff, 2 * c.d_ff));
+            count(5, share(read, c.d_ff, 2 * c.d_ff));
+            let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
+            for (g, u) in gate.iter_mut().zip(up.iter()) {
                 *g = silu(*g) * u;
             }
             state
                 .sparsifier
-                .select(&state.gate, sparsity.down)
+                .select(&state.gate_up[..c.d_ff], sparsity.down)
                 .map_err(nonfinite)?;
             count(
                 6,
@@ -435,6 +439,14 @@ fn top_magnitudes(x: &[f32], m: usize, out: &mut Sparse<f32>) {
     out.values.extend(idx.iter().map(|&i| x[i as usize]));
 }
 
+/// The part of a stacked product's traffic that belongs to `rows` of its `total` rows.
+fn share((bytes, params): (u64, u64), rows: usize, total: usize) -> (u64, u64) {
+    (
+        bytes * rows as u64 / total as u64,
+        params * rows as u64 / total as u64,
+    )
+}
+
 fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -443,8 +455,22 @@ fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
+/// Dot product with eight partial sums, which the compiler keeps in SIMD registers.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn softmax(x: &mut [f32]) {

@@ -75,17 +75,17 @@ impl Linear {
     }
 }
 
-/// One transformer block.
+/// One transformer block. Projections that read the same input are stacked by rows into one
+/// matrix (q/k/v; gate/up), so each takes one selection and one parallel product per token.
 #[derive(Debug)]
 pub struct Layer {
     pub attn_norm: Vec<f32>,
-    pub wq: Linear,
-    pub wk: Linear,
-    pub wv: Linear,
+    /// Rows: q (n_heads·head_dim), then k, then v (n_kv_heads·head_dim each).
+    pub wqkv: Linear,
     pub wo: Linear,
     pub ffn_norm: Vec<f32>,
-    pub w_gate: Linear,
-    pub w_up: Linear,
+    /// Rows: gate (d_ff), then up (d_ff).
+    pub w_gate_up: Linear,
     pub w_down: Linear,
 }
 
@@ -143,35 +143,41 @@ impl Weights {
             Ok(info)
         };
 
-        // Every linear layer to convert: (name, d_in, d_out).
-        let mut linears: Vec<(String, u64, u64)> = Vec::new();
+        // Every matrix to convert: its tensors (stacked by rows), each (name, d_in, d_out).
+        let mut linears: Vec<Vec<(String, u64, u64)>> = Vec::new();
         for l in 0..config.n_layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            linears.push((p("attn_q"), d, q_dim));
-            linears.push((p("attn_k"), d, kv));
-            linears.push((p("attn_v"), d, kv));
-            linears.push((p("attn_output"), q_dim, d));
-            linears.push((p("ffn_gate"), d, ff));
-            linears.push((p("ffn_up"), d, ff));
-            linears.push((p("ffn_down"), ff, d));
+            linears.push(vec![
+                (p("attn_q"), d, q_dim),
+                (p("attn_k"), d, kv),
+                (p("attn_v"), d, kv),
+            ]);
+            linears.push(vec![(p("attn_output"), q_dim, d)]);
+            linears.push(vec![(p("ffn_gate"), d, ff), (p("ffn_up"), d, ff)]);
+            linears.push(vec![(p("ffn_down"), ff, d)]);
         }
         let head_name = if file.tensor("output.weight").is_some() {
             "output.weight"
         } else {
             "token_embd.weight"
         };
-        linears.push((head_name.to_string(), d, vocab));
-        let infos: Vec<TensorInfo> = linears
+        linears.push(vec![(head_name.to_string(), d, vocab)]);
+        let infos: Vec<Vec<TensorInfo>> = linears
             .iter()
-            .map(|(n, d_in, d_out)| shape(n, &[*d_in, *d_out]))
+            .map(|parts| {
+                parts
+                    .iter()
+                    .map(|(n, d_in, d_out)| shape(n, &[*d_in, *d_out]))
+                    .collect()
+            })
             .collect::<Result<_, _>>()?;
 
         let done = std::sync::atomic::AtomicUsize::new(0);
         let total = infos.len();
         let mut converted: Vec<Linear> = infos
             .par_iter()
-            .map(|info| {
-                let m = convert(file, info, format)?;
+            .map(|parts| {
+                let m = convert(file, parts, format)?;
                 progress(
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                     total,
@@ -195,16 +201,13 @@ impl Weights {
         let mut it = converted.into_iter();
         let mut layers = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
-            let mut next = || it.next().expect("7 linears per layer were queued");
+            let mut next = || it.next().expect("4 matrices per layer were queued");
             layers.push(Layer {
                 attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
-                wq: next(),
-                wk: next(),
-                wv: next(),
+                wqkv: next(),
                 wo: next(),
                 ffn_norm: norm(format!("blk.{l}.ffn_norm.weight"))?,
-                w_gate: next(),
-                w_up: next(),
+                w_gate_up: next(),
                 w_down: next(),
             });
         }
@@ -234,7 +237,7 @@ impl Weights {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
                     .iter()
                     .map(|m| m.view().data().len())
                     .sum::<usize>()
@@ -244,23 +247,29 @@ impl Weights {
     }
 }
 
-/// Dequantize one [d_out, d_in] tensor row by row and pack it in `format`.
+/// Dequantize [d_out, d_in] tensors (sharing d_in) row by row, stack them by rows, and pack the
+/// result in `format`.
 fn convert(
     file: &GgufFile,
-    info: &TensorInfo,
+    parts: &[TensorInfo],
     format: WeightFormat,
 ) -> Result<Linear, WeightsError> {
-    let (d_in, d_out) = (info.dims[0] as usize, info.dims[1] as usize);
+    let d_in = parts[0].dims[0] as usize;
+    let d_out: usize = parts.iter().map(|i| i.dims[1] as usize).sum();
     let mut w = vec![0f32; d_in * d_out];
-    let data = file.tensor_data(info);
-    let row_bytes = data.len() / d_out;
-    for (r, out) in w.chunks_exact_mut(d_in).enumerate() {
-        dequantize(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out).map_err(|source| {
-            WeightsError::Dequant {
-                tensor: info.name.clone(),
-                source,
-            }
-        })?;
+    let mut rows = w.chunks_exact_mut(d_in);
+    for info in parts {
+        let data = file.tensor_data(info);
+        let n = info.dims[1] as usize;
+        let row_bytes = data.len() / n;
+        for (r, out) in rows.by_ref().take(n).enumerate() {
+            dequantize(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out).map_err(
+                |source| WeightsError::Dequant {
+                    tensor: info.name.clone(),
+                    source,
+                },
+            )?;
+        }
     }
     let matrix = match format {
         WeightFormat::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
@@ -268,7 +277,11 @@ fn convert(
         WeightFormat::Int8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
     };
     Ok(Linear {
-        name: info.name.clone(),
+        name: parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+"),
         matrix,
     })
 }
