@@ -133,6 +133,25 @@ def f32_copy(model_path, out_path):
     w.close()
 
 
+CHAT = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "  Tell me a joke.  "}],
+]
+
+
+def chat_renders(model_path):
+    """The model's chat template rendered by jinja2 as Hugging Face does (trim_blocks,
+    lstrip_blocks), with add_generation_prompt."""
+    import jinja2
+    from gguf import GGUFReader
+
+    template = GGUFReader(model_path).fields["tokenizer.chat_template"].contents()
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    t = env.from_string(template)
+    return [{"messages": m, "text": t.render(messages=m, add_generation_prompt=True)} for m in CHAT]
+
+
 def main():
     try:
         import llama_cpp  # noqa: F401
@@ -151,6 +170,7 @@ def main():
         "tokenize": tokens,
         "prompts": logits_and_greedy(MODEL),
         "perplexity": perplexity(MODEL),
+        "chat": chat_renders(MODEL),
     }
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:

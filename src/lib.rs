@@ -3,6 +3,7 @@
 //! Data flows one way: file -> mmap tensors ([`gguf`]) -> kernels (`qsparse-kernels`) ->
 //! executor ([`model`]) -> sampler -> CLI ([`cli`]).
 
+pub mod chat;
 pub mod cli;
 pub mod eval;
 pub mod gguf;

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::common::ModelArgs;
+use crate::chat::{ChatTemplate, Message};
 use crate::sample::{log_prob, Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
 
@@ -44,6 +45,9 @@ pub struct Args {
     /// With --json: the top N candidates (id, piece, logit, logprob) at each step.
     #[arg(long, default_value_t = 0)]
     logprobs: usize,
+    /// Wrap the prompt as one user message in the model's chat template (ChatML if it has none).
+    #[arg(long)]
+    chat: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -54,7 +58,21 @@ pub fn run(args: Args) -> Result<()> {
     if args.prompt.is_empty() {
         bail!("the prompt is empty");
     }
-    let prompt = tokenizer.encode(&args.prompt)?;
+    let text = if args.chat {
+        let bos = tokenizer
+            .bos()
+            .map(|t| tokenizer.piece(t))
+            .unwrap_or_default();
+        let eos = tokenizer
+            .eos()
+            .map(|t| tokenizer.piece(t))
+            .unwrap_or_default();
+        let template = ChatTemplate::from_gguf(&model.file, &bos, &eos)?;
+        template.render(&[Message::new("user", &args.prompt)], true)?
+    } else {
+        args.prompt.clone()
+    };
+    let prompt = tokenizer.encode(&text)?;
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
