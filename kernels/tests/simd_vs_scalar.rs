@@ -239,19 +239,45 @@ fn check_all_isas(w: &ColumnTiles<'_>, input: Input<'_>, want: &[f32], what: &st
     }
 }
 
+/// Random ternary and int8 codes (row-major) with per-row scales, and both packed.
+struct IntegerMatrices {
+    codes_t: Vec<i8>,
+    codes_8: Vec<i8>,
+    scales: Vec<f32>,
+    t2: PackedMatrix,
+    i8m: PackedMatrix,
+}
+
+fn integer_matrices(rng: &mut SmallRng, d_out: usize, d_in: usize) -> IntegerMatrices {
+    let codes_t: Vec<i8> = (0..d_out * d_in)
+        .map(|_| rng.random_range(-1i8..=1))
+        .collect();
+    let codes_8: Vec<i8> = (0..d_out * d_in)
+        .map(|_| rng.random_range(-127i8..=127))
+        .collect();
+    let scales: Vec<f32> = (0..d_out).map(|_| rng.random_range(0.01f32..2.0)).collect();
+    let t2 = PackedMatrix::t2_from_codes(&codes_t, d_out, d_in, scales.clone());
+    let i8m = PackedMatrix::i8_from_codes(&codes_8, d_out, d_in, scales.clone());
+    IntegerMatrices {
+        codes_t,
+        codes_8,
+        scales,
+        t2,
+        i8m,
+    }
+}
+
 #[test]
 fn gather_integer_formats_equal_the_naive_product() {
     let mut rng = SmallRng::seed_from_u64(4);
     for &(d_out, d_in) in SHAPES {
-        let codes_t: Vec<i8> = (0..d_out * d_in)
-            .map(|_| rng.random_range(-1i8..=1))
-            .collect();
-        let codes_8: Vec<i8> = (0..d_out * d_in)
-            .map(|_| rng.random_range(-127i8..=127))
-            .collect();
-        let scales: Vec<f32> = (0..d_out).map(|_| rng.random_range(0.01f32..2.0)).collect();
-        let t2 = PackedMatrix::t2_from_codes(&codes_t, d_out, d_in, scales.clone());
-        let i8m = PackedMatrix::i8_from_codes(&codes_8, d_out, d_in, scales.clone());
+        let IntegerMatrices {
+            codes_t,
+            codes_8,
+            scales,
+            t2,
+            i8m,
+        } = integer_matrices(&mut rng, d_out, d_in);
         for k in ks(d_in, &mut rng) {
             let (x, xs) = sparse_input_i8(&mut rng, d_in, k);
             for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
@@ -395,15 +421,13 @@ fn dense_rows_match_within_rounding() {
 fn add_columns_equals_the_naive_sum() {
     let mut rng = SmallRng::seed_from_u64(8);
     for &(d_out, d_in) in SHAPES {
-        let codes_t: Vec<i8> = (0..d_out * d_in)
-            .map(|_| rng.random_range(-1i8..=1))
-            .collect();
-        let codes_8: Vec<i8> = (0..d_out * d_in)
-            .map(|_| rng.random_range(-127i8..=127))
-            .collect();
-        let scales: Vec<f32> = (0..d_out).map(|_| rng.random_range(0.01f32..2.0)).collect();
-        let t2 = PackedMatrix::t2_from_codes(&codes_t, d_out, d_in, scales.clone());
-        let i8m = PackedMatrix::i8_from_codes(&codes_8, d_out, d_in, scales.clone());
+        let IntegerMatrices {
+            codes_t,
+            codes_8,
+            scales,
+            t2,
+            i8m,
+        } = integer_matrices(&mut rng, d_out, d_in);
         let cols: Vec<u32> = (0..d_in as u32).filter(|j| j % 3 == 0).take(4).collect();
         let vals: Vec<f32> = cols
             .iter()
