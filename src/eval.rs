@@ -1,12 +1,56 @@
-//! Scoring a model on text: mean negative log-likelihood of next-token predictions, the quantity
-//! `perplexity` and `sweep` report.
+//! Scoring a model on text: the next-token predictions over non-overlapping windows, and their
+//! mean negative log-likelihood — what `perplexity` and `sweep` report, computed the same way.
 
 use crate::model::{ForwardError, Model, RunState, Sparsity};
 use crate::sample::log_prob;
 
-/// Mean negative log-likelihood over non-overlapping windows of `ctx` tokens of `tokens` (each
-/// from an empty KV cache, every one of its ctx−1 predictions scored), and the number of
-/// predictions. `state` must have room for `ctx` positions.
+/// Number of whole windows of `ctx` tokens in `n_tokens`, at most `chunks`.
+pub fn window_count(n_tokens: usize, ctx: usize, chunks: Option<usize>) -> usize {
+    (n_tokens / ctx.max(1)).min(chunks.unwrap_or(usize::MAX))
+}
+
+/// A text cut into non-overlapping windows of `ctx` tokens, the first `chunks` of them (all
+/// whole windows when `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Windows<'a> {
+    pub tokens: &'a [u32],
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+impl Windows<'_> {
+    pub fn count(&self) -> usize {
+        window_count(self.tokens.len(), self.ctx, self.chunks)
+    }
+}
+
+/// Run each of `windows` from an empty KV cache, and call
+/// `on_prediction(logits, next_token)` for every one of a window's ctx−1 next-token predictions
+/// (and `on_window(done, total)` after each window). `state` must have room for `ctx` positions.
+pub fn for_each_prediction(
+    model: &Model,
+    state: &mut RunState,
+    windows: Windows,
+    sparsity: Sparsity,
+    on_window: &mut dyn FnMut(usize, usize),
+    on_prediction: &mut dyn FnMut(&RunState, u32),
+) -> Result<(), ForwardError> {
+    let (n, ctx) = (windows.count(), windows.ctx);
+    for w in 0..n {
+        let window = &windows.tokens[w * ctx..(w + 1) * ctx];
+        for (pos, &t) in window.iter().enumerate() {
+            model.forward(state, t, pos, sparsity)?;
+            if let Some(&next) = window.get(pos + 1) {
+                on_prediction(state, next);
+            }
+        }
+        on_window(w + 1, n);
+    }
+    Ok(())
+}
+
+/// Mean negative log-likelihood (log-softmax in f64) of the predictions of
+/// [`for_each_prediction`], and their number.
 pub fn mean_nll(
     model: &Model,
     mut state: RunState,
@@ -16,18 +60,22 @@ pub fn mean_nll(
     sparsity: Sparsity,
     on_window: &mut dyn FnMut(usize, usize),
 ) -> Result<(f64, usize), ForwardError> {
-    let windows = (tokens.len() / ctx).min(chunks.unwrap_or(usize::MAX));
     let (mut nll, mut n) = (0.0f64, 0usize);
-    for w in 0..windows {
-        let window = &tokens[w * ctx..(w + 1) * ctx];
-        for (pos, &t) in window.iter().enumerate() {
-            model.forward(&mut state, t, pos, sparsity)?;
-            if let Some(&next) = window.get(pos + 1) {
-                nll -= log_prob(&state.logits, next as usize);
-                n += 1;
-            }
-        }
-        on_window(w + 1, windows);
-    }
+    let windows = Windows {
+        tokens,
+        ctx,
+        chunks,
+    };
+    for_each_prediction(
+        model,
+        &mut state,
+        windows,
+        sparsity,
+        on_window,
+        &mut |s, next| {
+            nll -= log_prob(&s.logits, next as usize);
+            n += 1;
+        },
+    )?;
     Ok((nll / n.max(1) as f64, n))
 }

@@ -10,4 +10,7 @@ pub mod gguf;
 pub mod model;
 pub mod models;
 pub mod sample;
+pub mod scaling;
+pub mod speed;
+pub mod sweep;
 pub mod tokenizer;

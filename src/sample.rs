@@ -168,14 +168,18 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 /// log-softmax of `logits` at `index`, in f64.
 pub fn log_prob(logits: &[f32], index: usize) -> f64 {
+    logits[index] as f64 - log_sum_exp(logits)
+}
+
+/// ln Σ exp(logits), in f64 after subtracting the maximum (the log-softmax normalizer).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = logits
+    logits
         .iter()
         .map(|&l| (l as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
-    logits[index] as f64 - lse
+        + max
 }
 
 #[cfg(test)]

@@ -100,3 +100,57 @@ fn bad_input_is_refused_clearly() {
     let o = qsparse(&["bench", "--gen-tokens", "0"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn scaling_recommends_the_papers_sparsity_for_the_weight_type() {
+    // SmolLM2 (Q4_1): the full-precision fit; the budget defaults to what its dense form reads.
+    let o = qsparse(&["scaling", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fit = &j["fits"][0];
+    assert_eq!(fit["precision"], "full-precision");
+    assert_eq!(fit["optimal_sparsity"], 0.4558);
+    let block = fit["model"]["block_linear_params"].as_f64().unwrap();
+    let head = fit["model"]["lm_head_params"].as_f64().unwrap();
+    // 30 layers x (576x576 q, o + 576x192 k, v + 3 x 576x1536); the tied 49152x576 embedding.
+    assert_eq!(
+        block,
+        30.0 * (2.0 * 576.0 * 576.0 + 2.0 * 576.0 * 192.0 + 3.0 * 576.0 * 1536.0)
+    );
+    assert_eq!(head, 49152.0 * 576.0);
+    assert_eq!(j["budget_active_params"].as_f64(), Some(block + head));
+
+    // A file with ternary projections gets the 1.58-bit fit.
+    use qsparse::gguf::{GgmlType, GgufWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ternary.gguf");
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", "llama");
+    w.add_tensor("blk.0.ffn_up.weight", GgmlType::TQ2_0, &[256, 4]);
+    w.add_tensor("token_embd.weight", GgmlType::F32, &[256, 8]);
+    let sizes: Vec<u64> = w.tensors().iter().map(|t| t.n_bytes().unwrap()).collect();
+    w.write_file(&path, |i, _, out| {
+        out.write_all(&vec![0u8; sizes[i] as usize])
+    })
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args([
+            "scaling",
+            "--json",
+            "--budget",
+            "2.9B",
+            "-m",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["fits"][0]["precision"], "ternary");
+    assert_eq!(j["fits"][0]["optimal_sparsity"], 0.6125);
+    assert_eq!(j["budget_active_params"].as_f64(), Some(2.9e9));
+
+    let o = qsparse(&["scaling", "--budget", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a parameter count"));
+}

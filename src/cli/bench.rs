@@ -1,14 +1,11 @@
 //! `qsparse bench`: prompt-evaluation and decode speed of a model at a sparsity, as medians of
 //! several runs after a warm-up, with the weight bytes each decoded token reads.
 
-use std::time::Instant;
-
 use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::common::ModelArgs;
-use crate::model::WeightFormat;
-use crate::sample::argmax;
+use crate::speed::{median, time_decode};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,11 +27,6 @@ pub struct Args {
 }
 
 const SAMPLE_TEXT: &str = include_str!("../../data/english.txt");
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 pub fn run(args: Args) -> Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.runs == 0 {
@@ -60,23 +52,11 @@ pub fn run(args: Args) -> Result<()> {
 
     let (mut prefill, mut decode, mut bytes) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..=args.runs {
-        let t = Instant::now();
-        for (pos, &tok) in prompt.iter().enumerate() {
-            model.forward(&mut state, tok, pos, sparsity)?;
-        }
-        let p = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let mut run_bytes = 0;
-        for i in 0..args.gen_tokens {
-            let next = argmax(&state.logits);
-            model.forward(&mut state, next, prompt.len() + i, sparsity)?;
-            run_bytes += state.traffic.total_bytes();
-        }
-        let d = t.elapsed().as_secs_f64();
+        let r = time_decode(&model, &mut state, &prompt, args.gen_tokens, sparsity)?;
         if run > 0 {
-            prefill.push(args.prompt_tokens as f64 / p);
-            decode.push(args.gen_tokens as f64 / d);
-            bytes = run_bytes / args.gen_tokens as u64;
+            prefill.push(r.prefill_tok_s);
+            decode.push(r.decode_tok_s);
+            bytes = r.traffic.total_bytes();
         }
     }
     let (prefill_tok_s, decode_tok_s) = (median(prefill), median(decode));
@@ -88,20 +68,20 @@ pub fn run(args: Args) -> Result<()> {
             "weight_bytes_per_token": bytes,
             "weight_gb_s": bytes as f64 * decode_tok_s / 1e9,
             "sparsity": args.model.sparsity,
-            "weights": WeightFormat::from(args.model.weights).name(),
+            "weights": args.model.format().name(),
             "threads": threads,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "runs": args.runs,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
+        outln!(
             "decode {decode_tok_s:.1} tok/s, prefill {prefill_tok_s:.1} tok/s, {:.1} MB of weights per token ({:.1} GB/s), S={}, {}, {threads} threads",
             bytes as f64 / 1e6,
             bytes as f64 * decode_tok_s / 1e9,
             args.model.sparsity,
-            WeightFormat::from(args.model.weights).name(),
+            args.model.format().name(),
         );
     }
     Ok(())

@@ -10,9 +10,9 @@ use crate::model::{self, Model, Sparsity, WeightFormat};
 use crate::models;
 use crate::tokenizer::Tokenizer;
 
-/// Model selection, weight format and sparsity.
+/// Model selection and weight format: what every command that runs a model needs.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ModelArgs {
+pub struct LoadArgs {
     /// A GGUF file path or a manifest model name.
     #[arg(short, long, default_value = "smollm2-135m-instruct")]
     pub model: String,
@@ -20,6 +20,17 @@ pub struct ModelArgs {
     /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse).
     #[arg(long, value_enum, default_value = "int8")]
     pub weights: WeightsArg,
+    /// With int8 weights: how many of each activation vector's largest values skip int8
+    /// quantization and are applied in f32 (0 = plain absmax, as in Q-Sparse).
+    #[arg(long, default_value_t = crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS)]
+    pub act_outliers: usize,
+}
+
+/// [`LoadArgs`] plus one sparsity for the run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub base: LoadArgs,
     /// Q-Sparse ratio S in [0, 1): keep the top (1-S) of each projection's inputs by magnitude.
     /// 0 is the dense model.
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
@@ -27,10 +38,6 @@ pub struct ModelArgs {
     /// Also sparsify the lm_head input at this ratio (Q-Sparse leaves it dense).
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     pub lm_head_sparsity: f32,
-    /// With int8 weights: how many of each activation vector's largest values skip int8
-    /// quantization and are applied in f32 (0 = plain absmax, as in Q-Sparse).
-    #[arg(long, default_value_t = crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS)]
-    pub act_outliers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,10 +69,6 @@ pub fn parse_sparsity(s: &str) -> Result<f32, String> {
 }
 
 impl ModelArgs {
-    pub fn path(&self) -> Result<PathBuf> {
-        Ok(models::resolve(&self.model)?)
-    }
-
     pub fn sparsity(&self) -> Sparsity {
         Sparsity {
             lm_head: self.lm_head_sparsity,
@@ -73,9 +76,31 @@ impl ModelArgs {
         }
     }
 
+    pub fn format(&self) -> WeightFormat {
+        self.base.format()
+    }
+
+    pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
+        self.base.run_state(model, ctx)
+    }
+
+    pub fn load(&self) -> Result<(Model, Tokenizer)> {
+        self.base.load()
+    }
+}
+
+impl LoadArgs {
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(models::resolve(&self.model)?)
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.weights.into()
+    }
+
     /// A run state for this model with the chosen options.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
-        let mut state = crate::model::RunState::new(&model.config, self.weights.into(), ctx);
+        let mut state = crate::model::RunState::new(&model.config, self.format(), ctx);
         state.set_activation_outliers(self.act_outliers);
         state
     }
@@ -92,7 +117,7 @@ impl ModelArgs {
             b.set_message(format!(
                 "loading {} as {}",
                 path.display(),
-                WeightFormat::from(self.weights).name()
+                self.format().name()
             ));
             Some(b)
         } else {
@@ -104,11 +129,23 @@ impl ModelArgs {
                 b.set_position(done as u64);
             }
         };
-        let loaded = model::load(&path, self.weights.into(), &progress)
+        let loaded = model::load(&path, self.format(), &progress)
             .with_context(|| format!("cannot load {}", path.display()))?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         Ok(loaded)
     }
+}
+
+/// Read a UTF-8 text file, naming the file and the first bad byte when it is not UTF-8.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }

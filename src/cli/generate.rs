@@ -144,7 +144,7 @@ pub fn run(args: Args) -> Result<()> {
             "generated_tokens": generated,
             "text": text,
             "sparsity": args.model.sparsity,
-            "weights": crate::model::WeightFormat::from(args.model.weights).name(),
+            "weights": args.model.format().name(),
             "timings": {
                 "load_s": load_s,
                 "prompt_s": prompt_s,
@@ -155,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
             "weight_bytes_per_token": bytes_read as f64 / decode_steps as f64,
             "logprobs": if args.logprobs > 0 { serde_json::Value::from(steps) } else { serde_json::Value::Null },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         stdout.write_all(stream.finish().as_bytes())?;
         writeln!(stdout)?;
@@ -167,7 +167,7 @@ pub fn run(args: Args) -> Result<()> {
             decode_steps as f64 / gen_s,
             bytes_read as f64 / decode_steps as f64 / 1e6,
             args.model.sparsity,
-            crate::model::WeightFormat::from(args.model.weights).name(),
+            args.model.format().name(),
         );
     }
     Ok(())

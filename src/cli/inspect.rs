@@ -89,9 +89,9 @@ pub fn run(args: Args) -> Result<()> {
 
     let report = build_report(&path, &file, &args);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(&report, &file, args.metadata);
+        print_text(&report, &file, args.metadata)?;
     }
     Ok(())
 }
@@ -161,18 +161,18 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
 
 fn print_value(value: &Value<'_>, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&value.to_json())?);
+        outln!("{}", serde_json::to_string_pretty(&value.to_json())?);
     } else if let Some(a) = value.as_array() {
         for v in a.iter() {
             match v.as_str() {
-                Some(s) => println!("{s}"),
-                None => println!("{v}"),
+                Some(s) => outln!("{s}"),
+                None => outln!("{v}"),
             }
         }
     } else {
         match value.as_str() {
-            Some(s) => println!("{s}"),
-            None => println!("{value}"),
+            Some(s) => outln!("{s}"),
+            None => outln!("{value}"),
         }
     }
     Ok(())
@@ -199,10 +199,10 @@ fn human_count(n: u64) -> String {
     }
 }
 
-fn print_text(r: &Report, file: &GgufFile, metadata: bool) {
+fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
-    println!("file           {}", r.path);
-    println!(
+    outln!("file           {}", r.path);
+    outln!(
         "size           {} ({} bytes), GGUF v{}, alignment {}, {} type ids",
         human_bytes(r.file_size),
         r.file_size,
@@ -210,58 +210,64 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) {
         r.alignment,
         r.type_ids
     );
-    println!("architecture   {}", opt(&r.architecture));
-    println!("name           {}", opt(&r.name));
-    println!(
+    outln!("architecture   {}", opt(&r.architecture));
+    outln!("name           {}", opt(&r.name));
+    outln!(
         "parameters     {} ({})",
         human_count(r.parameters),
         r.parameters
     );
-    println!(
+    outln!(
         "tensors        {}   metadata keys {}",
-        r.tensor_count, r.kv_count
+        r.tensor_count,
+        r.kv_count
     );
     match (&r.model, &r.model_error) {
         (Some(m), _) => {
-            println!("layers         {}", m.n_layers);
-            println!("d_model        {}", m.d_model);
-            println!("d_ff           {}", m.d_ff);
-            println!(
+            outln!("layers         {}", m.n_layers);
+            outln!("d_model        {}", m.d_model);
+            outln!("d_ff           {}", m.d_ff);
+            outln!(
                 "heads          {} query / {} kv, head dim {}",
-                m.n_heads, m.n_kv_heads, m.head_dim
+                m.n_heads,
+                m.n_kv_heads,
+                m.head_dim
             );
-            println!("context        {}", m.context_length);
-            println!("rope           base {}, dim {}", m.rope_base, m.rope_dim);
-            println!("rms eps        {:e}", m.rms_eps);
-            println!(
+            outln!("context        {}", m.context_length);
+            outln!("rope           base {}, dim {}", m.rope_base, m.rope_dim);
+            outln!("rms eps        {:e}", m.rms_eps);
+            outln!(
                 "vocab          {} ({} tokenizer, pre-tokenizer {})",
                 m.vocab_size,
                 opt(&m.tokenizer_model),
                 opt(&m.tokenizer_pre)
             );
-            println!(
+            outln!(
                 "chat template  {}",
                 if m.has_chat_template { "yes" } else { "no" }
             );
         }
-        (None, Some(e)) => println!("model shape    unavailable: {e}"),
+        (None, Some(e)) => outln!("model shape    unavailable: {e}"),
         (None, None) => {}
     }
     match &r.packed {
-        Some(p) => println!(
+        Some(p) => outln!(
             "packed         layout {}, default sparsity {}",
             opt(&p.layout),
             p.default_sparsity.map_or("-".into(), |s| s.to_string())
         ),
-        None => println!("packed         no (a plain GGUF; `qsparse pack` makes a packed one)"),
+        None => outln!("packed         no (a plain GGUF; `qsparse pack` makes a packed one)"),
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<10} {:>8} {:>14} {:>12}",
-        "type", "tensors", "parameters", "size"
+        "type",
+        "tensors",
+        "parameters",
+        "size"
     );
     for t in &r.types {
-        println!(
+        outln!(
             "{:<10} {:>8} {:>14} {:>12}",
             t.ty,
             t.tensors,
@@ -270,10 +276,14 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) {
         );
     }
     if let Some(rows) = &r.tensors {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<40} {:<8} {:<20} {:>12} {:>12}",
-            "tensor", "type", "shape", "bytes", "offset"
+            "tensor",
+            "type",
+            "shape",
+            "bytes",
+            "offset"
         );
         for t in rows {
             let shape = t
@@ -282,20 +292,25 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) {
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(" x ");
-            println!(
+            outln!(
                 "{:<40} {:<8} {:<20} {:>12} {:>12}",
-                t.name, t.ty, shape, t.bytes, t.offset
+                t.name,
+                t.ty,
+                shape,
+                t.bytes,
+                t.offset
             );
         }
     }
     if metadata {
-        println!();
+        outln!();
         for (k, v) in file.metadata() {
             let mut shown = v.to_string();
             if shown.chars().count() > 160 {
                 shown = shown.chars().take(157).collect::<String>() + "...";
             }
-            println!("{k:<44} {shown}");
+            outln!("{k:<44} {shown}");
         }
     }
+    Ok(())
 }

@@ -1,12 +1,32 @@
 //! The `qsparse` command line: one file per subcommand, each thin (parse flags, call the library,
 //! print). Errors go to stderr with exit code 1; usage errors exit with 2 (clap's convention).
 
+/// `println!` to stdout that returns an error instead of panicking when stdout is gone (e.g. the
+/// reader of a pipe quit); `main` treats that as a quiet end.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod bench;
 mod common;
 mod generate;
 mod inspect;
 mod perplexity;
+mod plot;
 mod pull;
+mod scaling;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -37,6 +57,10 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Prompt-evaluation and decode speed (medians), and weight bytes read per token.
     Bench(bench::Args),
+    /// Bytes read, speed and quality across sparsity ratios: table, JSON/CSV and a plot.
+    Sweep(sweep::Args),
+    /// The Q-Sparse paper's inference-optimal sparsity, and model size vs sparsity at a budget.
+    Scaling(scaling::Args),
 }
 
 /// Entry point of the binary.
@@ -48,9 +72,20 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Scaling(args) => scaling::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our stdout went away (`qsparse ... | head`): stop quietly.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

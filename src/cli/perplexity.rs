@@ -7,13 +7,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::common::ModelArgs;
+use super::common::{read_text, ModelArgs};
 use crate::eval::mean_nll;
-use crate::model::WeightFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,15 +36,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.ctx < 2 {
         bail!("--ctx must be at least 2 tokens");
     }
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not valid UTF-8 (byte {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = read_text(&args.file)?;
     let (model, tokenizer) = args.model.load()?;
     if args.ctx > model.config.context_length {
         bail!(
@@ -55,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let tokens = tokenizer.encode(&text)?;
-    let windows = (tokens.len() / args.ctx).min(args.chunks.unwrap_or(usize::MAX));
+    let windows = crate::eval::window_count(tokens.len(), args.ctx, args.chunks);
     if windows == 0 {
         bail!(
             "the text has {} tokens, fewer than one window of --ctx {}",
@@ -97,12 +88,12 @@ pub fn run(args: Args) -> Result<()> {
             "windows": windows,
             "ctx": args.ctx,
             "sparsity": args.model.sparsity,
-            "weights": WeightFormat::from(args.model.weights).name(),
+            "weights": args.model.format().name(),
             "tokens_per_s": (windows * args.ctx) as f64 / secs,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
+        outln!(
             "perplexity {:.4} (mean NLL {:.5}) over {n} predictions in {windows} windows of {} tokens",
             nll.exp(),
             nll,

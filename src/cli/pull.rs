@@ -23,14 +23,14 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 "not pulled"
             };
-            println!(
+            outln!(
                 "{:<24} {:>6} MB  {present:<10}  {}",
                 m.name,
                 m.size / 1_000_000,
                 m.description
             );
         }
-        println!("models directory: {}", dir.display());
+        outln!("models directory: {}", dir.display());
         return Ok(());
     }
     let name = args.name.as_deref().unwrap_or(&manifest.default);

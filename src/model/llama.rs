@@ -49,11 +49,15 @@ impl Sparsity {
     }
 }
 
-/// Weight bytes read and weights used by one forward pass, per projection kind.
+/// Weight bytes read and weights used by one forward pass, per projection kind, and how sparse
+/// the projections' inputs already were (exact zeros, e.g. after a ReLU) before any Top-K.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
     pub bytes: [u64; 8],
     pub active_params: [u64; 8],
+    /// Entries of the projection inputs that were exactly zero, and entries in all.
+    pub zero_inputs: [u64; 8],
+    pub inputs: [u64; 8],
 }
 
 impl Traffic {
@@ -65,6 +69,26 @@ impl Traffic {
 
     pub fn total_active_params(&self) -> u64 {
         self.active_params.iter().sum()
+    }
+
+    fn count(&mut self, slot: usize, (bytes, params): (u64, u64)) {
+        self.bytes[slot] += bytes;
+        self.active_params[slot] += params;
+    }
+
+    /// Count the exact zeros of `x`, the input of projection kinds `slots`.
+    fn record_input(&mut self, slots: &[usize], x: &[f32]) {
+        let zeros = x.iter().filter(|&&v| v == 0.0).count() as u64;
+        for &s in slots {
+            self.zero_inputs[s] += zeros;
+            self.inputs[s] += x.len() as u64;
+        }
+    }
+
+    /// Fraction of all projection inputs that were exactly zero before Top-K.
+    pub fn natural_sparsity(&self) -> f64 {
+        let n: u64 = self.inputs.iter().sum();
+        self.zero_inputs.iter().sum::<u64>() as f64 / n.max(1) as f64
     }
 }
 
@@ -289,10 +313,6 @@ impl Model {
         let group = n_heads / n_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut traffic = Traffic::default();
-        let mut count = |slot: usize, (bytes, params): (u64, u64)| {
-            traffic.bytes[slot] += bytes;
-            traffic.active_params[slot] += params;
-        };
 
         self.weights
             .embedding
@@ -303,13 +323,14 @@ impl Model {
 
             // Attention block.
             rms_norm(&mut state.xb, &state.x, &layer.attn_norm, c.rms_eps);
+            traffic.record_input(&[0, 1, 2], &state.xb);
             state
                 .sparsifier
                 .select(&state.xb, sparsity.qkv)
                 .map_err(nonfinite)?;
             let read = state.sparsifier.matvec(&layer.wqkv, &mut state.qkv);
             for (slot, rows) in [(0, q_dim), (1, kv_dim), (2, kv_dim)] {
-                count(slot, share(read, rows, q_dim + 2 * kv_dim));
+                traffic.count(slot, share(read, rows, q_dim + 2 * kv_dim));
             }
             let (q, kv) = state.qkv.split_at_mut(q_dim);
             let (k, v) = kv.split_at_mut(kv_dim);
@@ -339,17 +360,19 @@ impl Model {
                     }
                 }
             }
+            traffic.record_input(&[3], &state.att_out);
             state
                 .sparsifier
                 .select(&state.att_out, sparsity.o)
                 .map_err(nonfinite)?;
-            count(3, state.sparsifier.matvec(&layer.wo, &mut state.attn_proj));
+            traffic.count(3, state.sparsifier.matvec(&layer.wo, &mut state.attn_proj));
             for (x, a) in state.x.iter_mut().zip(&state.attn_proj) {
                 *x += a;
             }
 
             // Feed-forward block.
             rms_norm(&mut state.xb, &state.x, &layer.ffn_norm, c.rms_eps);
+            traffic.record_input(&[4, 5], &state.xb);
             state
                 .sparsifier
                 .select(&state.xb, sparsity.gate_up)
@@ -357,17 +380,18 @@ impl Model {
             let read = state
                 .sparsifier
                 .matvec(&layer.w_gate_up, &mut state.gate_up);
-            count(4, share(read, c.d_ff, 2 * c.d_ff));
-            count(5, share(read, c.d_ff, 2 * c.d_ff));
+            traffic.count(4, share(read, c.d_ff, 2 * c.d_ff));
+            traffic.count(5, share(read, c.d_ff, 2 * c.d_ff));
             let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
             for (g, u) in gate.iter_mut().zip(up.iter()) {
                 *g = silu(*g) * u;
             }
+            traffic.record_input(&[6], &state.gate_up[..c.d_ff]);
             state
                 .sparsifier
                 .select(&state.gate_up[..c.d_ff], sparsity.down)
                 .map_err(nonfinite)?;
-            count(
+            traffic.count(
                 6,
                 state.sparsifier.matvec(&layer.w_down, &mut state.ffn_out),
             );
@@ -382,6 +406,7 @@ impl Model {
             &self.weights.output_norm,
             c.rms_eps,
         );
+        traffic.record_input(&[7], &state.xb);
         state
             .sparsifier
             .select(&state.xb, sparsity.lm_head)
@@ -389,7 +414,7 @@ impl Model {
                 layer: c.n_layers,
                 source,
             })?;
-        count(
+        traffic.count(
             7,
             state
                 .sparsifier

@@ -1,0 +1,203 @@
+//! The sweep's figure: speedup (measured and ideal) on the left axis and perplexity (log scale)
+//! on the right, against the sparsity ratio. SVG or PNG by the file's extension.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Result};
+use plotters::prelude::*;
+
+use crate::sweep::Sweep;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Format> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+        {
+            Some(e) if e == "svg" => Ok(Format::Svg),
+            Some(e) if e == "png" => Ok(Format::Png),
+            _ => bail!(
+                "--plot {}: the file name must end in .svg or .png",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Fonts tried for the figure's text (plotters lays text out with a real font even for SVG),
+/// after `$QSPARSE_FONT`.
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+const FAMILY: &str = "sans-serif";
+
+/// Find and register a TrueType font for the figure's text, once.
+pub fn load_font() -> Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let candidates = std::env::var("QSPARSE_FONT")
+                .ok()
+                .into_iter()
+                .chain(FONT_PATHS.iter().map(|p| p.to_string()));
+            for path in candidates {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    // Registered fonts live as long as the program.
+                    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                    if plotters::style::register_font(FAMILY, FontStyle::Normal, bytes).is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(
+                "no TrueType font found for the plot's text: set QSPARSE_FONT to a .ttf file \
+                 (on Debian/Ubuntu: apt install fonts-dejavu-core)"
+                    .to_owned(),
+            )
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Draw `sweep` into `path`.
+pub fn draw(path: &Path, format: Format, title: &str, sweep: &Sweep) -> Result<()> {
+    load_font()?;
+    let size = (960, 600);
+    match format {
+        Format::Svg => figure(
+            SVGBackend::new(path, size).into_drawing_area(),
+            title,
+            sweep,
+        ),
+        Format::Png => figure(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            title,
+            sweep,
+        ),
+    }
+}
+
+fn figure<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    sweep: &Sweep,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let rows = &sweep.rows;
+    let s_max = rows.iter().map(|r| r.sparsity as f64).fold(0.5, f64::max);
+    let y_max = rows
+        .iter()
+        .flat_map(|r| [r.speedup, r.ideal_speedup])
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max)
+        * 1.1;
+    let ppl: Vec<f64> = rows
+        .iter()
+        .map(|r| r.ppl)
+        .filter(|v| v.is_finite())
+        .collect();
+    let ppl_lo = ppl.iter().copied().fold(f64::INFINITY, f64::min).max(1.0) / 1.2;
+    let ppl_hi = ppl.iter().copied().fold(1.0, f64::max) * 1.2;
+
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Q-Sparse sweep: {title}"), (FAMILY, 24).into_font())
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .right_y_label_area_size(64)
+        .build_cartesian_2d(0.0..s_max * 1.02, 0.0..y_max)
+        .map_err(err)?
+        .set_secondary_coord(0.0..s_max * 1.02, (ppl_lo..ppl_hi).log_scale());
+    chart
+        .configure_mesh()
+        .x_desc("sparsity S (fraction of each projection's inputs dropped)")
+        .y_desc("decode speedup over dense (x)")
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 16))
+        .draw()
+        .map_err(err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("perplexity (log scale)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 16))
+        .draw()
+        .map_err(err)?;
+
+    let ideal = RGBColor(120, 120, 120);
+    let measured = RGBColor(31, 119, 180);
+    let quality = RGBColor(214, 39, 40);
+    let points = |f: &dyn Fn(&crate::sweep::Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.sparsity as f64, f(r))).collect()
+    };
+    let ideal_pts = points(&|r| r.ideal_speedup);
+    let speed_pts = points(&|r| r.speedup);
+    let ppl_pts = points(&|r| r.ppl);
+
+    chart
+        .draw_series(LineSeries::new(ideal_pts.clone(), ideal.stroke_width(2)))
+        .map_err(err)?
+        .label("ideal speedup (dense bytes / bytes read)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], ideal.stroke_width(2)));
+    chart
+        .draw_series(ideal_pts.iter().map(|&p| Circle::new(p, 3, ideal.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(speed_pts.clone(), measured.stroke_width(3)))
+        .map_err(err)?
+        .label("measured decode speedup")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], measured.stroke_width(3)));
+    chart
+        .draw_series(
+            speed_pts
+                .iter()
+                .map(|&p| Circle::new(p, 4, measured.filled())),
+        )
+        .map_err(err)?;
+    chart
+        .draw_secondary_series(LineSeries::new(ppl_pts.clone(), quality.stroke_width(3)))
+        .map_err(err)?
+        .label("perplexity (right axis)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], quality.stroke_width(3)));
+    chart
+        .draw_secondary_series(
+            ppl_pts
+                .iter()
+                .map(|&p| TriangleMarker::new(p, 5, quality.filled())),
+        )
+        .map_err(err)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

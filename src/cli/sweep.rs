@@ -1,0 +1,260 @@
+//! `qsparse sweep`: bytes read, speed and quality of a model across sparsity ratios, as a table,
+//! JSON or CSV, and a figure.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::common::{parse_sparsity, read_text, LoadArgs};
+use super::plot;
+use crate::sweep::{self, Settings, Sweep};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: LoadArgs,
+    /// Comma-separated sparsity ratios to measure; the dense model (0) is always measured too, as
+    /// the reference.
+    #[arg(long, value_delimiter = ',', value_parser = parse_sparsity,
+          default_value = "0,0.25,0.4,0.5,0.6,0.75,0.9")]
+    sparsity: Vec<f32>,
+    /// Also sparsify the lm_head input at this ratio in the sparse rows (Q-Sparse leaves it dense).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
+    lm_head_sparsity: f32,
+    /// Text for perplexity and agreement with dense (UTF-8). Default: the English sample shipped
+    /// with qsparse (data/english.txt).
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Tokens of the text scored at each ratio (whole windows of --ctx).
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Window length for scoring; the same windows `qsparse perplexity --ctx` scores.
+    #[arg(long, default_value_t = 256)]
+    ctx: usize,
+    /// Speed: prompt tokens evaluated before decoding.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Speed: tokens decoded (greedy) per timed run.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Speed: timed runs per ratio (the median is reported), interleaved across ratios after a
+    /// warm-up round.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Draw speedup (measured and ideal) and perplexity against S into this file (.svg or .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print one JSON object: {"machine": {...}, "rows": [...]}.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print the rows as CSV.
+    #[arg(long)]
+    csv: bool,
+    /// Also show each projection's bytes per token and natural input sparsity.
+    #[arg(long)]
+    per_layer: bool,
+}
+
+const DEFAULT_TEXT: &str = include_str!("../../data/english.txt");
+
+pub fn run(args: Args) -> Result<()> {
+    if args.ctx < 2 {
+        bail!("--ctx must be at least 2 tokens");
+    }
+    if args.tokens < args.ctx {
+        bail!(
+            "--tokens {} is less than one window of --ctx {}",
+            args.tokens,
+            args.ctx
+        );
+    }
+    // Fail before the long measurement, not after it.
+    let plot_format = args.plot.as_deref().map(plot::Format::of).transpose()?;
+    if plot_format.is_some() {
+        plot::load_font()?;
+    }
+    let text = match &args.file {
+        Some(path) => read_text(path)?,
+        None => DEFAULT_TEXT.to_owned(),
+    };
+    let (model, tokenizer) = args.model.load()?;
+    let longest = args.ctx.max(args.prompt_tokens + args.gen_tokens);
+    if longest > model.config.context_length {
+        bail!(
+            "{longest} tokens exceed the model's context length {}",
+            model.config.context_length
+        );
+    }
+    let tokens = tokenizer.encode(&text)?;
+    let settings = Settings {
+        sparsities: args.sparsity.clone(),
+        lm_head_sparsity: args.lm_head_sparsity,
+        ctx: args.ctx,
+        windows: args.tokens / args.ctx,
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        runs: args.runs,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(1);
+        b.set_style(
+            ProgressStyle::with_template("sweep [{bar:30}] {percent}% {elapsed}/{duration} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let new_state = |ctx| args.model.run_state(&model, ctx);
+    let result = sweep::run(
+        &model,
+        &new_state,
+        &tokens,
+        &settings,
+        &mut |done, total, what| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+                b.set_message(what.to_owned());
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    let title = format!(
+        "{} ({} weights)",
+        model_name(&args.model.model),
+        args.model.format().name()
+    );
+    if args.json {
+        let out = json!({
+            "model": args.model.model,
+            "weights": args.model.format().name(),
+            "machine": result.machine,
+            "settings": {
+                "ctx": args.ctx,
+                "windows": settings.windows,
+                "n_predictions": result.n_predictions,
+                "prompt_tokens": args.prompt_tokens,
+                "gen_tokens": args.gen_tokens,
+                "runs": args.runs,
+                "lm_head_sparsity": args.lm_head_sparsity,
+            },
+            "rows": result.rows,
+        });
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else if args.csv {
+        out!("{}", csv(&result));
+    } else {
+        out!("{}", table(&title, &result, args.per_layer));
+    }
+    if let (Some(path), Some(format)) = (&args.plot, plot_format) {
+        plot::draw(path, format, &title, &result)
+            .with_context(|| format!("cannot draw {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn model_name(arg: &str) -> String {
+    std::path::Path::new(arg)
+        .file_name()
+        .map_or_else(|| arg.to_owned(), |f| f.to_string_lossy().into_owned())
+}
+
+const CSV_COLUMNS: &str = "sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
+decode_tok_s,prefill_tok_s,speedup,ideal_speedup,effective_gb_s,roofline_fraction,ppl,mean_nll,\
+top1_agreement,kl,natural_sparsity";
+
+fn csv(s: &Sweep) -> String {
+    let mut out = format!("{CSV_COLUMNS}\n");
+    for r in &s.rows {
+        out += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.sparsity,
+            r.weight_bytes_per_token,
+            r.fraction_of_dense,
+            r.active_params,
+            r.decode_tok_s,
+            r.prefill_tok_s,
+            r.speedup,
+            r.ideal_speedup,
+            r.effective_gb_s,
+            r.roofline_fraction,
+            r.ppl,
+            r.mean_nll,
+            r.top1_agreement,
+            r.kl,
+            r.natural_sparsity
+        );
+    }
+    out
+}
+
+fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
+    let m = &s.machine;
+    let mut out = format!(
+        "{title}: {} predictions scored per ratio; machine read bandwidth {:.1} GB/s ({} threads, {})\n\n",
+        s.n_predictions, m.read_gb_s, m.threads, m.isa
+    );
+    out += &format!(
+        "{:>5} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>6} {:>7}\n",
+        "S",
+        "MB/token",
+        "of dense",
+        "active",
+        "tok/s",
+        "speedup",
+        "ideal",
+        "GB/s",
+        "of BW",
+        "ppl",
+        "top-1",
+        "KL"
+    );
+    for r in &s.rows {
+        out += &format!(
+            "{:>5.2} {:>9.2} {:>7.1}% {:>7.1}M {:>7.1} {:>6.2}x {:>5.2}x {:>6.1} {:>5.0}% {:>8.3} {:>5.1}% {:>7.4}\n",
+            r.sparsity,
+            r.weight_bytes_per_token as f64 / 1e6,
+            100.0 * r.fraction_of_dense,
+            r.active_params as f64 / 1e6,
+            r.decode_tok_s,
+            r.speedup,
+            r.ideal_speedup,
+            r.effective_gb_s,
+            100.0 * r.roofline_fraction,
+            r.ppl,
+            100.0 * r.top1_agreement,
+            r.kl,
+        );
+    }
+    out += "\nMB/token: weight bytes one decoded token reads; active: weights used per token; \
+            ideal: dense bytes / these bytes;\nof BW: effective GB/s over the machine's read \
+            bandwidth; top-1 and KL: next-token agreement with the dense model.\n";
+    if per_layer {
+        out +=
+            "\nPer projection (summed over layers): MB/token, and natural sparsity of its input \
+                (exact zeros before Top-K)\n";
+        out += &format!("{:>5}", "S");
+        for p in &s.rows[0].projections {
+            out += &format!(" {:>15}", p.name);
+        }
+        out += "\n";
+        for r in &s.rows {
+            out += &format!("{:>5.2}", r.sparsity);
+            for p in &r.projections {
+                out += &format!(
+                    " {:>7.2} {:>6.1}%",
+                    p.weight_bytes_per_token as f64 / 1e6,
+                    100.0 * p.natural_sparsity
+                );
+            }
+            out += "\n";
+        }
+    }
+    out
+}

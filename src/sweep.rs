@@ -1,0 +1,362 @@
+//! A sparsity sweep: for each ratio S, what a decoded token reads, how fast decoding is (next to
+//! the speed the bytes alone would predict and the machine's read bandwidth), and what the
+//! sparsity costs in quality against the dense model on the same tokens.
+//!
+//! Everything is measured in one run so the ratios are side by side: the speed runs are
+//! interleaved across the ratios (warm-up round first), and quality is scored on exactly the
+//! windows `perplexity` scores with the same `--ctx`, so both tools report the same perplexity.
+
+use serde::Serialize;
+
+use crate::eval::{for_each_prediction, window_count, Windows};
+use crate::model::{ForwardError, Model, RunState, Sparsity, Traffic};
+use crate::sample::{argmax, log_sum_exp};
+use crate::speed::{median, time_decode};
+use qsparse_kernels::{bandwidth, Isa};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Ratios to measure; the dense model (S = 0) is always measured first as the reference.
+    pub sparsities: Vec<f32>,
+    /// Sparsity of the lm_head input at every S other than the dense reference.
+    pub lm_head_sparsity: f32,
+    /// Quality: windows of `ctx` tokens, the first `windows` of the text.
+    pub ctx: usize,
+    pub windows: usize,
+    /// Speed: a prompt of this many tokens, then `gen_tokens` greedy tokens, `runs` times.
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub runs: usize,
+}
+
+/// The machine's streaming read rate, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub read_gb_s: f64,
+    pub threads: usize,
+    pub isa: String,
+}
+
+/// Weight traffic and input sparsity of one projection kind, per decoded token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Projection {
+    pub name: &'static str,
+    pub weight_bytes_per_token: u64,
+    pub active_params: u64,
+    /// Fraction of this projection's inputs that were exactly zero before Top-K.
+    pub natural_sparsity: f64,
+}
+
+/// One sparsity ratio's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub sparsity: f32,
+    pub weight_bytes_per_token: u64,
+    pub fraction_of_dense: f64,
+    pub active_params: u64,
+    pub decode_tok_s: f64,
+    pub prefill_tok_s: f64,
+    /// Measured decode speed over the dense reference's.
+    pub speedup: f64,
+    /// Dense bytes over these bytes: the speedup if decoding were only weight reads.
+    pub ideal_speedup: f64,
+    pub effective_gb_s: f64,
+    /// effective_gb_s over the machine's read bandwidth.
+    pub roofline_fraction: f64,
+    pub ppl: f64,
+    pub mean_nll: f64,
+    /// Fraction of positions whose most likely next token equals the dense model's.
+    pub top1_agreement: f64,
+    /// Mean KL(dense ‖ sparse) of the next-token distributions, in nats.
+    pub kl: f64,
+    pub natural_sparsity: f64,
+    pub projections: Vec<Projection>,
+}
+
+/// A finished sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub machine: Machine,
+    pub n_predictions: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Where a sweep is: `done` of `total` forward passes, and what is running.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
+
+/// Bytes of the buffer the read bandwidth is measured on: far beyond any last-level cache.
+const BANDWIDTH_BUFFER: usize = 256 << 20;
+
+/// Memory the stored dense next-token distributions may take.
+const MAX_REFERENCE_BYTES: usize = 2 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error(
+        "scoring {predictions} predictions against dense needs {gib:.1} GiB for the dense \
+         distributions (limit 2 GiB): use fewer tokens"
+    )]
+    TooManyTokens { predictions: usize, gib: f64 },
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// The ratios in measuring order: 0 first, then the others ascending, without repeats.
+pub fn ratios(requested: &[f32]) -> Vec<f32> {
+    let mut r: Vec<f32> = requested.iter().copied().filter(|&s| s != 0.0).collect();
+    r.sort_by(f32::total_cmp);
+    r.dedup();
+    r.insert(0, 0.0);
+    r
+}
+
+/// Run the sweep over `tokens` (the text, already tokenized). `new_state(ctx)` makes a run state
+/// with room for `ctx` positions.
+pub fn run(
+    model: &Model,
+    new_state: &dyn Fn(usize) -> RunState,
+    tokens: &[u32],
+    settings: &Settings,
+    progress: Progress,
+) -> Result<Sweep, SweepError> {
+    let s = settings;
+    if s.windows == 0 || window_count(tokens.len(), s.ctx, Some(s.windows)) < s.windows {
+        return Err(SweepError::Settings(format!(
+            "the text has {} tokens, fewer than {} windows of {}",
+            tokens.len(),
+            s.windows,
+            s.ctx
+        )));
+    }
+    if s.prompt_tokens == 0 || s.gen_tokens == 0 || s.runs == 0 {
+        return Err(SweepError::Settings(
+            "prompt tokens, generated tokens and runs must each be at least 1".into(),
+        ));
+    }
+    let ratios = ratios(&s.sparsities);
+    let sparsity_at = |r: f32| {
+        if r == 0.0 {
+            Sparsity::dense()
+        } else {
+            Sparsity {
+                lm_head: s.lm_head_sparsity,
+                ..Sparsity::uniform(r)
+            }
+        }
+    };
+    let vocab = model.config.vocab_size;
+    let predictions = s.windows * (s.ctx - 1);
+    let reference_bytes = predictions * vocab * 4;
+    if reference_bytes > MAX_REFERENCE_BYTES {
+        return Err(SweepError::TooManyTokens {
+            predictions,
+            gib: reference_bytes as f64 / (1u64 << 30) as f64,
+        });
+    }
+    let quality_steps = (ratios.len() * s.windows * s.ctx) as u64;
+    let speed_steps = (ratios.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
+    let total = quality_steps + speed_steps + 1;
+
+    progress(0, total, "measuring the machine's read bandwidth");
+    let machine = measure_machine();
+
+    // Quality: the dense pass stores its log-distributions; every ratio is compared to them.
+    let mut reference = Reference::new(predictions, vocab);
+    let mut quality = Vec::with_capacity(ratios.len());
+    let mut state = new_state(s.ctx);
+    let mut done = 1u64;
+    for &r in &ratios {
+        let label = format!("quality at S={r}");
+        let mut q = Quality::default();
+        let mut i = 0;
+        for_each_prediction(
+            model,
+            &mut state,
+            Windows {
+                tokens,
+                ctx: s.ctx,
+                chunks: Some(s.windows),
+            },
+            sparsity_at(r),
+            &mut |_, _| {},
+            &mut |st, next| {
+                if r == 0.0 {
+                    reference.store(i, &st.logits);
+                }
+                q.add(&reference, i, &st.logits, next, &st.traffic);
+                i += 1;
+                done += 1;
+                if i % 16 == 0 {
+                    progress(done, total, &label);
+                }
+            },
+        )?;
+        // The last token of each window makes no prediction but was still a forward pass.
+        done += s.windows as u64;
+        quality.push(q);
+    }
+
+    // Speed: interleaved rounds, the first a warm-up.
+    let prompt: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .cycle()
+        .take(s.prompt_tokens)
+        .collect();
+    let mut state = new_state(s.prompt_tokens + s.gen_tokens);
+    let mut runs = vec![Vec::new(); ratios.len()];
+    let mut traffic = vec![Traffic::default(); ratios.len()];
+    for round in 0..=s.runs {
+        for (j, &r) in ratios.iter().enumerate() {
+            progress(
+                done,
+                total,
+                &format!("speed at S={r}, round {round}/{}", s.runs),
+            );
+            let run = time_decode(model, &mut state, &prompt, s.gen_tokens, sparsity_at(r))?;
+            done += (s.prompt_tokens + s.gen_tokens) as u64;
+            if round > 0 {
+                runs[j].push(run);
+            }
+            traffic[j] = run.traffic;
+        }
+    }
+    progress(total, total, "done");
+
+    let dense_bytes = traffic[0].total_bytes();
+    let dense_tok_s = median(runs[0].iter().map(|r| r.decode_tok_s).collect());
+    let rows = ratios
+        .iter()
+        .enumerate()
+        .map(|(j, &r)| {
+            let bytes = traffic[j].total_bytes();
+            let decode = median(runs[j].iter().map(|r| r.decode_tok_s).collect());
+            let prefill = median(runs[j].iter().map(|r| r.prefill_tok_s).collect());
+            let q = &quality[j];
+            let effective_gb_s = bytes as f64 * decode / 1e9;
+            Row {
+                sparsity: r,
+                weight_bytes_per_token: bytes,
+                fraction_of_dense: bytes as f64 / dense_bytes as f64,
+                active_params: traffic[j].total_active_params(),
+                decode_tok_s: decode,
+                prefill_tok_s: prefill,
+                speedup: decode / dense_tok_s,
+                ideal_speedup: dense_bytes as f64 / bytes as f64,
+                effective_gb_s,
+                roofline_fraction: effective_gb_s / machine.read_gb_s,
+                ppl: q.mean_nll().exp(),
+                mean_nll: q.mean_nll(),
+                top1_agreement: q.agree as f64 / q.n as f64,
+                kl: q.kl / q.n as f64,
+                natural_sparsity: q.traffic.natural_sparsity(),
+                projections: Traffic::NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &name)| Projection {
+                        name,
+                        weight_bytes_per_token: traffic[j].bytes[p],
+                        active_params: traffic[j].active_params[p],
+                        natural_sparsity: q.traffic.zero_inputs[p] as f64
+                            / q.traffic.inputs[p].max(1) as f64,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(Sweep {
+        machine,
+        n_predictions: predictions,
+        rows,
+    })
+}
+
+fn measure_machine() -> Machine {
+    let isa = Isa::best();
+    let buf = bandwidth::buffer(BANDWIDTH_BUFFER);
+    let read = bandwidth::read_bandwidth(isa, buf.as_slice(), 5);
+    Machine {
+        read_gb_s: read / 1e9,
+        threads: rayon::current_num_threads(),
+        isa: format!("{isa:?}"),
+    }
+}
+
+/// The dense model's next-token log-probabilities at every scored position, and its top token.
+struct Reference {
+    vocab: usize,
+    log_probs: Vec<f32>,
+    top1: Vec<u32>,
+}
+
+impl Reference {
+    fn new(predictions: usize, vocab: usize) -> Reference {
+        Reference {
+            vocab,
+            log_probs: vec![0.0; predictions * vocab],
+            top1: vec![0; predictions],
+        }
+    }
+
+    fn store(&mut self, i: usize, logits: &[f32]) {
+        let lse = log_sum_exp(logits);
+        for (o, &l) in self.log_probs[i * self.vocab..][..self.vocab]
+            .iter_mut()
+            .zip(logits)
+        {
+            *o = (l as f64 - lse) as f32;
+        }
+        self.top1[i] = argmax(logits);
+    }
+}
+
+/// Running sums for one ratio's quality figures.
+#[derive(Debug, Default)]
+struct Quality {
+    nll: f64,
+    kl: f64,
+    agree: usize,
+    n: usize,
+    /// Summed over every scored forward pass (for the natural sparsity of the inputs).
+    traffic: Traffic,
+}
+
+impl Quality {
+    fn add(&mut self, reference: &Reference, i: usize, logits: &[f32], next: u32, t: &Traffic) {
+        let lse = log_sum_exp(logits);
+        self.nll -= logits[next as usize] as f64 - lse;
+        let p = &reference.log_probs[i * reference.vocab..][..reference.vocab];
+        self.kl += p
+            .iter()
+            .zip(logits)
+            .map(|(&lp, &l)| {
+                let lp = lp as f64;
+                lp.exp() * (lp - (l as f64 - lse))
+            })
+            .sum::<f64>();
+        self.agree += usize::from(argmax(logits) == reference.top1[i]);
+        self.n += 1;
+        for k in 0..8 {
+            self.traffic.zero_inputs[k] += t.zero_inputs[k];
+            self.traffic.inputs[k] += t.inputs[k];
+        }
+    }
+
+    fn mean_nll(&self) -> f64 {
+        self.nll / self.n.max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_put_dense_first_without_repeats() {
+        assert_eq!(ratios(&[0.5, 0.0, 0.25, 0.5]), [0.0, 0.25, 0.5]);
+        assert_eq!(ratios(&[]), [0.0]);
+    }
+}
