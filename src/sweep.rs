@@ -333,8 +333,10 @@ impl Quality {
             .iter()
             .zip(logits)
             .map(|(&lp, &l)| {
+                // Both sides rounded to f32 as the reference was, so identical logits give 0.
+                let lq = (l as f64 - lse) as f32 as f64;
                 let lp = lp as f64;
-                lp.exp() * (lp - (l as f64 - lse))
+                lp.exp() * (lp - lq)
             })
             .sum::<f64>();
         self.agree += usize::from(argmax(logits) == reference.top1[i]);
