@@ -24,6 +24,10 @@ pub struct Args {
     /// Print one JSON object: decode_tok_s, prefill_tok_s, weight_bytes_per_token, sparsity, threads.
     #[arg(long)]
     json: bool,
+    /// Also time each phase of the forward pass (matvecs, selection, attention, ...) and show
+    /// where a token's time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 const SAMPLE_TEXT: &str = include_str!("../../data/english.txt");
@@ -49,6 +53,9 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let sparsity = args.model.sparsity();
     let mut state = args.model.run_state(&model, ctx);
+    if args.profile {
+        state.enable_profile();
+    }
 
     let (mut prefill, mut decode, mut bytes) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..=args.runs {
@@ -61,6 +68,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (prefill_tok_s, decode_tok_s) = (median(prefill), median(decode));
     let threads = rayon::current_num_threads();
+    let profile = state.profile.as_ref().map(|p| {
+        p.breakdown()
+            .into_iter()
+            .map(|(phase, t, share)| {
+                json!({
+                    "phase": phase.name(),
+                    "us_per_token": t.as_secs_f64() * 1e6 / p.passes as f64,
+                    "share": share,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     if args.json {
         let out = json!({
             "decode_tok_s": decode_tok_s,
@@ -73,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "runs": args.runs,
+            "profile": profile,
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -83,6 +103,17 @@ pub fn run(args: Args) -> Result<()> {
             args.model.sparsity,
             args.model.format().name(),
         );
+        if let Some(rows) = &profile {
+            outln!("\nper forward pass (all runs, prompt and decode):");
+            for r in rows {
+                outln!(
+                    "  {:<28} {:>8.1} us {:>5.1}%",
+                    r["phase"].as_str().unwrap_or_default(),
+                    r["us_per_token"].as_f64().unwrap_or_default(),
+                    100.0 * r["share"].as_f64().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use qsparse_kernels::{
 };
 
 use super::config::ModelConfig;
+use super::profile::{Laps, Phase, Profile};
 use super::weights::{Linear, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
 
@@ -215,6 +216,8 @@ pub struct RunState {
     sparsifier: Sparsifier,
     /// What the last forward pass read.
     pub traffic: Traffic,
+    /// Time per phase, when enabled.
+    pub profile: Option<Profile>,
 }
 
 impl RunState {
@@ -241,7 +244,13 @@ impl RunState {
                 sel: Selection::default(),
             },
             traffic: Traffic::default(),
+            profile: None,
         }
+    }
+
+    /// Start timing every forward pass by phase (see [`Profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Profile::default());
     }
 
     pub fn context_length(&self) -> usize {
@@ -313,10 +322,12 @@ impl Model {
         let group = n_heads / n_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut traffic = Traffic::default();
+        let mut laps = Laps::start(state.profile.is_some());
 
         self.weights
             .embedding
             .row(&self.file, token, &mut state.x)?;
+        laps.mark(&mut state.profile, Phase::Embed);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let nonfinite = |source| ForwardError::NonFinite { layer: l, source };
@@ -324,11 +335,14 @@ impl Model {
             // Attention block.
             rms_norm(&mut state.xb, &state.x, &layer.attn_norm, c.rms_eps);
             traffic.record_input(&[0, 1, 2], &state.xb);
+            laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
                 .select(&state.xb, sparsity.qkv)
                 .map_err(nonfinite)?;
+            laps.mark(&mut state.profile, Phase::Select);
             let read = state.sparsifier.matvec(&layer.wqkv, &mut state.qkv);
+            laps.mark(&mut state.profile, Phase::Qkv);
             for (slot, rows) in [(0, q_dim), (1, kv_dim), (2, kv_dim)] {
                 traffic.count(slot, share(read, rows, q_dim + 2 * kv_dim));
             }
@@ -361,11 +375,14 @@ impl Model {
                 }
             }
             traffic.record_input(&[3], &state.att_out);
+            laps.mark(&mut state.profile, Phase::Attention);
             state
                 .sparsifier
                 .select(&state.att_out, sparsity.o)
                 .map_err(nonfinite)?;
+            laps.mark(&mut state.profile, Phase::Select);
             traffic.count(3, state.sparsifier.matvec(&layer.wo, &mut state.attn_proj));
+            laps.mark(&mut state.profile, Phase::O);
             for (x, a) in state.x.iter_mut().zip(&state.attn_proj) {
                 *x += a;
             }
@@ -373,13 +390,16 @@ impl Model {
             // Feed-forward block.
             rms_norm(&mut state.xb, &state.x, &layer.ffn_norm, c.rms_eps);
             traffic.record_input(&[4, 5], &state.xb);
+            laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
                 .select(&state.xb, sparsity.gate_up)
                 .map_err(nonfinite)?;
+            laps.mark(&mut state.profile, Phase::Select);
             let read = state
                 .sparsifier
                 .matvec(&layer.w_gate_up, &mut state.gate_up);
+            laps.mark(&mut state.profile, Phase::GateUp);
             traffic.count(4, share(read, c.d_ff, 2 * c.d_ff));
             traffic.count(5, share(read, c.d_ff, 2 * c.d_ff));
             let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
@@ -387,14 +407,17 @@ impl Model {
                 *g = silu(*g) * u;
             }
             traffic.record_input(&[6], &state.gate_up[..c.d_ff]);
+            laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
                 .select(&state.gate_up[..c.d_ff], sparsity.down)
                 .map_err(nonfinite)?;
+            laps.mark(&mut state.profile, Phase::Select);
             traffic.count(
                 6,
                 state.sparsifier.matvec(&layer.w_down, &mut state.ffn_out),
             );
+            laps.mark(&mut state.profile, Phase::Down);
             for (x, f) in state.x.iter_mut().zip(&state.ffn_out) {
                 *x += f;
             }
@@ -407,6 +430,7 @@ impl Model {
             c.rms_eps,
         );
         traffic.record_input(&[7], &state.xb);
+        laps.mark(&mut state.profile, Phase::Elementwise);
         state
             .sparsifier
             .select(&state.xb, sparsity.lm_head)
@@ -414,12 +438,17 @@ impl Model {
                 layer: c.n_layers,
                 source,
             })?;
+        laps.mark(&mut state.profile, Phase::Select);
         traffic.count(
             7,
             state
                 .sparsifier
                 .matvec(&self.weights.lm_head, &mut state.logits),
         );
+        laps.mark(&mut state.profile, Phase::LmHead);
+        if let Some(p) = state.profile.as_mut() {
+            p.passes += 1;
+        }
         state.traffic = traffic;
         Ok(())
     }

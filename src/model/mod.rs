@@ -3,10 +3,12 @@
 
 pub mod config;
 pub mod llama;
+pub mod profile;
 pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic};
+pub use profile::{Phase, Profile};
 pub use weights::{WeightFormat, Weights, WeightsError};
 
 use std::path::Path;

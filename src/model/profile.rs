@@ -1,0 +1,94 @@
+//! Where a forward pass spends its time, by phase: opt-in (`RunState::enable_profile`), read by
+//! `qsparse bench --profile`. A lap costs two clock reads, so profiling barely moves the total.
+
+use std::time::{Duration, Instant};
+
+/// The phases of one forward pass, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Embed,
+    /// RMSNorm, residual adds, SiLU·up: the element-wise work.
+    Elementwise,
+    /// Quantization and Top-K selection of a projection's input.
+    Select,
+    Qkv,
+    /// RoPE, KV-cache store, scores, softmax, weighted values.
+    Attention,
+    O,
+    GateUp,
+    Down,
+    LmHead,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Embed,
+        Phase::Elementwise,
+        Phase::Select,
+        Phase::Qkv,
+        Phase::Attention,
+        Phase::O,
+        Phase::GateUp,
+        Phase::Down,
+        Phase::LmHead,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Embed => "embed",
+            Phase::Elementwise => "norms/residuals/activation",
+            Phase::Select => "quantize+top-k",
+            Phase::Qkv => "q/k/v matvec",
+            Phase::Attention => "attention",
+            Phase::O => "o matvec",
+            Phase::GateUp => "gate/up matvec",
+            Phase::Down => "down matvec",
+            Phase::LmHead => "lm_head matvec",
+        }
+    }
+}
+
+/// Time per phase summed over the profiled forward passes.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub time: [Duration; 9],
+    pub passes: u64,
+}
+
+impl Profile {
+    /// Phases with their share of the total, largest first.
+    pub fn breakdown(&self) -> Vec<(Phase, Duration, f64)> {
+        let total: Duration = self.time.iter().sum();
+        let mut v: Vec<_> = Phase::ALL
+            .iter()
+            .map(|&p| {
+                let t = self.time[p as usize];
+                (p, t, t.as_secs_f64() / total.as_secs_f64().max(1e-12))
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
+    }
+}
+
+/// A stopwatch that charges the time since its last mark to a phase (a no-op when off).
+pub(crate) struct Laps {
+    last: Option<Instant>,
+}
+
+impl Laps {
+    pub(crate) fn start(on: bool) -> Laps {
+        Laps {
+            last: on.then(Instant::now),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn mark(&mut self, profile: &mut Option<Profile>, phase: Phase) {
+        if let (Some(last), Some(p)) = (self.last, profile.as_mut()) {
+            let now = Instant::now();
+            p.time[phase as usize] += now - last;
+            self.last = Some(now);
+        }
+    }
+}
