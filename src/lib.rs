@@ -5,12 +5,14 @@
 
 pub mod chat;
 pub mod cli;
+pub mod conversation;
 pub mod eval;
 pub mod gguf;
 pub mod model;
 pub mod models;
 pub mod sample;
 pub mod scaling;
+pub mod session;
 pub mod speed;
 pub mod sweep;
 pub mod tokenizer;

@@ -7,12 +7,20 @@
 use std::time::Instant;
 
 use qsparse_kernels::bandwidth::read_all;
-use qsparse_kernels::{gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, PackedMatrix, Sparse};
+use qsparse_kernels::{
+    gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, PackedMatrix, Sparse,
+};
 use rayon::prelude::*;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
-    let (d_in, d_out) = (args.first().copied().unwrap_or(576), args.get(1).copied().unwrap_or(3072));
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (d_in, d_out) = (
+        args.first().copied().unwrap_or(576),
+        args.get(1).copied().unwrap_or(3072),
+    );
     let isa = Isa::best();
     let bytes = d_in * d_out;
     let n = (256 << 20) / bytes + 1;
@@ -35,9 +43,15 @@ fn main() {
     let mut sel = Sparse::default();
     topk_i8(isa, &q, keep_count(d_in, 0.0), &mut sel);
     let mut y = vec![0f32; d_out];
-    println!("{n} matrices of {d_in}x{d_out} int8 ({:.2} MB each)", bytes as f64 / 1e6);
+    println!(
+        "{n} matrices of {d_in}x{d_out} int8 ({:.2} MB each)",
+        bytes as f64 / 1e6
+    );
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             for round in 0..3 {
                 let t = Instant::now();

@@ -26,6 +26,43 @@ pub struct LoadArgs {
     pub act_outliers: usize,
 }
 
+/// Sampling flags (llama.cpp's defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probabilities add up to P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last 64 (1 = off).
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Random seed (the same seed reproduces a generation).
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> crate::sample::SamplerConfig {
+        crate::sample::SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
 /// [`LoadArgs`] plus one sparsity for the run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -94,6 +131,29 @@ impl LoadArgs {
         Ok(models::resolve(&self.model)?)
     }
 
+    /// Like [`LoadArgs::path`], but a manifest model that is not here yet is fetched first
+    /// (saying so on stderr).
+    pub fn path_or_pull(&self) -> Result<PathBuf> {
+        match models::resolve(&self.model) {
+            Err(models::ModelError::NotDownloaded { name, .. }) => {
+                let manifest = models::Manifest::builtin();
+                let entry = manifest
+                    .find(&name)
+                    .ok_or_else(|| anyhow::anyhow!("`{name}` vanished from the manifest"))?;
+                eprintln!(
+                    "{name} is not here yet: fetching it ({} MB, once) into {}",
+                    entry.size / 1_000_000,
+                    models::models_dir().display()
+                );
+                models::pull(entry, &models::models_dir(), &mut |line| {
+                    eprintln!("{line}")
+                })?;
+                Ok(models::resolve(&self.model)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     pub fn format(&self) -> WeightFormat {
         self.weights.into()
     }
@@ -107,7 +167,15 @@ impl LoadArgs {
 
     /// Load the model, with a progress bar on a terminal.
     pub fn load(&self) -> Result<(Model, Tokenizer)> {
-        let path = self.path()?;
+        self.load_path(self.path()?)
+    }
+
+    /// [`LoadArgs::load`], fetching a manifest model first when it is not here yet.
+    pub fn load_or_pull(&self) -> Result<(Model, Tokenizer)> {
+        self.load_path(self.path_or_pull()?)
+    }
+
+    fn load_path(&self, path: PathBuf) -> Result<(Model, Tokenizer)> {
         let bar = if std::io::stderr().is_terminal() {
             let b = ProgressBar::new(0);
             b.set_style(

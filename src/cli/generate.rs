@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::common::ModelArgs;
+use super::common::{ModelArgs, SamplingArgs};
 use crate::chat::{ChatTemplate, Message};
-use crate::sample::{log_prob, Sampler, SamplerConfig};
+use crate::sample::{log_prob, Sampler};
 use crate::tokenizer::StreamDecoder;
 
 #[derive(Debug, clap::Args)]
@@ -22,20 +22,8 @@ pub struct Args {
     /// How many tokens to generate at most (stops earlier at end-of-sequence).
     #[arg(short = 'n', long, default_value_t = 64)]
     n_predict: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalty for tokens among the last 64 (1 = off).
-    #[arg(long, default_value_t = 1.1)]
-    repeat_penalty: f32,
-    #[arg(long, default_value_t = 0x5eed)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Context length (prompt + generated tokens); default: the model's, at most 4096.
     #[arg(long)]
     ctx: Option<usize>,
@@ -85,15 +73,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let sparsity = args.model.sparsity();
     let mut state = args.model.run_state(&model, ctx);
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..SamplerConfig::default()
-    });
+    let mut sampler = Sampler::new(args.sampling.config());
 
     let t_prompt = Instant::now();
     for (pos, &tok) in prompt.iter().enumerate() {

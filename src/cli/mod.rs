@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod chat;
 mod common;
 mod generate;
 mod inspect;
@@ -47,6 +48,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Chat with a model in the terminal (multi-turn, streamed; /help inside for commands).
+    Chat(chat::Args),
     /// Fetch a model listed in the manifest (default: smollm2-135m-instruct) and verify its sha256.
     Pull(pull::Args),
     /// Show what a GGUF model file holds: architecture, shapes, tensor types and sizes.
@@ -67,6 +70,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Chat(args) => chat::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),

@@ -66,7 +66,7 @@ impl Profile {
                 (p, t, t.as_secs_f64() / total.as_secs_f64().max(1e-12))
             })
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 }

@@ -1,0 +1,280 @@
+//! `qsparse chat`: talk with a model in the terminal. Multi-turn through the model's chat
+//! template, the KV cache reused across turns, replies streamed; Ctrl-C stops a reply, Ctrl-D or
+//! `/exit` quits, slash commands change settings. With stdin not a terminal, each input line is
+//! one message and each reply one block of plain output, so it can be scripted.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+use super::common::{parse_sparsity, LoadArgs, SamplingArgs};
+use crate::conversation::{Conversation, Transcript};
+use crate::model::Sparsity;
+use crate::session::{Finish, GenerateParams, Session};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: LoadArgs,
+    /// Q-Sparse ratio S in [0, 1) for every projection (0 = dense); `/sparsity` changes it.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
+    sparsity: f32,
+    /// A system message that starts the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Longest reply, in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Context length in tokens (oldest turns are dropped when it fills); default: the model's,
+    /// at most 4096.
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+/// Set by Ctrl-C while a reply is being generated.
+static STOP_REPLY: AtomicBool = AtomicBool::new(false);
+
+const HELP: &str = "\
+commands:
+  /help            this list
+  /reset           start over (keeps the system message)
+  /sparsity S      set the Q-Sparse ratio, 0 <= S < 1 (0 = dense)
+  /stats           speed, active parameters and bytes per token of the last reply
+  /system TEXT     set the system message (empty: none) and start over
+  /save FILE       write the conversation as JSON
+  /exit            quit (also Ctrl-D); Ctrl-C stops a reply";
+
+pub fn run(args: Args) -> Result<()> {
+    if args.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    let (model, tokenizer) = args.model.load_or_pull()?;
+    let ctx = args.ctx.unwrap_or(model.config.context_length.min(4096));
+    if ctx < 2 || ctx > model.config.context_length {
+        bail!(
+            "--ctx {ctx} is outside 2..={} (the model's context length)",
+            model.config.context_length
+        );
+    }
+    let template = Conversation::template_for(&model, &tokenizer)?;
+    if template.fallback {
+        eprintln!("(the model has no chat template: using ChatML)");
+    }
+    let session = Session::new(&model, &tokenizer, args.model.run_state(&model, ctx));
+    let params = GenerateParams {
+        max_tokens: args.max_tokens,
+        sampler: args.sampling.config(),
+        sparsity: Sparsity::uniform(args.sparsity),
+        stop: Vec::new(),
+    };
+    let mut chat = Chat {
+        conv: Conversation::new(session, template, args.system.clone(), params),
+        model_name: args.model.model.clone(),
+        sparsity: args.sparsity,
+    };
+
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "qsparse chat · {} ({} weights, S={}) · /help for commands · Ctrl-C stops a reply · Ctrl-D quits",
+            args.model.model,
+            args.model.format().name(),
+            args.sparsity
+        );
+        interactive(&mut chat)
+    } else {
+        piped(&mut chat)
+    }
+}
+
+struct Chat<'m> {
+    conv: Conversation<'m>,
+    model_name: String,
+    sparsity: f32,
+}
+
+/// What the loop does after a line.
+enum Next {
+    Continue,
+    Quit,
+}
+
+fn interactive(chat: &mut Chat) -> Result<()> {
+    let mut editor = rustyline::DefaultEditor::new().context("cannot start line editing")?;
+    // After the editor: it installs a SIGINT handler of its own for its lifetime, and ours must
+    // win (in raw mode, while reading a line, Ctrl-C is a key, not a signal).
+    ctrlc::set_handler(|| STOP_REPLY.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    loop {
+        match editor.readline("> ") {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                if let Next::Quit = chat.line(&line)? {
+                    return Ok(());
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-D or /exit quits)");
+            }
+            Err(rustyline::error::ReadlineError::Eof) => return Ok(()),
+            Err(e) => return Err(e).context("cannot read the terminal"),
+        }
+    }
+}
+
+fn piped(chat: &mut Chat) -> Result<()> {
+    let stdin = std::io::stdin().lock();
+    for line in stdin.lines() {
+        let line = line.context("cannot read stdin (is it UTF-8?)")?;
+        if let Next::Quit = chat.line(&line)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl Chat<'_> {
+    /// Handle one line of input: a slash command or a message.
+    fn line(&mut self, line: &str) -> Result<Next> {
+        let text = line.trim();
+        if text.is_empty() {
+            return Ok(Next::Continue);
+        }
+        if let Some(cmd) = text.strip_prefix('/') {
+            return self.command(cmd);
+        }
+        self.say(text)?;
+        Ok(Next::Continue)
+    }
+
+    fn say(&mut self, text: &str) -> Result<()> {
+        STOP_REPLY.store(false, Ordering::SeqCst);
+        let mut out = std::io::stdout().lock();
+        let mut write_error = None;
+        let reply = self.conv.reply(text, &mut |piece| {
+            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                write_error = Some(e);
+                return false;
+            }
+            !STOP_REPLY.swap(false, Ordering::SeqCst)
+        });
+        if let Some(e) = write_error {
+            return Err(e.into());
+        }
+        match reply {
+            Ok(r) => {
+                writeln!(out)?;
+                out.flush()?;
+                if r.dropped_messages > 0 {
+                    eprintln!(
+                        "(the context was full: the {} oldest messages were dropped)",
+                        r.dropped_messages
+                    );
+                }
+                if r.generation.finish == Finish::Cancelled {
+                    eprintln!("(stopped)");
+                }
+            }
+            // A message that cannot fit is the user's problem, not the end of the chat.
+            Err(e) => eprintln!("error: {e}"),
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<Next> {
+        let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
+        let rest = rest.trim();
+        match name {
+            "exit" | "quit" => return Ok(Next::Quit),
+            "help" => outln!("{HELP}"),
+            "reset" => {
+                self.conv.reset();
+                outln!("(conversation cleared)");
+            }
+            "sparsity" => match parse_sparsity(rest) {
+                Ok(s) => {
+                    self.sparsity = s;
+                    self.conv.params.sparsity = Sparsity::uniform(s);
+                    outln!(
+                        "(sparsity {s}: each projection keeps the top {:.0}% of its inputs)",
+                        100.0 * (1.0 - s)
+                    );
+                }
+                Err(e) => outln!("/sparsity: {e}"),
+            },
+            "system" => {
+                self.conv.system = (!rest.is_empty()).then(|| rest.to_owned());
+                self.conv.reset();
+                outln!(
+                    "(system message {}; conversation cleared)",
+                    if rest.is_empty() { "removed" } else { "set" }
+                );
+            }
+            "stats" => self.stats()?,
+            "save" => {
+                if rest.is_empty() {
+                    outln!("/save needs a file name");
+                } else {
+                    match self.save(Path::new(rest)) {
+                        Ok(()) => {
+                            outln!("(saved {} messages to {rest})", self.conv.messages().len())
+                        }
+                        Err(e) => outln!("/save: {e:#}"),
+                    }
+                }
+            }
+            _ => outln!("unknown command /{name}; /help lists them"),
+        }
+        Ok(Next::Continue)
+    }
+
+    fn stats(&self) -> Result<()> {
+        let Some(g) = &self.conv.last else {
+            outln!("(no reply yet)");
+            return Ok(());
+        };
+        outln!(
+            "last reply: {} tokens at {:.1} tok/s; prompt {} tokens ({} evaluated, {} reused from the cache) at {:.1} tok/s",
+            g.tokens.len(),
+            g.decode_tok_s(),
+            g.prompt_tokens,
+            g.evaluated_prompt_tokens,
+            g.prompt_tokens - g.evaluated_prompt_tokens,
+            g.prompt_tok_s()
+        );
+        outln!(
+            "per token at S={}: {:.1}M active parameters, {:.1} MB of weights read; context {} of {} tokens",
+            self.sparsity,
+            g.active_params_per_token as f64 / 1e6,
+            g.weight_bytes_per_token as f64 / 1e6,
+            g.prompt_tokens + g.tokens.len(),
+            self.conv.context_length()
+        );
+        Ok(())
+    }
+
+    /// The transcript as JSON, written to a temp file beside `path` and renamed into place.
+    fn save(&self, path: &Path) -> Result<()> {
+        let transcript = Transcript {
+            model: &self.model_name,
+            sparsity: self.sparsity,
+            messages: self.conv.messages(),
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        serde_json::to_writer_pretty(&mut tmp, &transcript)?;
+        tmp.write_all(b"\n")?;
+        tmp.persist(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}

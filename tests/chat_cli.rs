@@ -1,0 +1,114 @@
+//! `qsparse chat` as people and scripts use it, on the real model: through a pseudo-terminal
+//! (tests/python/chat_pty.py types, reads the stream, interrupts a reply with Ctrl-C, quits with
+//! Ctrl-D), and with piped stdin (one message per line, the KV cache reused across turns, the
+//! oldest turns dropped when the context fills, /save writing a transcript).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn chat_piped(args: &[&str], input: &str) -> (String, String, bool) {
+    let model = common::smollm2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args(["chat", "-m", model.to_str().unwrap(), "--temp", "0"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn chat_in_a_terminal_streams_stops_on_ctrl_c_and_quits_on_ctrl_d() {
+    let model = common::smollm2();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/chat_pty.py"
+        ))
+        .arg(env!("CARGO_BIN_EXE_qsparse"))
+        .arg(&model)
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{transcript}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(transcript.trim_end().ends_with("OK"));
+}
+
+#[test]
+fn piped_chat_answers_each_line_and_reuses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("talk.json");
+    let input = format!(
+        "What is the capital of France?\n/stats\nAnd of Germany?\n/stats\n/save {}\n",
+        save.display()
+    );
+    let (out, err, ok) = chat_piped(&["--max-tokens", "24"], &input);
+    assert!(ok, "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    assert!(out.contains("Berlin"), "{out}");
+    // The second turn evaluates only its new tokens: the first turn is still in the cache.
+    let reused: Vec<usize> = out
+        .lines()
+        .filter_map(|l| l.split(" evaluated, ").nth(1))
+        .map(|r| r.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(reused.len(), 2, "{out}");
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] > 30, "{out}");
+
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    let msgs = t["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(msgs[2]["content"], "And of Germany?");
+    assert!(msgs[3]["content"].as_str().unwrap().contains("Berlin"));
+}
+
+#[test]
+fn a_full_context_drops_the_oldest_turns_and_says_so() {
+    let (out, err, ok) = chat_piped(
+        &["--ctx", "160", "--max-tokens", "40"],
+        "Tell me about cats.\nTell me about dogs.\nTell me about birds.\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| !l.trim().is_empty()).count(),
+        3,
+        "{out}"
+    );
+    assert!(err.contains("oldest messages were dropped"), "{err}");
+}
+
+#[test]
+fn bad_commands_and_flags_are_explained() {
+    let (out, err, ok) = chat_piped(&[], "/sparsity 1.5\n/bogus\n/save\n/exit\nnever read\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("outside [0, 1)"), "{out}");
+    assert!(out.contains("unknown command /bogus"), "{out}");
+    assert!(out.contains("/save needs a file name"), "{out}");
+    assert!(!out.contains("never"), "{out}");
+
+    let (_, err, ok) = chat_piped(&["--ctx", "1"], "");
+    assert!(!ok);
+    assert!(err.contains("--ctx 1 is outside"), "{err}");
+}

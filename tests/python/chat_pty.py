@@ -1,0 +1,95 @@
+"""Drive `qsparse chat` through a pseudo-terminal as a person would: ask, read the streamed
+reply, use slash commands, interrupt a long reply with Ctrl-C (the program must survive it),
+quit with Ctrl-D. Usage: chat_pty.py QSPARSE_BINARY MODEL_PATH. Exit 0 when every step held;
+the transcript is printed either way."""
+
+import os
+import pty
+import select
+import sys
+import time
+
+binary, model = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(binary, [binary, "chat", "-m", model, "--temp", "0", "--max-tokens", "400"])
+
+transcript = bytearray()
+
+
+def read_until(needle, timeout=120.0, start=None):
+    """Read until `needle` appears after byte offset `start`; return the offset after it."""
+    start = len(transcript) if start is None else start
+    end = time.time() + timeout
+    while True:
+        at = transcript.find(needle.encode(), start)
+        if at >= 0:
+            return at + len(needle)
+        left = end - time.time()
+        if left <= 0:
+            fail(f"timed out waiting for {needle!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                fail(f"the program ended while waiting for {needle!r}")
+            transcript.extend(chunk)
+
+
+def send(text):
+    os.write(fd, text.encode())
+
+
+def fail(why):
+    print(transcript.decode(errors="replace"))
+    print(f"FAIL: {why}")
+    sys.exit(1)
+
+
+read_until("qsparse chat", start=0)
+read_until("> ", start=0)
+
+mark = len(transcript)
+send("What is the capital of France?\r")
+read_until("Paris", start=mark)
+read_until("> ", start=mark)
+
+mark = len(transcript)
+send("/stats\r")
+read_until("tok/s", start=mark)
+read_until("reused from the cache", start=mark)
+read_until("> ", start=mark)
+
+# A long reply, interrupted once it has started streaming.
+mark = len(transcript)
+send("Write a very long story about a dragon who learns to read, with many chapters.\r")
+read_until("\n", start=mark)  # the echoed line ends
+started = len(transcript)
+deadline = time.time() + 120
+while len(transcript) < started + 40:
+    read_until("", start=len(transcript))
+    r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+    if not r:
+        fail("the reply did not start")
+    transcript.extend(os.read(fd, 4096))
+send("\x03")
+read_until("(stopped)", start=started)
+read_until("> ", start=started)
+
+# Still alive and answering after the interrupt.
+mark = len(transcript)
+send("/sparsity 0.25\r")
+read_until("sparsity 0.25", start=mark)
+read_until("> ", start=mark)
+
+send("\x04")  # Ctrl-D quits
+_, status = os.waitpid(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+print(transcript.decode(errors="replace"))
+if code != 0:
+    print(f"FAIL: exit code {code}")
+    sys.exit(1)
+print("OK")
