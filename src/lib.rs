@@ -12,6 +12,7 @@ pub mod model;
 pub mod models;
 pub mod sample;
 pub mod scaling;
+pub mod server;
 pub mod session;
 pub mod speed;
 pub mod sweep;

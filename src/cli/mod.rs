@@ -27,6 +27,7 @@ mod perplexity;
 mod plot;
 mod pull;
 mod scaling;
+mod serve;
 mod sweep;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ struct Cli {
 enum Command {
     /// Chat with a model in the terminal (multi-turn, streamed; /help inside for commands).
     Chat(chat::Args),
+    /// An OpenAI-compatible HTTP server (chat/completions, completions, models, health).
+    Serve(serve::Args),
     /// Fetch a model listed in the manifest (default: smollm2-135m-instruct) and verify its sha256.
     Pull(pull::Args),
     /// Show what a GGUF model file holds: architecture, shapes, tensor types and sizes.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),

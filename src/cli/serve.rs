@@ -1,0 +1,98 @@
+//! `qsparse serve`: the OpenAI-compatible HTTP API over one loaded model (see `server`).
+
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
+
+use super::common::{parse_sparsity, LoadArgs, SamplingArgs};
+use crate::conversation::Conversation;
+use crate::server::{self, api::Limits, Config, SHUTDOWN};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: LoadArgs,
+    /// Address to listen on; loopback by default (use 0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Q-Sparse ratio for requests that do not set `"qsparse": {"sparsity": S}`.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
+    sparsity: f32,
+    /// Default sampling (a request's temperature, top_p and seed override these).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Largest `max_tokens` a request may ask for (also the chat default).
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// Requests that may wait while one is generated; more are refused with 503.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Context length in tokens (prompt + reply); default: the model's, at most 4096.
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+/// Request bodies above this are refused (413).
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub fn run(args: Args) -> Result<()> {
+    if args.max_tokens == 0 || args.queue == 0 {
+        bail!("--max-tokens and --queue must be at least 1");
+    }
+    let (model, tokenizer) = args.model.load_or_pull()?;
+    let ctx = args.ctx.unwrap_or(model.config.context_length.min(4096));
+    if ctx < 2 || ctx > model.config.context_length {
+        bail!(
+            "--ctx {ctx} is outside 2..={} (the model's context length)",
+            model.config.context_length
+        );
+    }
+    let template = Conversation::template_for(&model, &tokenizer)?;
+    let config = Config {
+        addr: format!("{}:{}", args.host, args.port),
+        model_id: model_id(&args.model.model),
+        queue: args.queue,
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            default_sparsity: args.sparsity,
+        },
+        max_body_bytes: MAX_BODY_BYTES,
+        sampling: args.sampling.config(),
+    };
+    // First signal: stop accepting and finish what is running; a second one ends at once.
+    ctrlc::set_handler(|| {
+        if SHUTDOWN.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("shutting down: finishing the requests in progress (again to quit now)");
+    })
+    .context("cannot install the signal handler")?;
+    server::serve(
+        &model,
+        &tokenizer,
+        &template,
+        args.model.run_state(&model, ctx),
+        &config,
+        &mut |addr| {
+            eprintln!(
+                "qsparse serve: {} ({} weights, S={}) on http://{addr}/v1 (Ctrl-C stops)",
+                config.model_id,
+                args.model.format().name(),
+                args.sparsity
+            )
+        },
+    )?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// The name clients see: the manifest name, or the file name without `.gguf`.
+fn model_id(arg: &str) -> String {
+    let name = std::path::Path::new(arg)
+        .file_name()
+        .map_or_else(|| arg.to_owned(), |f| f.to_string_lossy().into_owned());
+    name.strip_suffix(".gguf").unwrap_or(&name).to_owned()
+}

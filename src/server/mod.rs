@@ -1,0 +1,454 @@
+//! `qsparse serve`: an OpenAI-compatible HTTP server for one loaded model.
+//!
+//! Handler threads take requests from tiny_http, validate them ([`api`]), render and tokenize the
+//! prompt, and queue the work for the single engine thread ([`engine`]); streamed replies are
+//! written as server-sent events in HTTP chunks, one per token, so a client that disconnects is
+//! noticed at the next token and its generation stops.
+
+pub mod api;
+pub mod engine;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tiny_http::{Header, Method, Request, Response, StatusCode};
+
+use crate::chat::ChatTemplate;
+use crate::model::{Model, RunState, Sparsity};
+use crate::sample::SamplerConfig;
+use crate::session::{Finish, GenerateParams, Generation, Session};
+use crate::tokenizer::Tokenizer;
+use api::{ApiError, Limits, Settings};
+use engine::{Event, Job, Queue};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: String,
+    /// The model id reported by `/v1/models` and in responses.
+    pub model_id: String,
+    /// Requests that may wait while one runs; more get 503.
+    pub queue: usize,
+    pub limits: Limits,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Sampling defaults; a request's temperature, top_p and seed override them.
+    pub sampling: SamplerConfig,
+}
+
+/// Set when the server should stop accepting requests.
+pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: String, message: String },
+}
+
+/// What every handler needs.
+struct Shared<'m> {
+    config: &'m Config,
+    tokenizer: &'m Tokenizer,
+    template: &'m ChatTemplate,
+    ctx: usize,
+    ids: AtomicU64,
+    stats: engine::Stats,
+}
+
+/// Serve until [`SHUTDOWN`] is set; `on_listening` receives the bound address (useful with port 0).
+pub fn serve(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    state: RunState,
+    config: &Config,
+    on_listening: &mut dyn FnMut(&str),
+) -> Result<(), ServeError> {
+    let server = tiny_http::Server::http(&config.addr).map_err(|e| ServeError::Bind {
+        addr: config.addr.clone(),
+        message: e.to_string(),
+    })?;
+    on_listening(&server.server_addr().to_string());
+    let shared = Shared {
+        config,
+        tokenizer,
+        template,
+        ctx: state.context_length(),
+        ids: AtomicU64::new(0),
+        stats: engine::Stats::default(),
+    };
+    let (queue, jobs) = Queue::new(config.queue);
+    // Enough handlers for every queued request to be connected, plus a few for quick requests
+    // (health, models, refusals) while all of them wait.
+    let handlers = config.queue + 4;
+    std::thread::scope(|s| {
+        let stats = &shared.stats;
+        s.spawn(move || engine::run(&mut Session::new(model, tokenizer, state), jobs, stats));
+        for _ in 0..handlers {
+            let queue = queue.clone();
+            let (server, shared) = (&server, &shared);
+            s.spawn(move || {
+                while !SHUTDOWN.load(Ordering::SeqCst) {
+                    match server.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(request)) => handle(request, shared, &queue),
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        // The engine ends when the last queue handle (the handlers') is dropped.
+        drop(queue);
+    });
+    Ok(())
+}
+
+fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
+    let path = request.url().split('?').next().unwrap_or("").to_owned();
+    let method = request.method().clone();
+    let result = match (&method, path.as_str()) {
+        (Method::Get, "/health") => respond(
+            request,
+            200,
+            &json!({
+                "status": "ok",
+                "completed": shared.stats.completed.load(Ordering::Relaxed),
+                "cancelled": shared.stats.cancelled.load(Ordering::Relaxed),
+                "queue_capacity": shared.config.queue,
+                "context_length": shared.ctx,
+            }),
+        ),
+        (Method::Get, "/v1/models") => respond(
+            request,
+            200,
+            &json!({"object": "list", "data": [{
+                "id": shared.config.model_id, "object": "model", "created": 0, "owned_by": "qsparse"
+            }]}),
+        ),
+        (Method::Post, "/v1/chat/completions") | (Method::Post, "/v1/completions") => {
+            let chat = path == "/v1/chat/completions";
+            match read_body(&mut request, shared.config.max_body_bytes)
+                .and_then(|body| prepare(&body, chat, shared))
+            {
+                Ok((prompt, settings)) => complete(request, prompt, settings, chat, shared, queue),
+                Err(e) => respond_error(request, &e),
+            }
+        }
+        (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            let e = ApiError {
+                status: 405,
+                kind: "invalid_request_error",
+                message: format!("{method} is not allowed on {path}"),
+                param: None,
+                code: None,
+            };
+            respond_error(request, &e)
+        }
+        _ => respond_error(
+            request,
+            &ApiError {
+                status: 404,
+                kind: "invalid_request_error",
+                message: format!("no route for {method} {path}"),
+                param: None,
+                code: None,
+            },
+        ),
+    };
+    // A client that went away while we answered: nothing to tell anyone.
+    let _ = result;
+}
+
+/// The request body, refusing more than `max` bytes.
+fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError {
+        status: 413,
+        kind: "invalid_request_error",
+        message: format!("the request body is larger than {max} bytes"),
+        param: None,
+        code: None,
+    };
+    if request.body_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::invalid(format!("cannot read the body: {e}"), None))?;
+    if body.len() > max {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// Validate a completion request and tokenize its prompt.
+fn prepare(body: &[u8], chat: bool, shared: &Shared) -> Result<(Vec<u32>, Settings), ApiError> {
+    let limits = shared.config.limits;
+    let (text, settings) = if chat {
+        let r: api::ChatRequest = api::parse(body)?;
+        let settings = r.common.validate(limits.max_tokens, limits)?;
+        let text = shared
+            .template
+            .render(&r.messages()?, true)
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+        (text, settings)
+    } else {
+        let r: api::CompletionRequest = api::parse(body)?;
+        // OpenAI's default for completions.
+        let settings = r.common.validate(16, limits)?;
+        (r.prompt()?.to_owned(), settings)
+    };
+    let prompt = shared
+        .tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::invalid(e.to_string(), None))?;
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
+    }
+    if prompt.len() >= shared.ctx {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                format!(
+                    "the prompt has {} tokens; this server's context holds {} (with room to reply)",
+                    prompt.len(),
+                    shared.ctx
+                ),
+                Some("messages"),
+            )
+        });
+    }
+    Ok((prompt, settings))
+}
+
+fn complete(
+    request: Request,
+    prompt: Vec<u32>,
+    settings: Settings,
+    chat: bool,
+    shared: &Shared,
+    queue: &Queue,
+) -> std::io::Result<()> {
+    let defaults = shared.config.sampling;
+    let seed = settings.seed.unwrap_or_else(|| {
+        // No seed asked for: a different draw per request.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ shared
+                .ids
+                .load(Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    });
+    let params = GenerateParams {
+        max_tokens: settings.max_tokens,
+        sampler: SamplerConfig {
+            temperature: settings.temperature.unwrap_or(defaults.temperature),
+            top_p: settings.top_p.unwrap_or(defaults.top_p),
+            seed,
+            ..defaults
+        },
+        sparsity: Sparsity::uniform(settings.sparsity),
+        stop: settings.stop.clone(),
+    };
+    let (tx, rx) = mpsc::channel();
+    let n_prompt = prompt.len();
+    if queue
+        .submit(Job {
+            prompt,
+            params,
+            events: tx,
+        })
+        .is_err()
+    {
+        let e = ApiError {
+            status: 503,
+            kind: "server_error",
+            message: "the server is busy (its queue is full): retry shortly".into(),
+            param: None,
+            code: Some("queue_full"),
+        };
+        let mut response = json_response(503, &e.body());
+        response.add_header(header("Retry-After", "1"));
+        return request.respond(response);
+    }
+    let id = format!(
+        "{}-{:x}",
+        if chat { "chatcmpl" } else { "cmpl" },
+        shared.ids.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reply = Reply {
+        id,
+        created,
+        chat,
+        model: &shared.config.model_id,
+        n_prompt,
+        tokenizer: shared.tokenizer,
+    };
+    if settings.stream {
+        stream(request, rx, &reply, settings.include_usage)
+    } else {
+        let mut text = String::new();
+        for event in rx {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(g) => return respond(request, 200, &reply.whole(&g)),
+                Event::Failed(message) => {
+                    return respond_error(request, &server_error(message));
+                }
+            }
+        }
+        respond_error(request, &server_error("the engine stopped".into()))
+    }
+}
+
+fn server_error(message: String) -> ApiError {
+    ApiError {
+        status: 500,
+        kind: "server_error",
+        message,
+        param: None,
+        code: None,
+    }
+}
+
+/// What the response bodies of one request share.
+struct Reply<'a> {
+    id: String,
+    created: u64,
+    chat: bool,
+    model: &'a str,
+    n_prompt: usize,
+    tokenizer: &'a Tokenizer,
+}
+
+impl Reply<'_> {
+    fn completion_tokens(&self, g: &Generation) -> usize {
+        let end = g.tokens.last().is_some_and(|&t| self.tokenizer.is_end(t));
+        g.tokens.len() - usize::from(end)
+    }
+
+    fn finish_reason(g: &Generation) -> &'static str {
+        match g.finish {
+            Finish::Stop => "stop",
+            Finish::Length | Finish::Cancelled => "length",
+        }
+    }
+
+    /// The non-streamed body.
+    fn whole(&self, g: &Generation) -> Value {
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": g.text},
+                   "logprobs": null, "finish_reason": Self::finish_reason(g)})
+        } else {
+            json!({"index": 0, "text": g.text, "logprobs": null,
+                   "finish_reason": Self::finish_reason(g)})
+        };
+        json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": api::usage(self.n_prompt, self.completion_tokens(g)),
+        })
+    }
+
+    /// One streamed chunk: a text delta, or the end (`finish`), or usage only.
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>, usage: Option<Value>) -> Value {
+        let choices = if usage.is_some() {
+            json!([])
+        } else if self.chat {
+            let delta = match text {
+                Some(t) => json!({"content": t}),
+                None if finish.is_none() => json!({"role": "assistant", "content": ""}),
+                None => json!({}),
+            };
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+        } else {
+            json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+        };
+        let mut v = json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        v
+    }
+}
+
+/// Server-sent events over chunked transfer encoding, one HTTP chunk per event, flushed at once.
+fn stream(
+    request: Request,
+    rx: mpsc::Receiver<Event>,
+    reply: &Reply,
+    include_usage: bool,
+) -> std::io::Result<()> {
+    let mut w = request.into_writer();
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )?;
+    let send = |w: &mut dyn Write, data: &str| -> std::io::Result<()> {
+        let event = format!("data: {data}\n\n");
+        write!(w, "{:x}\r\n{event}\r\n", event.len())?;
+        w.flush()
+    };
+    if reply.chat {
+        send(&mut w, &reply.chunk(None, None, None).to_string())?;
+    }
+    for event in rx {
+        match event {
+            Event::Text(t) if t.is_empty() => {}
+            // A failed write drops `rx`: the engine stops this generation at its next token.
+            Event::Text(t) => send(&mut w, &reply.chunk(Some(&t), None, None).to_string())?,
+            Event::Done(g) => {
+                let finish = Reply::finish_reason(&g);
+                send(&mut w, &reply.chunk(None, Some(finish), None).to_string())?;
+                if include_usage {
+                    let usage = api::usage(reply.n_prompt, reply.completion_tokens(&g));
+                    send(&mut w, &reply.chunk(None, None, Some(usage)).to_string())?;
+                }
+                break;
+            }
+            Event::Failed(message) => {
+                send(&mut w, &server_error(message).body().to_string())?;
+                break;
+            }
+        }
+    }
+    send(&mut w, "[DONE]")?;
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_data(body.to_string().into_bytes())
+        .with_status_code(StatusCode(status))
+        .with_header(header("Content-Type", "application/json"))
+}
+
+fn respond(request: Request, status: u16, body: &Value) -> std::io::Result<()> {
+    request.respond(json_response(status, body))
+}
+
+fn respond_error(request: Request, e: &ApiError) -> std::io::Result<()> {
+    respond(request, e.status, &e.body())
+}

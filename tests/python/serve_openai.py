@@ -1,0 +1,196 @@
+"""`qsparse serve` against the official `openai` client, on loopback with the real model:
+models, non-streaming and streaming chat, completions with stop strings, the qsparse extension,
+8 concurrent clients, a client disconnecting mid-stream (its generation must stop), bad requests
+(400/404/405/413 with OpenAI error bodies), a full queue (503 + Retry-After), and graceful
+shutdown on SIGINT. Usage: serve_openai.py QSPARSE_BINARY MODEL_PATH. Exit 0 when all held."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+
+binary, model = sys.argv[1], sys.argv[2]
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def start(*extra):
+    p = subprocess.Popen(
+        [binary, "serve", "-m", model, "--port", "0", *extra],
+        stderr=subprocess.PIPE, text=True)
+    line = ""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        m = re.search(r"http://([0-9.]+):(\d+)/v1", line)
+        if m:
+            # Keep draining stderr so the server never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, m.group(1), int(m.group(2))
+        if p.poll() is not None:
+            break
+    raise SystemExit(f"the server did not start: {line!r}")
+
+
+def raw(host, port, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection(host, port, timeout=120)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, dict(r.getheaders()), data
+
+
+proc, host, port = start("--ctx", "512")
+base = f"http://{host}:{port}/v1"
+client = openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=120)
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+
+# Models and health.
+ids = [m.id for m in client.models.list().data]
+check(ids == ["SmolLM2-135M-Instruct.Q4_1"] or len(ids) == 1, f"models.list -> {ids}")
+status, _, body = raw(host, port, "GET", "/health")
+check(status == 200 and json.loads(body)["status"] == "ok", "GET /health")
+
+# Non-streaming chat.
+r = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=16, temperature=0)
+text = r.choices[0].message.content
+check("Paris" in text, f"chat answer mentions Paris: {text!r}")
+check(r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length",
+      f"usage {r.usage} finish {r.choices[0].finish_reason}")
+check(r.usage.prompt_tokens > 10 and r.usage.total_tokens == r.usage.prompt_tokens + 16, "usage totals")
+
+# Streaming chat gives the same greedy text, token by token.
+chunks = list(client.chat.completions.create(
+    model=ids[0], messages=MSG, max_tokens=16, temperature=0, stream=True,
+    stream_options={"include_usage": True}))
+streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+check(streamed == text, f"streamed == non-streamed: {streamed!r}")
+check(sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 8, "streamed in many chunks")
+check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16, "stream usage chunk")
+
+# Completions with a stop string; seed reproduces a sampled completion.
+c = client.completions.create(model=ids[0], prompt="The capital of France is", max_tokens=30,
+                              temperature=0, stop=["."])
+check("." not in c.choices[0].text and c.choices[0].finish_reason == "stop",
+      f"stop string cut: {c.choices[0].text!r} ({c.choices[0].finish_reason})")
+a = client.completions.create(model=ids[0], prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=7)
+b = client.completions.create(model=ids[0], prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=7)
+check(a.choices[0].text == b.choices[0].text, "same seed, same completion")
+
+# The qsparse extension.
+s = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=8, temperature=0,
+                                   extra_body={"qsparse": {"sparsity": 0.5}})
+check(s.usage.completion_tokens >= 1, f"sparsity 0.5 via extension: {s.choices[0].message.content!r}")
+try:
+    client.chat.completions.create(model=ids[0], messages=MSG, extra_body={"qsparse": {"sparsity": 1.5}})
+    check(False, "sparsity 1.5 refused")
+except openai.BadRequestError as e:
+    check("sparsity" in str(e), "sparsity 1.5 refused with 400")
+
+# 8 concurrent clients all get answers.
+results = [None] * 8
+
+
+def worker(i):
+    try:
+        r = client.chat.completions.create(
+            model=ids[0], max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": f"Count to {i + 2}."}])
+        results[i] = r.usage.completion_tokens
+    except Exception as e:  # noqa: BLE001
+        results[i] = repr(e)
+
+
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+t0 = time.time()
+[t.start() for t in threads]
+[t.join() for t in threads]
+check(all(isinstance(x, int) and x >= 1 for x in results), f"8 concurrent clients: {results}")
+print(f"     8 concurrent requests in {time.time() - t0:.1f} s")
+
+# A client that disconnects mid-stream: its generation stops.
+before = json.loads(raw(host, port, "GET", "/health")[2])["cancelled"]
+sock = socket.create_connection((host, port))
+body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story."}],
+                   "max_tokens": 400, "stream": True}).encode()
+sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+got = b""
+while got.count(b"data:") < 5:
+    got += sock.recv(4096)
+sock.close()
+deadline = time.time() + 30
+cancelled = before
+while time.time() < deadline and cancelled == before:
+    time.sleep(0.2)
+    cancelled = json.loads(raw(host, port, "GET", "/health")[2])["cancelled"]
+check(cancelled == before + 1, f"disconnect mid-stream cancels the generation ({before} -> {cancelled})")
+
+# Bad requests.
+for name, body, want in [
+    ("malformed JSON", b"{not json", 400),
+    ("wrong type", json.dumps({"messages": MSG, "max_tokens": "ten"}).encode(), 400),
+    ("missing messages", b"{}", 400),
+    ("temperature 5", json.dumps({"messages": MSG, "temperature": 5}).encode(), 400),
+    ("max_tokens above the limit", json.dumps({"messages": MSG, "max_tokens": 100000}).encode(), 400),
+    ("prompt beyond the context", json.dumps({"messages": [{"role": "user", "content": "word " * 2000}]}).encode(), 400),
+    ("body over 1 MiB", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413),
+]:
+    status, _, data = raw(host, port, "POST", "/v1/chat/completions", body,
+                          {"Content-Type": "application/json"})
+    err = json.loads(data).get("error", {}) if data else {}
+    check(status == want and err.get("message"), f"{name} -> {status} {err.get('message', '')[:70]!r}")
+status, _, _ = raw(host, port, "GET", "/v1/nothing")
+check(status == 404, "unknown path -> 404")
+status, _, _ = raw(host, port, "GET", "/v1/chat/completions")
+check(status == 405, "wrong method -> 405")
+try:
+    client.chat.completions.create(model=ids[0], messages=[{"role": "user", "content": "word " * 2000}])
+    check(False, "context exceeded through the client")
+except openai.BadRequestError as e:
+    check(e.code == "context_length_exceeded", f"context_length_exceeded: {e.code}")
+
+# Graceful shutdown.
+proc.send_signal(signal.SIGINT)
+try:
+    code = proc.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    code = None
+check(code == 0, f"SIGINT ends the server cleanly (exit {code})")
+
+# A full queue is refused at once with 503 and Retry-After.
+proc, host, port = start("--queue", "1")
+codes = []
+
+
+def hammer():
+    body = json.dumps({"messages": MSG, "max_tokens": 64}).encode()
+    status, headers, _ = raw(host, port, "POST", "/v1/chat/completions", body)
+    codes.append((status, headers.get("Retry-After")))
+
+
+threads = [threading.Thread(target=hammer) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+check(any(s == 503 and ra == "1" for s, ra in codes) and any(s == 200 for s, _ in codes),
+      f"queue of 1 under 6 requests: {sorted(codes)}")
+proc.send_signal(signal.SIGTERM)
+check(proc.wait(timeout=60) == 0, "SIGTERM ends the server cleanly")
+
+print("FAILED: " + "; ".join(failures) if failures else "OK")
+sys.exit(1 if failures else 0)
