@@ -1,9 +1,10 @@
 //! Sparse column-gather matvec: y = W·x_sparse, reading only the weight columns of the kept
 //! inputs. The dense product is the same kernel with every column kept.
 //!
-//! One driver serves every format and ISA. It checks the input once; splits the output lines
-//! into one contiguous range per rayon worker (no reduction needed; small products stay on one
-//! thread); and, per tile, hands the per-format, per-ISA *run kernel* the kept columns. A run
+//! One driver serves every format and ISA. It checks the input once; splits the work across the
+//! rayon workers (small products stay on one thread) — integer formats by kept columns, each
+//! worker streaming one contiguous stretch of every tile and the int32 partial sums added exactly;
+//! float formats by output lines, so no reduction reorders a row's sum — and, per tile, hands the per-format, per-ISA *run kernel* the kept columns. A run
 //! kernel sweeps each kept column's run (the column's lines for the tile, see `layout`) from first
 //! line to last, four columns at a time, prefetching the next four runs line by line, and adds
 //! into per-row accumulators that stay in L1: DRAM sees long sequential reads and skipped columns
@@ -89,11 +90,67 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         run_range(kernel, w, input, 0, y);
         return;
     }
-    // One contiguous range of output lines per worker keeps each worker's reads in one region.
-    let per_task = n_lines.div_ceil(threads);
-    y.par_chunks_mut(per_task * rpl)
-        .enumerate()
-        .for_each(|(c, ys)| run_range(kernel, w, input, c * per_task, ys));
+    match input {
+        // Measured on SmolLM2 (int8, dense decode, 3 interleaved pairs of `qsparse bench`):
+        // 58-66 tok/s split by columns against 50-59 by rows; equal at S = 0.5.
+        Input::I8 { x, scale } => split_columns(kernel, w, x, scale, threads, y),
+        // Float formats split the rows: splitting columns would change the order of each row's
+        // FMA chain (results would depend on the thread count).
+        Input::F32(_) => {
+            // One contiguous range of output lines per worker keeps each worker's reads in one
+            // region.
+            let per_task = n_lines.div_ceil(threads);
+            y.par_chunks_mut(per_task * rpl)
+                .enumerate()
+                .for_each(|(c, ys)| run_range(kernel, w, input, c * per_task, ys));
+        }
+    }
+}
+
+/// Integer formats on several threads: the kept columns are split, not the rows. Each worker
+/// then reads one contiguous stretch of every tile (its columns' runs lie side by side), a plain
+/// sequential stream as in a row-major product, into its own int32 accumulators; the partial sums
+/// are added exactly in integers, so the result does not depend on the split.
+fn split_columns(
+    kernel: Kernel,
+    w: &ColumnTiles<'_>,
+    x: &Sparse<i8>,
+    scale: f32,
+    threads: usize,
+    y: &mut [f32],
+) {
+    let format = w.format();
+    let rpl = format.rows_per_line();
+    let rows = w.n_lines() * rpl;
+    let per = x.len().div_ceil(threads).max(1);
+    PARTIALS.with_borrow_mut(|parts| {
+        parts.clear();
+        parts.resize(threads * rows, 0);
+        parts
+            .par_chunks_mut(rows)
+            .zip(x.indices.par_chunks(per).zip(x.values.par_chunks(per)))
+            .for_each(|(acc, (idx, val))| {
+                for_each_segment(w, 0, w.n_lines(), |seg, n, at| {
+                    let acc = &mut acc[at * rpl..(at + n) * rpl];
+                    match format {
+                        Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
+                            scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
+                            kernel.t2_runs(seg, n, idx, val, acc, scratch)
+                        }),
+                        _ => kernel.i8_runs(seg, n, idx, val, acc),
+                    }
+                });
+            });
+        let bias: i32 = match format {
+            Format::T2 => x.values.iter().map(|&v| i32::from(v)).sum(),
+            _ => 0,
+        };
+        let scales = w.row_scale();
+        for (r, (o, &s)) in y.iter_mut().zip(scales).enumerate() {
+            let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
+            *o = (a - bias) as f32 * (scale * s);
+        }
+    });
 }
 
 /// y[r] += scale_r · Σ_i w(r, idx[i]) · val[i] for a few columns of an integer-format matrix,
@@ -156,6 +213,8 @@ thread_local! {
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's per-worker accumulators of [`split_columns`].
+    static PARTIALS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Output lines line0 .. line0 + ceil(y.len() / rows per line), into y.

@@ -197,6 +197,9 @@ const SHAPES: &[(usize, usize)] = &[
     (257, 33),
     (600, 257),
     (1024, 129),
+    // Above the parallel threshold for every format (T2 too), several tiles for I8: the
+    // multi-threaded split is checked against the naive product as well.
+    (9000, 131),
 ];
 
 fn pool(threads: usize) -> rayon::ThreadPool {

@@ -242,18 +242,19 @@ impl ChatRequest {
         self.messages
             .iter()
             .map(|m| {
-                let role =
-                    match m.role.as_str() {
-                        "system" | "developer" => "system",
-                        "user" => "user",
-                        "assistant" => "assistant",
-                        other => return Err(ApiError::invalid(
+                let role = match m.role.as_str() {
+                    "system" | "developer" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    other => {
+                        return Err(ApiError::invalid(
                             format!(
                                 "message role `{other}` is not supported (system, user, assistant)"
                             ),
                             Some("messages"),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let content = match &m.content {
                     None => String::new(),
                     Some(Content::Text(t)) => t.clone(),

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use tiny_http::{Method, Request};
 
 use crate::chat::ChatTemplate;
 use crate::model::{Model, RunState, Sparsity};
@@ -273,9 +273,7 @@ fn complete(
             param: None,
             code: Some("queue_full"),
         };
-        let mut response = json_response(503, &e.body());
-        response.add_header(header("Retry-After", "1"));
-        return request.respond(response);
+        return write_json(request, 503, &e.body(), &[("Retry-After", "1")]);
     }
     let id = format!(
         "{}-{:x}",
@@ -400,7 +398,7 @@ fn stream(
     let mut w = request.into_writer();
     w.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          Transfer-Encoding: chunked\r\n\r\n",
+          Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
     )?;
     let send = |w: &mut dyn Write, data: &str| -> std::io::Result<()> {
         let event = format!("data: {data}\n\n");
@@ -435,18 +433,49 @@ fn stream(
     w.flush()
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+/// A JSON response, written whole. Every response closes its connection: tiny_http gives each
+/// open connection a thread that blocks reading its next request, so idle keep-alive connections
+/// held in clients' pools would pin those threads (and tiny_http does not let a `Response` set
+/// `Connection`, hence the response is written here); a new loopback connection per request costs
+/// nothing next to a generation.
+fn write_json(
+    request: Request,
+    status: u16,
+    body: &Value,
+    extra: &[(&str, &str)],
+) -> std::io::Result<()> {
+    let body = body.to_string();
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    for (k, v) in extra {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    let mut w = request.into_writer();
+    w.write_all(head.as_bytes())?;
+    w.write_all(body.as_bytes())?;
+    w.flush()
 }
 
-fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(StatusCode(status))
-        .with_header(header("Content-Type", "application/json"))
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
 }
 
 fn respond(request: Request, status: u16, body: &Value) -> std::io::Result<()> {
-    request.respond(json_response(status, body))
+    write_json(request, status, body, &[])
 }
 
 fn respond_error(request: Request, e: &ApiError) -> std::io::Result<()> {
