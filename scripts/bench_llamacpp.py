@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Decode speed of qsparse next to llama.cpp on the same machine, interleaved round by round.
+
+llama.cpp comes from the `llama-cpp-python` package (installed here if missing: it compiles
+llama.cpp, a few minutes). The shipped Q4_1 model is also requantized to Q8_0 (llama.cpp's own
+quantizer), the format the int8 path is compared with. Each round times, in turn: llama.cpp on
+Q4_1 and Q8_0 (greedy decode, 2 threads, its own perf counters) and `qsparse bench` at
+S = 0 and 0.5 (int8). Prints medians and ratios; --json for machine-readable output.
+
+    scripts/bench_llamacpp.py [--rounds 5] [--gen 64] [--json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+QSPARSE = os.path.join(ROOT, "target", "release", "qsparse")
+PROMPT = "The Declaration of Independence was signed in"
+
+try:
+    import llama_cpp
+except ImportError:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "llama-cpp-python==0.3.36"])
+    import llama_cpp
+
+
+def q8_0_copy():
+    out = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q8_0.gguf")
+    if not os.path.exists(out):
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+        params.allow_requantize = True
+        rc = llama_cpp.llama_model_quantize(MODEL.encode(), (out + ".tmp").encode(), params)
+        if rc != 0:
+            raise SystemExit(f"llama_model_quantize failed: {rc}")
+        os.replace(out + ".tmp", out)
+    return out
+
+
+def llama_decode(llm, gen):
+    """Decode tok/s as llama.cpp's own counters report it (generation, prompt excluded), so the
+    Python binding's per-token overhead is not charged to llama.cpp."""
+    llm.reset()
+    ctx = llm._ctx.ctx
+    llama_cpp.llama_perf_context_reset(ctx)
+    llm.create_completion(PROMPT, max_tokens=gen, temperature=0.0, top_k=1)
+    perf = llama_cpp.llama_perf_context(ctx)
+    return perf.n_eval / (perf.t_eval_ms / 1e3)
+
+
+def qsparse_decode(sparsity, gen):
+    out = subprocess.run(
+        [QSPARSE, "bench", "--sparsity", str(sparsity), "--prompt-tokens", "16",
+         "--gen-tokens", str(gen), "--runs", "3", "--json"],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["decode_tok_s"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if not os.path.exists(QSPARSE):
+        subprocess.check_call(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    q8 = q8_0_copy()
+    llms = {name: llama_cpp.Llama(path, n_ctx=256, n_threads=2, n_threads_batch=2,
+                                  verbose=False)
+            for name, path in [("llama.cpp Q4_1", MODEL), ("llama.cpp Q8_0", q8)]}
+    results = {name: [] for name in [*llms, "qsparse int8 S=0", "qsparse int8 S=0.5"]}
+    for name, llm in llms.items():
+        llama_decode(llm, 8)  # warm-up
+    for r in range(a.rounds):
+        for name, llm in llms.items():
+            results[name].append(llama_decode(llm, a.gen))
+        results["qsparse int8 S=0"].append(qsparse_decode(0.0, a.gen))
+        results["qsparse int8 S=0.5"].append(qsparse_decode(0.5, a.gen))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+              file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratios = {
+        "qsparse_int8_dense_vs_llamacpp_q8_0": med["qsparse int8 S=0"] / med["llama.cpp Q8_0"],
+        "qsparse_int8_dense_vs_llamacpp_q4_1": med["qsparse int8 S=0"] / med["llama.cpp Q4_1"],
+        "qsparse_s05_vs_own_dense": med["qsparse int8 S=0.5"] / med["qsparse int8 S=0"],
+    }
+    if a.json:
+        print(json.dumps({"median_decode_tok_s": med, "runs": results, "ratios": ratios}, indent=2))
+    else:
+        for k, v in med.items():
+            print(f"{k:<22} {v:7.1f} tok/s (median of {a.rounds})")
+        for k, v in ratios.items():
+            print(f"{k:<38} {v:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
