@@ -69,12 +69,15 @@ fn f32_perplexity_matches_llama_cpp() {
     );
 }
 
+/// Over the whole text (7 windows, 1785 predictions): int8 quantization's effect on perplexity
+/// moves by ~0.5% with ulp-level changes elsewhere (a different rounding realization) on two
+/// windows, so the bound is checked where it is stable.
 #[test]
 fn int8_perplexity_is_within_2_percent_of_f32() {
-    let f32_nll = ours(WeightFormat::F32, 2);
-    let int8_nll = ours(WeightFormat::Int8, 2);
+    let f32_nll = ours(WeightFormat::F32, 7);
+    let int8_nll = ours(WeightFormat::Int8, 7);
     eprintln!(
-        "windows 0-1 ppl: f32 {:.4}, int8 {:.4}",
+        "whole text ppl: f32 {:.4}, int8 {:.4}",
         f32_nll.exp(),
         int8_nll.exp()
     );

@@ -6,9 +6,11 @@
 //! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
 //! 4. [`dense`]: row-major f32/f16 matvec (the lm_head).
+//! 5. [`attention`]: one key/value head's decode-step attention over the KV cache.
 //!
 //! Every SIMD kernel runs at a chosen [`Isa`] and has a scalar twin it is tested against.
 
+pub mod attention;
 pub mod bandwidth;
 pub mod dense;
 pub mod gather;

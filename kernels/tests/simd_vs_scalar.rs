@@ -450,3 +450,72 @@ fn add_columns_equals_the_naive_sum() {
         }
     }
 }
+
+#[test]
+fn attention_equals_the_f64_reference_at_every_isa() {
+    use qsparse_kernels::attention::{attend, KvHead};
+    let mut rng = SmallRng::seed_from_u64(9);
+    for &(head_dim, group, positions, spread) in &[
+        (64, 3, 1, 1.0f32),
+        (64, 3, 77, 1.0),
+        (64, 1, 300, 8.0),
+        (17, 2, 33, 1.0),
+        (128, 4, 5, 30.0),
+    ] {
+        let n_kv = 2;
+        let stride = n_kv * head_dim;
+        let mut vec =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-spread..spread)).collect() };
+        let keys = vec(positions * stride);
+        let values = vec(positions * stride);
+        let queries = vec(group * head_dim);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let kvh = 1;
+        // Reference in f64.
+        let mut want = vec![0f64; group * head_dim];
+        for g in 0..group {
+            let q = &queries[g * head_dim..(g + 1) * head_dim];
+            let s: Vec<f64> = (0..positions)
+                .map(|t| {
+                    let k = &keys[t * stride + kvh * head_dim..][..head_dim];
+                    q.iter()
+                        .zip(k)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for t in 0..positions {
+                let v = &values[t * stride + kvh * head_dim..][..head_dim];
+                for i in 0..head_dim {
+                    want[g * head_dim + i] += e[t] / sum * v[i] as f64;
+                }
+            }
+        }
+        for isa in isas() {
+            let row = positions + 3;
+            let mut scores = vec![f32::NAN; group * row];
+            let mut out = vec![f32::NAN; group * head_dim];
+            let h = KvHead {
+                queries: &queries,
+                keys: &keys,
+                values: &values,
+                stride,
+                offset: kvh * head_dim,
+                head_dim,
+                scale,
+            };
+            attend(isa, h, &mut scores, row, &mut out);
+            for (i, (&got, &w)) in out.iter().zip(&want).enumerate() {
+                // Softmax weights are exact to ~1e-6 relative; values are at most `spread`.
+                assert!(
+                    (got as f64 - w).abs() <= 2e-5 * spread as f64,
+                    "{isa} hd={head_dim} g={group} n={positions}: [{i}] {got} vs {w}"
+                );
+            }
+        }
+    }
+}

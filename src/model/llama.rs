@@ -12,12 +12,14 @@
 //! levels. On SmolLM2 (data/english.txt, ctx 256) int8 weights cost +9.2% perplexity over f32
 //! with plain absmax and +1.7% with 8 outliers kept out (`--act-outliers` sets the number).
 
+use qsparse_kernels::attention::{self, KvHead};
 use qsparse_kernels::{
     add_columns, gather_matvec, keep_count, quantize_absmax, topk_f32, topk_i8, Input, Isa,
     NonFinite, Sparse,
 };
 
 use super::config::ModelConfig;
+use super::math::{rms_norm, silu};
 use super::profile::{Laps, Phase, Profile};
 use super::weights::{Linear, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
@@ -232,7 +234,7 @@ impl RunState {
             attn_proj: vec![0.0; config.d_model],
             gate_up: vec![0.0; 2 * config.d_ff],
             ffn_out: vec![0.0; config.d_model],
-            scores: vec![0.0; ctx],
+            scores: vec![0.0; config.n_heads * ctx],
             logits: vec![0.0; config.vocab_size],
             key_cache: vec![0.0; config.n_layers * ctx * kv],
             value_cache: vec![0.0; config.n_layers * ctx * kv],
@@ -374,24 +376,20 @@ impl Model {
             state.key_cache[at..at + kv_dim].copy_from_slice(k);
             state.value_cache[at..at + kv_dim].copy_from_slice(v);
 
-            for h in 0..n_heads {
-                let kvh = h / group;
-                let q = &q[h * hd..(h + 1) * hd];
-                let scores = &mut state.scores[..=pos];
-                for (t, s) in scores.iter_mut().enumerate() {
-                    let k = &state.key_cache[layer_off + t * kv_dim + kvh * hd..][..hd];
-                    *s = dot(q, k) * scale;
-                }
-                softmax(scores);
-                let out = &mut state.att_out[h * hd..(h + 1) * hd];
-                out.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
-                    let v = &state.value_cache[layer_off + t * kv_dim + kvh * hd..][..hd];
-                    for (o, &vv) in out.iter_mut().zip(v) {
-                        *o += p * vv;
-                    }
-                }
-            }
+            attend(
+                state.sparsifier.isa,
+                Attention {
+                    q,
+                    keys: &state.key_cache[layer_off..layer_off + (pos + 1) * kv_dim],
+                    values: &state.value_cache[layer_off..layer_off + (pos + 1) * kv_dim],
+                    kv_dim,
+                    head_dim: hd,
+                    group,
+                    scale,
+                },
+                &mut state.scores,
+                &mut state.att_out,
+            );
             traffic.record_input(&[3], &state.att_out);
             laps.mark(&mut state.profile, Phase::Attention);
             state
@@ -485,6 +483,58 @@ impl Model {
     }
 }
 
+/// One layer's attention inputs for the current token: its rotated queries and the cached keys
+/// and values of positions 0..=pos.
+struct Attention<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    kv_dim: usize,
+    head_dim: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    scale: f32,
+}
+
+/// Below this many multiply-adds per layer (heads × positions × head_dim), attention stays on one
+/// thread: a parallel region costs about as much as ~30 µs of it.
+const PARALLEL_ATTENTION_MIN: usize = 64 * 1024;
+
+/// Scaled dot-product attention of every query head over the cache, into `out`; `scores` holds
+/// one row of ctx scores per query head. Work goes by key/value head (the kernel reads each cached
+/// key and value once for the query heads that share it); long contexts split the key/value heads
+/// across the rayon pool.
+fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
+    let (hd, group) = (a.head_dim, a.group);
+    let positions = a.keys.len() / a.kv_dim;
+    let ctx = scores.len() / (a.q.len() / hd);
+    let kv_head = |kvh: usize, scores: &mut [f32], out: &mut [f32]| {
+        let h = KvHead {
+            queries: &a.q[kvh * group * hd..(kvh + 1) * group * hd],
+            keys: a.keys,
+            values: a.values,
+            stride: a.kv_dim,
+            offset: kvh * hd,
+            head_dim: hd,
+            scale: a.scale,
+        };
+        attention::attend(isa, h, scores, ctx, out);
+    };
+    let (out_rows, score_rows) = (group * hd, group * ctx);
+    if a.q.len() * positions < PARALLEL_ATTENTION_MIN || rayon::current_num_threads() == 1 {
+        out.chunks_mut(out_rows)
+            .zip(scores.chunks_mut(score_rows))
+            .enumerate()
+            .for_each(|(h, (o, s))| kv_head(h, s, o));
+    } else {
+        use rayon::prelude::*;
+        out.par_chunks_mut(out_rows)
+            .zip(scores.par_chunks_mut(score_rows))
+            .enumerate()
+            .for_each(|(h, (o, s))| kv_head(h, s, o));
+    }
+}
+
 /// The `m` entries of `x` with the largest magnitude (ties: lowest index), ascending by index.
 fn top_magnitudes(x: &[f32], m: usize, out: &mut Sparse<f32>) {
     out.indices.clear();
@@ -517,48 +567,6 @@ fn share((bytes, params): (u64, u64), rows: usize, total: usize) -> (u64, u64) {
         bytes * rows as u64 / total as u64,
         params * rows as u64 / total as u64,
     )
-}
-
-fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = 1.0 / (ms + eps).sqrt();
-    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
-        *o = xi * inv * wi;
-    }
-}
-
-/// Dot product with eight partial sums, which the compiler keeps in SIMD registers.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]

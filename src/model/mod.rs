@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod llama;
+mod math;
 pub mod profile;
 pub mod weights;
 

@@ -1,0 +1,326 @@
+//! Decode-step attention of one key/value head: the scores of its group of query heads against
+//! every cached key, softmax, and the weighted sum of the cached values.
+//!
+//! One portable body, compiled twice: as is (the scalar reference, no FMA) and inside an
+//! AVX2+FMA function where the same loops vectorize and multiply-adds fuse. The dispatch happens
+//! once per head, not per dot product. Both use the polynomial [`exp`], so the two differ only by
+//! rounding (FMA and summation order): tests bound the difference.
+
+use crate::isa::Isa;
+
+/// One key/value head and the query heads that share it.
+#[derive(Debug, Clone, Copy)]
+pub struct KvHead<'a> {
+    /// `group` query vectors of `head_dim`, one after another.
+    pub queries: &'a [f32],
+    /// Cached keys and values of positions 0..n: position t's vector for this head starts at
+    /// `t * stride + offset`.
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+    pub head_dim: usize,
+    /// Score scale, 1/sqrt(head_dim).
+    pub scale: f32,
+}
+
+/// Attention outputs of the head's query group into `out` (`group * head_dim`); `scores` holds
+/// `group` rows of `row` floats (row >= positions) as scratch. Panics on inconsistent sizes.
+pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut [f32]) {
+    let hd = h.head_dim;
+    assert!(hd > 0 && h.queries.len().is_multiple_of(hd) && out.len() == h.queries.len());
+    let group = h.queries.len() / hd;
+    let positions = if h.stride == 0 {
+        0
+    } else {
+        h.keys.len().div_ceil(h.stride)
+    };
+    assert!(h.offset + hd <= h.stride && h.keys.len() == h.values.len());
+    assert!(positions == 0 || (positions - 1) * h.stride + h.offset + hd <= h.keys.len());
+    assert!(row >= positions && scores.len() >= group * row);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) && crate::isa::x86::v3().is_some() {
+        // SAFETY: the V3 token proves AVX2 and FMA; the sizes were checked above.
+        unsafe { avx2(h, positions, scores, row, out) };
+        return;
+    }
+    let _ = isa;
+    body::<Plain>(h, positions, scores, row, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2(h: KvHead<'_>, positions: usize, scores: &mut [f32], row: usize, out: &mut [f32]) {
+    body::<Fused>(h, positions, scores, row, out)
+}
+
+/// a·b + c, fused or not, and the two vector loops of attention built on it.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+
+    /// Σ a_i·b_i.
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot::<Self>(a, b)
+    }
+
+    /// out += p·v.
+    #[inline(always)]
+    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o = Self::mul_add(p, vv, *o);
+        }
+    }
+
+    /// s_i = e^(s_i − max s); returns Σ s_i.
+    #[inline(always)]
+    fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+        let mut sum = 0.0;
+        for v in s.iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        sum
+    }
+}
+
+struct Plain;
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Fused;
+#[cfg(target_arch = "x86_64")]
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
+    /// Explicit AVX2: four 8-wide FMA chains (LLVM did not vectorize the portable loop).
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let main = n / 32 * 32;
+        // SAFETY: only called from the AVX2+FMA function `avx2`; loads stay below `main` <= n.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < main {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(a.as_ptr().add(o)),
+                        _mm256_loadu_ps(b.as_ptr().add(o)),
+                        *acc,
+                    );
+                }
+                i += 32;
+            }
+            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
+            let tail: f32 = a[main..n].iter().zip(&b[main..n]).map(|(x, y)| x * y).sum();
+            _mm_cvtss_f32(h) + tail
+        }
+    }
+
+    #[inline(always)]
+    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = v.len().min(out.len());
+        let main = n / 8 * 8;
+        // SAFETY: as in `dot`; loads and stores stay below `main` <= n.
+        unsafe {
+            let pv = _mm256_set1_ps(p);
+            let mut i = 0;
+            while i < main {
+                let o = out.as_mut_ptr().add(i);
+                _mm256_storeu_ps(
+                    o,
+                    _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+                );
+                i += 8;
+            }
+        }
+        for (o, &vv) in out[main..n].iter_mut().zip(&v[main..n]) {
+            *o = p.mul_add(vv, *o);
+        }
+    }
+
+    /// [`exp`] eight lanes at a time, the same steps in the same order (so the same values up
+    /// to the fused multiply-adds).
+    #[inline(always)]
+    fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+        use std::arch::x86_64::*;
+        let n = s.len();
+        let main = n / 8 * 8;
+        let mut sum;
+        // SAFETY: as in `dot`; loads and stores stay below `main` <= n.
+        unsafe {
+            let c = |v: f32| _mm256_set1_ps(v);
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < main {
+                let p = s.as_mut_ptr().add(i);
+                let x = _mm256_sub_ps(_mm256_loadu_ps(p), c(max));
+                let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.3)), c(88.7));
+                let n = _mm256_sub_ps(
+                    _mm256_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(12_582_912.0)),
+                    c(12_582_912.0),
+                );
+                let r = _mm256_fnmadd_ps(
+                    n,
+                    c(1.428_606_8e-6),
+                    _mm256_fnmadd_ps(n, c(0.693_145_75), x),
+                );
+                let mut q = c(1.0 / 5040.0);
+                for k in [
+                    1.0 / 720.0,
+                    1.0 / 120.0,
+                    1.0 / 24.0,
+                    1.0 / 6.0,
+                    0.5,
+                    1.0,
+                    1.0,
+                ] {
+                    q = _mm256_fmadd_ps(q, r, c(k));
+                }
+                // 2^n with n clamped to 127; the top lane (n = 128) gets a second factor of 2.
+                let top = _mm256_cmp_ps::<_CMP_GT_OQ>(n, c(127.0));
+                let ni = _mm256_cvtps_epi32(_mm256_min_ps(n, c(127.0)));
+                let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                    ni,
+                    _mm256_set1_epi32(127),
+                )));
+                let e = _mm256_mul_ps(_mm256_mul_ps(q, pow), _mm256_blendv_ps(c(1.0), c(2.0), top));
+                _mm256_storeu_ps(p, e);
+                acc = _mm256_add_ps(acc, e);
+                i += 8;
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            sum = lanes.iter().sum::<f32>();
+        }
+        for v in s[main..].iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        sum
+    }
+}
+
+#[inline(always)]
+fn body<M: MulAdd>(
+    h: KvHead<'_>,
+    positions: usize,
+    scores: &mut [f32],
+    row: usize,
+    out: &mut [f32],
+) {
+    let hd = h.head_dim;
+    for t in 0..positions {
+        let k = &h.keys[t * h.stride + h.offset..][..hd];
+        for (g, q) in h.queries.chunks_exact(hd).enumerate() {
+            scores[g * row + t] = M::dot(q, k) * h.scale;
+        }
+    }
+    for g in 0..h.queries.len() / hd {
+        let s = &mut scores[g * row..g * row + positions];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum = M::exp_shifted(s, max);
+        let inv = 1.0 / sum;
+        for v in s.iter_mut() {
+            *v *= inv;
+        }
+    }
+    out.fill(0.0);
+    for t in 0..positions {
+        let v = &h.values[t * h.stride + h.offset..][..hd];
+        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+            M::axpy(scores[g * row + t], v, o);
+        }
+    }
+}
+
+/// Dot product with four 8-wide partial sums (independent chains the compiler keeps in SIMD
+/// registers).
+#[inline(always)]
+fn dot<M: MulAdd + ?Sized>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [[0f32; 8]; 4];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for i in 0..8 {
+                acc[i] = M::mul_add(x[8 * c + i], y[8 * c + i], acc[i]);
+            }
+        }
+    }
+    let mut sum = [0f32; 8];
+    for acc in &acc {
+        for i in 0..8 {
+            sum[i] += acc[i];
+        }
+    }
+    sum.iter().sum::<f32>() + tail
+}
+
+/// e^x within 2 ulp for x in [−87.3, 88.7], the input clamped to that range outside it (so
+/// e^−∞ ≈ 1e−38 and e^+∞ ≈ 3e38, harmless in softmax and SiLU): x = n·ln2 + r with |r| <= ln2/2
+/// (ln2 split in two for exactness), e^r by its degree-7 Taylor polynomial, 2^n put into the
+/// exponent bits. Branch-free and free of libm calls, so loops over it vectorize.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer with plain float adds.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    // 2^n for n in [-126, 128]; 128 (x near the top) is taken as 2 · 2^127.
+    let top = n > 127.0;
+    let n = if top { 127 } else { n as i32 };
+    p * if top { 2.0 } else { 1.0 } * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.5 {
+            let want = (x as f64).exp();
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            worst = worst.max((exp(x) as f64 - want).abs() / ulp as f64);
+            x += 0.000_731;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        // Clamped outside the range: tiny and huge, never NaN or negative.
+        assert!(exp(-200.0) > 0.0 && exp(-200.0) < 1e-37);
+        assert!(exp(1e9) > 3e38 && exp(1e9).is_finite());
+        assert!(exp(f32::NEG_INFINITY) > 0.0);
+    }
+}
