@@ -5,14 +5,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-fn qsparse(args: &[&str]) -> Output {
-    let model = common::smollm2();
-    Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args(args)
-        .args(["-m", model.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
+use common::qsparse;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -4,16 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn qsparse(args: &[&str]) -> Output {
-    let model = common::smollm2();
-    Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args(args)
-        .args(["-m", model.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
+use common::qsparse;
 
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -129,22 +129,8 @@ fn split_columns(
         parts
             .par_chunks_mut(rows)
             .zip(x.indices.par_chunks(per).zip(x.values.par_chunks(per)))
-            .for_each(|(acc, (idx, val))| {
-                for_each_segment(w, 0, w.n_lines(), |seg, n, at| {
-                    let acc = &mut acc[at * rpl..(at + n) * rpl];
-                    match format {
-                        Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
-                            scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
-                            kernel.t2_runs(seg, n, idx, val, acc, scratch)
-                        }),
-                        _ => kernel.i8_runs(seg, n, idx, val, acc),
-                    }
-                });
-            });
-        let bias: i32 = match format {
-            Format::T2 => x.values.iter().map(|&v| i32::from(v)).sum(),
-            _ => 0,
-        };
+            .for_each(|(acc, (idx, val))| integer_sums(kernel, w, 0, idx, val, acc));
+        let bias = t2_bias(format, &x.values);
         let scales = w.row_scale();
         for (r, (o, &s)) in y.iter_mut().zip(scales).enumerate() {
             let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
@@ -227,21 +213,8 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
             acc.clear();
             acc.resize(lines * rpl, 0);
             let (idx, val) = (x.indices.as_slice(), x.values.as_slice());
-            for_each_segment(w, line0, lines, |seg, n, at| {
-                let acc = &mut acc[at * rpl..(at + n) * rpl];
-                match format {
-                    Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
-                        scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
-                        kernel.t2_runs(seg, n, idx, val, acc, scratch)
-                    }),
-                    _ => kernel.i8_runs(seg, n, idx, val, acc),
-                }
-            });
-            // T2 codes are t + 1: every row carries +Σx, removed here once.
-            let bias: i32 = match format {
-                Format::T2 => val.iter().map(|&v| i32::from(v)).sum(),
-                _ => 0,
-            };
+            integer_sums(kernel, w, line0, idx, val, acc);
+            let bias = t2_bias(format, val);
             let scales = &w.row_scale()[line0 * rpl..line0 * rpl + y.len()];
             for ((o, &a), &s) in y.iter_mut().zip(acc.iter()).zip(scales) {
                 *o = (a - bias) as f32 * (scale * s);
@@ -257,6 +230,38 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
             });
             y.copy_from_slice(&acc[..y.len()]);
         }),
+    }
+}
+
+/// The exact int32 sums Σ_i code(r, idx[i])·val[i] of an integer-format matrix for the output
+/// lines line0 .. line0 + acc.len() / rows per line, into `acc` (zeroed by the caller).
+fn integer_sums(
+    kernel: Kernel,
+    w: &ColumnTiles<'_>,
+    line0: usize,
+    idx: &[u32],
+    val: &[i8],
+    acc: &mut [i32],
+) {
+    let format = w.format();
+    let rpl = format.rows_per_line();
+    for_each_segment(w, line0, acc.len() / rpl, |seg, n, at| {
+        let acc = &mut acc[at * rpl..(at + n) * rpl];
+        match format {
+            Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
+                kernel.t2_runs(seg, n, idx, val, acc, scratch)
+            }),
+            _ => kernel.i8_runs(seg, n, idx, val, acc),
+        }
+    });
+}
+
+/// T2 codes are t + 1: every row's sum carries +Σx, removed once per row.
+fn t2_bias(format: Format, val: &[i8]) -> i32 {
+    match format {
+        Format::T2 => val.iter().map(|&v| i32::from(v)).sum(),
+        _ => 0,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{parse_sparsity, LoadArgs, SamplingArgs};
+use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
 use crate::conversation::{Conversation, Transcript};
 use crate::model::Sparsity;
 use crate::session::{Finish, GenerateParams, Session};
@@ -53,13 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     let (model, tokenizer) = args.model.load_or_pull()?;
-    let ctx = args.ctx.unwrap_or(model.config.context_length.min(4096));
-    if ctx < 2 || ctx > model.config.context_length {
-        bail!(
-            "--ctx {ctx} is outside 2..={} (the model's context length)",
-            model.config.context_length
-        );
-    }
+    let ctx = context_length(args.ctx, &model)?;
     let template = Conversation::template_for(&model, &tokenizer)?;
     if template.fallback {
         eprintln!("(the model has no chat template: using ChatML)");

@@ -217,3 +217,14 @@ pub fn read_text(path: &std::path::Path) -> Result<String> {
         )
     })
 }
+
+/// The context length of a session: `--ctx` if given (checked against the model), else the
+/// model's, at most 4096 (the KV cache is allocated whole).
+pub fn context_length(asked: Option<usize>, model: &Model) -> Result<usize> {
+    let max = model.config.context_length;
+    let ctx = asked.unwrap_or(max.min(4096));
+    if ctx < 2 || ctx > max {
+        anyhow::bail!("--ctx {ctx} is outside 2..={max} (the model's context length)");
+    }
+    Ok(ctx)
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{parse_sparsity, LoadArgs, SamplingArgs};
+use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
 use crate::conversation::Conversation;
 use crate::server::{self, api::Limits, Config, SHUTDOWN};
 
@@ -43,13 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-tokens and --queue must be at least 1");
     }
     let (model, tokenizer) = args.model.load_or_pull()?;
-    let ctx = args.ctx.unwrap_or(model.config.context_length.min(4096));
-    if ctx < 2 || ctx > model.config.context_length {
-        bail!(
-            "--ctx {ctx} is outside 2..={} (the model's context length)",
-            model.config.context_length
-        );
-    }
+    let ctx = context_length(args.ctx, &model)?;
     let template = Conversation::template_for(&model, &tokenizer)?;
     let config = Config {
         addr: format!("{}:{}", args.host, args.port),

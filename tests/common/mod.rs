@@ -14,6 +14,16 @@ pub fn smollm2() -> PathBuf {
     }
 }
 
+/// Run the qsparse binary with `args` and `-m` the real model.
+pub fn qsparse(args: &[&str]) -> std::process::Output {
+    let model = smollm2();
+    std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args(args)
+        .args(["-m", model.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
 /// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
 pub struct Rng(u64);
 
