@@ -34,23 +34,7 @@ fn chat_piped(args: &[&str], input: &str) -> (String, String, bool) {
 
 #[test]
 fn chat_in_a_terminal_streams_stops_on_ctrl_c_and_quits_on_ctrl_d() {
-    let model = common::smollm2();
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/chat_pty.py"
-        ))
-        .arg(env!("CARGO_BIN_EXE_qsparse"))
-        .arg(&model)
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{transcript}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(transcript.trim_end().ends_with("OK"));
+    common::python_check("chat_pty.py");
 }
 
 #[test]

@@ -24,6 +24,27 @@ pub fn qsparse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Run tests/python/`script` with the qsparse binary and the real model as arguments; panics with
+/// its output unless it exits 0 and its last line is "OK".
+pub fn python_check(script: &str) {
+    let out = std::process::Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/python")
+                .join(script),
+        )
+        .arg(env!("CARGO_BIN_EXE_qsparse"))
+        .arg(smollm2())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && log.trim_end().ends_with("OK"),
+        "{log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
 pub struct Rng(u64);
 
