@@ -320,7 +320,7 @@ struct Quality {
     kl: f64,
     agree: usize,
     n: usize,
-    /// Summed over every scored forward pass (for the natural sparsity of the inputs).
+    /// Input counts summed over every scored forward pass (for the natural sparsity).
     traffic: Traffic,
 }
 
@@ -341,10 +341,7 @@ impl Quality {
             .sum::<f64>();
         self.agree += usize::from(argmax(logits) == reference.top1[i]);
         self.n += 1;
-        for k in 0..8 {
-            self.traffic.zero_inputs[k] += t.zero_inputs[k];
-            self.traffic.inputs[k] += t.inputs[k];
-        }
+        self.traffic.add_inputs(t);
     }
 
     fn mean_nll(&self) -> f64 {

@@ -40,7 +40,7 @@ pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut
     assert!(row >= positions && scores.len() >= group * row);
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && crate::isa::x86::v3().is_some() {
-        // SAFETY: the V3 token proves AVX2 and FMA; the sizes were checked above.
+        // SAFETY: the V3 token proves AVX2, FMA and F16C; the sizes were checked above.
         unsafe { avx2(h, positions, scores, row, out) };
         return;
     }
@@ -49,7 +49,7 @@ pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2(h: KvHead<'_>, positions: usize, scores: &mut [f32], row: usize, out: &mut [f32]) {
     body::<Fused>(h, positions, scores, row, out)
 }
@@ -101,34 +101,12 @@ impl MulAdd for Fused {
         a.mul_add(b, c)
     }
 
-    /// Explicit AVX2: four 8-wide FMA chains (LLVM did not vectorize the portable loop).
+    /// The dense kernels' AVX2 dot product (LLVM did not vectorize the portable loop).
     #[inline(always)]
     fn dot(a: &[f32], b: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let main = n / 32 * 32;
-        // SAFETY: only called from the AVX2+FMA function `avx2`; loads stay below `main` <= n.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut i = 0;
-            while i < main {
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    let o = i + 8 * k;
-                    *acc = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(a.as_ptr().add(o)),
-                        _mm256_loadu_ps(b.as_ptr().add(o)),
-                        *acc,
-                    );
-                }
-                i += 32;
-            }
-            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
-            let tail: f32 = a[main..n].iter().zip(&b[main..n]).map(|(x, y)| x * y).sum();
-            _mm_cvtss_f32(h) + tail
-        }
+        // SAFETY: only called from the AVX2+FMA+F16C function `avx2`, whose caller holds the V3
+        // token; `dot_f32` reads the common length of both slices.
+        unsafe { crate::dense::avx2::dot_f32(a, b) }
     }
 
     #[inline(always)]
@@ -136,7 +114,8 @@ impl MulAdd for Fused {
         use std::arch::x86_64::*;
         let n = v.len().min(out.len());
         let main = n / 8 * 8;
-        // SAFETY: as in `dot`; loads and stores stay below `main` <= n.
+        // SAFETY: only called from `avx2` (its caller holds the V3 token); loads and stores stay
+        // below `main` <= n.
         unsafe {
             let pv = _mm256_set1_ps(p);
             let mut i = 0;
@@ -162,7 +141,8 @@ impl MulAdd for Fused {
         let n = s.len();
         let main = n / 8 * 8;
         let mut sum;
-        // SAFETY: as in `dot`; loads and stores stay below `main` <= n.
+        // SAFETY: only called from `avx2` (its caller holds the V3 token); loads and stores stay
+        // below `main` <= n.
         unsafe {
             let c = |v: f32| _mm256_set1_ps(v);
             let mut acc = _mm256_setzero_ps();

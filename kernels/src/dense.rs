@@ -94,7 +94,7 @@ fn dot_f16(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 

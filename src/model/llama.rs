@@ -88,6 +88,14 @@ impl Traffic {
         }
     }
 
+    /// Add `other`'s input counts (zeros and entries) to these, summing over forward passes.
+    pub fn add_inputs(&mut self, other: &Traffic) {
+        for k in 0..self.inputs.len() {
+            self.zero_inputs[k] += other.zero_inputs[k];
+            self.inputs[k] += other.inputs[k];
+        }
+    }
+
     /// Fraction of all projection inputs that were exactly zero before Top-K.
     pub fn natural_sparsity(&self) -> f64 {
         let n: u64 = self.inputs.iter().sum();

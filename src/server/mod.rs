@@ -294,10 +294,10 @@ fn complete(
     if settings.stream {
         stream(request, rx, &reply, settings.include_usage)
     } else {
-        let mut text = String::new();
+        // The whole text arrives with `Done`; the per-token events only matter when streaming.
         for event in rx {
             match event {
-                Event::Text(t) => text.push_str(&t),
+                Event::Text(_) => {}
                 Event::Done(g) => return respond(request, 200, &reply.whole(&g)),
                 Event::Failed(message) => {
                     return respond_error(request, &server_error(message));
