@@ -12,11 +12,16 @@ use crate::gather::runs::{group4, next_runs, prefetch_line};
 use crate::gather::Lines;
 
 /// Ternary 2-bit codes (256 rows per line): four kept columns at a time, each run swept line by
-/// line. Each 32-row group's 8 code bytes are broadcast and shifted into row order (`vpsrlvq`),
-/// two columns' codes interleaved, and `vpmaddubsw` multiplies them (unsigned) by the (x1, x2)
-/// pair (signed). int16 partial sums live in `scratch` (L1) in the interleaved row order ("lo":
-/// rows 0-7 | 16-23 of a group, "hi": 8-15 | 24-31) and are flushed into `acc` every 32 groups of
+/// line. Each half line (32 bytes, 128 rows) is loaded once per column; shifting it right by 2q
+/// (whole 16-bit words: immediate shifts, the cheap kind) and masking with 3 gives the 32 codes of
+/// rows 32g + 8q + k (byte 8g + k, g = 0..3). Two columns' codes are interleaved and `vpmaddubsw`
+/// multiplies them (unsigned) by the (x1, x2) pair (signed). int16 partial sums live in `scratch`
+/// (L1), one vector per (line, half, q, unpack half), and are flushed into `acc` every 32 groups of
 /// four columns (32 · 4 · 2 · 127 < 2^15). Codes are t + 1: the caller removes Σx.
+///
+/// An earlier version decoded 8 code bytes at a time with a variable shift (`vpsrlvq`): on the
+/// development machine that instruction issues once per 4 cycles, and the kernel ran 4.5 weights
+/// per cycle (`examples/hot_rate.rs`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn t2_runs(
     l: Lines<'_>,
@@ -27,7 +32,6 @@ pub unsafe fn t2_runs(
     scratch: &mut [i16],
 ) {
     assert!(acc.len() >= n * 256 && scratch.len() >= n * 256);
-    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
     let three = _mm256_set1_epi8(3);
     let sp = scratch.as_mut_ptr() as *mut __m256i;
     let pair =
@@ -43,46 +47,81 @@ pub unsafe fn t2_runs(
             let next = next_runs(&l, idx, p + 4);
             for s in 0..n {
                 prefetch_line(&next, s);
-                for g in 0..8 {
-                    let o = 64 * s + 8 * g;
-                    let decode = |q: usize| {
-                        let bits = (c[q].add(o) as *const i64).read_unaligned();
-                        _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(bits), shifts), three)
-                    };
-                    let (a0, a1, a2, a3) = (decode(0), decode(1), decode(2), decode(3));
-                    let lo = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a0, a1), x01),
-                        _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a2, a3), x23),
-                    );
-                    let hi = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a0, a1), x01),
-                        _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a2, a3), x23),
-                    );
-                    let (pl, ph) = (sp.add(16 * s + 2 * g), sp.add(16 * s + 2 * g + 1));
-                    _mm256_storeu_si256(pl, _mm256_add_epi16(_mm256_loadu_si256(pl), lo));
-                    _mm256_storeu_si256(ph, _mm256_add_epi16(_mm256_loadu_si256(ph), hi));
+                for h in 0..2 {
+                    let o = 64 * s + 32 * h;
+                    let load = |q: usize| _mm256_loadu_si256(c[q].add(o) as *const __m256i);
+                    let w = [load(0), load(1), load(2), load(3)];
+                    // Codes of rows 32g + 8q + k: field q of every column.
+                    macro_rules! field {
+                        ($q:literal) => {{
+                            let f = |v: __m256i| {
+                                _mm256_and_si256(_mm256_srli_epi16::<{ 2 * $q }>(v), three)
+                            };
+                            (f(w[0]), f(w[1]), f(w[2]), f(w[3]))
+                        }};
+                    }
+                    let fields = [field!(0), field!(1), field!(2), field!(3)];
+                    for (q, (a0, a1, a2, a3)) in fields.into_iter().enumerate() {
+                        let lo = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a0, a1), x01),
+                            _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a2, a3), x23),
+                        );
+                        let hi = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a0, a1), x01),
+                            _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a2, a3), x23),
+                        );
+                        let at = 16 * s + 8 * h + 2 * q;
+                        let (pl, ph) = (sp.add(at), sp.add(at + 1));
+                        _mm256_storeu_si256(pl, _mm256_add_epi16(_mm256_loadu_si256(pl), lo));
+                        _mm256_storeu_si256(ph, _mm256_add_epi16(_mm256_loadu_si256(ph), hi));
+                    }
                 }
             }
         }
         p += 4;
         groups += 1;
         if groups == 32 || p >= idx.len() {
-            flush_t2(&mut scratch[..n * 256], &mut acc[..n * 256]);
+            // SAFETY: both hold n lines of 256 rows.
+            unsafe { flush_t2(&mut scratch[..n * 256], &mut acc[..n * 256]) };
             groups = 0;
         }
     }
 }
 
-/// Adds the interleaved int16 partial sums of `scratch` into `acc` (natural row order) and
-/// clears them.
-fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
-    for (sc, ac) in scratch.chunks_exact_mut(32).zip(acc.chunks_exact_mut(32)) {
-        for (i, v) in sc.iter_mut().enumerate() {
-            // Word i: "lo" (i < 16) or "hi" (i >= 16); within each, words 0-7 are the group's
-            // rows 0-7 (+8 for hi), words 8-15 rows 16-23 (+8 for hi).
-            let (part, w) = (i / 16, i % 16);
-            ac[8 * part + 16 * (w / 8) + w % 8] += i32::from(*v);
-            *v = 0;
+/// Adds the int16 partial sums of `scratch` into `acc` (natural row order) and clears them.
+/// Scratch vector (line s, half h, field q, part) holds in its 128-bit lane L the 8 rows
+/// 128h + 32(part + 2L) + 8q + 0..8 (`unpacklo` takes code groups 0 and 2, `unpackhi` 1 and 3),
+/// so each lane widens straight onto 8 consecutive accumulators.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
+    assert!(scratch.len() % 256 == 0 && acc.len() == scratch.len());
+    let sp = scratch.as_mut_ptr() as *mut __m256i;
+    let ap = acc.as_mut_ptr();
+    let zero = _mm256_setzero_si256();
+    for s in 0..scratch.len() / 256 {
+        for h in 0..2 {
+            for q in 0..4 {
+                for part in 0..2 {
+                    // SAFETY: the vector index is < 16 n and every row below is < 256 n.
+                    unsafe {
+                        let v = sp.add(16 * s + 8 * h + 2 * q + part);
+                        let sums = _mm256_loadu_si256(v);
+                        _mm256_storeu_si256(v, zero);
+                        for (lane, half) in [
+                            _mm256_castsi256_si128(sums),
+                            _mm256_extracti128_si256::<1>(sums),
+                        ]
+                        .into_iter()
+                        .enumerate()
+                        {
+                            let row = 256 * s + 128 * h + 32 * (part + 2 * lane) + 8 * q;
+                            let a = ap.add(row) as *mut __m256i;
+                            let wide = _mm256_cvtepi16_epi32(half);
+                            _mm256_storeu_si256(a, _mm256_add_epi32(_mm256_loadu_si256(a), wide));
+                        }
+                    }
+                }
+            }
         }
     }
 }
