@@ -94,7 +94,7 @@ pub unsafe fn t2_runs(
 /// so each lane widens straight onto 8 consecutive accumulators.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
-    assert!(scratch.len() % 256 == 0 && acc.len() == scratch.len());
+    assert!(scratch.len().is_multiple_of(256) && acc.len() == scratch.len());
     let sp = scratch.as_mut_ptr() as *mut __m256i;
     let ap = acc.as_mut_ptr();
     let zero = _mm256_setzero_si256();
