@@ -150,13 +150,19 @@ struct Sparsifier {
 impl Sparsifier {
     /// Select the inputs of `x` to keep at sparsity `s`.
     fn select(&mut self, x: &[f32], s: f32) -> Result<(), NonFinite> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(NonFinite {
+                index: i,
+                value: x[i],
+            });
+        }
         let k = keep_count(x.len(), s);
         let sel = &mut self.sel;
         match self.format {
             WeightFormat::Int8 => {
                 // The m largest magnitudes go the f32 way; they are part of the K kept.
                 let m = self.outliers.min(k);
-                top_magnitudes(x, m, &mut sel.outliers);
+                topk_f32(self.isa, x, m, &mut sel.scratch, &mut sel.outliers);
                 sel.masked.clear();
                 sel.masked.extend_from_slice(x);
                 for &i in &sel.outliers.indices {
@@ -168,12 +174,6 @@ impl Sparsifier {
                 topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int);
             }
             WeightFormat::F32 | WeightFormat::F16 => {
-                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(NonFinite {
-                        index: i,
-                        value: x[i],
-                    });
-                }
                 topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
             }
         }
@@ -546,57 +546,10 @@ fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
     }
 }
 
-/// The `m` entries of `x` with the largest magnitude (ties: lowest index), ascending by index.
-fn top_magnitudes(x: &[f32], m: usize, out: &mut Sparse<f32>) {
-    out.indices.clear();
-    out.values.clear();
-    if m == 0 {
-        return;
-    }
-    // m is tiny: keep the indices sorted by magnitude, largest first, in `out.indices` itself
-    // (its capacity is reused across calls; ties keep the lower index).
-    let idx = &mut out.indices;
-    for (i, &v) in x.iter().enumerate() {
-        let a = v.abs();
-        if idx.len() == m && a <= x[idx[m - 1] as usize].abs() {
-            continue;
-        }
-        let at = idx
-            .iter()
-            .position(|&j| a > x[j as usize].abs())
-            .unwrap_or(idx.len());
-        idx.insert(at, i as u32);
-        idx.truncate(m);
-    }
-    idx.sort_unstable();
-    out.values.extend(idx.iter().map(|&i| x[i as usize]));
-}
-
 /// The part of a stacked product's traffic that belongs to `rows` of its `total` rows.
 fn share((bytes, params): (u64, u64), rows: usize, total: usize) -> (u64, u64) {
     (
         bytes * rows as u64 / total as u64,
         params * rows as u64 / total as u64,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_magnitudes_picks_the_largest_in_index_order() {
-        let x = [0.5, -9.0, 3.0, 9.0, -0.1, 7.0, -3.0];
-        let mut out = Sparse::default();
-        top_magnitudes(&x, 3, &mut out);
-        assert_eq!(out.indices, [1, 3, 5]);
-        assert_eq!(out.values, [-9.0, 9.0, 7.0]);
-        // Ties at the threshold keep the lower index.
-        top_magnitudes(&x, 4, &mut out);
-        assert_eq!(out.indices, [1, 2, 3, 5]);
-        top_magnitudes(&x, 0, &mut out);
-        assert!(out.is_empty());
-        top_magnitudes(&x, 10, &mut out);
-        assert_eq!(out.len(), x.len());
-    }
 }
