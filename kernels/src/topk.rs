@@ -252,6 +252,7 @@ fn compact_scalar<T: Copy>(
 mod avx2 {
     use super::Sparse;
     use std::arch::x86_64::*;
+    use std::cmp::Ordering;
 
     /// For each 8-bit keep mask, the lane order that packs the kept lanes first.
     const PACK: [[u32; 8]; 256] = {
@@ -271,107 +272,99 @@ mod avx2 {
         t
     };
 
-    /// Compaction 8 entries per step: compare magnitudes, pick ties lowest index first (`pdep`),
-    /// pack the kept indices with one permute through a lookup table.
-    #[target_feature(enable = "avx2,bmi2,popcnt")]
-    pub unsafe fn compact_i8(x: &[i8], t: u8, mut ties: usize, out: &mut Sparse<i8>) {
-        let n = x.len();
-        let start = out.indices.len();
+    /// Appends the kept indices, 8 entries per step: `masks(i)` gives the lanes of entries
+    /// i..i+8 whose magnitude is above / equal to the threshold; ties are taken lowest index
+    /// first, and one permute through a lookup table packs the kept lanes. `order(i)` compares
+    /// entry i with the threshold for the last n % 8 entries, as the scalar reference does.
+    #[inline(always)]
+    unsafe fn pack_indices(
+        n: usize,
+        mut ties: usize,
+        masks: impl Fn(usize) -> (u32, u32),
+        order: impl Fn(usize) -> Ordering,
+        indices: &mut Vec<u32>,
+    ) {
+        let start = indices.len();
         // Room for a full 8-lane store past the last kept entry.
-        out.indices.resize(start + n + 8, 0);
-        let tv = _mm256_set1_epi32(i32::from(t));
+        indices.resize(start + n + 8, 0);
         let step = _mm256_set1_epi32(8);
         let mut idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut len = start;
         let n8 = n / 8 * 8;
         let mut i = 0;
         while i < n8 {
-            // SAFETY: i + 8 <= n for the load; len + 8 <= start + n + 8 for the store, since
-            // len - start <= i.
+            let (gt, eq) = masks(i);
+            let eq_kept = super::lowest_bits(u64::from(eq), ties) as u32;
+            ties -= eq_kept.count_ones() as usize;
+            let keep = (gt | eq_kept) as usize;
+            // SAFETY: len + 8 <= start + n + 8 for the store, since len - start <= i; the
+            // caller's target features include AVX2.
+            unsafe {
+                let lanes = _mm256_loadu_si256(PACK[keep].as_ptr() as *const __m256i);
+                _mm256_storeu_si256(
+                    indices.as_mut_ptr().add(len) as *mut __m256i,
+                    _mm256_permutevar8x32_epi32(idx, lanes),
+                );
+                idx = _mm256_add_epi32(idx, step);
+            }
+            len += keep.count_ones() as usize;
+            i += 8;
+        }
+        for i in n8..n {
+            let ord = order(i);
+            let tie = ord == Ordering::Equal && ties > 0;
+            ties -= usize::from(tie);
+            indices[len] = i as u32;
+            len += usize::from(ord == Ordering::Greater || tie);
+        }
+        indices.truncate(len);
+    }
+
+    /// int8 magnitudes against t (`pack_indices` does the rest).
+    #[target_feature(enable = "avx2,popcnt")]
+    pub unsafe fn compact_i8(x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
+        let start = out.indices.len();
+        let tv = _mm256_set1_epi32(i32::from(t));
+        let masks = |i: usize| {
+            // SAFETY: pack_indices asks only for full steps, i + 8 <= x.len().
             unsafe {
                 let bytes = _mm_loadl_epi64(x.as_ptr().add(i) as *const __m128i);
                 let mag = _mm256_abs_epi32(_mm256_cvtepi8_epi32(bytes));
-                let gt =
-                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(mag, tv))) as u32;
-                let eq =
-                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, tv))) as u32;
-                let eq_kept = super::lowest_bits(u64::from(eq), ties) as u32;
-                ties -= eq_kept.count_ones() as usize;
-                let keep = (gt | eq_kept) as usize;
-                let order = _mm256_loadu_si256(PACK[keep].as_ptr() as *const __m256i);
-                _mm256_storeu_si256(
-                    out.indices.as_mut_ptr().add(len) as *mut __m256i,
-                    _mm256_permutevar8x32_epi32(idx, order),
-                );
-                len += keep.count_ones() as usize;
+                let mask = |m: __m256i| _mm256_movemask_ps(_mm256_castsi256_ps(m)) as u32;
+                (
+                    mask(_mm256_cmpgt_epi32(mag, tv)),
+                    mask(_mm256_cmpeq_epi32(mag, tv)),
+                )
             }
-            idx = _mm256_add_epi32(idx, step);
-            i += 8;
-        }
-        // The last n % 8 entries, as the scalar reference does them.
-        for (i, &v) in x.iter().enumerate().skip(n8) {
-            let mag = v.unsigned_abs();
-            let tie = mag == t && ties > 0;
-            ties -= usize::from(tie);
-            out.indices[len] = i as u32;
-            len += usize::from(mag > t || tie);
-        }
-        out.indices.truncate(len);
+        };
+        let order = |i: usize| x[i].unsigned_abs().cmp(&t);
+        // SAFETY: this function's target features are pack_indices's.
+        unsafe { pack_indices(x.len(), ties, masks, order, &mut out.indices) };
         out.values
             .extend(out.indices[start..].iter().map(|&j| x[j as usize]));
     }
 
-    /// As [`compact_i8`] for finite f32 magnitudes; values are packed with the same lane order.
+    /// Finite f32 magnitudes against t (`pack_indices` does the rest).
     #[target_feature(enable = "avx2,popcnt")]
-    pub unsafe fn compact_f32(x: &[f32], t: f32, mut ties: usize, out: &mut Sparse<f32>) {
-        let n = x.len();
+    pub unsafe fn compact_f32(x: &[f32], t: f32, ties: usize, out: &mut Sparse<f32>) {
         let start = out.indices.len();
-        // Room for a full 8-lane store past the last kept entry.
-        out.indices.resize(start + n + 8, 0);
-        out.values.resize(start + n + 8, 0.0);
         let tv = _mm256_set1_ps(t);
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-        let step = _mm256_set1_epi32(8);
-        let mut idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mut len = start;
-        let n8 = n / 8 * 8;
-        let mut i = 0;
-        while i < n8 {
-            // SAFETY: i + 8 <= n for the load; len + 8 <= start + n + 8 for the stores, since
-            // len - start <= i.
+        let masks = |i: usize| {
+            // SAFETY: pack_indices asks only for full steps, i + 8 <= x.len().
             unsafe {
-                let v = _mm256_loadu_ps(x.as_ptr().add(i));
-                let mag = _mm256_and_ps(v, abs);
-                let gt = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(mag, tv)) as u32;
-                let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(mag, tv)) as u32;
-                let eq_kept = super::lowest_bits(u64::from(eq), ties) as u32;
-                ties -= eq_kept.count_ones() as usize;
-                let keep = (gt | eq_kept) as usize;
-                let order = _mm256_loadu_si256(PACK[keep].as_ptr() as *const __m256i);
-                _mm256_storeu_si256(
-                    out.indices.as_mut_ptr().add(len) as *mut __m256i,
-                    _mm256_permutevar8x32_epi32(idx, order),
-                );
-                _mm256_storeu_ps(
-                    out.values.as_mut_ptr().add(len),
-                    _mm256_permutevar8x32_ps(v, order),
-                );
-                len += keep.count_ones() as usize;
+                let mag = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(i)), abs);
+                (
+                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(mag, tv)) as u32,
+                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(mag, tv)) as u32,
+                )
             }
-            idx = _mm256_add_epi32(idx, step);
-            i += 8;
-        }
-        // The last n % 8 entries, as the scalar reference does them.
-        for (i, &v) in x.iter().enumerate().skip(n8) {
-            let mag = v.abs();
-            let tie = mag == t && ties > 0;
-            ties -= usize::from(tie);
-            out.indices[len] = i as u32;
-            out.values[len] = v;
-            len += usize::from(mag > t || tie);
-        }
-        out.indices.truncate(len);
-        out.values.truncate(len);
+        };
+        let order = |i: usize| x[i].abs().total_cmp(&t);
+        // SAFETY: this function's target features are pack_indices's.
+        unsafe { pack_indices(x.len(), ties, masks, order, &mut out.indices) };
+        out.values
+            .extend(out.indices[start..].iter().map(|&j| x[j as usize]));
     }
 }
 
