@@ -5,6 +5,9 @@
 
 use std::time::Instant;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use qsparse_kernels::{
     gather_matvec, keep_count, quantize_absmax, topk_f32, topk_i8, Format, Input, Isa,
     PackedMatrix, Sparse,
@@ -16,13 +19,8 @@ fn main() {
     let d_out: usize = a.get(1).map_or(512, |s| s.parse().unwrap());
     let ghz: f64 = a.get(2).map_or(2.46, |s| s.parse().unwrap());
     let isa = Isa::best();
-    let mut seed = 7u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut rnd = || rng.random_range(-1.0f32..1.0);
     let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
     let x: Vec<f32> = (0..d_in).map(|_| rnd()).collect();
     let mut q = vec![0i8; d_in];

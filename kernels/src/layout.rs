@@ -29,8 +29,8 @@
 //!
 //! T2 codes in a line: 8 groups of 32 rows, 8 bytes each; in group g, bits 2q..2q+1 of byte k
 //! hold row 32g + 8q + k. Shifting a whole 32-byte half line right by 2q (as 16-bit words) and
-//! masking with 3 gives, in byte 8g + k, the code of row 32g + 8q + k: four immediate shifts and
-//! ANDs decode 128 rows (the AVX2 kernel; broadcasting one group and shifting lane q by 2q gives
+//! masking with 3 gives, in byte 8g + k, the code of row 32g + 8q + k: three immediate shifts and
+//! four ANDs decode 128 rows (the AVX2 kernel; broadcasting one group and shifting lane q by 2q gives
 //! them in row order, but variable shifts are slow on some AMD cores). The codes feed
 //! `pmaddubsw` as unsigned bytes against signed activations; Σ_j x_j is subtracted once per
 //! product (Σ (t+1)·x = Σ t·x + Σ x).

@@ -127,8 +127,9 @@ fn all_finite(mags: &[f32]) -> bool {
 ///
 /// Small k (the executor's 16 activation outliers, high sparsity) first looks for a bar
 /// max/2^j that at least k entries reach, counting with a vectorized pass per halving; only
-/// entries above the bar (copied after the magnitudes) go through introselect. This took the
-/// top 16 of d = 576 from 3.6 µs to ~1 µs (`examples/select_cost.rs`). Larger k, a bar that
+/// entries above the bar (copied after the magnitudes) go through introselect. With the AVX2
+/// compaction this took `topk_f32` of the top 16 of d = 576 from 3.6 to 2.7 µs
+/// (`examples/select_cost.rs`). Larger k, a bar that
 /// needs more than 8 halvings, and non-finite magnitudes (total order: NaN above +inf) take
 /// introselect over everything.
 fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
@@ -149,7 +150,9 @@ fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
     let mut bar = max;
     for _ in 0..8 {
         bar *= 0.5;
-        if mags.iter().filter(|&&v| v >= bar).count() >= k {
+        let reach = mags.iter().filter(|&&v| v >= bar).count();
+        if reach >= k {
+            mags.reserve(reach);
             for i in 0..d {
                 if mags[i] >= bar {
                     let v = mags[i];
@@ -167,7 +170,9 @@ fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
 fn select_threshold(mags: &mut [f32], k: usize) -> (f32, usize) {
     let pos = mags.len() - k;
     let (_, &mut t, upper) = mags.select_nth_unstable_by(pos, |a, b| a.total_cmp(b));
-    (t, upper.iter().filter(|&&v| v > t).count())
+    // `total_cmp`, not `>`: NaN is above +inf here, as in the compaction.
+    let above = upper.iter().filter(|v| v.total_cmp(&t).is_gt()).count();
+    (t, above)
 }
 
 /// Append (i, x[i]) for |x[i]| > t, and for the first `ties` entries with |x[i]| == t.
