@@ -5,7 +5,7 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use qsparse_kernels::{quantize_absmax, topk_f32, topk_i8, Isa, Sparse};
+use qsparse_kernels::{largest_f32, quantize_absmax, topk_f32, topk_i8, Isa, Sparse};
 
 fn main() {
     let isa = Isa::best();
@@ -29,11 +29,15 @@ fn main() {
             t.elapsed().as_secs_f64() / 10000.0 * 1e6
         };
         let a = time(&mut || topk_f32(isa, &x, 16, &mut scratch, &mut out));
+        let mut list = Vec::new();
+        let l = time(&mut || {
+            largest_f32(isa, &x, 16, &mut list, &mut out);
+        });
         let b = time(&mut || {
             quantize_absmax(isa, &x, &mut q).unwrap();
         });
         let c = time(&mut || topk_i8(isa, &q, d - 16, &mut si));
         let e = time(&mut || topk_i8(isa, &q, d / 2, &mut si));
-        println!("d={d}: top16 f32 {a:.2} us, quantize {b:.2} us, top(d-16) i8 {c:.2} us, top(d/2) i8 {e:.2} us");
+        println!("d={d}: top16 f32 {a:.2} us, largest_f32(16) {l:.2} us, quantize {b:.2} us, top(d-16) i8 {c:.2} us, top(d/2) i8 {e:.2} us");
     }
 }

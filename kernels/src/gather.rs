@@ -28,15 +28,35 @@ pub const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 pub enum Input<'a> {
     /// int8 activations (for T2 and I8 weights) with their dequantization factor γ/127.
     I8 { x: &'a Sparse<i8>, scale: f32 },
+    /// int8 activations plus a few columns whose activations stay f32 (T2 and I8 weights). The
+    /// executor keeps the largest activations (massive outliers) out of the int8 quantization so
+    /// they do not flatten everything else to a handful of levels. Row r gets
+    /// s_r·(scale·Σ q·w + Σ v·w), the f32 sum taken over `exact` in its order.
+    Mixed {
+        x: &'a Sparse<i8>,
+        scale: f32,
+        exact: &'a Sparse<f32>,
+    },
     /// f32 activations (for F16 and F32 weights).
     F32(&'a Sparse<f32>),
 }
 
-impl Input<'_> {
+/// The f32 columns of a mixed input (none for the other kinds).
+const NO_COLUMNS: (&[u32], &[f32]) = (&[], &[]);
+
+impl<'a> Input<'a> {
     fn indices(&self) -> &[u32] {
         match self {
-            Input::I8 { x, .. } => &x.indices,
+            Input::I8 { x, .. } | Input::Mixed { x, .. } => &x.indices,
             Input::F32(x) => &x.indices,
+        }
+    }
+
+    /// The f32 columns: `exact` of a mixed input, none otherwise.
+    fn exact(&self) -> (&'a [u32], &'a [f32]) {
+        match *self {
+            Input::Mixed { exact, .. } => (&exact.indices, &exact.values),
+            _ => NO_COLUMNS,
         }
     }
 }
@@ -63,22 +83,32 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         w.d_out()
     );
     let idx = input.indices();
+    let (exact_idx, exact_val) = input.exact();
     match input {
-        Input::I8 { x, .. } => assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input"),
+        Input::I8 { x, .. } | Input::Mixed { x, .. } => {
+            assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input")
+        }
         Input::F32(x) => assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input"),
     }
+    assert_eq!(
+        exact_idx.len(),
+        exact_val.len(),
+        "gather_matvec: ragged f32 columns"
+    );
     assert!(
         matches!(
             (w.format(), input),
-            (Format::T2 | Format::I8, Input::I8 { .. })
-                | (Format::F16 | Format::F32, Input::F32(_))
+            (
+                Format::T2 | Format::I8,
+                Input::I8 { .. } | Input::Mixed { .. }
+            ) | (Format::F16 | Format::F32, Input::F32(_))
         ),
         "gather_matvec: {:?} weights cannot take this input kind",
         w.format()
     );
     let d_in = w.d_in() as u32;
     assert!(
-        idx.iter().all(|&j| j < d_in),
+        idx.iter().chain(exact_idx).all(|&j| j < d_in),
         "gather_matvec: an input index is >= d_in = {d_in}"
     );
     let kernel = Kernel::select(isa);
@@ -86,14 +116,17 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
     let rpl = w.format().rows_per_line();
     let n_lines = w.n_lines();
     let threads = rayon::current_num_threads();
-    if threads <= 1 || n_lines <= 1 || w.bytes_read(idx.len()) < PARALLEL_MIN_BYTES {
+    let columns = idx.len() + exact_idx.len();
+    if threads <= 1 || n_lines <= 1 || w.bytes_read(columns) < PARALLEL_MIN_BYTES {
         run_range(kernel, w, input, 0, y);
         return;
     }
     match input {
         // Measured on SmolLM2 (int8, dense decode, 3 interleaved pairs of `qsparse bench`):
         // 58-66 tok/s split by columns against 50-59 by rows; equal at S = 0.5.
-        Input::I8 { x, scale } => split_columns(kernel, w, x, scale, threads, y),
+        Input::I8 { x, scale } | Input::Mixed { x, scale, .. } => {
+            split_columns(kernel, w, x, scale, input.exact(), threads, y)
+        }
         // Float formats split the rows: splitting columns would change the order of each row's
         // FMA chain (results would depend on the thread count).
         Input::F32(_) => {
@@ -110,12 +143,15 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
 /// Integer formats on several threads: the kept columns are split, not the rows. Each worker
 /// then reads one contiguous stretch of every tile (its columns' runs lie side by side), a plain
 /// sequential stream as in a row-major product, into its own int32 accumulators; the partial sums
-/// are added exactly in integers, so the result does not depend on the split.
+/// are added exactly in integers, so the result does not depend on the split. The few f32
+/// columns of a mixed input are split by rows instead (each worker sums its share of the rows
+/// over all of them, in column order), so they too are independent of the split.
 fn split_columns(
     kernel: Kernel,
     w: &ColumnTiles<'_>,
     x: &Sparse<i8>,
     scale: f32,
+    (exact_idx, exact_val): (&[u32], &[f32]),
     threads: usize,
     y: &mut [f32],
 ) {
@@ -123,74 +159,77 @@ fn split_columns(
     let rpl = format.rows_per_line();
     let rows = w.n_lines() * rpl;
     let per = x.len().div_ceil(threads).max(1);
-    PARTIALS.with_borrow_mut(|parts| {
+    let lines_per = w.n_lines().div_ceil(threads);
+    let float_rows = if exact_idx.is_empty() {
+        0
+    } else {
+        lines_per * rpl
+    };
+    PARTIALS.with_borrow_mut(|(parts, floats)| {
         parts.clear();
         parts.resize(threads * rows, 0);
+        // One chunk per worker, even an empty input's (so the zip below keeps every worker).
+        floats.clear();
+        floats.resize(threads * float_rows.max(1), 0.0);
         parts
             .par_chunks_mut(rows)
-            .zip(x.indices.par_chunks(per).zip(x.values.par_chunks(per)))
-            .for_each(|(acc, (idx, val))| integer_sums(kernel, w, 0, idx, val, acc));
+            .zip(floats.par_chunks_mut(float_rows.max(1)))
+            .enumerate()
+            .for_each(|(t, (acc, fsum))| {
+                let cols = (t * per).min(x.len())..((t + 1) * per).min(x.len());
+                integer_sums(kernel, w, 0, &x.indices[cols.clone()], &x.values[cols], acc);
+                if float_rows > 0 {
+                    let line0 = (t * lines_per).min(w.n_lines());
+                    let lines = ((t + 1) * lines_per).min(w.n_lines()) - line0;
+                    float_sums(w, line0, exact_idx, exact_val, &mut fsum[..lines * rpl]);
+                }
+            });
         let bias = t2_bias(format, &x.values);
         let scales = w.row_scale();
         for (r, (o, &s)) in y.iter_mut().zip(scales).enumerate() {
             let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
             *o = (a - bias) as f32 * (scale * s);
+            if float_rows > 0 {
+                *o += s * floats[r];
+            }
         }
     });
 }
 
-/// y[r] += scale_r · Σ_i w(r, idx[i]) · val[i] for a few columns of an integer-format matrix,
-/// with f32 activations. The executor keeps the largest few activations (massive outliers) out of
-/// the int8 quantization so they do not flatten everything else to a handful of levels, and adds
-/// their columns here in f32.
-pub fn add_columns(w: &ColumnTiles<'_>, idx: &[u32], val: &[f32], y: &mut [f32]) {
-    assert_eq!(
-        y.len(),
-        w.d_out(),
-        "add_columns: y has {} rows, W has {}",
-        y.len(),
-        w.d_out()
-    );
-    assert_eq!(idx.len(), val.len(), "add_columns: ragged input");
-    assert!(
-        w.format().is_integer(),
-        "add_columns: {:?} is not an integer format",
-        w.format()
-    );
-    let d_in = w.d_in() as u32;
-    assert!(
-        idx.iter().all(|&j| j < d_in),
-        "add_columns: an input index is >= d_in = {d_in}"
-    );
-    let rpl = w.format().rows_per_line();
-    let scales = w.row_scale();
-    for t in 0..w.n_tiles() {
-        let (tile, lines) = (w.tile(t), w.tile_lines(t));
-        let stride = lines * LINE_BYTES;
-        for (&j, &v) in idx.iter().zip(val) {
-            for s in 0..lines {
-                let at = j as usize * stride + s * LINE_BYTES;
-                let line = &tile[at..at + LINE_BYTES];
-                let row0 = (t * LINES_PER_TILE + s) * rpl;
-                let rows = rpl.min(y.len().saturating_sub(row0));
-                let (ys, sc) = (&mut y[row0..row0 + rows], &scales[row0..row0 + rows]);
-                match w.format() {
+/// out[r] = Σ_i w(r, idx[i])·val[i] in f32, summed in the order of `idx`, for the rows of output
+/// lines line0 .. line0 + out.len() / rows per line of an integer-format matrix (T2 codes are
+/// the ternary values). Few columns (the activation outliers): plain code the compiler
+/// vectorizes across the rows of a line.
+fn float_sums(w: &ColumnTiles<'_>, line0: usize, idx: &[u32], val: &[f32], out: &mut [f32]) {
+    let format = w.format();
+    let rpl = format.rows_per_line();
+    out.fill(0.0);
+    let mut codes = [0.0f32; MAX_LINE_ROWS];
+    for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
+        for s in 0..n {
+            let o = &mut out[(at + s) * rpl..(at + s + 1) * rpl];
+            for (&j, &v) in idx.iter().zip(val) {
+                let start = seg.first + j as usize * seg.stride + s * LINE_BYTES;
+                let line = &seg.tile[start..start + LINE_BYTES];
+                match format {
                     Format::T2 => {
-                        for (r, (o, &s)) in ys.iter_mut().zip(sc).enumerate() {
+                        for (r, c) in codes.iter_mut().enumerate() {
                             let (byte, shift) = crate::layout::t2_position(r);
-                            let t = f32::from((line[byte] >> shift) & 3) - 1.0;
-                            *o += s * t * v;
+                            *c = f32::from((line[byte] >> shift) & 3) - 1.0;
+                        }
+                        for (o, &c) in o.iter_mut().zip(&codes) {
+                            *o += c * v;
                         }
                     }
                     _ => {
-                        for ((o, &s), &q) in ys.iter_mut().zip(sc).zip(line) {
-                            *o += s * f32::from(q as i8) * v;
+                        for (o, &q) in o.iter_mut().zip(line) {
+                            *o += f32::from(q as i8) * v;
                         }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 thread_local! {
@@ -199,8 +238,9 @@ thread_local! {
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's per-worker accumulators of [`split_columns`].
-    static PARTIALS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's per-worker accumulators of [`split_columns`],
+    /// and the f32 sums of its mixed input's f32 columns.
+    static PARTIALS: RefCell<(Vec<i32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Output lines line0 .. line0 + ceil(y.len() / rows per line), into y.
@@ -209,7 +249,7 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
     let rpl = format.rows_per_line();
     let lines = y.len().div_ceil(rpl);
     match input {
-        Input::I8 { x, scale } => ACC_INT.with_borrow_mut(|acc| {
+        Input::I8 { x, scale } | Input::Mixed { x, scale, .. } => ACC_INT.with_borrow_mut(|acc| {
             acc.clear();
             acc.resize(lines * rpl, 0);
             let (idx, val) = (x.indices.as_slice(), x.values.as_slice());
@@ -218,6 +258,16 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
             let scales = &w.row_scale()[line0 * rpl..line0 * rpl + y.len()];
             for ((o, &a), &s) in y.iter_mut().zip(acc.iter()).zip(scales) {
                 *o = (a - bias) as f32 * (scale * s);
+            }
+            let (exact_idx, exact_val) = input.exact();
+            if !exact_idx.is_empty() {
+                ACC_FLOAT.with_borrow_mut(|f| {
+                    f.resize(lines * rpl, 0.0);
+                    float_sums(w, line0, exact_idx, exact_val, &mut f[..lines * rpl]);
+                    for ((o, &f), &s) in y.iter_mut().zip(f.iter()).zip(scales) {
+                        *o += s * f;
+                    }
+                });
             }
         }),
         Input::F32(x) => ACC_FLOAT.with_borrow_mut(|acc| {

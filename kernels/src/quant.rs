@@ -40,9 +40,27 @@ pub fn quantize_absmax(isa: Isa, x: &[f32], out: &mut [i8]) -> Result<f32, NonFi
     if !gamma.is_finite() {
         return Err(first_non_finite(x));
     }
-    if gamma == 0.0 {
+    quantize_with(isa, x, gamma, out);
+    Ok(gamma)
+}
+
+/// Quantize `x` into `out` (same length) with a given γ (finite, >= 0): x_q = round(clamp(127·x/γ)).
+/// Entries above γ saturate at ±127; γ = 0 gives all zeros, and so does a γ below the smallest
+/// normal f32 (127/γ would overflow to infinity). The executor passes the largest
+/// magnitude left after taking the activation outliers out, so it needs no masked copy of x.
+pub fn quantize_with(isa: Isa, x: &[f32], gamma: f32, out: &mut [i8]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "quantize_with: input and output lengths differ"
+    );
+    assert!(
+        gamma.is_finite() && gamma >= 0.0,
+        "quantize_with: γ = {gamma} is not a finite non-negative number"
+    );
+    if gamma < f32::MIN_POSITIVE {
         out.fill(0);
-        return Ok(0.0);
+        return;
     }
     let inv = 127.0 / gamma;
     match isa {
@@ -58,7 +76,6 @@ pub fn quantize_absmax(isa: Isa, x: &[f32], out: &mut [i8]) -> Result<f32, NonFi
         }
         _ => scale_round_scalar(x, inv, out),
     }
-    Ok(gamma)
 }
 
 /// max|x|, or a non-finite value if any input is NaN or infinite.
@@ -124,8 +141,9 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn scale_round(x: &[f32], inv: f32, out: &mut [i8]) {
         let s = _mm512_set1_ps(inv);
-        let lo = _mm512_set1_epi32(-127);
-        let hi = _mm512_set1_epi32(127);
+        // Clamped in f32 before the conversion: a product beyond i32 would convert to i32::MIN.
+        let lo = _mm512_set1_ps(-127.0);
+        let hi = _mm512_set1_ps(127.0);
         let n = x.len();
         let mut i = 0;
         while i < n {
@@ -135,8 +153,8 @@ mod avx512 {
             unsafe {
                 let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
                 // Default MXCSR rounding: to nearest, ties to even, as `round_ties_even`.
-                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, s));
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                let q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, s), lo), hi);
+                let q = _mm512_cvtps_epi32(q);
                 _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i) as *mut _, k, q);
             }
             i += 16;
@@ -185,8 +203,9 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scale_round(x: &[f32], inv: f32, out: &mut [i8]) {
         let s = _mm256_set1_ps(inv);
-        let lo = _mm256_set1_epi32(-127);
-        let hi = _mm256_set1_epi32(127);
+        // Clamped in f32 before the conversion: a product beyond i32 would convert to i32::MIN.
+        let lo = _mm256_set1_ps(-127.0);
+        let hi = _mm256_set1_ps(127.0);
         // packs interleave 128-bit lanes; this restores element order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let n32 = x.len() / 32 * 32;
@@ -196,8 +215,8 @@ mod avx2 {
             unsafe {
                 let p = x.as_ptr().add(i);
                 let q = |o: usize| {
-                    let v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(o)), s));
-                    _mm256_min_epi32(_mm256_max_epi32(v, lo), hi)
+                    let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(o)), s);
+                    _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
                 };
                 let ab = _mm256_packs_epi32(q(0), q(8));
                 let cd = _mm256_packs_epi32(q(16), q(24));

@@ -87,6 +87,38 @@ fn quantize_matches_scalar_at_every_isa() {
 }
 
 #[test]
+fn quantize_with_a_given_gamma_saturates_at_every_isa() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    for &d in SIZES {
+        // Entries far beyond γ (up to 1e30, past i32 after scaling) must saturate with their sign.
+        let x: Vec<f32> = (0..d)
+            .map(|i| match i % 5 {
+                0 => rng.random_range(-1e30f32..1e30),
+                1 => rng.random_range(-3.0f32..3.0),
+                _ => rng.random_range(-1.0f32..1.0),
+            })
+            .collect();
+        for gamma in [1.0f32, 0.37, 0.0, 1e-40] {
+            let want: Vec<i8> = x
+                .iter()
+                .map(|&v| {
+                    if gamma < f32::MIN_POSITIVE {
+                        0
+                    } else {
+                        (v * (127.0 / gamma)).round_ties_even().clamp(-127.0, 127.0) as i8
+                    }
+                })
+                .collect();
+            for isa in isas() {
+                let mut got = vec![0i8; d];
+                quantize_with(isa, &x, gamma, &mut got);
+                assert_eq!(got, want, "{isa} d={d} gamma={gamma}");
+            }
+        }
+    }
+}
+
+#[test]
 fn quantize_reports_the_first_non_finite_value() {
     for isa in isas() {
         for &d in &[1usize, 16, 33, 1000] {
@@ -158,6 +190,22 @@ fn topk_i8_is_exact_with_ties_lowest_index_first() {
         topk_i8(isa, &x, 100, &mut s);
         assert_eq!(s.indices, topk_reference(&mags, 100), "{isa}");
     }
+    // Long inputs (the SIMD threshold search widens its byte counters every 255 blocks of 32):
+    // full-range random bytes and all-equal magnitudes.
+    for x in [
+        (0..11008).map(|_| rng.random::<i8>()).collect::<Vec<i8>>(),
+        vec![-5i8; 8192 + 100],
+    ] {
+        let mags: Vec<f64> = x.iter().map(|v| f64::from(v.unsigned_abs())).collect();
+        for k in [1, x.len() / 3, x.len() - 1] {
+            let want = topk_reference(&mags, k);
+            for isa in isas() {
+                let mut s = Sparse::default();
+                topk_i8(isa, &x, k, &mut s);
+                assert_eq!(s.indices, want, "{isa} long d={} k={k}", x.len());
+            }
+        }
+    }
 }
 
 #[test]
@@ -201,6 +249,67 @@ fn topk_f32_is_exact_with_ties_lowest_index_first() {
             topk_f32(isa, &x, k, &mut scratch, &mut s);
             assert_eq!(s.indices, want, "{isa} non-finite k={k}");
         }
+    }
+}
+
+#[test]
+fn largest_f32_is_the_exact_top_m_and_the_rest_maximum() {
+    let mut rng = SmallRng::seed_from_u64(12);
+    let mut keys = Vec::new();
+    let check = |x: &[f32], m: usize, keys: &mut Vec<u64>, what: &str| {
+        let d = x.len();
+        let mags: Vec<f64> = x.iter().map(|v| f64::from(v.abs())).collect();
+        let want = topk_reference(&mags, m.min(d));
+        // The rest's maximum in the same total order (NaN above +inf).
+        let rest_want = (0..d as u32)
+            .filter(|i| !want.contains(i))
+            .map(|i| x[i as usize].abs())
+            .max_by(f32::total_cmp)
+            .unwrap_or(0.0);
+        for isa in isas() {
+            let mut s = Sparse::default();
+            let rest = largest_f32(isa, x, m, keys, &mut s);
+            assert_eq!(s.indices, want, "{isa} {what} d={d} m={m}");
+            for (&i, v) in s.indices.iter().zip(&s.values) {
+                assert_eq!(x[i as usize].to_bits(), v.to_bits());
+            }
+            assert_eq!(
+                rest.to_bits(),
+                rest_want.to_bits(),
+                "{isa} {what}: rest, m={m}"
+            );
+        }
+    };
+    for &d in SIZES {
+        for kind in 0..5 {
+            let x = activations(&mut rng, d, kind);
+            for m in [
+                0,
+                1,
+                7,
+                16,
+                17,
+                31,
+                32,
+                d / 2,
+                d.saturating_sub(1),
+                d,
+                d + 3,
+            ] {
+                check(&x, m, &mut keys, &format!("kind={kind}"));
+            }
+        }
+    }
+    let x: Vec<f32> = (0..100)
+        .map(|i| match i % 25 {
+            3 => f32::NAN,
+            7 => f32::NEG_INFINITY,
+            11 => f32::INFINITY,
+            _ => (i as f32 * 0.37).sin(),
+        })
+        .collect();
+    for m in [1, 5, 12, 16, 50, 99] {
+        check(&x, m, &mut keys, "non-finite");
     }
 }
 
@@ -443,7 +552,9 @@ fn dense_rows_match_within_rounding() {
 }
 
 #[test]
-fn add_columns_equals_the_naive_sum() {
+fn gather_mixed_input_equals_the_naive_product() {
+    // int8 activations plus a few f32 columns (the executor's activation outliers): row r is
+    // s_r·(xs·Σ q·w + Σ v·w), the f32 sum in the columns' order, at every ISA and thread count.
     let mut rng = SmallRng::seed_from_u64(8);
     for &(d_out, d_in) in SHAPES {
         let IntegerMatrices {
@@ -453,21 +564,40 @@ fn add_columns_equals_the_naive_sum() {
             t2,
             i8m,
         } = integer_matrices(&mut rng, d_out, d_in);
-        let cols: Vec<u32> = (0..d_in as u32).filter(|j| j % 3 == 0).take(4).collect();
-        let vals: Vec<f32> = cols
-            .iter()
-            .map(|_| rng.random_range(-50.0f32..50.0))
-            .collect();
-        for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
-            let base: Vec<f32> = (0..d_out).map(|i| i as f32 * 0.25).collect();
-            let mut y = base.clone();
-            add_columns(&m.view(), &cols, &vals, &mut y);
-            for i in 0..d_out {
-                let mut want = base[i];
-                for (&j, &v) in cols.iter().zip(&vals) {
-                    want += scales[i] * f32::from(codes[i * d_in + j as usize]) * v;
-                }
-                assert_eq!(y[i].to_bits(), want.to_bits(), "{:?} row {i}", m.format);
+        for k in ks(d_in, &mut rng) {
+            let (x, xs) = sparse_input_i8(&mut rng, d_in, k);
+            let cols: Vec<u32> = (0..d_in as u32).filter(|j| j % 3 == 0).take(5).collect();
+            let exact = Sparse {
+                values: cols
+                    .iter()
+                    .map(|_| rng.random_range(-50.0f32..50.0))
+                    .collect(),
+                indices: cols,
+            };
+            for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
+                let want: Vec<f32> = (0..d_out)
+                    .map(|i| {
+                        let w = |j: u32| codes[i * d_in + j as usize];
+                        let acc: i32 = x
+                            .indices
+                            .iter()
+                            .zip(&x.values)
+                            .map(|(&j, &v)| i32::from(v) * i32::from(w(j)))
+                            .sum();
+                        let mut f = 0.0f32;
+                        for (&j, &v) in exact.indices.iter().zip(&exact.values) {
+                            f += f32::from(w(j)) * v;
+                        }
+                        acc as f32 * (xs * scales[i]) + scales[i] * f
+                    })
+                    .collect();
+                let input = Input::Mixed {
+                    x: &x,
+                    scale: xs,
+                    exact: &exact,
+                };
+                let what = format!("mixed {:?} {d_out}x{d_in} k={k}", m.format);
+                check_all_isas(&m.view(), input, &want, &what);
             }
         }
     }

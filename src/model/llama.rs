@@ -15,9 +15,11 @@
 //! rounding realization of the quantized activations): 8 outliers measured +1.66% and +2.05% on
 //! two builds whose attention sums differ only in order, 16 measured +1.60%.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use qsparse_kernels::attention::{self, KvHead};
 use qsparse_kernels::{
-    add_columns, gather_matvec, keep_count, quantize_absmax, topk_f32, topk_i8, Input, Isa,
+    gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Input, Isa,
     NonFinite, Sparse,
 };
 
@@ -132,7 +134,8 @@ struct Selection {
     scratch: Vec<f32>,
     /// Int8 path: the largest activations, applied in f32 (index, value).
     outliers: Sparse<f32>,
-    masked: Vec<f32>,
+    /// `largest_f32`'s working list.
+    keys: Vec<u64>,
 }
 
 /// Default number of activation outliers kept out of int8 quantization.
@@ -160,18 +163,23 @@ impl Sparsifier {
         let sel = &mut self.sel;
         match self.format {
             WeightFormat::Int8 => {
-                // The m largest magnitudes go the f32 way; they are part of the K kept.
+                // The m largest magnitudes go the f32 way; they are part of the K kept. The rest
+                // is quantized by its own absmax γ; the outliers' own slots become 0.
                 let m = self.outliers.min(k);
-                topk_f32(self.isa, x, m, &mut sel.scratch, &mut sel.outliers);
-                sel.masked.clear();
-                sel.masked.extend_from_slice(x);
-                for &i in &sel.outliers.indices {
-                    sel.masked[i as usize] = 0.0;
-                }
+                let gamma = largest_f32(self.isa, x, m, &mut sel.keys, &mut sel.outliers);
                 sel.quantized.resize(x.len(), 0);
-                let gamma = quantize_absmax(self.isa, &sel.masked, &mut sel.quantized)?;
+                quantize_with(self.isa, x, gamma, &mut sel.quantized);
+                for &i in &sel.outliers.indices {
+                    sel.quantized[i as usize] = 0;
+                }
                 sel.scale = gamma / 127.0;
-                topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int);
+                if k == x.len() {
+                    // Dense: every slot, the outliers' zeros too (they add nothing), without the
+                    // Top-K pass that would only drop zeros.
+                    sel.int.dense(&sel.quantized);
+                } else {
+                    topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int);
+                }
             }
             WeightFormat::F32 | WeightFormat::F16 => {
                 topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
@@ -186,19 +194,14 @@ impl Sparsifier {
         let kept = match self.format {
             WeightFormat::Int8 => {
                 let o = &self.sel.outliers;
-                gather_matvec(
-                    self.isa,
-                    &view,
-                    Input::I8 {
-                        x: &self.sel.int,
-                        scale: self.sel.scale,
-                    },
-                    y,
-                );
-                if !o.is_empty() {
-                    add_columns(&view, &o.indices, &o.values, y);
-                }
-                self.sel.int.len() + o.len()
+                let input = Input::Mixed {
+                    x: &self.sel.int,
+                    scale: self.sel.scale,
+                    exact: o,
+                };
+                gather_matvec(self.isa, &view, input, y);
+                // Dense passes hold the outliers' (zero) int8 slots as well: count columns once.
+                (self.sel.int.len() + o.len()).min(w.d_in())
             }
             _ => {
                 gather_matvec(self.isa, &view, Input::F32(&self.sel.float), y);
@@ -226,6 +229,8 @@ pub struct RunState {
     key_cache: Vec<f32>,
     value_cache: Vec<f32>,
     ctx: usize,
+    /// This step's RoPE (sin, cos) per rotated pair.
+    rope: Vec<(f32, f32)>,
     sparsifier: Sparsifier,
     /// What the last forward pass read.
     pub traffic: Traffic,
@@ -250,6 +255,7 @@ impl RunState {
             key_cache: vec![0.0; config.n_layers * ctx * kv],
             value_cache: vec![0.0; config.n_layers * ctx * kv],
             ctx,
+            rope: Vec::with_capacity(config.rope_dim / 2),
             sparsifier: Sparsifier {
                 isa: Isa::best(),
                 format,
@@ -316,15 +322,38 @@ impl Model {
         pos: usize,
         sparsity: Sparsity,
     ) -> Result<(), ForwardError> {
-        // A step has ~120 parallel regions. Started from outside the rayon pool, each one hands
+        // A step has ~150 parallel regions. Started from outside the rayon pool, each one hands
         // its work to sleeping workers and waits (10-25 µs here, `region_cost` example); run on a
         // pool worker, a region keeps one half on the calling thread and wakes one helper
-        // (~5 µs). So the whole step moves into the pool once.
+        // (~2 µs after a gap of 20 µs or more). So the whole step moves into the pool once.
         // Measured: int8 dense decode 66-83 tok/s (median 77) against 61-71 (median 66), 6 pairs.
         if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.step(state, token, pos, sparsity));
+            return rayon::scope(|_| self.step_with_helpers(state, token, pos, sparsity));
         }
-        self.step(state, token, pos, sparsity)
+        self.step_with_helpers(state, token, pos, sparsity)
+    }
+
+    /// One step on the calling pool worker while the pool's other workers stay awake, looking
+    /// for the step's parallel work, until it ends: between two regions (the serial stretches of
+    /// norms, selection and attention) a worker would otherwise fall asleep and take ~2 µs to
+    /// wake for the next one.
+    fn step_with_helpers(
+        &self,
+        state: &mut RunState,
+        token: u32,
+        pos: usize,
+        sparsity: Sparsity,
+    ) -> Result<(), ForwardError> {
+        let done = AtomicBool::new(false);
+        let (result, ()) = rayon::join(
+            || {
+                let r = self.step(state, token, pos, sparsity);
+                done.store(true, Ordering::Release);
+                r
+            },
+            || keep_stealing(&done, rayon::current_num_threads().saturating_sub(1)),
+        );
+        result
     }
 
     fn step(
@@ -358,6 +387,7 @@ impl Model {
         self.weights
             .embedding
             .row(&self.file, token, &mut state.x)?;
+        self.rope_angles(pos, &mut state.rope);
         laps.mark(&mut state.profile, Phase::Embed);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
@@ -379,8 +409,8 @@ impl Model {
             }
             let (q, kv) = state.qkv.split_at_mut(q_dim);
             let (k, v) = kv.split_at_mut(kv_dim);
-            self.rope(q, pos);
-            self.rope(k, pos);
+            self.rope(q, &state.rope);
+            self.rope(k, &state.rope);
 
             let layer_off = l * state.ctx * kv_dim;
             let at = layer_off + pos * kv_dim;
@@ -480,12 +510,18 @@ impl Model {
         Ok(())
     }
 
-    /// Rotate consecutive pairs of each head's first rope_dim entries by pos·θ_i.
-    fn rope(&self, v: &mut [f32], pos: usize) {
+    /// The (sin, cos) of pos·θ_i for every rotated pair: once per step, shared by every head of
+    /// every layer.
+    fn rope_angles(&self, pos: usize, out: &mut Vec<(f32, f32)>) {
+        out.clear();
+        out.extend(self.rope_freqs.iter().map(|&f| (pos as f32 * f).sin_cos()));
+    }
+
+    /// Rotate consecutive pairs of each head's first rope_dim entries by the step's angles.
+    fn rope(&self, v: &mut [f32], angles: &[(f32, f32)]) {
         let hd = self.config.head_dim;
         for head in v.chunks_exact_mut(hd) {
-            for (i, &f) in self.rope_freqs.iter().enumerate() {
-                let (sin, cos) = (pos as f32 * f).sin_cos();
+            for (i, &(sin, cos)) in angles.iter().enumerate() {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
                 head[2 * i] = a * cos - b * sin;
                 head[2 * i + 1] = a * sin + b * cos;
@@ -543,6 +579,25 @@ fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
             .zip(scores.par_chunks_mut(score_rows))
             .enumerate()
             .for_each(|(h, (o, s))| kv_head(h, s, o));
+    }
+}
+
+/// Runs on `workers` pool threads (one join per extra worker, no allocation): each one executes
+/// pending pool work as it appears and spins in between, until `done`. A job that is never
+/// stolen runs after `done` on the joining thread and returns at once.
+fn keep_stealing(done: &AtomicBool, workers: usize) {
+    match workers {
+        0 => {}
+        1 => {
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        n => {
+            rayon::join(|| keep_stealing(done, 1), || keep_stealing(done, n - 1));
+        }
     }
 }
 
