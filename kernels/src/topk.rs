@@ -132,8 +132,8 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
 /// in ascending index order into `out`, and the largest magnitude among the other entries (0 when
 /// none remain). For the executor's activation outliers (m ≈ 16, d in the hundreds or thousands):
 ///
-/// 1. one vectorized pass keeps the maxima of 32 interleaved groups (x[i] goes to group i % 32);
-///    the (m+1)-th largest of those 32 distinct entries is a bar no higher than the (m+1)-th
+/// 1. one vectorized pass keeps the maxima of 64 interleaved groups (x[i] goes to group i % 64);
+///    the (m+1)-th largest of those 64 distinct entries is a bar no higher than the (m+1)-th
 ///    largest of x;
 /// 2. the SIMD compaction collects the entries that reach the bar (a few dozen on activations);
 /// 3. their keys (magnitude bits, then inverted index: one u64 order) go through a selection in
@@ -142,7 +142,7 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
 /// Magnitudes compare as their bit patterns (non-negative floats order like their bits; NaN above
 /// +inf, as `total_cmp`). Top-16 of 576 heavy-tailed values: 0.5 µs, against 2.8 µs for
 /// `topk_f32` plus a pass for the rest's maximum (`examples/select_cost.rs`); warm branch-heavy
-/// variants lost to mispredictions (one per candidate). m ≥ 32 or short inputs take every entry
+/// variants lost to mispredictions (one per candidate). m ≥ 64 or short inputs take every entry
 /// as a candidate.
 pub fn largest_f32(
     isa: Isa,
@@ -151,7 +151,7 @@ pub fn largest_f32(
     keys: &mut Vec<u64>,
     out: &mut Sparse<f32>,
 ) -> f32 {
-    const GROUPS: usize = 32;
+    const GROUPS: usize = 64;
     out.indices.clear();
     out.values.clear();
     if m >= x.len() {
