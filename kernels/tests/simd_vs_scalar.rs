@@ -208,6 +208,18 @@ fn topk_i8_is_exact_with_ties_lowest_index_first() {
     }
 }
 
+/// NaN, ±inf and ordinary values, for the selections' total order (NaN above +inf).
+fn non_finite_mix() -> Vec<f32> {
+    (0..100)
+        .map(|i| match i % 25 {
+            3 => f32::NAN,
+            7 => f32::NEG_INFINITY,
+            11 => f32::INFINITY,
+            _ => (i as f32 * 0.37).sin(),
+        })
+        .collect()
+}
+
 #[test]
 fn topk_f32_is_exact_with_ties_lowest_index_first() {
     let mut rng = SmallRng::seed_from_u64(3);
@@ -233,14 +245,7 @@ fn topk_f32_is_exact_with_ties_lowest_index_first() {
         }
     }
     // Non-finite magnitudes order as `total_cmp` does (NaN above +inf) at every ISA.
-    let x: Vec<f32> = (0..100)
-        .map(|i| match i % 25 {
-            3 => f32::NAN,
-            7 => f32::NEG_INFINITY,
-            11 => f32::INFINITY,
-            _ => (i as f32 * 0.37).sin(),
-        })
-        .collect();
+    let x = non_finite_mix();
     let mags: Vec<f64> = x.iter().map(|v| f64::from(v.abs())).collect();
     for k in [1, 5, 12, 16, 50, 99] {
         let want = topk_reference(&mags, k);
@@ -300,14 +305,7 @@ fn largest_f32_is_the_exact_top_m_and_the_rest_maximum() {
             }
         }
     }
-    let x: Vec<f32> = (0..100)
-        .map(|i| match i % 25 {
-            3 => f32::NAN,
-            7 => f32::NEG_INFINITY,
-            11 => f32::INFINITY,
-            _ => (i as f32 * 0.37).sin(),
-        })
-        .collect();
+    let x = non_finite_mix();
     for m in [1, 5, 12, 16, 50, 99] {
         check(&x, m, &mut keys, "non-finite");
     }
