@@ -2,7 +2,7 @@
 //! matrices of one shape (together far larger than the last-level cache), each used once per
 //! round. Compares the gather kernel with a plain parallel read of the same bytes.
 //!
-//!     cargo run --release -p qsparse-kernels --example cold_matvec -- 576 3072
+//!     cargo run --release -p qsparse-kernels --example cold_matvec -- 576 3072 [sparsity]
 
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use rayon::prelude::*;
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
+        .take(2)
         .map(|a| a.parse().unwrap())
         .collect();
     let (d_in, d_out) = (
@@ -41,10 +42,15 @@ fn main() {
     let mut q = vec![0i8; d_in];
     let g = quantize_absmax(isa, &x, &mut q).unwrap();
     let mut sel = Sparse::default();
-    topk_i8(isa, &q, keep_count(d_in, 0.0), &mut sel);
+    // Third argument: the sparsity of the input (default 0, dense).
+    let sparsity = std::env::args()
+        .nth(3)
+        .map(|a| a.parse::<f32>().unwrap())
+        .unwrap_or(0.0);
+    topk_i8(isa, &q, keep_count(d_in, sparsity), &mut sel);
     let mut y = vec![0f32; d_out];
     println!(
-        "{n} matrices of {d_in}x{d_out} int8 ({:.2} MB each)",
+        "{n} matrices of {d_in}x{d_out} int8 ({:.2} MB each), S = {sparsity}: bytes below are the whole matrix's",
         bytes as f64 / 1e6
     );
     for threads in [1, 2] {

@@ -455,9 +455,7 @@ impl Model {
             traffic.count(4, share(read, c.d_ff, 2 * c.d_ff));
             traffic.count(5, share(read, c.d_ff, 2 * c.d_ff));
             let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
-            for (g, u) in gate.iter_mut().zip(up.iter()) {
-                *g = silu(*g) * u;
-            }
+            swiglu(gate, up);
             traffic.record_input(&[6], &state.gate_up[..c.d_ff]);
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
@@ -539,8 +537,27 @@ struct Attention<'a> {
 }
 
 /// Below this many multiply-adds per layer (heads × positions × head_dim), attention stays on one
-/// thread: a parallel region costs about as much as ~30 µs of it.
-const PARALLEL_ATTENTION_MIN: usize = 64 * 1024;
+/// thread. With the pool's workers kept awake through a step a region costs well under a µs,
+/// so only the shortest contexts stay serial (SmolLM2: from 29 positions on).
+const PARALLEL_ATTENTION_MIN: usize = 16 * 1024;
+
+/// gate ← SiLU(gate)·up, halved across two workers when it is long enough (libm's exp makes it
+/// ~10 µs per SmolLM2 layer; the profile's element-wise phase fell ~20% split).
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let serial = |gate: &mut [f32], up: &[f32]| {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = silu(*g) * u;
+        }
+    };
+    if gate.len() < 1024 || rayon::current_num_threads() == 1 {
+        serial(gate, up);
+        return;
+    }
+    let half = gate.len().div_ceil(2);
+    let (g0, g1) = gate.split_at_mut(half);
+    let (u0, u1) = up.split_at(half);
+    rayon::join(|| serial(g0, u0), || serial(g1, u1));
+}
 
 /// Scaled dot-product attention of every query head over the cache, into `out`; `scores` holds
 /// one row of ctx scores per query head. Work goes by key/value head (the kernel reads each cached
