@@ -28,10 +28,10 @@ pub const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 pub enum Input<'a> {
     /// int8 activations (for T2 and I8 weights) with their dequantization factor γ/127.
     I8 { x: &'a Sparse<i8>, scale: f32 },
-    /// int8 activations plus a few columns whose activations stay f32 (T2 and I8 weights). The
-    /// executor keeps the largest activations (massive outliers) out of the int8 quantization so
-    /// they do not flatten everything else to a handful of levels. Row r gets
-    /// s_r·(scale·Σ q·w + Σ v·w), the f32 sum taken over `exact` in its order.
+    /// int8 activations plus a few columns whose activations are kept out of the int8 quantization
+    /// (T2 and I8 weights): the executor's massive outliers, which would otherwise flatten
+    /// everything else to a handful of levels. Row r gets s_r·(scale·Σ q·w + f_r), f_r = Σ v·w over
+    /// `exact`: summed in f32 in its order for T2, in 16-bit fixed point ([`fixed16`]) for I8.
     Mixed {
         x: &'a Sparse<i8>,
         scale: f32,
@@ -181,7 +181,14 @@ fn split_columns(
                 if float_rows > 0 {
                     let line0 = (t * lines_per).min(w.n_lines());
                     let lines = ((t + 1) * lines_per).min(w.n_lines()) - line0;
-                    float_sums(w, line0, exact_idx, exact_val, &mut fsum[..lines * rpl]);
+                    float_sums(
+                        kernel,
+                        w,
+                        line0,
+                        exact_idx,
+                        exact_val,
+                        &mut fsum[..lines * rpl],
+                    );
                 }
             });
         let bias = t2_bias(format, &x.values);
@@ -196,13 +203,39 @@ fn split_columns(
     });
 }
 
-/// out[r] = Σ_i w(r, idx[i])·val[i] in f32, summed in the order of `idx`, for the rows of output
-/// lines line0 .. line0 + out.len() / rows per line of an integer-format matrix (T2 codes are
-/// the ternary values). Few columns (the activation outliers): plain code the compiler
-/// vectorizes across the rows of a line.
-fn float_sums(w: &ColumnTiles<'_>, line0: usize, idx: &[u32], val: &[f32], out: &mut [f32]) {
+/// The f32 columns' sums for the rows of output lines line0 .. line0 + out.len() / rows per line
+/// of an integer-format matrix: out[r] = Σ_i w(r, idx[i])·val[i].
+///
+/// I8 weights: the values go to 16-bit fixed point against their largest ([`fixed16`]) and
+/// through the integer kernel, exactly summed, then out[r] = sum·step. Summing them in f32
+/// instead (convert, multiply, add per weight) cost 16 µs of a 100 µs SmolLM2 gate/up product
+/// with 32 columns, this 5 µs (`examples/mixed_cost.rs`). T2 weights: f32 sums in the order of
+/// `idx` (codes are the ternary values), plain code the compiler vectorizes.
+fn float_sums(
+    kernel: Kernel,
+    w: &ColumnTiles<'_>,
+    line0: usize,
+    idx: &[u32],
+    val: &[f32],
+    out: &mut [f32],
+) {
     let format = w.format();
     let rpl = format.rows_per_line();
+    if format == Format::I8 {
+        FIXED.with_borrow_mut(|(q, acc)| {
+            let step = fixed16(val, q);
+            acc.clear();
+            acc.resize(out.len(), 0);
+            for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
+                let acc = &mut acc[at * rpl..(at + n) * rpl];
+                kernel.i8_runs_i16(seg, n, idx, q, acc);
+            });
+            for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                *o = a as f32 * step;
+            }
+        });
+        return;
+    }
     out.fill(0.0);
     let mut codes = [0.0f32; MAX_LINE_ROWS];
     for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
@@ -236,6 +269,8 @@ thread_local! {
     /// Per-thread accumulators, reused across calls (no allocation per token once warm).
     static ACC_INT: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A mixed input's fixed-point f32 columns and their int32 sums ([`float_sums`]).
+    static FIXED: RefCell<(Vec<i16>, Vec<i32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's per-worker accumulators of [`split_columns`],
@@ -263,7 +298,14 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
             if !exact_idx.is_empty() {
                 ACC_FLOAT.with_borrow_mut(|f| {
                     f.resize(lines * rpl, 0.0);
-                    float_sums(w, line0, exact_idx, exact_val, &mut f[..lines * rpl]);
+                    float_sums(
+                        kernel,
+                        w,
+                        line0,
+                        exact_idx,
+                        exact_val,
+                        &mut f[..lines * rpl],
+                    );
                     for ((o, &f), &s) in y.iter_mut().zip(f.iter()).zip(scales) {
                         *o += s * f;
                     }
@@ -305,6 +347,26 @@ fn integer_sums(
             _ => kernel.i8_runs(seg, n, idx, val, acc),
         }
     });
+}
+
+/// `val` in 16-bit fixed point against its largest magnitude m: q = round(v·R/m) into `q`, and
+/// the step m/R (0 for an all-zero input), so v ≈ q·step within step/2. R = 32767, lowered for
+/// more than 516 values so that Σ |q·w| over int8 weights stays within an i32 row sum.
+/// Finite input (the executor checks).
+pub fn fixed16(val: &[f32], q: &mut Vec<i16>) -> f32 {
+    let m = val.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    q.clear();
+    if m == 0.0 {
+        q.resize(val.len(), 0);
+        return 0.0;
+    }
+    let range = (i32::MAX as usize / (127 * val.len().max(1))).min(32767) as f32;
+    let inv = range / m;
+    q.extend(
+        val.iter()
+            .map(|&v| (v * inv).round().clamp(-range, range) as i16),
+    );
+    m / range
 }
 
 /// T2 codes are t + 1: every row's sum carries +Σx, removed once per row.
@@ -484,6 +546,18 @@ impl Kernel {
         }
     }
 
+    /// As `i8_runs`, with int16 activations (the fixed-point outliers of a mixed input): the AVX2
+    /// kernel's `vpmaddwd` takes them as they are (AVX-512 machines use it too); other ISAs run
+    /// the reference loop, a few columns only.
+    fn i8_runs_i16(self, l: Lines<'_>, n: usize, idx: &[u32], val: &[i16], acc: &mut [i32]) {
+        match self {
+            // SAFETY: as in i8_runs (AVX-512 implies AVX2).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe { avx2::i8_runs(l, n, idx, val, acc) },
+            _ => scalar::i8_runs(l, n, idx, val, acc),
+        }
+    }
+
     /// acc[row] = fma(w(row, idx[p]), x_p, acc[row]) in order of p, over `n` lines of a float
     /// format, sweeping each kept column's run in order.
     fn float_runs(
@@ -540,11 +614,18 @@ pub(crate) mod scalar {
         &l.tile[at..at + LINE_BYTES]
     }
 
-    pub fn i8_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+    pub fn i8_runs<V: Copy + Into<i16>>(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        val: &[V],
+        acc: &mut [i32],
+    ) {
         for (&j, &v) in idx.iter().zip(val) {
+            let v = i32::from(v.into());
             for (s, a) in acc.chunks_exact_mut(64).take(n).enumerate() {
                 for (a, &w) in a.iter_mut().zip(run_line(&l, j, s)) {
-                    *a += i32::from(v) * i32::from(w as i8);
+                    *a += v * i32::from(w as i8);
                 }
             }
         }

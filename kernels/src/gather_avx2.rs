@@ -133,12 +133,20 @@ unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
 /// in order, summed into int32 accumulators in L1. Interleaving after a 256-bit widening instead
 /// (two µops per unpack, rows reordered at the end) ran at the same 4.6-5.0 weights/cycle on one
 /// core (`examples/hot_rate.rs`); this form needs no reordering.
+/// Activations are int8, or int16 (the fixed-point activation outliers): `vpmaddwd` takes both.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn i8_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
+pub unsafe fn i8_runs<V: Copy + Default + Into<i16>>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    val: &[V],
+    acc: &mut [i32],
+) {
     assert!(acc.len() >= n * 64);
     let ap = acc.as_mut_ptr() as *mut __m256i;
-    let pair = |a: i8, b: i8| {
-        _mm256_set1_epi32(((u32::from(b as i16 as u16) << 16) | u32::from(a as i16 as u16)) as i32)
+    let pair = |a: V, b: V| {
+        let (a, b): (i16, i16) = (a.into(), b.into());
+        _mm256_set1_epi32(((u32::from(b as u16) << 16) | u32::from(a as u16)) as i32)
     };
     let mut p = 0;
     while p < idx.len() {

@@ -550,9 +550,33 @@ fn dense_rows_match_within_rounding() {
 }
 
 #[test]
+fn fixed16_is_within_half_a_step_and_its_sums_fit_i32() {
+    let mut rng = SmallRng::seed_from_u64(13);
+    let mut q = Vec::new();
+    for len in [1usize, 16, 516, 517, 11008] {
+        let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1e3f32..1e3)).collect();
+        let step = fixed16(&v, &mut q);
+        assert_eq!(q.len(), len);
+        for (&a, &b) in v.iter().zip(&q) {
+            let err = (a - f32::from(b) * step).abs();
+            assert!(
+                err <= step * 0.5001 + a.abs() * 1e-6,
+                "len {len}: {a} vs {b}·{step}"
+            );
+        }
+        // The largest int8 row sum these activations can reach fits an i32.
+        let worst: i64 = q.iter().map(|&b| 127 * i64::from(b).abs()).sum();
+        assert!(worst <= i64::from(i32::MAX), "len {len}: {worst}");
+    }
+    assert_eq!(fixed16(&[0.0, 0.0], &mut q), 0.0);
+    assert_eq!(q, [0, 0]);
+}
+
+#[test]
 fn gather_mixed_input_equals_the_naive_product() {
     // int8 activations plus a few f32 columns (the executor's activation outliers): row r is
-    // s_r·(xs·Σ q·w + Σ v·w), the f32 sum in the columns' order, at every ISA and thread count.
+    // s_r·(xs·Σ q·w + f_r), f_r the f32 sum in the columns' order (T2) or the 16-bit fixed-point
+    // sum (I8), at every ISA and thread count.
     let mut rng = SmallRng::seed_from_u64(8);
     for &(d_out, d_in) in SHAPES {
         let IntegerMatrices {
@@ -582,10 +606,24 @@ fn gather_mixed_input_equals_the_naive_product() {
                             .zip(&x.values)
                             .map(|(&j, &v)| i32::from(v) * i32::from(w(j)))
                             .sum();
-                        let mut f = 0.0f32;
-                        for (&j, &v) in exact.indices.iter().zip(&exact.values) {
-                            f += f32::from(w(j)) * v;
-                        }
+                        let f = if m.format == Format::I8 {
+                            // I8: the f32 columns in 16-bit fixed point, summed exactly.
+                            let mut q = Vec::new();
+                            let step = fixed16(&exact.values, &mut q);
+                            let sum: i32 = exact
+                                .indices
+                                .iter()
+                                .zip(&q)
+                                .map(|(&j, &v)| i32::from(v) * i32::from(w(j)))
+                                .sum();
+                            sum as f32 * step
+                        } else {
+                            let mut f = 0.0f32;
+                            for (&j, &v) in exact.indices.iter().zip(&exact.values) {
+                                f += f32::from(w(j)) * v;
+                            }
+                            f
+                        };
                         acc as f32 * (xs * scales[i]) + scales[i] * f
                     })
                     .collect();
