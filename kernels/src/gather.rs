@@ -37,6 +37,10 @@ pub enum Input<'a> {
         scale: f32,
         exact: &'a Sparse<f32>,
     },
+    /// int8-scale activations held as int16 (I8 weights only): a few entries beyond ±127 (the
+    /// executor's activation outliers, quantized at the same scale) keep their precision in the
+    /// one integer pass, whose `vpmaddwd` takes int16 as readily as int8.
+    I16 { x: &'a Sparse<i16>, scale: f32 },
     /// f32 activations (for F16 and F32 weights).
     F32(&'a Sparse<f32>),
 }
@@ -48,7 +52,19 @@ impl<'a> Input<'a> {
     fn indices(&self) -> &[u32] {
         match self {
             Input::I8 { x, .. } | Input::Mixed { x, .. } => &x.indices,
+            Input::I16 { x, .. } => &x.indices,
             Input::F32(x) => &x.indices,
+        }
+    }
+
+    /// The integer activations and their scale (integer inputs only).
+    fn integer(&self) -> Option<(Values<'a>, f32)> {
+        match *self {
+            Input::I8 { x, scale } | Input::Mixed { x, scale, .. } => {
+                Some((Values::I8(&x.values), scale))
+            }
+            Input::I16 { x, scale } => Some((Values::I16(&x.values), scale)),
+            Input::F32(_) => None,
         }
     }
 
@@ -88,6 +104,9 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         Input::I8 { x, .. } | Input::Mixed { x, .. } => {
             assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input")
         }
+        Input::I16 { x, .. } => {
+            assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input")
+        }
         Input::F32(x) => assert_eq!(x.values.len(), idx.len(), "gather_matvec: ragged input"),
     }
     assert_eq!(
@@ -101,7 +120,8 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
             (
                 Format::T2 | Format::I8,
                 Input::I8 { .. } | Input::Mixed { .. }
-            ) | (Format::F16 | Format::F32, Input::F32(_))
+            ) | (Format::I8, Input::I16 { .. })
+                | (Format::F16 | Format::F32, Input::F32(_))
         ),
         "gather_matvec: {:?} weights cannot take this input kind",
         w.format()
@@ -124,8 +144,8 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
     match input {
         // Measured on SmolLM2 (int8, dense decode, 3 interleaved pairs of `qsparse bench`):
         // 58-66 tok/s split by columns against 50-59 by rows; equal at S = 0.5.
-        Input::I8 { x, scale } | Input::Mixed { x, scale, .. } => {
-            split_columns(kernel, w, x, scale, input.exact(), threads, y)
+        Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. } => {
+            split_columns(kernel, w, input, threads, y)
         }
         // Float formats split the rows: splitting columns would change the order of each row's
         // FMA chain (results would depend on the thread count).
@@ -149,16 +169,17 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
 fn split_columns(
     kernel: Kernel,
     w: &ColumnTiles<'_>,
-    x: &Sparse<i8>,
-    scale: f32,
-    (exact_idx, exact_val): (&[u32], &[f32]),
+    input: Input<'_>,
     threads: usize,
     y: &mut [f32],
 ) {
+    let (exact_idx, exact_val) = input.exact();
+    let idx = input.indices();
+    let (vals, scale) = input.integer().expect("integer input");
     let format = w.format();
     let rpl = format.rows_per_line();
     let rows = w.n_lines() * rpl;
-    let per = x.len().div_ceil(threads).max(1);
+    let per = idx.len().div_ceil(threads).max(1);
     let lines_per = w.n_lines().div_ceil(threads);
     let float_rows = if exact_idx.is_empty() {
         0
@@ -176,8 +197,8 @@ fn split_columns(
             .zip(floats.par_chunks_mut(float_rows.max(1)))
             .enumerate()
             .for_each(|(t, (acc, fsum))| {
-                let cols = (t * per).min(x.len())..((t + 1) * per).min(x.len());
-                integer_sums(kernel, w, 0, &x.indices[cols.clone()], &x.values[cols], acc);
+                let cols = (t * per).min(idx.len())..((t + 1) * per).min(idx.len());
+                integer_sums(kernel, w, 0, &idx[cols.clone()], vals.range(cols), acc);
                 if float_rows > 0 {
                     let line0 = (t * lines_per).min(w.n_lines());
                     let lines = ((t + 1) * lines_per).min(w.n_lines()) - line0;
@@ -191,7 +212,7 @@ fn split_columns(
                     );
                 }
             });
-        let bias = t2_bias(format, &x.values);
+        let bias = t2_bias(format, vals);
         let scales = w.row_scale();
         for (r, (o, &s)) in y.iter_mut().zip(scales).enumerate() {
             let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
@@ -284,34 +305,36 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
     let rpl = format.rows_per_line();
     let lines = y.len().div_ceil(rpl);
     match input {
-        Input::I8 { x, scale } | Input::Mixed { x, scale, .. } => ACC_INT.with_borrow_mut(|acc| {
-            acc.clear();
-            acc.resize(lines * rpl, 0);
-            let (idx, val) = (x.indices.as_slice(), x.values.as_slice());
-            integer_sums(kernel, w, line0, idx, val, acc);
-            let bias = t2_bias(format, val);
-            let scales = &w.row_scale()[line0 * rpl..line0 * rpl + y.len()];
-            for ((o, &a), &s) in y.iter_mut().zip(acc.iter()).zip(scales) {
-                *o = (a - bias) as f32 * (scale * s);
-            }
-            let (exact_idx, exact_val) = input.exact();
-            if !exact_idx.is_empty() {
-                ACC_FLOAT.with_borrow_mut(|f| {
-                    f.resize(lines * rpl, 0.0);
-                    float_sums(
-                        kernel,
-                        w,
-                        line0,
-                        exact_idx,
-                        exact_val,
-                        &mut f[..lines * rpl],
-                    );
-                    for ((o, &f), &s) in y.iter_mut().zip(f.iter()).zip(scales) {
-                        *o += s * f;
-                    }
-                });
-            }
-        }),
+        Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. } => {
+            ACC_INT.with_borrow_mut(|acc| {
+                acc.clear();
+                acc.resize(lines * rpl, 0);
+                let (val, scale) = input.integer().expect("integer input");
+                integer_sums(kernel, w, line0, input.indices(), val, acc);
+                let bias = t2_bias(format, val);
+                let scales = &w.row_scale()[line0 * rpl..line0 * rpl + y.len()];
+                for ((o, &a), &s) in y.iter_mut().zip(acc.iter()).zip(scales) {
+                    *o = (a - bias) as f32 * (scale * s);
+                }
+                let (exact_idx, exact_val) = input.exact();
+                if !exact_idx.is_empty() {
+                    ACC_FLOAT.with_borrow_mut(|f| {
+                        f.resize(lines * rpl, 0.0);
+                        float_sums(
+                            kernel,
+                            w,
+                            line0,
+                            exact_idx,
+                            exact_val,
+                            &mut f[..lines * rpl],
+                        );
+                        for ((o, &f), &s) in y.iter_mut().zip(f.iter()).zip(scales) {
+                            *o += s * f;
+                        }
+                    });
+                }
+            })
+        }
         Input::F32(x) => ACC_FLOAT.with_borrow_mut(|acc| {
             acc.clear();
             acc.resize(lines * rpl, 0.0);
@@ -325,6 +348,22 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
     }
 }
 
+/// The integer activations of a product: int8, or int16 for I8 weights.
+#[derive(Debug, Clone, Copy)]
+enum Values<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+}
+
+impl<'a> Values<'a> {
+    fn range(self, r: std::ops::Range<usize>) -> Values<'a> {
+        match self {
+            Values::I8(v) => Values::I8(&v[r]),
+            Values::I16(v) => Values::I16(&v[r]),
+        }
+    }
+}
+
 /// The exact int32 sums Σ_i code(r, idx[i])·val[i] of an integer-format matrix for the output
 /// lines line0 .. line0 + acc.len() / rows per line, into `acc` (zeroed by the caller).
 fn integer_sums(
@@ -332,21 +371,30 @@ fn integer_sums(
     w: &ColumnTiles<'_>,
     line0: usize,
     idx: &[u32],
-    val: &[i8],
+    val: Values<'_>,
     acc: &mut [i32],
 ) {
     let format = w.format();
     let rpl = format.rows_per_line();
     for_each_segment(w, line0, acc.len() / rpl, |seg, n, at| {
         let acc = &mut acc[at * rpl..(at + n) * rpl];
-        match format {
-            Format::T2 => T2_SCRATCH.with_borrow_mut(|scratch| {
+        match (format, val) {
+            (Format::T2, Values::I8(val)) => T2_SCRATCH.with_borrow_mut(|scratch| {
                 scratch.resize(scratch.len().max(n * MAX_LINE_ROWS), 0);
                 kernel.t2_runs(seg, n, idx, val, acc, scratch)
             }),
-            _ => kernel.i8_runs(seg, n, idx, val, acc),
+            (_, Values::I8(val)) => kernel.i8_runs(seg, n, idx, val, acc),
+            (_, Values::I16(val)) => kernel.i8_runs_i16(seg, n, idx, val, acc),
         }
     });
+}
+
+/// T2 codes are t + 1: every row's sum carries +Σx, removed once per row.
+fn t2_bias(format: Format, val: Values<'_>) -> i32 {
+    match (format, val) {
+        (Format::T2, Values::I8(val)) => val.iter().map(|&v| i32::from(v)).sum(),
+        _ => 0,
+    }
 }
 
 /// `val` in 16-bit fixed point against its largest magnitude m: q = round(v·R/m) into `q`, and
@@ -367,14 +415,6 @@ pub fn fixed16(val: &[f32], q: &mut Vec<i16>) -> f32 {
             .map(|&v| (v * inv).round().clamp(-range, range) as i16),
     );
     m / range
-}
-
-/// T2 codes are t + 1: every row's sum carries +Σx, removed once per row.
-fn t2_bias(format: Format, val: &[i8]) -> i32 {
-    match format {
-        Format::T2 => val.iter().map(|&v| i32::from(v)).sum(),
-        _ => 0,
-    }
 }
 
 /// Calls `f(segment, n, at)` for each tile's part of the output lines line0 .. line0 + lines:

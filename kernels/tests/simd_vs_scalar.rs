@@ -399,6 +399,15 @@ fn integer_matrices(rng: &mut SmallRng, d_out: usize, d_in: usize) -> IntegerMat
     }
 }
 
+/// Σ_j row[j]·x_j over the kept entries of x, exactly (the naive integer product of one row).
+fn int_row_sum<V: Copy + Into<i32>>(row: &[i8], x: &Sparse<V>) -> i32 {
+    x.indices
+        .iter()
+        .zip(&x.values)
+        .map(|(&j, &v)| v.into() * i32::from(row[j as usize]))
+        .sum()
+}
+
 #[test]
 fn gather_integer_formats_equal_the_naive_product() {
     let mut rng = SmallRng::seed_from_u64(4);
@@ -415,15 +424,7 @@ fn gather_integer_formats_equal_the_naive_product() {
             for (m, codes) in [(&t2, &codes_t), (&i8m, &codes_8)] {
                 // Naive: exact integer sums over the row-major codes, then the same scaling.
                 let want: Vec<f32> = (0..d_out)
-                    .map(|i| {
-                        let acc: i32 = x
-                            .indices
-                            .iter()
-                            .zip(&x.values)
-                            .map(|(&j, &v)| i32::from(v) * i32::from(codes[i * d_in + j as usize]))
-                            .sum();
-                        acc as f32 * (xs * scales[i])
-                    })
+                    .map(|i| int_row_sum(&codes[i * d_in..], &x) as f32 * (xs * scales[i]))
                     .collect();
                 let what = format!("{:?} {d_out}x{d_in} k={k}", m.format);
                 check_all_isas(&m.view(), Input::I8 { x: &x, scale: xs }, &want, &what);
@@ -550,6 +551,44 @@ fn dense_rows_match_within_rounding() {
 }
 
 #[test]
+fn gather_i16_input_equals_the_naive_product() {
+    // I8 weights with int16 activations: int8-range entries plus a few large ones (the
+    // executor's outliers at the int8 scale), summed exactly at every ISA and thread count.
+    let mut rng = SmallRng::seed_from_u64(14);
+    for &(d_out, d_in) in SHAPES {
+        let IntegerMatrices {
+            codes_8,
+            scales,
+            i8m,
+            ..
+        } = integer_matrices(&mut rng, d_out, d_in);
+        for k in ks(d_in, &mut rng) {
+            let (x8, xs) = sparse_input_i8(&mut rng, d_in, k);
+            let x = Sparse {
+                indices: x8.indices.clone(),
+                values: x8
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        if i % 7 == 3 {
+                            rng.random_range(-32767i16..=32767)
+                        } else {
+                            i16::from(v)
+                        }
+                    })
+                    .collect(),
+            };
+            let want: Vec<f32> = (0..d_out)
+                .map(|i| int_row_sum(&codes_8[i * d_in..], &x) as f32 * (xs * scales[i]))
+                .collect();
+            let what = format!("i16 {d_out}x{d_in} k={k}");
+            check_all_isas(&i8m.view(), Input::I16 { x: &x, scale: xs }, &want, &what);
+        }
+    }
+}
+
+#[test]
 fn fixed16_is_within_half_a_step_and_its_sums_fit_i32() {
     let mut rng = SmallRng::seed_from_u64(13);
     let mut q = Vec::new();
@@ -600,12 +639,7 @@ fn gather_mixed_input_equals_the_naive_product() {
                 let want: Vec<f32> = (0..d_out)
                     .map(|i| {
                         let w = |j: u32| codes[i * d_in + j as usize];
-                        let acc: i32 = x
-                            .indices
-                            .iter()
-                            .zip(&x.values)
-                            .map(|(&j, &v)| i32::from(v) * i32::from(w(j)))
-                            .sum();
+                        let acc = int_row_sum(&codes[i * d_in..], &x);
                         let f = if m.format == Format::I8 {
                             // I8: the f32 columns in 16-bit fixed point, summed exactly.
                             let mut q = Vec::new();
