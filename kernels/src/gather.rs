@@ -20,8 +20,10 @@ use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, LINES_PER_TILE, LINE_BYTES, MAX_LINE_ROWS};
 use crate::topk::Sparse;
 
-/// Below this many weight bytes per product, threading costs more than it saves.
-pub const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+/// Below this many weight bytes per product, threading costs more than it saves. (256 KB while a
+/// region had to wake a sleeping worker; the executor keeps its workers awake through a step,
+/// and a SmolLM2 o-projection at S = 0.5, 166 KB, gained from two threads.)
+pub const PARALLEL_MIN_BYTES: usize = 96 * 1024;
 
 /// The sparse activation a product consumes.
 #[derive(Debug, Clone, Copy)]
@@ -187,16 +189,17 @@ fn split_columns(
         lines_per * rpl
     };
     PARTIALS.with_borrow_mut(|(parts, floats)| {
-        parts.clear();
-        parts.resize(threads * rows, 0);
+        // Zeroed by each worker for its own part (a 49152-row lm_head's partials are 400 KB).
+        parts.resize(parts.len().max(threads * rows), 0);
         // One chunk per worker, even an empty input's (so the zip below keeps every worker).
         floats.clear();
         floats.resize(threads * float_rows.max(1), 0.0);
-        parts
+        parts[..threads * rows]
             .par_chunks_mut(rows)
             .zip(floats.par_chunks_mut(float_rows.max(1)))
             .enumerate()
             .for_each(|(t, (acc, fsum))| {
+                acc.fill(0);
                 let cols = (t * per).min(idx.len())..((t + 1) * per).min(idx.len());
                 integer_sums(kernel, w, 0, &idx[cols.clone()], vals.range(cols), acc);
                 if float_rows > 0 {
@@ -214,15 +217,30 @@ fn split_columns(
             });
         let bias = t2_bias(format, vals);
         let scales = w.row_scale();
-        for (r, (o, &s)) in y.iter_mut().zip(scales).enumerate() {
-            let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
-            *o = (a - bias) as f32 * (scale * s);
-            if float_rows > 0 {
-                *o += s * floats[r];
+        let (parts, floats) = (&parts[..threads * rows], &floats[..]);
+        let reduce = |r0: usize, ys: &mut [f32]| {
+            for (r, (o, &s)) in (r0..).zip(ys.iter_mut().zip(&scales[r0..])) {
+                let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
+                *o = (a - bias) as f32 * (scale * s);
+                if float_rows > 0 {
+                    *o += s * floats[r];
+                }
             }
+        };
+        // Long outputs (the lm_head's 49152 rows) are reduced by every worker, a share each.
+        if y.len() >= PARALLEL_REDUCE_MIN_ROWS {
+            let per_rows = y.len().div_ceil(threads);
+            y.par_chunks_mut(per_rows)
+                .enumerate()
+                .for_each(|(c, ys)| reduce(c * per_rows, ys));
+        } else {
+            reduce(0, y);
         }
     });
 }
+
+/// From this many output rows the partial sums of a column split are added in parallel.
+const PARALLEL_REDUCE_MIN_ROWS: usize = 4096;
 
 /// The f32 columns' sums for the rows of output lines line0 .. line0 + out.len() / rows per line
 /// of an integer-format matrix: out[r] = Σ_i w(r, idx[i])·val[i].
