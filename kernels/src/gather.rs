@@ -146,12 +146,15 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
     match input {
         // Measured on SmolLM2 (int8, dense decode, 3 interleaved pairs of `qsparse bench`):
         // 58-66 tok/s split by columns against 50-59 by rows; equal at S = 0.5.
-        Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. } => {
+        Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. }
+            if n_lines < ROW_SPLIT_MIN_LINES =>
+        {
             split_columns(kernel, w, input, threads, y)
         }
         // Float formats split the rows: splitting columns would change the order of each row's
-        // FMA chain (results would depend on the thread count).
-        Input::F32(_) => {
+        // FMA chain (results would depend on the thread count). Tall integer products (the
+        // lm_head) too: each worker streams whole tiles and needs no partial sums to add.
+        _ => {
             // One contiguous range of output lines per worker keeps each worker's reads in one
             // region.
             let per_task = n_lines.div_ceil(threads);
@@ -238,6 +241,11 @@ fn split_columns(
         }
     });
 }
+
+/// From this many output lines (8 full tiles) integer products split the rows, not the columns:
+/// SmolLM2's lm_head (576 x 49152 int8) took 1.61-1.71 ms per token against 1.69-1.94 split by
+/// columns (3 interleaved pairs of `qsparse bench --profile`).
+const ROW_SPLIT_MIN_LINES: usize = 8 * LINES_PER_TILE;
 
 /// From this many output rows the partial sums of a column split are added in parallel.
 const PARALLEL_REDUCE_MIN_ROWS: usize = 4096;

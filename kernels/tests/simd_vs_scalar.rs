@@ -329,6 +329,8 @@ const SHAPES: &[(usize, usize)] = &[
     // Above the parallel threshold for every format (T2 too), several tiles for I8: the
     // multi-threaded split is checked against the naive product as well.
     (9000, 131),
+    // Tall enough (>= 8 tiles for every format) that integer products split the rows.
+    (125_000, 4),
 ];
 
 fn pool(threads: usize) -> rayon::ThreadPool {
