@@ -2,9 +2,10 @@
 //! inputs. The dense product is the same kernel with every column kept.
 //!
 //! One driver serves every format and ISA. It checks the input once; splits the work across the
-//! rayon workers (small products stay on one thread) — integer formats by kept columns, each
-//! worker streaming one contiguous stretch of every tile and the int32 partial sums added exactly;
-//! float formats by output lines, so no reduction reorders a row's sum — and, per tile, hands the per-format, per-ISA *run kernel* the kept columns. A run
+//! rayon workers (small products stay on one thread) — dense-ish integer products by kept
+//! columns, each worker streaming one contiguous stretch of every tile and the int32 partial sums
+//! added exactly; sparse or tall ones and float formats by output lines, so no reduction reorders
+//! a row's sum — and, per tile, hands the per-format, per-ISA *run kernel* the kept columns. A run
 //! kernel sweeps each kept column's run (the column's lines for the tile, see `layout`) from first
 //! line to last, four columns at a time, prefetching the next four runs line by line, and adds
 //! into per-row accumulators that stay in L1: DRAM sees long sequential reads and skipped columns
@@ -144,10 +145,17 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         return;
     }
     match input {
-        // Measured on SmolLM2 (int8, dense decode, 3 interleaved pairs of `qsparse bench`):
-        // 58-66 tok/s split by columns against 50-59 by rows; equal at S = 0.5.
+        // Integer products keeping 80% of the columns or more, or reading 4 MB or more, split
+        // the columns: each worker streams a contiguous half of every tile. Smaller sparse ones
+        // split the rows, with no partial sums to zero, move between cores and add. (On the 7B
+        // shapes, I8 at S = 0.25-0.75, splitting rows fell to 0.73-0.86 of the ideal speedup.) SmolLM2, `qsparse bench --profile`, 3
+        // interleaved pairs each: dense, columns faster for every product (gate/up 3.45-3.95
+        // against 3.54-5.26 ms per token); S = 0.25 about equal; S = 0.5, rows faster for every
+        // product (gate/up 1.88-1.97 against 2.10-2.36, o 0.48-0.52 against 0.55-0.73).
         Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. }
-            if n_lines < ROW_SPLIT_MIN_LINES =>
+            if n_lines < ROW_SPLIT_MIN_LINES
+                && (5 * columns >= 4 * w.d_in()
+                    || w.bytes_read(columns) >= COLUMN_SPLIT_MIN_BYTES) =>
         {
             split_columns(kernel, w, input, threads, y)
         }
@@ -242,7 +250,10 @@ fn split_columns(
     });
 }
 
-/// From this many output lines (8 full tiles) integer products split the rows, not the columns:
+/// From this many weight bytes read, integer products split the columns even when sparse.
+const COLUMN_SPLIT_MIN_BYTES: usize = 4 << 20;
+
+/// From this many output lines (8 full tiles) integer products always split the rows:
 /// SmolLM2's lm_head (576 x 49152 int8) took 1.61-1.71 ms per token against 1.69-1.94 split by
 /// columns (3 interleaved pairs of `qsparse bench --profile`).
 const ROW_SPLIT_MIN_LINES: usize = 8 * LINES_PER_TILE;

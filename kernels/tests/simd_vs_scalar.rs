@@ -331,6 +331,8 @@ const SHAPES: &[(usize, usize)] = &[
     (9000, 131),
     // Tall enough (>= 8 tiles for every format) that integer products split the rows.
     (125_000, 4),
+    // Big enough (int8: 4.4 MB) that sparse integer products still split the columns.
+    (1100, 4000),
 ];
 
 fn pool(threads: usize) -> rayon::ThreadPool {
