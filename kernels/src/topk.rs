@@ -130,7 +130,8 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
 
 /// The `m` entries of `x` with the largest |x| (ties: lowest index first), as (index, value) pairs
 /// in ascending index order into `out`, and the largest magnitude among the other entries (0 when
-/// none remain). For the executor's activation outliers (m = 32 by default, d in the hundreds or thousands):
+/// none remain). For the executor's activation outliers (m = 32 by default, d in the hundreds or
+/// thousands):
 ///
 /// 1. one vectorized pass keeps the maxima of 64 interleaved groups (x[i] goes to group i % 64);
 ///    the (m+1)-th largest of those 64 distinct entries is a bar no higher than the (m+1)-th
