@@ -133,18 +133,15 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
 /// none remain). For the executor's activation outliers (m = 32 by default, d in the hundreds or
 /// thousands):
 ///
-/// 1. one vectorized pass keeps the maxima of 64 interleaved groups (x[i] goes to group i % 64);
-///    the (m+1)-th largest of those 64 distinct entries is a bar no higher than the (m+1)-th
-///    largest of x;
+/// 1. [`group_bar`]: a bar no higher than the (m+1)-th largest, from one vectorized pass;
 /// 2. the SIMD compaction collects the entries that reach the bar (a few dozen on activations);
 /// 3. their keys (magnitude bits, then inverted index: one u64 order) go through a selection in
 ///    `keys` (reused).
 ///
 /// Magnitudes compare as their bit patterns (non-negative floats order like their bits; NaN above
-/// +inf, as `total_cmp`). Top-16 of 576 heavy-tailed values: 0.9 µs, against 2.8 µs for
+/// +inf, as `total_cmp`). Top-16 of 576 heavy-tailed values: 1.0 µs, against 1.75 µs for
 /// `topk_f32` plus a pass for the rest's maximum (`examples/select_cost.rs`); warm branch-heavy
-/// variants lost to mispredictions (one per candidate). m ≥ 64 or short inputs take every entry
-/// as a candidate.
+/// variants lost to mispredictions (one per candidate). m ≥ 64 or short inputs take every entry as a candidate.
 pub fn largest_f32(
     isa: Isa,
     x: &[f32],
@@ -152,7 +149,6 @@ pub fn largest_f32(
     keys: &mut Vec<u64>,
     out: &mut Sparse<f32>,
 ) -> f32 {
-    const GROUPS: usize = 64;
     out.indices.clear();
     out.values.clear();
     if m >= x.len() {
@@ -160,23 +156,7 @@ pub fn largest_f32(
         return 0.0;
     }
     let finite = all_finite(x);
-    let bar = if m < GROUPS && x.len() >= 2 * GROUPS && finite {
-        let mut maxima = x.chunks_exact(GROUPS).fold([0.0f32; GROUPS], |mut acc, c| {
-            for (a, v) in acc.iter_mut().zip(c) {
-                let v = v.abs();
-                *a = if v > *a { v } else { *a };
-            }
-            acc
-        });
-        for (a, v) in maxima.iter_mut().zip(x.chunks_exact(GROUPS).remainder()) {
-            *a = a.max(v.abs());
-        }
-        let mut bits = maxima.map(f32::to_bits);
-        let (_, &mut bar, _) = bits.select_nth_unstable(GROUPS - 1 - m);
-        f32::from_bits(bar)
-    } else {
-        0.0
-    };
+    let bar = group_bar(x, m).filter(|_| finite).unwrap_or(0.0);
     // Everything at or above the bar: ties at the bar all count.
     compact_f32(isa, x, bar, x.len(), finite, out);
     keys.clear();
@@ -209,34 +189,15 @@ fn all_finite(x: &[f32]) -> bool {
 
 /// The k-th largest of `mags` (0 < k < len) and how many entries exceed it.
 ///
-/// Small k (the executor's 16 activation outliers, high sparsity) first looks for a bar
-/// max/2^j that at least k entries reach, counting with a vectorized pass per halving; only
-/// entries above the bar (copied after the magnitudes) go through introselect. With the AVX2
-/// compaction this took `topk_f32` of the top 16 of d = 576 from 3.6 to 2.7 µs
-/// (`examples/select_cost.rs`). Larger k, a bar that
-/// needs more than 8 halvings, and non-finite magnitudes (total order: NaN above +inf) take
-/// introselect over everything.
+/// Small k (high sparsity): only the entries at or above [`group_bar`] (copied after the
+/// magnitudes) go through introselect. Top 16 of d = 576 went from 2.8 µs (a bar found by halving
+/// the maximum, one counting pass per halving) to 1.75, of 1536 from 7.0 to 3.5
+/// (`examples/select_cost.rs`). Larger k
+/// and non-finite magnitudes (total order: NaN above +inf) take introselect over everything.
 fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
     let d = mags.len();
-    if k > d / 8 || !finite {
-        return select_threshold(mags, k);
-    }
-    let max = mags
-        .chunks(8)
-        .fold([0.0f32; 8], |mut m, c| {
-            for (m, &v) in m.iter_mut().zip(c) {
-                *m = if v > *m { v } else { *m };
-            }
-            m
-        })
-        .into_iter()
-        .fold(0.0f32, f32::max);
-    let mut bar = max;
-    for _ in 0..8 {
-        bar *= 0.5;
-        let reach = mags.iter().filter(|&&v| v >= bar).count();
-        if reach >= k {
-            mags.reserve(reach);
+    match group_bar(mags, k - 1) {
+        Some(bar) if finite => {
             for i in 0..d {
                 if mags[i] >= bar {
                     let v = mags[i];
@@ -244,10 +205,37 @@ fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
                 }
             }
             // Entries below the bar are below the k-th largest: at least k reach it.
-            return select_threshold(&mut mags[d..], k);
+            select_threshold(&mut mags[d..], k)
         }
+        _ => select_threshold(mags, k),
     }
-    select_threshold(mags, k)
+}
+
+/// Interleaved groups of [`group_bar`].
+const GROUPS: usize = 64;
+
+/// A bar no higher than the (m+1)-th largest |x|, from one vectorized pass: the maxima of 64
+/// interleaved groups (x[i] goes to group i % 64) are 64 distinct entries, so their (m+1)-th
+/// largest is such a bar. On activations only a few dozen entries reach it. None when m >= 64 or
+/// x is shorter than two groups. Magnitudes compare as their bits (finite input: non-negative
+/// floats order like their bit patterns).
+fn group_bar(x: &[f32], m: usize) -> Option<f32> {
+    if m >= GROUPS || x.len() < 2 * GROUPS {
+        return None;
+    }
+    let mut maxima = x.chunks_exact(GROUPS).fold([0.0f32; GROUPS], |mut acc, c| {
+        for (a, v) in acc.iter_mut().zip(c) {
+            let v = v.abs();
+            *a = if v > *a { v } else { *a };
+        }
+        acc
+    });
+    for (a, v) in maxima.iter_mut().zip(x.chunks_exact(GROUPS).remainder()) {
+        *a = a.max(v.abs());
+    }
+    let mut bits = maxima.map(f32::to_bits);
+    let (_, &mut bar, _) = bits.select_nth_unstable(GROUPS - 1 - m);
+    Some(f32::from_bits(bar))
 }
 
 /// Introselect: the k-th largest of `mags` (0 < k <= len) and how many entries exceed it.
