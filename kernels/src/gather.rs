@@ -34,7 +34,7 @@ pub enum Input<'a> {
     /// int8 activations plus a few columns whose activations are kept out of the int8 quantization
     /// (T2 and I8 weights): the executor's massive outliers, which would otherwise flatten
     /// everything else to a handful of levels. Row r gets s_r·(scale·Σ q·w + f_r), f_r = Σ v·w over
-    /// `exact`: summed in f32 in its order for T2, in 16-bit fixed point ([`fixed16`]) for I8.
+    /// `exact` summed in f32 in its order. With I8 weights [`Input::I16`] is the fast form.
     Mixed {
         x: &'a Sparse<i8>,
         scale: f32,
@@ -42,7 +42,9 @@ pub enum Input<'a> {
     },
     /// int8-scale activations held as int16 (I8 weights only): a few entries beyond ±127 (the
     /// executor's activation outliers, quantized at the same scale) keep their precision in the
-    /// one integer pass, whose `vpmaddwd` takes int16 as readily as int8.
+    /// one integer pass, whose `vpmaddwd` takes int16 as readily as int8. 32 outliers cost within
+    /// ±5% this way and +16-31% as f32 columns (`Mixed`) on SmolLM2's gate/up and lm_head shapes
+    /// (`examples/mixed_cost.rs`, 2 threads, 4 runs).
     I16 { x: &'a Sparse<i16>, scale: f32 },
     /// f32 activations (for F16 and F32 weights).
     F32(&'a Sparse<f32>),
@@ -216,14 +218,7 @@ fn split_columns(
                 if float_rows > 0 {
                     let line0 = (t * lines_per).min(w.n_lines());
                     let lines = ((t + 1) * lines_per).min(w.n_lines()) - line0;
-                    float_sums(
-                        kernel,
-                        w,
-                        line0,
-                        exact_idx,
-                        exact_val,
-                        &mut fsum[..lines * rpl],
-                    );
+                    float_sums(w, line0, exact_idx, exact_val, &mut fsum[..lines * rpl]);
                 }
             });
         let bias = t2_bias(format, vals);
@@ -262,38 +257,11 @@ const ROW_SPLIT_MIN_LINES: usize = 8 * LINES_PER_TILE;
 const PARALLEL_REDUCE_MIN_ROWS: usize = 4096;
 
 /// The f32 columns' sums for the rows of output lines line0 .. line0 + out.len() / rows per line
-/// of an integer-format matrix: out[r] = Σ_i w(r, idx[i])·val[i].
-///
-/// I8 weights: the values go to 16-bit fixed point against their largest ([`fixed16`]) and
-/// through the integer kernel, exactly summed, then out[r] = sum·step. Summing them in f32
-/// instead (convert, multiply, add per weight) cost 16 µs of a 100 µs SmolLM2 gate/up product
-/// with 32 columns, this 5 µs (`examples/mixed_cost.rs`). T2 weights: f32 sums in the order of
-/// `idx` (codes are the ternary values), plain code the compiler vectorizes.
-fn float_sums(
-    kernel: Kernel,
-    w: &ColumnTiles<'_>,
-    line0: usize,
-    idx: &[u32],
-    val: &[f32],
-    out: &mut [f32],
-) {
+/// of an integer-format matrix: out[r] = Σ_i w(r, idx[i])·val[i] in the order of `idx` (T2 codes
+/// are the ternary values). Plain code the compiler vectorizes across a line's rows.
+fn float_sums(w: &ColumnTiles<'_>, line0: usize, idx: &[u32], val: &[f32], out: &mut [f32]) {
     let format = w.format();
     let rpl = format.rows_per_line();
-    if format == Format::I8 {
-        FIXED.with_borrow_mut(|(q, acc)| {
-            let step = fixed16(val, q);
-            acc.clear();
-            acc.resize(out.len(), 0);
-            for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
-                let acc = &mut acc[at * rpl..(at + n) * rpl];
-                kernel.i8_runs_i16(seg, n, idx, q, acc);
-            });
-            for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                *o = a as f32 * step;
-            }
-        });
-        return;
-    }
     out.fill(0.0);
     let mut codes = [0.0f32; MAX_LINE_ROWS];
     for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
@@ -327,8 +295,6 @@ thread_local! {
     /// Per-thread accumulators, reused across calls (no allocation per token once warm).
     static ACC_INT: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A mixed input's fixed-point f32 columns and their int32 sums ([`float_sums`]).
-    static FIXED: RefCell<(Vec<i16>, Vec<i32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's per-worker accumulators of [`split_columns`],
@@ -357,14 +323,7 @@ fn run_range(kernel: Kernel, w: &ColumnTiles<'_>, input: Input<'_>, line0: usize
                 if !exact_idx.is_empty() {
                     ACC_FLOAT.with_borrow_mut(|f| {
                         f.resize(lines * rpl, 0.0);
-                        float_sums(
-                            kernel,
-                            w,
-                            line0,
-                            exact_idx,
-                            exact_val,
-                            &mut f[..lines * rpl],
-                        );
+                        float_sums(w, line0, exact_idx, exact_val, &mut f[..lines * rpl]);
                         for ((o, &f), &s) in y.iter_mut().zip(f.iter()).zip(scales) {
                             *o += s * f;
                         }
@@ -432,26 +391,6 @@ fn t2_bias(format: Format, val: Values<'_>) -> i32 {
         (Format::T2, Values::I8(val)) => val.iter().map(|&v| i32::from(v)).sum(),
         _ => 0,
     }
-}
-
-/// `val` in 16-bit fixed point against its largest magnitude m: q = round(v·R/m) into `q`, and
-/// the step m/R (0 for an all-zero input), so v ≈ q·step within step/2. R = 32767, lowered for
-/// more than 516 values so that Σ |q·w| over int8 weights stays within an i32 row sum.
-/// Finite input (the executor checks).
-pub fn fixed16(val: &[f32], q: &mut Vec<i16>) -> f32 {
-    let m = val.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-    q.clear();
-    if m == 0.0 {
-        q.resize(val.len(), 0);
-        return 0.0;
-    }
-    let range = (i32::MAX as usize / (127 * val.len().max(1))).min(32767) as f32;
-    let inv = range / m;
-    q.extend(
-        val.iter()
-            .map(|&v| (v * inv).round().clamp(-range, range) as i16),
-    );
-    m / range
 }
 
 /// Calls `f(segment, n, at)` for each tile's part of the output lines line0 .. line0 + lines:

@@ -25,7 +25,7 @@ pub mod layout;
 pub mod quant;
 pub mod topk;
 
-pub use gather::{fixed16, gather_matvec, Input};
+pub use gather::{gather_matvec, Input};
 pub use isa::Isa;
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use quant::{quantize_absmax, quantize_with, NonFinite};

@@ -433,6 +433,27 @@ fn gather_integer_formats_equal_the_naive_product() {
                 let what = format!("{:?} {d_out}x{d_in} k={k}", m.format);
                 check_all_isas(&m.view(), Input::I8 { x: &x, scale: xs }, &want, &what);
             }
+            // I8 weights also take int16 activations: int8-range entries plus a few large ones
+            // (the executor's outliers at the int8 scale).
+            let x16 = Sparse {
+                indices: x.indices.clone(),
+                values: (x.values.iter().enumerate())
+                    .map(|(i, &v)| match i % 7 {
+                        3 => rng.random_range(-32767i16..=32767),
+                        _ => i16::from(v),
+                    })
+                    .collect(),
+            };
+            let want: Vec<f32> = (0..d_out)
+                .map(|i| int_row_sum(&codes_8[i * d_in..], &x16) as f32 * (xs * scales[i]))
+                .collect();
+            let input = Input::I16 { x: &x16, scale: xs };
+            check_all_isas(
+                &i8m.view(),
+                input,
+                &want,
+                &format!("I16 {d_out}x{d_in} k={k}"),
+            );
         }
     }
 }
@@ -555,71 +576,9 @@ fn dense_rows_match_within_rounding() {
 }
 
 #[test]
-fn gather_i16_input_equals_the_naive_product() {
-    // I8 weights with int16 activations: int8-range entries plus a few large ones (the
-    // executor's outliers at the int8 scale), summed exactly at every ISA and thread count.
-    let mut rng = SmallRng::seed_from_u64(14);
-    for &(d_out, d_in) in SHAPES {
-        let IntegerMatrices {
-            codes_8,
-            scales,
-            i8m,
-            ..
-        } = integer_matrices(&mut rng, d_out, d_in);
-        for k in ks(d_in, &mut rng) {
-            let (x8, xs) = sparse_input_i8(&mut rng, d_in, k);
-            let x = Sparse {
-                indices: x8.indices.clone(),
-                values: x8
-                    .values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        if i % 7 == 3 {
-                            rng.random_range(-32767i16..=32767)
-                        } else {
-                            i16::from(v)
-                        }
-                    })
-                    .collect(),
-            };
-            let want: Vec<f32> = (0..d_out)
-                .map(|i| int_row_sum(&codes_8[i * d_in..], &x) as f32 * (xs * scales[i]))
-                .collect();
-            let what = format!("i16 {d_out}x{d_in} k={k}");
-            check_all_isas(&i8m.view(), Input::I16 { x: &x, scale: xs }, &want, &what);
-        }
-    }
-}
-
-#[test]
-fn fixed16_is_within_half_a_step_and_its_sums_fit_i32() {
-    let mut rng = SmallRng::seed_from_u64(13);
-    let mut q = Vec::new();
-    for len in [1usize, 16, 516, 517, 11008] {
-        let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1e3f32..1e3)).collect();
-        let step = fixed16(&v, &mut q);
-        assert_eq!(q.len(), len);
-        for (&a, &b) in v.iter().zip(&q) {
-            let err = (a - f32::from(b) * step).abs();
-            assert!(
-                err <= step * 0.5001 + a.abs() * 1e-6,
-                "len {len}: {a} vs {b}·{step}"
-            );
-        }
-        // The largest int8 row sum these activations can reach fits an i32.
-        let worst: i64 = q.iter().map(|&b| 127 * i64::from(b).abs()).sum();
-        assert!(worst <= i64::from(i32::MAX), "len {len}: {worst}");
-    }
-    assert_eq!(fixed16(&[0.0, 0.0], &mut q), 0.0);
-    assert_eq!(q, [0, 0]);
-}
-
-#[test]
 fn gather_mixed_input_equals_the_naive_product() {
     // int8 activations plus a few f32 columns (the executor's activation outliers): row r is
-    // s_r·(xs·Σ q·w + f_r), f_r the f32 sum in the columns' order (T2) or the 16-bit fixed-point
-    // sum (I8), at every ISA and thread count.
+    // s_r·(xs·Σ q·w + f_r), f_r the f32 sum in the columns' order, at every ISA and thread count.
     let mut rng = SmallRng::seed_from_u64(8);
     for &(d_out, d_in) in SHAPES {
         let IntegerMatrices {
@@ -644,24 +603,10 @@ fn gather_mixed_input_equals_the_naive_product() {
                     .map(|i| {
                         let w = |j: u32| codes[i * d_in + j as usize];
                         let acc = int_row_sum(&codes[i * d_in..], &x);
-                        let f = if m.format == Format::I8 {
-                            // I8: the f32 columns in 16-bit fixed point, summed exactly.
-                            let mut q = Vec::new();
-                            let step = fixed16(&exact.values, &mut q);
-                            let sum: i32 = exact
-                                .indices
-                                .iter()
-                                .zip(&q)
-                                .map(|(&j, &v)| i32::from(v) * i32::from(w(j)))
-                                .sum();
-                            sum as f32 * step
-                        } else {
-                            let mut f = 0.0f32;
-                            for (&j, &v) in exact.indices.iter().zip(&exact.values) {
-                                f += f32::from(w(j)) * v;
-                            }
-                            f
-                        };
+                        let mut f = 0.0f32;
+                        for (&j, &v) in exact.indices.iter().zip(&exact.values) {
+                            f += f32::from(w(j)) * v;
+                        }
                         acc as f32 * (xs * scales[i]) + scales[i] * f
                     })
                     .collect();
