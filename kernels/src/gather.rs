@@ -21,9 +21,9 @@ use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, LINES_PER_TILE, LINE_BYTES, MAX_LINE_ROWS};
 use crate::topk::Sparse;
 
-/// Below this many weight bytes per product, threading costs more than it saves. (256 KB while a
-/// region had to wake a sleeping worker; the executor keeps its workers awake through a step,
-/// and a SmolLM2 o-projection at S = 0.5, 166 KB, gained from two threads.)
+/// Below this many weight bytes per product, threading costs more than it saves. (Lowered from
+/// 256 KB: a cold 576 x 576 int8 product at S = 0.5, 166 KB, took 24.3 µs on two threads against
+/// 25.7 on one, `examples/cold_matvec.rs`; a small gain, and the executor's workers are awake.)
 pub const PARALLEL_MIN_BYTES: usize = 96 * 1024;
 
 /// The sparse activation a product consumes.
@@ -562,7 +562,7 @@ impl Kernel {
         }
     }
 
-    /// As `i8_runs`, with int16 activations (the fixed-point outliers of a mixed input): the AVX2
+    /// As `i8_runs`, with int16 activations ([`Input::I16`]: int8 values plus outliers): the AVX2
     /// kernel's `vpmaddwd` takes them as they are (AVX-512 machines use it too); other ISAs run
     /// the reference loop, a few columns only.
     fn i8_runs_i16(self, l: Lines<'_>, n: usize, idx: &[u32], val: &[i16], acc: &mut [i32]) {

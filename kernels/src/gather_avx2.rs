@@ -133,7 +133,7 @@ unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
 /// in order, summed into int32 accumulators in L1. Interleaving after a 256-bit widening instead
 /// (two µops per unpack, rows reordered at the end) ran at the same 4.6-5.0 weights/cycle on one
 /// core (`examples/hot_rate.rs`); this form needs no reordering.
-/// Activations are int8, or int16 (the fixed-point activation outliers): `vpmaddwd` takes both.
+/// Activations are int8, or int16 (`Input::I16`: the activation outliers at the int8 scale): `vpmaddwd` takes both.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn i8_runs<V: Copy + Default + Into<i16>>(
     l: Lines<'_>,

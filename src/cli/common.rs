@@ -21,8 +21,8 @@ pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "int8")]
     pub weights: WeightsArg,
     /// With int8 weights: how many of each activation vector's largest values skip int8
-    /// quantization and are applied at higher precision (f32 values; 16-bit fixed point against
-    /// int8 weights) (0 = plain absmax, as in Q-Sparse).
+    /// quantization (as int16 at the same scale against int8 weights, in f32 against ternary
+    /// ones), so they do not flatten the rest (0 = plain absmax, as in Q-Sparse).
     #[arg(long, default_value_t = crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS)]
     pub act_outliers: usize,
 }

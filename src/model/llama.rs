@@ -7,18 +7,14 @@
 //! (same input), gate/up share one. Attention scores and the lm_head stay dense by default.
 //!
 //! One deviation from plain absmax: the few largest activations of a vector (by default 32) are
-//! kept out of the int8 quantization and applied at higher precision. Models trained without
-//! int8 activations have a handful of massive outliers per vector; letting them set γ leaves everything else a few
+//! kept out of the int8 quantization: as int16 at the same scale against I8 weights (one integer
+//! pass), as f32 columns against T2 weights. Models trained without int8 activations have a
+//! handful of massive outliers per vector; letting them set γ leaves everything else a few
 //! levels. On SmolLM2 (data/english.txt, ctx 256) int8 weights cost +9.2% perplexity over f32
-//! with plain absmax, +1.6% with 16 outliers kept out (`--act-outliers` sets the number). The
-//! int8 figure moves by a few tenths of a percent with float rounding elsewhere (a different
-//! rounding realization of the quantized activations): 8 outliers measured +1.66% and +2.05% on
-//! two builds whose attention sums differ only in order, 16 measured +1.60% and then +2.10% after
-//! the attention kernel's scores changed summation order, 32 measured +1.48% on that build; with
-//! every activation in f32 (only the weights' int8 error left) it is +1.66%. So ~1.6% is the
-//! weights' share and the rest is realization noise. With I8 weights the outliers now join the
-//! integer pass as int16 at the int8 scale (their error is then the others' absolute error, far
-//! below their magnitude; separate f32 sums cost ~2.5 ms of a step): +1.66%.
+//! with plain absmax and +1.66% with 32 outliers; with every activation in f32 it is also +1.66%,
+//! the int8 weights' own share. Builds that only reordered float sums elsewhere moved the figure
+//! by a few tenths (16 outliers: +1.60% and +2.10%; 32 with f32 outlier sums: +1.48%): a
+//! different rounding realization of the quantized activations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -137,7 +133,7 @@ struct Selection {
     scale: f32,
     quantized: Vec<i8>,
     scratch: Vec<f32>,
-    /// Int8 path: the largest activations, applied in f32 (index, value).
+    /// Int8 path: the largest activations, kept out of the quantization (index, value).
     outliers: Sparse<f32>,
     /// `largest_f32`'s working list.
     keys: Vec<u64>,
@@ -147,9 +143,10 @@ struct Selection {
 
 /// The kept int8 entries and the outliers as one int16 input at the int8 scale γ/127, the
 /// outliers' values round(127·v/γ) (within the range `select` chose γ for, at most ±32767). A
-/// dense selection (all d slots) holds the outliers' slots as zeros: they take the values there. A sparse one
-/// does not hold them: they follow its entries (the product does not need ascending indices).
-/// No merge: a branchy merge over every slot cost ~5 µs per selection on SmolLM2.
+/// dense selection (all d slots) holds the outliers' slots as zeros: they take the values there.
+/// A sparse one does not hold them: they follow its entries (the product does not need ascending
+/// indices; merging them into order made SmolLM2's S = 0.5 products ~3% faster and the
+/// selection about as much slower, one profile).
 fn widen_with_outliers(
     int: &Sparse<i8>,
     d: usize,
@@ -603,12 +600,14 @@ struct Attention<'a> {
 }
 
 /// Below this many multiply-adds per layer (heads × positions × head_dim), attention stays on one
-/// thread. With the pool's workers kept awake through a step a region costs well under a µs,
-/// so only the shortest contexts stay serial (SmolLM2: from 29 positions on).
-const PARALLEL_ATTENTION_MIN: usize = 16 * 1024;
+/// thread: a parallel region costs about as much as ~30 µs of it. (Lowered to 16 Ki with the
+/// workers kept awake, the attention phase was 386-509 µs per token against 427-487 in 3 pairs:
+/// no clear gain, so left here.)
+const PARALLEL_ATTENTION_MIN: usize = 64 * 1024;
 
-/// gate ← SiLU(gate)·up, halved across two workers when it is long enough (libm's exp makes it
-/// ~10 µs per SmolLM2 layer; the profile's element-wise phase fell ~20% split).
+/// gate ← SiLU(gate)·up, halved across two workers when it is long enough (libm's exp is the
+/// cost): the profile's element-wise phase took 311-370 µs per token against 400-416 serial
+/// (3 pairs of `qsparse bench --profile`).
 fn swiglu(gate: &mut [f32], up: &[f32]) {
     let serial = |gate: &mut [f32], up: &[f32]| {
         for (g, u) in gate.iter_mut().zip(up) {
