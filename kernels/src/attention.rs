@@ -75,26 +75,13 @@ trait MulAdd {
     /// scores[g·row + t] = q_g·k_t · scale for every query g and position t.
     #[inline(always)]
     fn scores(h: &KvHead<'_>, positions: usize, scores: &mut [f32], row: usize) {
-        let hd = h.head_dim;
-        for t in 0..positions {
-            let k = &h.keys[t * h.stride + h.offset..][..hd];
-            for (g, q) in h.queries.chunks_exact(hd).enumerate() {
-                scores[g * row + t] = Self::dot(q, k) * h.scale;
-            }
-        }
+        scores_by_dot::<Self>(h, 0..positions, scores, row)
     }
 
     /// out_g = Σ_t p_{g,t}·v_t (out zeroed here), summed in position order.
     #[inline(always)]
     fn weighted_sum(h: &KvHead<'_>, positions: usize, scores: &[f32], row: usize, out: &mut [f32]) {
-        let hd = h.head_dim;
-        out.fill(0.0);
-        for t in 0..positions {
-            let v = &h.values[t * h.stride + h.offset..][..hd];
-            for (g, o) in out.chunks_exact_mut(hd).enumerate() {
-                Self::axpy(scores[g * row + t], v, o);
-            }
-        }
+        weighted_sum_by_axpy::<Self>(h, positions, scores, row, out)
     }
 
     /// s_i = e^(s_i − max s); returns Σ s_i.
@@ -144,13 +131,7 @@ impl MulAdd for Fused {
         use std::arch::x86_64::*;
         let hd = h.head_dim;
         if !hd.is_multiple_of(8) {
-            for t in 0..positions {
-                let k = &h.keys[t * h.stride + h.offset..][..hd];
-                for (g, q) in h.queries.chunks_exact(hd).enumerate() {
-                    scores[g * row + t] = Self::dot(q, k) * h.scale;
-                }
-            }
-            return;
+            return scores_by_dot::<Self>(h, 0..positions, scores, row);
         }
         let full = positions / 8 * 8;
         for (g, q) in h.queries.chunks_exact(hd).enumerate() {
@@ -174,11 +155,9 @@ impl MulAdd for Fused {
                 }
                 t += 8;
             }
-            for t in full..positions {
-                let k = &h.keys[t * h.stride + h.offset..][..hd];
-                scores[g * row + t] = Self::dot(q, k) * h.scale;
-            }
         }
+        // The last positions % 8, one dot product each.
+        scores_by_dot::<Self>(h, full..positions, scores, row);
     }
 
     /// Each query's output slice (up to 64 floats) held in eight registers across all positions,
@@ -188,14 +167,7 @@ impl MulAdd for Fused {
         use std::arch::x86_64::*;
         let hd = h.head_dim;
         if !hd.is_multiple_of(8) {
-            out.fill(0.0);
-            for t in 0..positions {
-                let v = &h.values[t * h.stride + h.offset..][..hd];
-                for (g, o) in out.chunks_exact_mut(hd).enumerate() {
-                    Self::axpy(scores[g * row + t], v, o);
-                }
-            }
-            return;
+            return weighted_sum_by_axpy::<Self>(h, positions, scores, row, out);
         }
         for (g, o) in out.chunks_exact_mut(hd).enumerate() {
             for base in (0..hd).step_by(64) {
@@ -304,6 +276,42 @@ impl MulAdd for Fused {
             sum += *v;
         }
         sum
+    }
+}
+
+/// scores[g·row + t] = q_g·k_t · scale for positions t in `positions`, one dot product each.
+#[inline(always)]
+fn scores_by_dot<M: MulAdd + ?Sized>(
+    h: &KvHead<'_>,
+    positions: std::ops::Range<usize>,
+    scores: &mut [f32],
+    row: usize,
+) {
+    let hd = h.head_dim;
+    for t in positions {
+        let k = &h.keys[t * h.stride + h.offset..][..hd];
+        for (g, q) in h.queries.chunks_exact(hd).enumerate() {
+            scores[g * row + t] = M::dot(q, k) * h.scale;
+        }
+    }
+}
+
+/// out_g = Σ_t p_{g,t}·v_t (out zeroed here) in position order, one `axpy` per position.
+#[inline(always)]
+fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
+    h: &KvHead<'_>,
+    positions: usize,
+    scores: &[f32],
+    row: usize,
+    out: &mut [f32],
+) {
+    let hd = h.head_dim;
+    out.fill(0.0);
+    for t in 0..positions {
+        let v = &h.values[t * h.stride + h.offset..][..hd];
+        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+            M::axpy(scores[g * row + t], v, o);
+        }
     }
 }
 
