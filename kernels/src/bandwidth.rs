@@ -9,7 +9,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::isa::Isa;
-use crate::layout::AlignedBytes;
+use crate::memory::AlignedBytes;
 
 /// A buffer for [`read_bandwidth`], filled so that its pages are really mapped.
 pub fn buffer(bytes: usize) -> AlignedBytes {

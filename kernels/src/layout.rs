@@ -40,6 +40,8 @@
 
 use half::f16;
 
+use crate::memory::AlignedBytes;
+
 /// Bytes of one line: one column's weights for [`Format::rows_per_line`] rows.
 pub const LINE_BYTES: usize = 64;
 
@@ -242,43 +244,6 @@ fn locate(format: Format, d_in: usize, d_out: usize, row: usize, j: usize) -> (u
 pub fn t2_position(r: usize) -> (usize, u32) {
     let (g, q, k) = (r / 32, (r % 32) / 8, r % 8);
     (8 * g + k, 2 * q as u32)
-}
-
-/// 64-byte aligned owned bytes.
-#[derive(Clone)]
-pub struct AlignedBytes {
-    blocks: Vec<Block>,
-    len: usize,
-}
-
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Block([u8; 64]);
-
-impl AlignedBytes {
-    pub fn zeroed(len: usize) -> Self {
-        AlignedBytes {
-            blocks: vec![Block([0; 64]); len.div_ceil(64)],
-            len,
-        }
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `blocks` is a contiguous, initialized allocation of at least `len` bytes, and
-        // Block is plain bytes with no padding.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr() as *const u8, self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and the borrow is unique.
-        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut u8, self.len) }
-    }
-}
-
-impl std::fmt::Debug for AlignedBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AlignedBytes({} bytes)", self.len)
-    }
 }
 
 /// An owned matrix in the tiled layout (made by the packers below).

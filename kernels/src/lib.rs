@@ -22,6 +22,7 @@ mod gather_avx512;
 mod gather_neon;
 pub mod isa;
 pub mod layout;
+pub mod memory;
 pub mod quant;
 pub mod topk;
 

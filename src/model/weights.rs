@@ -2,6 +2,7 @@
 //! kernels' tiled column-major formats (`--weights f32|f16|int8`). Norm vectors stay f32; the token
 //! embedding stays in the file (mapped) and one row is dequantized per token.
 
+use qsparse_kernels::memory::{share_huge_pages, AlignedBytes};
 use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
 use rayon::prelude::*;
 
@@ -219,7 +220,7 @@ impl Weights {
                 tensor: emb.name.clone(),
                 what,
             })?) as usize;
-        Ok(Weights {
+        let mut weights = Weights {
             format,
             embedding: Embedding {
                 info: emb,
@@ -228,7 +229,28 @@ impl Weights {
             layers,
             output_norm: norm("output_norm.weight".to_string())?,
             lm_head,
-        })
+        };
+        weights.place_in_memory();
+        Ok(weights)
+    }
+
+    /// All matrices into one huge-page mapping, in the order a forward pass reads them (see
+    /// `qsparse_kernels::memory`: SmolLM2 decodes 5% faster dense and 13% at S = 0.5). Setting
+    /// `QSPARSE_NO_HUGE_PAGES=1` keeps them on ordinary pages, to measure the difference.
+    fn place_in_memory(&mut self) {
+        let mut data: Vec<&mut AlignedBytes> = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down])
+            .chain([&mut self.lm_head])
+            .map(|m| &mut m.matrix.data)
+            .collect();
+        if std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
+            data.iter_mut().for_each(|d| d.move_to_heap());
+        } else {
+            // Declined (no such mapping on this OS): the heap blocks stay, equally correct.
+            let _ = share_huge_pages(&mut data);
+        }
     }
 
     /// Bytes of all linear layers and the lm_head in their converted format.
