@@ -15,7 +15,7 @@ fn main() {
     let buf = buffer(256 << 20);
     let b = buf.as_slice();
     println!("{:>6} {:>6} {:>12}", "run B", "kept", "useful GB/s");
-    for run in [64usize, 256, 1024, 2048, 4096] {
+    for run in [64usize, 256, 1024, 2048, 4096, 8192, 16384] {
         let n = b.len() / run;
         for keep in [1.0f64, 0.5, 0.25] {
             // A fixed pseudo-random subset of the runs, in ascending order.
