@@ -600,10 +600,10 @@ struct Attention<'a> {
 }
 
 /// Below this many multiply-adds per layer (heads × positions × head_dim), attention stays on one
-/// thread: a parallel region costs about as much as ~30 µs of it. (Lowered to 16 Ki with the
-/// workers kept awake, the attention phase was 386-509 µs per token against 427-487 in 3 pairs:
-/// no clear gain, so left here.)
-const PARALLEL_ATTENTION_MIN: usize = 64 * 1024;
+/// thread (SmolLM2: below 15 positions). With the query heads split evenly, 8 Ki against 64 Ki:
+/// the attention phase took 337-418 µs per token against 419-440 at 16 + 64 positions (3 pairs
+/// of `qsparse bench --profile`); 0 and 8 Ki were alike, 32 Ki slower.
+const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
 
 /// gate ← SiLU(gate)·up, halved across two workers when it is long enough (libm's exp is the
 /// cost): the profile's element-wise phase took 311-370 µs per token against 400-416 serial
