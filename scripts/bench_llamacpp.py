@@ -7,7 +7,11 @@ quantizer), the format the int8 path is compared with. Each round times, in turn
 Q4_1 and Q8_0 (greedy decode, 2 threads, its own perf counters) and `qsparse bench` at
 S = 0 and 0.5 (int8). Prints medians and ratios; --json for machine-readable output.
 
-    scripts/bench_llamacpp.py [--rounds 5] [--gen 64] [--json]
+    scripts/bench_llamacpp.py [--rounds 5] [--gen 64] [--prompt-tokens N] [--json]
+
+--prompt-tokens N decodes after an N-token prompt (the start of data/english.txt for llama.cpp,
+`qsparse bench`'s own text for qsparse), where attention over the cache weighs more; prompt
+evaluation speeds are then reported too.
 """
 
 import argparse
@@ -43,58 +47,75 @@ def q8_0_copy():
     return out
 
 
-def llama_decode(llm, gen):
-    """Decode tok/s as llama.cpp's own counters report it (generation, prompt excluded), so the
-    Python binding's per-token overhead is not charged to llama.cpp."""
+def llama_decode(llm, gen, prompt):
+    """(decode, prompt) tok/s as llama.cpp's own counters report them (generation excludes the
+    prompt), so the Python binding's per-token overhead is not charged to llama.cpp."""
     llm.reset()
     ctx = llm._ctx.ctx
     llama_cpp.llama_perf_context_reset(ctx)
-    llm.create_completion(PROMPT, max_tokens=gen, temperature=0.0, top_k=1)
+    llm.create_completion(prompt, max_tokens=gen, temperature=0.0, top_k=1)
     perf = llama_cpp.llama_perf_context(ctx)
-    return perf.n_eval / (perf.t_eval_ms / 1e3)
+    return perf.n_eval / (perf.t_eval_ms / 1e3), perf.n_p_eval / (perf.t_p_eval_ms / 1e3)
 
 
-def qsparse_decode(sparsity, gen):
+def qsparse_decode(sparsity, gen, prompt_tokens):
     out = subprocess.run(
-        [QSPARSE, "bench", "--sparsity", str(sparsity), "--prompt-tokens", "16",
+        [QSPARSE, "bench", "--sparsity", str(sparsity), "--prompt-tokens", str(prompt_tokens),
          "--gen-tokens", str(gen), "--runs", "3", "--json"],
         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["decode_tok_s"]
+    j = json.loads(out)
+    return j["decode_tok_s"], j["prefill_tok_s"]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if not os.path.exists(QSPARSE):
         subprocess.check_call(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
     q8 = q8_0_copy()
-    llms = {name: llama_cpp.Llama(path, n_ctx=256, n_threads=2, n_threads_batch=2,
+    n_ctx = max(256, a.prompt_tokens + a.gen + 16)
+    llms = {name: llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=2, n_threads_batch=2,
                                   verbose=False)
             for name, path in [("llama.cpp Q4_1", MODEL), ("llama.cpp Q8_0", q8)]}
+    prompt, q_prompt = PROMPT, 16
+    if a.prompt_tokens:
+        with open(os.path.join(ROOT, "data", "english.txt"), encoding="utf-8") as f:
+            ids = next(iter(llms.values())).tokenize(f.read().encode())[:a.prompt_tokens]
+        prompt = next(iter(llms.values())).detokenize(ids).decode("utf-8", errors="ignore")
+        q_prompt = a.prompt_tokens
     results = {name: [] for name in [*llms, "qsparse int8 S=0", "qsparse int8 S=0.5"]}
+    prefill = {name: [] for name in results}
     for name, llm in llms.items():
-        llama_decode(llm, 8)  # warm-up
+        llama_decode(llm, 8, PROMPT)  # warm-up
     for r in range(a.rounds):
-        for name, llm in llms.items():
-            results[name].append(llama_decode(llm, a.gen))
-        results["qsparse int8 S=0"].append(qsparse_decode(0.0, a.gen))
-        results["qsparse int8 S=0.5"].append(qsparse_decode(0.5, a.gen))
+        runs = {name: (lambda llm=llm: llama_decode(llm, a.gen, prompt)) for name, llm in llms.items()}
+        runs["qsparse int8 S=0"] = lambda: qsparse_decode(0.0, a.gen, q_prompt)
+        runs["qsparse int8 S=0.5"] = lambda: qsparse_decode(0.5, a.gen, q_prompt)
+        for name, run in runs.items():
+            dec, pre = run()
+            results[name].append(dec)
+            prefill[name].append(pre)
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
               file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
+    med_prefill = {k: statistics.median(v) for k, v in prefill.items()}
     ratios = {
         "qsparse_int8_dense_vs_llamacpp_q8_0": med["qsparse int8 S=0"] / med["llama.cpp Q8_0"],
         "qsparse_int8_dense_vs_llamacpp_q4_1": med["qsparse int8 S=0"] / med["llama.cpp Q4_1"],
         "qsparse_s05_vs_own_dense": med["qsparse int8 S=0.5"] / med["qsparse int8 S=0"],
     }
     if a.json:
-        print(json.dumps({"median_decode_tok_s": med, "runs": results, "ratios": ratios}, indent=2))
+        print(json.dumps({"prompt_tokens": q_prompt, "median_decode_tok_s": med,
+                          "median_prompt_tok_s": med_prefill, "runs": results,
+                          "ratios": ratios}, indent=2))
     else:
         for k, v in med.items():
-            print(f"{k:<22} {v:7.1f} tok/s (median of {a.rounds})")
+            extra = f", prompt {med_prefill[k]:.1f} tok/s" if a.prompt_tokens else ""
+            print(f"{k:<22} {v:7.1f} tok/s (median of {a.rounds}){extra}")
         for k, v in ratios.items():
             print(f"{k:<38} {v:5.2f}x")
 
