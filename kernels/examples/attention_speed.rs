@@ -11,8 +11,8 @@ use qsparse_kernels::Isa;
 fn main() {
     let (hd, group, stride) = (64, 3, 192);
     for positions in [64usize, 380, 2000] {
-        let keys: Vec<f32> = (0..positions * stride)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        let keys: Vec<half::f16> = (0..positions * stride)
+            .map(|i| half::f16::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5))
             .collect();
         let values = keys.clone();
         let queries: Vec<f32> = (0..group * hd)

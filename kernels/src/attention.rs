@@ -6,6 +6,8 @@
 //! once per head, not per dot product. Both use the polynomial [`exp`], so the two differ only by
 //! rounding (FMA and summation order): tests bound the difference.
 
+use half::f16;
+
 use crate::isa::Isa;
 
 /// One key/value head and the query heads that share it.
@@ -14,9 +16,10 @@ pub struct KvHead<'a> {
     /// `group` query vectors of `head_dim`, one after another.
     pub queries: &'a [f32],
     /// Cached keys and values of positions 0..n: position t's vector for this head starts at
-    /// `t * stride + offset`.
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    /// `t * stride + offset`. Half precision, as llama.cpp caches them by default: half the bytes
+    /// a long context reads per step.
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
     pub stride: usize,
     pub offset: usize,
     pub head_dim: usize,
@@ -60,15 +63,15 @@ trait MulAdd {
 
     /// Σ a_i·b_i.
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn dot(a: &[f32], b: &[f16]) -> f32 {
         dot::<Self>(a, b)
     }
 
     /// out += p·v.
     #[inline(always)]
-    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+    fn axpy(p: f32, v: &[f16], out: &mut [f32]) {
         for (o, &vv) in out.iter_mut().zip(v) {
-            *o = Self::mul_add(p, vv, *o);
+            *o = Self::mul_add(p, vv.to_f32(), *o);
         }
     }
 
@@ -115,10 +118,10 @@ impl MulAdd for Fused {
 
     /// The dense kernels' AVX2 dot product (LLVM did not vectorize the portable loop).
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn dot(a: &[f32], b: &[f16]) -> f32 {
         // SAFETY: only called from the AVX2+FMA+F16C function `avx2`, whose caller holds the V3
-        // token; `dot_f32` reads the common length of both slices.
-        unsafe { crate::dense::avx2::dot_f32(a, b) }
+        // token; `dot_f16` reads the common length of both slices.
+        unsafe { crate::dense::avx2::dot_f16(b, a) }
     }
 
     /// Eight positions per step when head_dim is a multiple of 8: eight accumulators (one per
@@ -146,7 +149,7 @@ impl MulAdd for Fused {
                         let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
                         for (p, a) in acc.iter_mut().enumerate() {
                             let k = h.keys.as_ptr().add((t + p) * h.stride + h.offset + 8 * c);
-                            *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), *a);
+                            *a = _mm256_fmadd_ps(qc, load_f16(k), *a);
                         }
                     }
                     let sums = sum_lanes8(acc);
@@ -181,7 +184,7 @@ impl MulAdd for Fused {
                         let p = _mm256_set1_ps(*scores.get_unchecked(g * row + t));
                         let v = h.values.as_ptr().add(t * h.stride + h.offset + base);
                         for (i, a) in acc.iter_mut().enumerate().take(lanes) {
-                            *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * i)), *a);
+                            *a = _mm256_fmadd_ps(p, load_f16(v.add(8 * i)), *a);
                         }
                     }
                     for (i, a) in acc.iter().enumerate().take(lanes) {
@@ -193,7 +196,7 @@ impl MulAdd for Fused {
     }
 
     #[inline(always)]
-    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+    fn axpy(p: f32, v: &[f16], out: &mut [f32]) {
         use std::arch::x86_64::*;
         let n = v.len().min(out.len());
         let main = n / 8 * 8;
@@ -206,13 +209,13 @@ impl MulAdd for Fused {
                 let o = out.as_mut_ptr().add(i);
                 _mm256_storeu_ps(
                     o,
-                    _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+                    _mm256_fmadd_ps(pv, load_f16(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
                 );
                 i += 8;
             }
         }
         for (o, &vv) in out[main..n].iter_mut().zip(&v[main..n]) {
-            *o = p.mul_add(vv, *o);
+            *o = p.mul_add(vv.to_f32(), *o);
         }
     }
 
@@ -315,6 +318,49 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
     }
 }
 
+/// Eight halves from `p` as f32 (exact).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_f16(p: *const f16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller holds F16C and guarantees 8 readable halves at p.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+}
+
+/// dst = src rounded to the nearest half (ties to even; beyond ±65504: ±inf), as
+/// `half::f16::from_f32` does: how keys and values enter the cache.
+pub fn store_f16(isa: Isa, src: &[f32], dst: &mut [f16]) {
+    assert_eq!(src.len(), dst.len(), "store_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) && crate::isa::x86::v3().is_some() {
+        // SAFETY: the V3 token proves AVX2 and F16C; the lengths are equal.
+        unsafe { store_f16_avx2(src, dst) };
+        return;
+    }
+    let _ = isa;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_f16_avx2(src: &[f32], dst: &mut [f16]) {
+    use std::arch::x86_64::*;
+    let main = src.len() / 8 * 8;
+    for i in (0..main).step_by(8) {
+        // SAFETY: i + 8 <= main <= both lengths.
+        unsafe {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+    }
+    for (d, &v) in dst[main..].iter_mut().zip(&src[main..]) {
+        *d = f16::from_f32(v);
+    }
+}
+
 /// The eight horizontal sums of eight vectors, in order, as one vector.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -361,19 +407,19 @@ fn body<M: MulAdd>(
 /// Dot product with four 8-wide partial sums (independent chains the compiler keeps in SIMD
 /// registers).
 #[inline(always)]
-fn dot<M: MulAdd + ?Sized>(a: &[f32], b: &[f32]) -> f32 {
+fn dot<M: MulAdd + ?Sized>(a: &[f32], b: &[f16]) -> f32 {
     let mut acc = [[0f32; 8]; 4];
     let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * y.to_f32())
         .sum();
     for (x, y) in ca.zip(cb) {
         for (c, acc) in acc.iter_mut().enumerate() {
             for i in 0..8 {
-                acc[i] = M::mul_add(x[8 * c + i], y[8 * c + i], acc[i]);
+                acc[i] = M::mul_add(x[8 * c + i], y[8 * c + i].to_f32(), acc[i]);
             }
         }
     }

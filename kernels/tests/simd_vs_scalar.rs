@@ -625,6 +625,44 @@ fn gather_mixed_input_equals_the_naive_product() {
 }
 
 #[test]
+fn caching_as_halves_rounds_like_the_half_crate() {
+    use qsparse_kernels::attention::store_f16;
+    let mut rng = SmallRng::seed_from_u64(10);
+    let mut src: Vec<f32> = (0..1000)
+        .map(|i| rng.random_range(-1.0f32..1.0) * 10f32.powi(i % 12 - 6))
+        .collect();
+    // Ties, the edges of the half range, subnormals, non-finite values; odd length (a tail).
+    src.extend([
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        -1e9,
+        6e-8,
+        3e-8,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+    ]);
+    for isa in isas() {
+        for n in [0, 1, 7, 8, 9, src.len()] {
+            let mut dst = vec![f16::ZERO; n];
+            store_f16(isa, &src[..n], &mut dst);
+            for (i, (&got, &v)) in dst.iter().zip(&src).enumerate() {
+                let want = f16::from_f32(v);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{isa} [{i}] {v}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn attention_equals_the_f64_reference_at_every_isa() {
     use qsparse_kernels::attention::{attend, KvHead};
     let mut rng = SmallRng::seed_from_u64(9);
@@ -639,8 +677,10 @@ fn attention_equals_the_f64_reference_at_every_isa() {
         let stride = n_kv * head_dim;
         let mut vec =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-spread..spread)).collect() };
-        let keys = vec(positions * stride);
-        let values = vec(positions * stride);
+        // The cache holds halves: the reference reads the same rounded values.
+        let half = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
+        let keys = half(vec(positions * stride));
+        let values = half(vec(positions * stride));
         let queries = vec(group * head_dim);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let kvh = 1;
@@ -653,7 +693,7 @@ fn attention_equals_the_f64_reference_at_every_isa() {
                     let k = &keys[t * stride + kvh * head_dim..][..head_dim];
                     q.iter()
                         .zip(k)
-                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .map(|(a, b)| *a as f64 * b.to_f64())
                         .sum::<f64>()
                         * scale as f64
                 })
@@ -664,7 +704,7 @@ fn attention_equals_the_f64_reference_at_every_isa() {
             for t in 0..positions {
                 let v = &values[t * stride + kvh * head_dim..][..head_dim];
                 for i in 0..head_dim {
-                    want[g * head_dim + i] += e[t] / sum * v[i] as f64;
+                    want[g * head_dim + i] += e[t] / sum * v[i].to_f64();
                 }
             }
         }

@@ -18,7 +18,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use qsparse_kernels::attention::{self, KvHead};
+use half::f16;
+use qsparse_kernels::attention::{self, store_f16, KvHead};
 use qsparse_kernels::{
     gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format, Input, Isa,
     NonFinite, Sparse,
@@ -292,8 +293,9 @@ pub struct RunState {
     ffn_out: Vec<f32>,
     scores: Vec<f32>,
     pub logits: Vec<f32>,
-    key_cache: Vec<f32>,
-    value_cache: Vec<f32>,
+    /// Keys and values in half precision (see `attention::KvHead`).
+    key_cache: Vec<f16>,
+    value_cache: Vec<f16>,
     ctx: usize,
     /// This step's RoPE (sin, cos) per rotated pair.
     rope: Vec<(f32, f32)>,
@@ -318,8 +320,8 @@ impl RunState {
             ffn_out: vec![0.0; config.d_model],
             scores: vec![0.0; config.n_heads * ctx],
             logits: vec![0.0; config.vocab_size],
-            key_cache: vec![0.0; config.n_layers * ctx * kv],
-            value_cache: vec![0.0; config.n_layers * ctx * kv],
+            key_cache: vec![f16::ZERO; config.n_layers * ctx * kv],
+            value_cache: vec![f16::ZERO; config.n_layers * ctx * kv],
             ctx,
             rope: Vec::with_capacity(config.rope_dim / 2),
             sparsifier: Sparsifier {
@@ -472,8 +474,9 @@ impl Model {
 
             let layer_off = l * state.ctx * kv_dim;
             let at = layer_off + pos * kv_dim;
-            state.key_cache[at..at + kv_dim].copy_from_slice(k);
-            state.value_cache[at..at + kv_dim].copy_from_slice(v);
+            let isa = state.sparsifier.isa;
+            store_f16(isa, k, &mut state.key_cache[at..at + kv_dim]);
+            store_f16(isa, v, &mut state.value_cache[at..at + kv_dim]);
 
             attend(
                 state.sparsifier.isa,
@@ -590,8 +593,8 @@ impl Model {
 /// and values of positions 0..=pos.
 struct Attention<'a> {
     q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [f16],
+    values: &'a [f16],
     kv_dim: usize,
     head_dim: usize,
     /// Query heads per key/value head.
@@ -752,8 +755,9 @@ mod tests {
         let (hd, n_q, n_kv, positions, ctx) = (64, 9, 3, 300, 320);
         let kv_dim = n_kv * hd;
         let q: Vec<f32> = (0..n_q * hd).map(|_| rnd()).collect();
-        let keys: Vec<f32> = (0..positions * kv_dim).map(|_| rnd()).collect();
-        let values: Vec<f32> = (0..positions * kv_dim).map(|_| rnd()).collect();
+        let mut half = || f16::from_f32(rnd());
+        let keys: Vec<f16> = (0..positions * kv_dim).map(|_| half()).collect();
+        let values: Vec<f16> = (0..positions * kv_dim).map(|_| half()).collect();
         assert!(q.len() * positions >= PARALLEL_ATTENTION_MIN);
         let run = |threads: usize| {
             let (mut scores, mut out) = (vec![0f32; n_q * ctx], vec![0f32; n_q * hd]);
