@@ -128,67 +128,85 @@ impl MulAdd for Fused {
     /// position) over the query's 8-lane slices, then one transposing reduction for all eight,
     /// instead of a horizontal sum per dot product. With `weighted_sum` below, one SmolLM2
     /// key/value head (`examples/attention_speed.rs`) went from 5.2 to 2.8 µs at 64 positions and
-    /// from 31.5 to 19.7 µs at 380.
+    /// from 31.5 to 19.7 µs at 380. The cached halves are widened once per block of positions
+    /// into an L1 scratch that every query of the group then reads ([`widen_block`]).
     #[inline(always)]
     fn scores(h: &KvHead<'_>, positions: usize, scores: &mut [f32], row: usize) {
         use std::arch::x86_64::*;
         let hd = h.head_dim;
-        if !hd.is_multiple_of(8) {
+        if !hd.is_multiple_of(8) || hd > MAX_BLOCK_DIM {
             return scores_by_dot::<Self>(h, 0..positions, scores, row);
         }
         let full = positions / 8 * 8;
-        for (g, q) in h.queries.chunks_exact(hd).enumerate() {
-            let mut t = 0;
-            while t < full {
-                // SAFETY: only called from `avx2` (V3 token held); `attend` checked that position
-                // t + 7's key (offset + head_dim past t·stride) lies in `keys`, and that
-                // scores holds row >= positions floats for each query.
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); 8];
-                    for c in 0..hd / 8 {
-                        let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-                        for (p, a) in acc.iter_mut().enumerate() {
-                            let k = h.keys.as_ptr().add((t + p) * h.stride + h.offset + 8 * c);
-                            *a = _mm256_fmadd_ps(qc, load_f16(k), *a);
+        // Written by `widen_block` before it is read (no zeroing: 32 KiB per call).
+        let mut block = std::mem::MaybeUninit::<[f32; BLOCK * MAX_BLOCK_DIM]>::uninit();
+        let block = block.as_mut_ptr() as *mut f32;
+        for t0 in (0..full).step_by(BLOCK) {
+            let n = (full - t0).min(BLOCK);
+            // SAFETY: only called from `avx2` (V3 token held); positions t0 .. t0 + n < positions
+            // hold keys (checked in `attend`).
+            unsafe { widen_block(h.keys, h, t0, n, block) };
+            for (g, q) in h.queries.chunks_exact(hd).enumerate() {
+                for t in (0..n).step_by(8) {
+                    // SAFETY: as above; `block` holds n >= t + 8 positions of hd floats, and
+                    // scores holds row >= positions floats for each query.
+                    unsafe {
+                        let mut acc = [_mm256_setzero_ps(); 8];
+                        for c in 0..hd / 8 {
+                            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+                            for (p, a) in acc.iter_mut().enumerate() {
+                                let k = block.add((t + p) * hd + 8 * c);
+                                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), *a);
+                            }
                         }
+                        let sums = sum_lanes8(acc);
+                        let out = scores.as_mut_ptr().add(g * row + t0 + t);
+                        _mm256_storeu_ps(out, _mm256_mul_ps(sums, _mm256_set1_ps(h.scale)));
                     }
-                    let sums = sum_lanes8(acc);
-                    let out = scores.as_mut_ptr().add(g * row + t);
-                    _mm256_storeu_ps(out, _mm256_mul_ps(sums, _mm256_set1_ps(h.scale)));
                 }
-                t += 8;
             }
         }
         // The last positions % 8, one dot product each.
         scores_by_dot::<Self>(h, full..positions, scores, row);
     }
 
-    /// Each query's output slice (up to 64 floats) held in eight registers across all positions,
-    /// instead of loaded and stored per position; the same fused sums in the same order.
+    /// Each query's output slice (up to 64 floats) held in eight registers across a block of
+    /// positions (loaded and stored once per block, not per position); the same fused sums in
+    /// the same order.
     #[inline(always)]
     fn weighted_sum(h: &KvHead<'_>, positions: usize, scores: &[f32], row: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let hd = h.head_dim;
-        if !hd.is_multiple_of(8) {
+        if !hd.is_multiple_of(8) || hd > MAX_BLOCK_DIM {
             return weighted_sum_by_axpy::<Self>(h, positions, scores, row, out);
         }
-        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
-            for base in (0..hd).step_by(64) {
-                let lanes = (hd - base).min(64) / 8;
-                // SAFETY: only called from `avx2` (V3 token held); position t's value slice
-                // base..base + 8·lanes lies in `values` (checked in `attend`), and o holds hd
-                // floats.
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); 8];
-                    for t in 0..positions {
-                        let p = _mm256_set1_ps(*scores.get_unchecked(g * row + t));
-                        let v = h.values.as_ptr().add(t * h.stride + h.offset + base);
+        out.fill(0.0);
+        let mut block = std::mem::MaybeUninit::<[f32; BLOCK * MAX_BLOCK_DIM]>::uninit();
+        let block = block.as_mut_ptr() as *mut f32;
+        for t0 in (0..positions).step_by(BLOCK) {
+            let n = (positions - t0).min(BLOCK);
+            // SAFETY: only called from `avx2` (V3 token held); positions t0 .. t0 + n hold values
+            // (checked in `attend`).
+            unsafe { widen_block(h.values, h, t0, n, block) };
+            for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+                for base in (0..hd).step_by(64) {
+                    let lanes = (hd - base).min(64) / 8;
+                    // SAFETY: as above; `block` holds n positions of hd floats, o holds hd.
+                    unsafe {
+                        let mut acc = [_mm256_setzero_ps(); 8];
                         for (i, a) in acc.iter_mut().enumerate().take(lanes) {
-                            *a = _mm256_fmadd_ps(p, load_f16(v.add(8 * i)), *a);
+                            *a = _mm256_loadu_ps(o.as_ptr().add(base + 8 * i));
                         }
-                    }
-                    for (i, a) in acc.iter().enumerate().take(lanes) {
-                        _mm256_storeu_ps(o.as_mut_ptr().add(base + 8 * i), *a);
+                        for t in 0..n {
+                            let p = _mm256_set1_ps(*scores.get_unchecked(g * row + t0 + t));
+                            let v = block.add(t * hd + base);
+                            for (i, a) in acc.iter_mut().enumerate().take(lanes) {
+                                *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * i)), *a);
+                            }
+                        }
+                        for (i, a) in acc.iter().enumerate().take(lanes) {
+                            _mm256_storeu_ps(o.as_mut_ptr().add(base + 8 * i), *a);
+                        }
                     }
                 }
             }
@@ -314,6 +332,33 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
         let v = &h.values[t * h.stride + h.offset..][..hd];
         for (g, o) in out.chunks_exact_mut(hd).enumerate() {
             M::axpy(scores[g * row + t], v, o);
+        }
+    }
+}
+
+/// Positions per block of widened keys or values (with head_dim up to [`MAX_BLOCK_DIM`]: 32 KiB
+/// of f32, the L1 data cache here).
+#[cfg(target_arch = "x86_64")]
+const BLOCK: usize = 32;
+#[cfg(target_arch = "x86_64")]
+const MAX_BLOCK_DIM: usize = 256;
+
+/// Widens this head's cached halves of positions t0 .. t0 + n into `block` (n · head_dim f32,
+/// position by position). Every query of the group then reads f32: converting once per block
+/// instead of once per query kept the kernel at its f32 speed (a query-by-query F16C load made
+/// one SmolLM2 head at 2000 positions 1.4x slower, `examples/attention_speed.rs`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn widen_block(cache: &[f16], h: &KvHead<'_>, t0: usize, n: usize, block: *mut f32) {
+    use std::arch::x86_64::*;
+    let hd = h.head_dim;
+    for t in 0..n {
+        let src = cache.as_ptr().add((t0 + t) * h.stride + h.offset);
+        let dst = block.add(t * hd);
+        for c in (0..hd).step_by(8) {
+            // SAFETY: the caller guarantees positions t0 .. t0 + n hold head_dim halves at the
+            // offset, and block has room for n · head_dim floats; head_dim is a multiple of 8.
+            unsafe { _mm256_storeu_ps(dst.add(c), load_f16(src.add(c))) };
         }
     }
 }
