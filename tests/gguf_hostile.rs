@@ -357,3 +357,32 @@ fn mutate(m: &mut Vec<u8>, rng: &mut common::Rng, len: usize) {
         }
     }
 }
+
+/// Model shapes the kernels cannot serve are refused when the configuration is read, by name.
+#[test]
+fn absurd_model_shapes_are_refused_by_name() {
+    use qsparse::model::ModelConfig;
+    let config = |embedding: u32, heads: u32| {
+        let mut r = Raw::header(3, 0, 5);
+        // general.architecture = "llama" (type 8: string).
+        r.str("general.architecture").u32(8).str("llama");
+        r.kv_u32("llama.block_count", 1)
+            .kv_u32("llama.embedding_length", embedding)
+            .kv_u32("llama.feed_forward_length", 64)
+            .kv_u32("llama.attention.head_count", heads);
+        let file = r.open().expect("a well-formed header");
+        ModelConfig::from_gguf(&file)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = config(4096, 4);
+    assert!(
+        e.contains("attention.key_length") && e.contains("head dimension 1024"),
+        "{e}"
+    );
+    let e = config(0, 1);
+    assert!(e.contains("head dimension 0"), "{e}");
+    let e = config(64, 0);
+    assert!(e.contains("head_count"), "{e}");
+}

@@ -7,8 +7,12 @@
 //! rounding (FMA and summation order): tests bound the difference.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::isa::Isa;
+
+/// The largest head dimension served (llama-family models use 64 to 256).
+pub const MAX_HEAD_DIM: usize = 512;
 
 /// One key/value head and the query heads that share it.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +36,7 @@ pub struct KvHead<'a> {
 pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut [f32]) {
     let hd = h.head_dim;
     assert!(hd > 0 && h.queries.len().is_multiple_of(hd) && out.len() == h.queries.len());
+    assert!(hd <= MAX_HEAD_DIM, "attend: head_dim {hd} > {MAX_HEAD_DIM}");
     let group = h.queries.len() / hd;
     let positions = if h.stride == 0 {
         0
@@ -63,15 +68,15 @@ trait MulAdd {
 
     /// Σ a_i·b_i.
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f16]) -> f32 {
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
         dot::<Self>(a, b)
     }
 
     /// out += p·v.
     #[inline(always)]
-    fn axpy(p: f32, v: &[f16], out: &mut [f32]) {
+    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
         for (o, &vv) in out.iter_mut().zip(v) {
-            *o = Self::mul_add(p, vv.to_f32(), *o);
+            *o = Self::mul_add(p, vv, *o);
         }
     }
 
@@ -118,10 +123,10 @@ impl MulAdd for Fused {
 
     /// The dense kernels' AVX2 dot product (LLVM did not vectorize the portable loop).
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f16]) -> f32 {
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: only called from the AVX2+FMA+F16C function `avx2`, whose caller holds the V3
-        // token; `dot_f16` reads the common length of both slices.
-        unsafe { crate::dense::avx2::dot_f16(b, a) }
+        // token; `dot_f32` reads the common length of both slices.
+        unsafe { crate::dense::avx2::dot_f32(a, b) }
     }
 
     /// Eight positions per step when head_dim is a multiple of 8: eight accumulators (one per
@@ -214,7 +219,7 @@ impl MulAdd for Fused {
     }
 
     #[inline(always)]
-    fn axpy(p: f32, v: &[f16], out: &mut [f32]) {
+    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
         let n = v.len().min(out.len());
         let main = n / 8 * 8;
@@ -227,13 +232,13 @@ impl MulAdd for Fused {
                 let o = out.as_mut_ptr().add(i);
                 _mm256_storeu_ps(
                     o,
-                    _mm256_fmadd_ps(pv, load_f16(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+                    _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
                 );
                 i += 8;
             }
         }
         for (o, &vv) in out[main..n].iter_mut().zip(&v[main..n]) {
-            *o = p.mul_add(vv.to_f32(), *o);
+            *o = p.mul_add(vv, *o);
         }
     }
 
@@ -309,8 +314,12 @@ fn scores_by_dot<M: MulAdd + ?Sized>(
     row: usize,
 ) {
     let hd = h.head_dim;
+    let mut wide = [0f32; MAX_HEAD_DIM];
+    let k = &mut wide[..hd];
     for t in positions {
-        let k = &h.keys[t * h.stride + h.offset..][..hd];
+        // Widened once for the whole group (the `half` crate converts slices with F16C or the
+        // aarch64 conversions where the CPU has them).
+        h.keys[t * h.stride + h.offset..][..hd].convert_to_f32_slice(k);
         for (g, q) in h.queries.chunks_exact(hd).enumerate() {
             scores[g * row + t] = M::dot(q, k) * h.scale;
         }
@@ -328,8 +337,10 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
 ) {
     let hd = h.head_dim;
     out.fill(0.0);
+    let mut wide = [0f32; MAX_HEAD_DIM];
+    let v = &mut wide[..hd];
     for t in 0..positions {
-        let v = &h.values[t * h.stride + h.offset..][..hd];
+        h.values[t * h.stride + h.offset..][..hd].convert_to_f32_slice(v);
         for (g, o) in out.chunks_exact_mut(hd).enumerate() {
             M::axpy(scores[g * row + t], v, o);
         }
@@ -452,19 +463,19 @@ fn body<M: MulAdd>(
 /// Dot product with four 8-wide partial sums (independent chains the compiler keeps in SIMD
 /// registers).
 #[inline(always)]
-fn dot<M: MulAdd + ?Sized>(a: &[f32], b: &[f16]) -> f32 {
+fn dot<M: MulAdd + ?Sized>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [[0f32; 8]; 4];
     let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y.to_f32())
+        .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
         for (c, acc) in acc.iter_mut().enumerate() {
             for i in 0..8 {
-                acc[i] = M::mul_add(x[8 * c + i], y[8 * c + i].to_f32(), acc[i]);
+                acc[i] = M::mul_add(x[8 * c + i], y[8 * c + i], acc[i]);
             }
         }
     }

@@ -69,6 +69,15 @@ impl ModelConfig {
                 ))
             }
         };
+        if head_dim == 0 || head_dim > qsparse_kernels::attention::MAX_HEAD_DIM {
+            return Err(invalid(
+                key("attention.key_length"),
+                format!(
+                    "head dimension {head_dim} is outside 1..={}",
+                    qsparse_kernels::attention::MAX_HEAD_DIM
+                ),
+            ));
+        }
         let context_length = file.get_usize(&key("context_length"))?;
         let rope_base =
             optional(file, &key("rope.freq_base"), |f, k| f.get_f32(k))?.unwrap_or(10_000.0);
