@@ -4,6 +4,9 @@
 //!     cargo run --release -p qsparse-kernels --example huge_pages -- 4096 11008 0.5
 use std::time::Instant;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use qsparse_kernels::memory::{share_huge_pages, AlignedBytes};
 use qsparse_kernels::{
     gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, PackedMatrix, Sparse,
@@ -16,14 +19,10 @@ fn main() {
     let sparsity: f32 = a.get(2).map_or(0.5, |v| v.parse().unwrap());
     let isa = Isa::best();
     let n = (160 << 20) / (d_in * d_out) + 1;
-    let mut seed = 1u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % 2001) as f32 / 1000.0 - 1.0
-    };
-    let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     // Heap: every matrix on 4 KB pages. Huge: all in one huge-page mapping, as the executor
     // places a model's matrices.
     let build = |huge: bool| -> Vec<PackedMatrix> {
