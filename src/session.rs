@@ -143,9 +143,11 @@ impl<'m> Session<'m> {
         self.cached.truncate(keep);
 
         let t = Instant::now();
-        for &tok in &prompt[keep..] {
-            self.forward(tok, params.sparsity)?;
+        let (&last, rest) = prompt[keep..].split_last().expect("keep < prompt.len()");
+        for &tok in rest {
+            self.feed(tok, params.sparsity)?;
         }
+        self.forward(last, params.sparsity)?;
         let prompt_s = t.elapsed().as_secs_f64();
 
         let mut sampler = Sampler::new(params.sampler);
@@ -215,6 +217,14 @@ impl<'m> Session<'m> {
         let pos = self.cached.len();
         // A failed step leaves the cache holding only what was evaluated before it.
         self.model.forward(&mut self.state, token, pos, sparsity)?;
+        self.cached.push(token);
+        Ok(())
+    }
+
+    /// As `forward`, for a prompt token whose logits nobody reads (no lm_head).
+    fn feed(&mut self, token: u32, sparsity: Sparsity) -> Result<(), ForwardError> {
+        let pos = self.cached.len();
+        self.model.feed(&mut self.state, token, pos, sparsity)?;
         self.cached.push(token);
         Ok(())
     }

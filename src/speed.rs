@@ -23,9 +23,7 @@ pub fn time_decode(
     sparsity: Sparsity,
 ) -> Result<DecodeRun, ForwardError> {
     let t = Instant::now();
-    for (pos, &tok) in prompt.iter().enumerate() {
-        model.forward(state, tok, pos, sparsity)?;
-    }
+    model.feed_prompt(state, prompt, 0, sparsity)?;
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..gen_tokens {

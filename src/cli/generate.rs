@@ -76,9 +76,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut sampler = Sampler::new(args.sampling.config());
 
     let t_prompt = Instant::now();
-    for (pos, &tok) in prompt.iter().enumerate() {
-        model.forward(&mut state, tok, pos, sparsity)?;
-    }
+    model.feed_prompt(&mut state, &prompt, 0, sparsity)?;
     let prompt_s = t_prompt.elapsed().as_secs_f64();
 
     let mut history = prompt.clone();
