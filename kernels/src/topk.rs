@@ -266,6 +266,8 @@ fn compact_i8(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
 
 /// `finite`: every |x| is finite (the SIMD compares would not order NaN as `total_cmp` does).
 fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, finite: bool, out: &mut Sparse<f32>) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = finite; // only the x86 kernels need it
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if finite && crate::isa::x86::v3().is_some() => {
@@ -284,6 +286,7 @@ fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, finite: bool, out: &mut
 /// The lowest `n` set bits of `mask` (all of them if it has fewer). Not `pdep`: it is microcoded
 /// and slow on AMD before Zen 3 (the development machine), and the partial case is rare (only
 /// the one step holding the last kept tie).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn lowest_bits(mask: u64, n: usize) -> u64 {
     if n >= mask.count_ones() as usize {
