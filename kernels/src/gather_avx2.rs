@@ -17,9 +17,10 @@ use crate::gather::Lines;
 /// shifts, the cheap kind) and masking with 3 then gives, per byte, the code of row 32g + 8q + k
 /// (from byte 8g + k, g = 0..3), already in (column 1, column 2) pairs that `vpmaddubsw` multiplies
 /// (unsigned) by the (x1, x2) pair (signed). Interleaving the codes after extracting them took 16
-/// unpacks per half line instead of 4: 8.1 against 9.0 weights per cycle (`examples/hot_rate.rs`). int16 partial sums live in `scratch`
-/// (L1), one vector per (line, half, q, unpack half), and are flushed into `acc` every 32 groups of
-/// four columns (32 · 4 · 2 · 127 < 2^15). Codes are t + 1: the caller removes Σx.
+/// unpacks per half line instead of 4: 8.1 against 9.0 weights per cycle (`examples/hot_rate.rs`).
+/// int16 partial sums live in `scratch` (L1), one vector per (line, half, q, unpack half), and are
+/// flushed into `acc` every 32 groups of four columns (32 · 4 · 2 · 127 < 2^15). Codes are t + 1:
+/// the caller removes Σx.
 ///
 /// An earlier version decoded 8 code bytes at a time with a variable shift (`vpsrlvq`): on the
 /// development machine that instruction issues once per 4 cycles, and the kernel ran 4.5 weights

@@ -523,7 +523,7 @@ impl Model {
             store_f16(isa, v, &mut state.value_cache[at..at + kv_dim]);
 
             attend(
-                state.sparsifier.isa,
+                isa,
                 Attention {
                     q,
                     keys: &state.key_cache[layer_off..layer_off + (pos + 1) * kv_dim],
@@ -583,13 +583,25 @@ impl Model {
             }
         }
 
-        if output == Output::CacheOnly {
-            if let Some(p) = state.profile.as_mut() {
-                p.passes += 1;
-            }
-            state.traffic = traffic;
-            return Ok(());
+        if output == Output::Logits {
+            self.logits(state, sparsity, &mut traffic, &mut laps)?;
         }
+        if let Some(p) = state.profile.as_mut() {
+            p.passes += 1;
+        }
+        state.traffic = traffic;
+        Ok(())
+    }
+
+    /// The final norm and the lm_head: the next-token logits into `state.logits`.
+    fn logits(
+        &self,
+        state: &mut RunState,
+        sparsity: Sparsity,
+        traffic: &mut Traffic,
+        laps: &mut Laps,
+    ) -> Result<(), ForwardError> {
+        let c = &self.config;
         rms_norm(
             &mut state.xb,
             &state.x,
@@ -613,10 +625,6 @@ impl Model {
                 .matvec(&self.weights.lm_head, &mut state.logits),
         );
         laps.mark(&mut state.profile, Phase::LmHead);
-        if let Some(p) = state.profile.as_mut() {
-            p.passes += 1;
-        }
-        state.traffic = traffic;
         Ok(())
     }
 
