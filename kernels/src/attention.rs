@@ -129,90 +129,48 @@ impl MulAdd for Fused {
         unsafe { crate::dense::avx2::dot_f32(a, b) }
     }
 
-    /// Eight positions per step when head_dim is a multiple of 8: eight accumulators (one per
-    /// position) over the query's 8-lane slices, then one transposing reduction for all eight,
-    /// instead of a horizontal sum per dot product. With `weighted_sum` below, one SmolLM2
-    /// key/value head (`examples/attention_speed.rs`) went from 5.2 to 2.8 µs at 64 positions and
-    /// from 31.5 to 19.7 µs at 380. The cached halves are widened once per block of positions
-    /// into an L1 scratch that every query of the group then reads ([`widen_block`]).
+    /// Up to three query heads and four positions at a time (head_dim a multiple of 8): each
+    /// cached key's eight-half chunk is widened once (F16C, straight from the cache) and meets the
+    /// three queries' chunks, into 3 x 4 accumulators (with the three query chunks and the key,
+    /// the sixteen vector registers); one horizontal reduction per four scores.
     #[inline(always)]
     fn scores(h: &KvHead<'_>, positions: usize, scores: &mut [f32], row: usize) {
-        use std::arch::x86_64::*;
-        let hd = h.head_dim;
-        if !hd.is_multiple_of(8) || hd > MAX_BLOCK_DIM {
+        if !h.head_dim.is_multiple_of(8) {
             return scores_by_dot::<Self>(h, 0..positions, scores, row);
         }
-        let full = positions / 8 * 8;
-        // Written by `widen_block` before it is read (no zeroing: 32 KiB per call).
-        let mut block = std::mem::MaybeUninit::<[f32; BLOCK * MAX_BLOCK_DIM]>::uninit();
-        let block = block.as_mut_ptr() as *mut f32;
-        for t0 in (0..full).step_by(BLOCK) {
-            let n = (full - t0).min(BLOCK);
-            // SAFETY: only called from `avx2` (V3 token held); positions t0 .. t0 + n < positions
-            // hold keys (checked in `attend`).
-            unsafe { widen_block(h.keys, h, t0, n, block) };
-            for (g, q) in h.queries.chunks_exact(hd).enumerate() {
-                for t in (0..n).step_by(8) {
-                    // SAFETY: as above; `block` holds n >= t + 8 positions of hd floats, and
-                    // scores holds row >= positions floats for each query.
-                    unsafe {
-                        let mut acc = [_mm256_setzero_ps(); 8];
-                        for c in 0..hd / 8 {
-                            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-                            for (p, a) in acc.iter_mut().enumerate() {
-                                let k = block.add((t + p) * hd + 8 * c);
-                                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), *a);
-                            }
-                        }
-                        let sums = sum_lanes8(acc);
-                        let out = scores.as_mut_ptr().add(g * row + t0 + t);
-                        _mm256_storeu_ps(out, _mm256_mul_ps(sums, _mm256_set1_ps(h.scale)));
-                    }
+        let full = positions / 4 * 4;
+        let group = h.queries.len() / h.head_dim;
+        for g0 in (0..group).step_by(SUB_GROUP) {
+            // SAFETY: only called from `avx2` (V3 token held); `attend` checked that positions
+            // 0..positions hold keys and that scores holds `row` >= positions floats per query.
+            unsafe {
+                match group - g0 {
+                    1 => scores_avx2::<1>(h, g0, full, scores, row),
+                    2 => scores_avx2::<2>(h, g0, full, scores, row),
+                    _ => scores_avx2::<SUB_GROUP>(h, g0, full, scores, row),
                 }
             }
         }
-        // The last positions % 8, one dot product each.
+        // The last positions % 4, one dot product each.
         scores_by_dot::<Self>(h, full..positions, scores, row);
     }
 
-    /// Each query's output slice (up to 64 floats) held in eight registers across a block of
-    /// positions (loaded and stored once per block, not per position); the same fused sums in
-    /// the same order.
+    /// Up to three query heads and 32 output dimensions at a time (head_dim a multiple of 8):
+    /// their 3 x 4 output chunks stay in registers over all positions, each cached value chunk
+    /// widened once for the three; the same fused sums in the same (position) order.
     #[inline(always)]
     fn weighted_sum(h: &KvHead<'_>, positions: usize, scores: &[f32], row: usize, out: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let hd = h.head_dim;
-        if !hd.is_multiple_of(8) || hd > MAX_BLOCK_DIM {
+        if !h.head_dim.is_multiple_of(8) {
             return weighted_sum_by_axpy::<Self>(h, positions, scores, row, out);
         }
-        out.fill(0.0);
-        let mut block = std::mem::MaybeUninit::<[f32; BLOCK * MAX_BLOCK_DIM]>::uninit();
-        let block = block.as_mut_ptr() as *mut f32;
-        for t0 in (0..positions).step_by(BLOCK) {
-            let n = (positions - t0).min(BLOCK);
-            // SAFETY: only called from `avx2` (V3 token held); positions t0 .. t0 + n hold values
-            // (checked in `attend`).
-            unsafe { widen_block(h.values, h, t0, n, block) };
-            for (g, o) in out.chunks_exact_mut(hd).enumerate() {
-                for base in (0..hd).step_by(64) {
-                    let lanes = (hd - base).min(64) / 8;
-                    // SAFETY: as above; `block` holds n positions of hd floats, o holds hd.
-                    unsafe {
-                        let mut acc = [_mm256_setzero_ps(); 8];
-                        for (i, a) in acc.iter_mut().enumerate().take(lanes) {
-                            *a = _mm256_loadu_ps(o.as_ptr().add(base + 8 * i));
-                        }
-                        for t in 0..n {
-                            let p = _mm256_set1_ps(*scores.get_unchecked(g * row + t0 + t));
-                            let v = block.add(t * hd + base);
-                            for (i, a) in acc.iter_mut().enumerate().take(lanes) {
-                                *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * i)), *a);
-                            }
-                        }
-                        for (i, a) in acc.iter().enumerate().take(lanes) {
-                            _mm256_storeu_ps(o.as_mut_ptr().add(base + 8 * i), *a);
-                        }
-                    }
+        let group = h.queries.len() / h.head_dim;
+        for g0 in (0..group).step_by(SUB_GROUP) {
+            // SAFETY: as in `scores`; out holds group · head_dim floats.
+            unsafe {
+                match group - g0 {
+                    1 => weighted_sum_avx2::<1>(h, g0, positions, scores, row, out),
+                    2 => weighted_sum_avx2::<2>(h, g0, positions, scores, row, out),
+                    _ => weighted_sum_avx2::<SUB_GROUP>(h, g0, positions, scores, row, out),
                 }
             }
         }
@@ -347,29 +305,114 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
     }
 }
 
-/// Positions per block of widened keys or values (with head_dim up to [`MAX_BLOCK_DIM`]: 32 KiB
-/// of f32, the L1 data cache here).
+/// Query heads one pass of the AVX2 kernels serves (see `Fused::scores`).
 #[cfg(target_arch = "x86_64")]
-const BLOCK: usize = 32;
-#[cfg(target_arch = "x86_64")]
-const MAX_BLOCK_DIM: usize = 256;
+const SUB_GROUP: usize = 3;
 
-/// Widens this head's cached halves of positions t0 .. t0 + n into `block` (n · head_dim f32,
-/// position by position). Every query of the group then reads f32: converting once per block
-/// instead of once per query kept the kernel at its f32 speed (a query-by-query F16C load made
-/// one SmolLM2 head at 2000 positions 1.4x slower, `examples/attention_speed.rs`).
+/// scores[(g0 + g)·row + t] = q·k_t · scale for G query heads from g0 and positions 0..full
+/// (a multiple of 4). Against widening blocks of 32 keys (values) into an f32 scratch that every
+/// query then read (stores and reloads), and eight positions of one query at a time: one SmolLM2
+/// key/value head went from 27.7 to 17.1 µs at 380 positions and from 143 to 94 at 2000
+/// (`examples/attention_speed.rs`, with `weighted_sum_avx2`).
+///
+/// Safety: AVX2, FMA and F16C present; positions 0..full hold keys at `offset`; G query heads
+/// from g0 exist; scores holds `row` >= full floats for each of them; head_dim % 8 == 0.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn widen_block(cache: &[f16], h: &KvHead<'_>, t0: usize, n: usize, block: *mut f32) {
+unsafe fn scores_avx2<const G: usize>(
+    h: &KvHead<'_>,
+    g0: usize,
+    full: usize,
+    scores: &mut [f32],
+    row: usize,
+) {
     use std::arch::x86_64::*;
     let hd = h.head_dim;
-    for t in 0..n {
-        let src = cache.as_ptr().add((t0 + t) * h.stride + h.offset);
-        let dst = block.add(t * hd);
-        for c in (0..hd).step_by(8) {
-            // SAFETY: the caller guarantees positions t0 .. t0 + n hold head_dim halves at the
-            // offset, and block has room for n · head_dim floats; head_dim is a multiple of 8.
-            unsafe { _mm256_storeu_ps(dst.add(c), load_f16(src.add(c))) };
+    // SAFETY: every address below is inside the slices, by the function's contract.
+    unsafe {
+        let kp = h.keys.as_ptr().add(h.offset);
+        let qp = h.queries.as_ptr().add(g0 * hd);
+        let scale = _mm_set1_ps(h.scale);
+        for t in (0..full).step_by(4) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; G];
+            for c in (0..hd).step_by(8) {
+                let q: [__m256; G] = std::array::from_fn(|g| _mm256_loadu_ps(qp.add(g * hd + c)));
+                for p in 0..4 {
+                    let k = load_f16(kp.add((t + p) * h.stride + c));
+                    for (a, q) in acc.iter_mut().zip(&q) {
+                        a[p] = _mm256_fmadd_ps(*q, k, a[p]);
+                    }
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(sum_lanes4(*a), scale);
+                _mm_storeu_ps(scores.as_mut_ptr().add((g0 + g) * row + t), s);
+            }
+        }
+    }
+}
+
+/// out[(g0 + g)·hd ..] = Σ_t p_{g,t}·v_t for G query heads from g0, in position order.
+///
+/// Safety: as [`scores_avx2`], with values for positions 0..positions, scores read, and out
+/// holding G heads of head_dim floats from g0.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_sum_avx2<const G: usize>(
+    h: &KvHead<'_>,
+    g0: usize,
+    positions: usize,
+    scores: &[f32],
+    row: usize,
+    out: &mut [f32],
+) {
+    let hd = h.head_dim;
+    let mut c = 0;
+    // SAFETY: by the function's contract.
+    unsafe {
+        while c + 32 <= hd {
+            weighted_chunks_avx2::<G, 4>(h, g0, c, positions, scores, row, out);
+            c += 32;
+        }
+        while c < hd {
+            weighted_chunks_avx2::<G, 1>(h, g0, c, positions, scores, row, out);
+            c += 8;
+        }
+    }
+}
+
+/// Output dimensions c .. c + 8·C of G query heads (see [`weighted_sum_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_chunks_avx2<const G: usize, const C: usize>(
+    h: &KvHead<'_>,
+    g0: usize,
+    c: usize,
+    positions: usize,
+    scores: &[f32],
+    row: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = h.head_dim;
+    // SAFETY: by the caller's contract (c + 8·C <= head_dim).
+    unsafe {
+        let vp = h.values.as_ptr().add(h.offset + c);
+        let sp = scores.as_ptr().add(g0 * row);
+        let mut acc = [[_mm256_setzero_ps(); C]; G];
+        for t in 0..positions {
+            let p: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(*sp.add(g * row + t)));
+            for j in 0..C {
+                let v = load_f16(vp.add(t * h.stride + 8 * j));
+                for (a, p) in acc.iter_mut().zip(&p) {
+                    a[j] = _mm256_fmadd_ps(*p, v, a[j]);
+                }
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            for (j, v) in a.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add((g0 + g) * hd + c + 8 * j), *v);
+            }
         }
     }
 }
@@ -417,24 +460,18 @@ unsafe fn store_f16_avx2(src: &[f32], dst: &mut [f16]) {
     }
 }
 
-/// The eight horizontal sums of eight vectors, in order, as one vector.
+/// The four horizontal sums of four vectors, in order, as one vector.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn sum_lanes8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+unsafe fn sum_lanes4(a: [std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;
     // SAFETY: called only from AVX2 code (the caller holds the V3 token).
     unsafe {
         let h01 = _mm256_hadd_ps(a[0], a[1]);
         let h23 = _mm256_hadd_ps(a[2], a[3]);
-        let h45 = _mm256_hadd_ps(a[4], a[5]);
-        let h67 = _mm256_hadd_ps(a[6], a[7]);
-        // Per 128-bit half: [a0, a1, a2, a3] and [a4, a5, a6, a7] partial sums.
-        let h0123 = _mm256_hadd_ps(h01, h23);
-        let h4567 = _mm256_hadd_ps(h45, h67);
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(h0123, h4567),
-            _mm256_permute2f128_ps::<0x31>(h0123, h4567),
-        )
+        // Per 128-bit half: [a0, a1, a2, a3] partial sums.
+        let h = _mm256_hadd_ps(h01, h23);
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
     }
 }
 

@@ -672,6 +672,11 @@ fn attention_equals_the_f64_reference_at_every_isa() {
         (64, 1, 300, 8.0),
         (17, 2, 33, 1.0),
         (128, 4, 5, 30.0),
+        // Sub-groups of three query heads (3 + 3 + 2), head_dim with 8-dim chunks past the last
+        // 32, positions past the last four.
+        (40, 8, 6, 2.0),
+        (64, 5, 2, 1.0),
+        (24, 7, 131, 4.0),
     ] {
         let n_kv = 2;
         let stride = n_kv * head_dim;
