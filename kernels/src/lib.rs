@@ -7,12 +7,15 @@
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
 //! 4. [`dense`]: row-major f32/f16 matvec (the lm_head).
 //! 5. [`attention`]: one key/value head's decode-step attention over the KV cache.
+//! 6. [`activation`]: SwiGLU's element-wise step (SiLU(gate)·up).
 //!
 //! Every SIMD kernel runs at a chosen [`Isa`] and has a scalar twin it is tested against.
 
+pub mod activation;
 pub mod attention;
 pub mod bandwidth;
 pub mod dense;
+pub mod expf;
 pub mod gather;
 #[cfg(target_arch = "x86_64")]
 mod gather_avx2;

@@ -737,3 +737,37 @@ fn attention_equals_the_f64_reference_at_every_isa() {
         }
     }
 }
+
+#[test]
+fn swiglu_matches_the_definition_at_every_isa() {
+    use qsparse_kernels::activation::swiglu;
+    let mut rng = SmallRng::seed_from_u64(21);
+    for n in [0usize, 1, 7, 8, 9, 33, 1536] {
+        let mut gate: Vec<f32> = (0..n).map(|_| rng.random_range(-12.0f32..12.0)).collect();
+        // Saturated and special points: exp's clamp range, zero, signed zero.
+        for (i, v) in [-100.0f32, 100.0, 0.0, -0.0, 88.0, -88.0]
+            .into_iter()
+            .enumerate()
+        {
+            if i < n {
+                gate[i * n / 6] = v;
+            }
+        }
+        let up: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        for isa in isas() {
+            let mut got = gate.clone();
+            swiglu(isa, &mut got, &up);
+            for i in 0..n {
+                let x = gate[i] as f64;
+                let want = x / (1.0 + (-x).exp()) * up[i] as f64;
+                // exp within 2 ulp, then a division and a product: a few f32 roundings.
+                assert!(
+                    (got[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                    "{isa} n={n} [{i}]: silu({x})·{} = {} vs {want}",
+                    up[i],
+                    got[i]
+                );
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use half::f16;
+use qsparse_kernels::activation;
 use qsparse_kernels::attention::{self, store_f16, KvHead};
 use qsparse_kernels::{
     gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format, Input, Isa,
@@ -26,7 +27,7 @@ use qsparse_kernels::{
 };
 
 use super::config::ModelConfig;
-use super::math::{rms_norm, silu};
+use super::math::rms_norm;
 use super::profile::{Laps, Phase, Profile};
 use super::weights::{Linear, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
@@ -565,7 +566,9 @@ impl Model {
             traffic.count(4, share(read, c.d_ff, 2 * c.d_ff));
             traffic.count(5, share(read, c.d_ff, 2 * c.d_ff));
             let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
-            swiglu(gate, up);
+            // One thread: eight lanes at a time it is ~1 µs here, less than a parallel region
+            // costs (split over two workers with libm's exp it took 6 µs per SmolLM2 layer).
+            activation::swiglu(state.sparsifier.isa, gate, up);
             traffic.record_input(&[6], &state.gate_up[..c.d_ff]);
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
@@ -675,25 +678,6 @@ struct Attention<'a> {
 /// the attention phase took 337-418 µs per token against 419-440 at 16 + 64 positions (3 pairs
 /// of `qsparse bench --profile`); 0 and 8 Ki were alike, 32 Ki slower.
 const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
-
-/// gate ← SiLU(gate)·up, halved across two workers when it is long enough (libm's exp is the
-/// cost): the profile's element-wise phase took 311-370 µs per token against 400-416 serial
-/// (3 pairs of `qsparse bench --profile`).
-fn swiglu(gate: &mut [f32], up: &[f32]) {
-    let serial = |gate: &mut [f32], up: &[f32]| {
-        for (g, u) in gate.iter_mut().zip(up) {
-            *g = silu(*g) * u;
-        }
-    };
-    if gate.len() < 1024 || rayon::current_num_threads() == 1 {
-        serial(gate, up);
-        return;
-    }
-    let half = gate.len().div_ceil(2);
-    let (g0, g1) = gate.split_at_mut(half);
-    let (u0, u1) = up.split_at(half);
-    rayon::join(|| serial(g0, u0), || serial(g1, u1));
-}
 
 /// Scaled dot-product attention of every query head over the cache, into `out`; `scores` holds
 /// one row of ctx scores per query head. The kernel takes a key/value head with the query heads
