@@ -174,6 +174,22 @@ fn widen_with_outliers(
     }
 }
 
+/// An error naming the first NaN or infinity of `x`, if it has one: one branch-free pass (it
+/// vectorizes), the position only when something is wrong.
+fn check_finite(x: &[f32]) -> Result<(), NonFinite> {
+    let finite = x.chunks(8).fold(true, |ok, c| {
+        ok & c.iter().fold(true, |o, &v| o & (v.abs() < f32::INFINITY))
+    });
+    if finite {
+        return Ok(());
+    }
+    let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(NonFinite {
+        index,
+        value: x[index],
+    })
+}
+
 /// Default number of activation outliers kept out of int8 quantization.
 pub const DEFAULT_ACTIVATION_OUTLIERS: usize = 32;
 
@@ -189,17 +205,6 @@ struct Sparsifier {
 impl Sparsifier {
     /// Select the inputs of `x` to keep at sparsity `s`.
     fn select(&mut self, x: &[f32], s: f32) -> Result<(), NonFinite> {
-        // One branch-free pass (it vectorizes); the position only when something is wrong.
-        let finite = x.chunks(8).fold(true, |ok, c| {
-            ok & c.iter().fold(true, |o, &v| o & (v.abs() < f32::INFINITY))
-        });
-        if !finite {
-            let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(NonFinite {
-                index: i,
-                value: x[i],
-            });
-        }
         let k = keep_count(x.len(), s);
         let sel = &mut self.sel;
         match self.format {
@@ -208,7 +213,15 @@ impl Sparsifier {
                 // of the K kept. The rest is quantized by its own absmax γ (raised only if an
                 // outlier would pass the int16 range below), the outliers' own slots become 0.
                 let m = self.outliers.min(k);
+                if m == 0 {
+                    check_finite(x)?;
+                }
                 let rest = largest_f32(self.isa, x, m, &mut sel.keys, &mut sel.outliers);
+                // NaN and ±inf order above every finite magnitude, so with m > 0 a non-finite
+                // input puts one among the outliers: no separate pass over x is needed.
+                if sel.outliers.values.iter().any(|v| !v.is_finite()) {
+                    check_finite(x)?;
+                }
                 let top = sel
                     .outliers
                     .values
@@ -237,6 +250,7 @@ impl Sparsifier {
                 }
             }
             WeightFormat::F32 | WeightFormat::F16 => {
+                check_finite(x)?;
                 topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
             }
         }
@@ -759,6 +773,37 @@ fn share((bytes, params): (u64, u64), rows: usize, total: usize) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_finite_activation_is_named_by_its_first_position() {
+        for (format, outliers) in [
+            (WeightFormat::Int8, 32),
+            (WeightFormat::Int8, 0),
+            (WeightFormat::F32, 0),
+        ] {
+            for isa in qsparse_kernels::Isa::available() {
+                let mut sp = Sparsifier {
+                    isa,
+                    format,
+                    outliers,
+                    sel: Selection::default(),
+                };
+                let mut x: Vec<f32> = (0..576).map(|i| (i as f32 * 0.37).sin()).collect();
+                for s in [0.0, 0.5] {
+                    assert!(sp.select(&x, s).is_ok());
+                }
+                x[500] = f32::NEG_INFINITY;
+                x[501] = f32::NAN;
+                for s in [0.0, 0.5] {
+                    let e = sp.select(&x, s).unwrap_err();
+                    assert_eq!(e.index, 500, "{format:?} outliers {outliers} {isa:?} S={s}");
+                }
+                x[7] = f32::NAN;
+                let e = sp.select(&x, 0.5).unwrap_err();
+                assert_eq!((e.index, e.value.is_nan()), (7, true));
+            }
+        }
+    }
 
     #[test]
     fn outliers_merge_into_the_int16_input_once_each() {
