@@ -5,7 +5,7 @@
 //! 2. [`topk`]: exact Top-K by magnitude and compaction of the kept (index, value) pairs.
 //! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
-//! 4. [`dense`]: row-major f32/f16 matvec (the lm_head).
+//! 4. [`dense`], [`dense_q8`]: row-major f32/f16 and Q8 (int8 blocks) matvec for the lm_head.
 //! 5. [`attention`]: one key/value head's decode-step attention over the KV cache.
 //! 6. [`activation`]: SwiGLU's element-wise step (SiLU(gate)·up).
 //!
@@ -15,6 +15,7 @@ pub mod activation;
 pub mod attention;
 pub mod bandwidth;
 pub mod dense;
+pub mod dense_q8;
 pub mod expf;
 pub mod gather;
 #[cfg(target_arch = "x86_64")]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model::{self, Model, Sparsity, WeightFormat};
+use crate::model::{self, HeadInput, Model, Sparsity, WeightFormat};
 use crate::models;
 use crate::tokenizer::Tokenizer;
 
@@ -95,6 +95,15 @@ impl From<WeightsArg> for WeightFormat {
     }
 }
 
+/// The lm_head layout a run needs: columns only when its input is sparsified.
+pub fn head_input(lm_head_sparsity: f32) -> HeadInput {
+    if lm_head_sparsity > 0.0 {
+        HeadInput::Sparse
+    } else {
+        HeadInput::Dense
+    }
+}
+
 pub fn parse_sparsity(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if (0.0..1.0).contains(&v) {
@@ -122,8 +131,9 @@ impl ModelArgs {
         self.base.run_state(model, ctx)
     }
 
+    /// Load the model, its lm_head laid out for a sparse input only if one was asked for.
     pub fn load(&self) -> Result<(Model, Tokenizer)> {
-        self.base.load()
+        self.base.load_for(head_input(self.lm_head_sparsity))
     }
 }
 
@@ -166,17 +176,19 @@ impl LoadArgs {
         state
     }
 
-    /// Load the model, with a progress bar on a terminal.
-    pub fn load(&self) -> Result<(Model, Tokenizer)> {
-        self.load_path(self.path()?)
+    /// Load the model with the lm_head laid out for `head_input`, with a progress bar on a
+    /// terminal.
+    pub fn load_for(&self, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
+        self.load_path(self.path()?, head_input)
     }
 
-    /// [`LoadArgs::load`], fetching a manifest model first when it is not here yet.
+    /// [`LoadArgs::load_for`] a dense head input, fetching a manifest model first when it is not
+    /// here yet.
     pub fn load_or_pull(&self) -> Result<(Model, Tokenizer)> {
-        self.load_path(self.path_or_pull()?)
+        self.load_path(self.path_or_pull()?, HeadInput::Dense)
     }
 
-    fn load_path(&self, path: PathBuf) -> Result<(Model, Tokenizer)> {
+    fn load_path(&self, path: PathBuf, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
         let bar = if std::io::stderr().is_terminal() {
             let b = ProgressBar::new(0);
             b.set_style(
@@ -198,7 +210,7 @@ impl LoadArgs {
                 b.set_position(done as u64);
             }
         };
-        let loaded = model::load(&path, self.format(), &progress)
+        let loaded = model::load_for(&path, self.format(), head_input, &progress)
             .with_context(|| format!("cannot load {}", path.display()))?;
         if let Some(b) = bar {
             b.finish_and_clear();

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::common::{parse_sparsity, read_text, LoadArgs};
+use super::common::{head_input, parse_sparsity, read_text, LoadArgs};
 use super::plot;
 use crate::sweep::{self, Settings, Sweep};
 
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => read_text(path)?,
         None => DEFAULT_TEXT.to_owned(),
     };
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load_for(head_input(args.lm_head_sparsity))?;
     let longest = args.ctx.max(args.prompt_tokens + args.gen_tokens);
     if longest > model.config.context_length {
         bail!(

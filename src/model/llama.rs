@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use half::f16;
 use qsparse_kernels::activation;
 use qsparse_kernels::attention::{self, store_f16, KvHead};
+use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8};
 use qsparse_kernels::{
     gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format, Input, Isa,
     NonFinite, Sparse,
@@ -29,7 +30,7 @@ use qsparse_kernels::{
 use super::config::ModelConfig;
 use super::math::rms_norm;
 use super::profile::{Laps, Phase, Profile};
-use super::weights::{Linear, WeightFormat, Weights};
+use super::weights::{Linear, LmHead, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
 
 /// Sparsity ratio S per projection input (K = round((1−S)·d) entries kept).
@@ -125,6 +126,11 @@ pub enum ForwardError {
     },
     #[error(transparent)]
     Dequant(#[from] DequantError),
+    #[error(
+        "the lm_head was loaded for a dense input (row-major int8): a sparse lm_head input needs \
+         the model loaded with HeadInput::Sparse"
+    )]
+    DenseHead,
 }
 
 /// The selected (and for int8 weights, quantized) input of a projection.
@@ -315,6 +321,8 @@ pub struct RunState {
     /// This step's RoPE (sin, cos) per rotated pair.
     rope: Vec<(f32, f32)>,
     sparsifier: Sparsifier,
+    /// The lm_head input in Q8 blocks (a row-major head's input).
+    head_input: BlockQ8,
     /// What the last forward pass read.
     pub traffic: Traffic,
     /// Time per phase, when enabled.
@@ -345,6 +353,7 @@ impl RunState {
                 outliers: DEFAULT_ACTIVATION_OUTLIERS,
                 sel: Selection::default(),
             },
+            head_input: BlockQ8::default(),
             traffic: Traffic::default(),
             profile: None,
         }
@@ -627,20 +636,35 @@ impl Model {
         );
         traffic.record_input(&[7], &state.xb);
         laps.mark(&mut state.profile, Phase::Elementwise);
-        state
-            .sparsifier
-            .select(&state.xb, sparsity.lm_head)
-            .map_err(|source| ForwardError::NonFinite {
-                layer: c.n_layers,
-                source,
-            })?;
-        laps.mark(&mut state.profile, Phase::Select);
-        traffic.count(
-            7,
-            state
-                .sparsifier
-                .matvec(&self.weights.lm_head, &mut state.logits),
-        );
+        let nonfinite = |source| ForwardError::NonFinite {
+            layer: c.n_layers,
+            source,
+        };
+        match &self.weights.lm_head {
+            LmHead::Columns(head) => {
+                state
+                    .sparsifier
+                    .select(&state.xb, sparsity.lm_head)
+                    .map_err(nonfinite)?;
+                laps.mark(&mut state.profile, Phase::Select);
+                traffic.count(7, state.sparsifier.matvec(head, &mut state.logits));
+            }
+            LmHead::Rows(head) => {
+                if sparsity.lm_head > 0.0 {
+                    return Err(ForwardError::DenseHead);
+                }
+                state.head_input.quantize(&state.xb).map_err(nonfinite)?;
+                laps.mark(&mut state.profile, Phase::Select);
+                matvec_rows_q8(
+                    state.sparsifier.isa,
+                    head,
+                    &state.head_input,
+                    &mut state.logits,
+                );
+                let params = (head.d_out() * head.d_in()) as u64;
+                traffic.count(7, (head.bytes() as u64, params));
+            }
+        }
         laps.mark(&mut state.profile, Phase::LmHead);
         Ok(())
     }

@@ -10,7 +10,7 @@ pub mod weights;
 pub use config::{ConfigError, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic};
 pub use profile::{Phase, Profile};
-pub use weights::{WeightFormat, Weights, WeightsError};
+pub use weights::{HeadInput, LmHead, WeightFormat, Weights, WeightsError};
 
 use std::path::Path;
 
@@ -32,11 +32,21 @@ pub enum LoadError {
     Architecture(String),
 }
 
-/// Open a GGUF model file and convert its weights to `format`. `progress(done, total)` reports
-/// converted tensors.
+/// Open a GGUF model file and convert its weights to `format`, for a dense lm_head input.
+/// `progress(done, total)` reports converted tensors.
 pub fn load(
     path: &Path,
     format: WeightFormat,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Model, Tokenizer), LoadError> {
+    load_for(path, format, HeadInput::Dense, progress)
+}
+
+/// [`load`], with the lm_head laid out for `head_input` (a sparse head input needs columns).
+pub fn load_for(
+    path: &Path,
+    format: WeightFormat,
+    head_input: HeadInput,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Model, Tokenizer), LoadError> {
     let file = GgufFile::open(path)?;
@@ -45,6 +55,6 @@ pub fn load(
         return Err(LoadError::Architecture(config.architecture));
     }
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let weights = Weights::load(&file, &config, format, progress)?;
+    let weights = Weights::load(&file, &config, format, head_input, progress)?;
     Ok((Model::new(file, config, weights), tokenizer))
 }

@@ -1,7 +1,10 @@
 //! A llama-family model's weights, converted once at load from the GGUF file's types into the
 //! kernels' tiled column-major formats (`--weights f32|f16|int8`). Norm vectors stay f32; the token
-//! embedding stays in the file (mapped) and one row is dequantized per token.
+//! embedding stays in the file (mapped) and one row is dequantized per token. With int8 weights the
+//! lm_head is row-major Q8 (int8 blocks of 32 with a scale each) unless its input is to be
+//! sparsified: see [`LmHead`].
 
+use qsparse_kernels::dense_q8::RowsQ8;
 use qsparse_kernels::memory::{share_huge_pages, AlignedBytes};
 use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
 use rayon::prelude::*;
@@ -106,6 +109,38 @@ impl Embedding {
     }
 }
 
+/// Whether the lm_head's input may be sparsified (`--lm-head-sparsity`), which decides its layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadInput {
+    /// Always dense, as Q-Sparse leaves it.
+    #[default]
+    Dense,
+    /// Possibly sparse: the head keeps the column layout a sparse product needs.
+    Sparse,
+}
+
+/// The lm_head in the layout its product reads.
+#[derive(Debug)]
+pub enum LmHead {
+    /// Column tiles like every projection, so a sparse input skips columns: f32/f16 weights, and
+    /// int8 when a sparse head input was asked for at load.
+    Columns(Linear),
+    /// int8 weights with a dense input: row-major Q8, which holds a Q8_0 head (SmolLM2's) exactly
+    /// where a per-row int8 scale re-rounds it (+0.44% perplexity from the head alone), and reads
+    /// a little faster (`qsparse_kernels::dense_q8`).
+    Rows(RowsQ8),
+}
+
+impl LmHead {
+    /// Bytes its product reads.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LmHead::Columns(l) => l.view().data().len(),
+            LmHead::Rows(r) => r.bytes(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Weights {
     pub format: WeightFormat,
@@ -113,7 +148,7 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     pub output_norm: Vec<f32>,
     /// The lm_head ([vocab, d_model]); the token embedding when the file ties them.
-    pub lm_head: Linear,
+    pub lm_head: LmHead,
 }
 
 impl Weights {
@@ -123,6 +158,7 @@ impl Weights {
         file: &GgufFile,
         config: &ModelConfig,
         format: WeightFormat,
+        head_input: HeadInput,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Weights, WeightsError> {
         let (d, ff, kv) = (
@@ -175,10 +211,18 @@ impl Weights {
 
         let done = std::sync::atomic::AtomicUsize::new(0);
         let total = infos.len();
-        let mut converted: Vec<Linear> = infos
+        let rows_head = format == WeightFormat::Int8 && head_input == HeadInput::Dense;
+        let head_at = infos.len() - 1;
+        let mut converted: Vec<Converted> = infos
             .par_iter()
-            .map(|parts| {
-                let m = convert(file, parts, format)?;
+            .enumerate()
+            .map(|(i, parts)| {
+                let m = if i == head_at && rows_head {
+                    let (w, d_out, d_in) = dequantize_stacked(file, parts)?;
+                    Converted::Rows(RowsQ8::from_f32(&w, d_out, d_in))
+                } else {
+                    Converted::Columns(convert(file, parts, format)?)
+                };
                 progress(
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                     total,
@@ -198,11 +242,17 @@ impl Weights {
             })?;
             Ok(v)
         };
-        let lm_head = converted.pop().expect("lm_head was queued last");
+        let lm_head = match converted.pop().expect("lm_head was queued last") {
+            Converted::Columns(l) => LmHead::Columns(l),
+            Converted::Rows(r) => LmHead::Rows(r),
+        };
         let mut it = converted.into_iter();
         let mut layers = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
-            let mut next = || it.next().expect("4 matrices per layer were queued");
+            let mut next = || match it.next() {
+                Some(Converted::Columns(l)) => l,
+                _ => unreachable!("4 column matrices per layer were queued"),
+            };
             layers.push(Layer {
                 attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
                 wqkv: next(),
@@ -238,12 +288,16 @@ impl Weights {
     /// `qsparse_kernels::memory`: SmolLM2 decodes 5% faster dense and 13% at S = 0.5). Setting
     /// `QSPARSE_NO_HUGE_PAGES=1` keeps them on ordinary pages, to measure the difference.
     fn place_in_memory(&mut self) {
+        let head = match &mut self.lm_head {
+            LmHead::Columns(l) => &mut l.matrix.data,
+            LmHead::Rows(r) => r.storage_mut(),
+        };
         let mut data: Vec<&mut AlignedBytes> = self
             .layers
             .iter_mut()
             .flat_map(|l| [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down])
-            .chain([&mut self.lm_head])
             .map(|m| &mut m.matrix.data)
+            .chain([head])
             .collect();
         if std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
             data.iter_mut().for_each(|d| d.move_to_heap());
@@ -265,8 +319,14 @@ impl Weights {
                     .sum::<usize>()
             })
             .sum();
-        layer + self.lm_head.view().data().len()
+        layer + self.lm_head.bytes()
     }
+}
+
+/// A converted matrix: column tiles, or the row-major Q8 lm_head.
+enum Converted {
+    Columns(Linear),
+    Rows(RowsQ8),
 }
 
 /// Dequantize [d_out, d_in] tensors (sharing d_in) row by row, stack them by rows, and pack the
@@ -276,6 +336,27 @@ fn convert(
     parts: &[TensorInfo],
     format: WeightFormat,
 ) -> Result<Linear, WeightsError> {
+    let (w, d_out, d_in) = dequantize_stacked(file, parts)?;
+    let matrix = match format {
+        WeightFormat::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
+        WeightFormat::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
+        WeightFormat::Int8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
+    };
+    Ok(Linear {
+        name: parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+"),
+        matrix,
+    })
+}
+
+/// The f32 rows of [d_out, d_in] tensors sharing d_in, stacked by rows: (w, d_out, d_in).
+fn dequantize_stacked(
+    file: &GgufFile,
+    parts: &[TensorInfo],
+) -> Result<(Vec<f32>, usize, usize), WeightsError> {
     let d_in = parts[0].dims[0] as usize;
     let d_out: usize = parts.iter().map(|i| i.dims[1] as usize).sum();
     let mut w = vec![0f32; d_in * d_out];
@@ -293,17 +374,5 @@ fn convert(
             )?;
         }
     }
-    let matrix = match format {
-        WeightFormat::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
-        WeightFormat::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
-        WeightFormat::Int8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
-    };
-    Ok(Linear {
-        name: parts
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+"),
-        matrix,
-    })
+    Ok((w, d_out, d_in))
 }

@@ -1,0 +1,536 @@
+//! Dense row-major Q8 matvec for the lm_head: weights and activation both in blocks of
+//! [`Q8_BLOCK`] int8 values with one scale per block (ggml's Q8_0), so
+//! y_r = Σ_b (s_rb · d_b) · Σ_{i in b} W_ri · q_i.
+//!
+//! Why a second int8 product next to the column gather: the lm_head (49152 x 576 for SmolLM2, the
+//! largest matrix a token reads) is read whole unless its input is sparsified, so it needs no
+//! columns. Row-major, it keeps the file's Q8_0 blocks exactly (the per-row int8 of the column
+//! layout re-rounded them: +0.44% perplexity from the head alone on SmolLM2), a block-scaled
+//! activation keeps an outlier from flattening more than its own 31 neighbours, and both operands
+//! stay int8: `vpsignb` moves the activation's signs onto the weights and `vpmaddubsw` multiplies
+//! |q| by them. SmolLM2's head took 1.27-1.33 ms against 1.43-1.52 as columns (2 threads,
+//! `examples/head_speed.rs`), near a plain read of the same bytes.
+//!
+//! Block sums are exact integers; their scaled sum is f32 in lane order, so SIMD differs from the
+//! scalar reference by rounding only: tests bound |y − y_ref| by 1e-5 · Σ_b |s_rb·d_b|·Σ|W·q|.
+
+use rayon::prelude::*;
+
+use crate::isa::Isa;
+use crate::memory::AlignedBytes;
+use crate::quant::NonFinite;
+
+/// Values per quantization block (of weights and of the activation).
+pub const Q8_BLOCK: usize = 32;
+
+/// Below this many weight bytes, stay on one thread.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// Rows ahead of the current group of four whose bytes are prefetched: a group is one contiguous
+/// stretch (4 x 576 bytes for SmolLM2) read as four interleaved 9-line streams, too short for the
+/// hardware prefetchers to ramp up; without it the head took 2.6 ms instead of 1.3. 8, 16 and 32
+/// rows ahead measured alike, 4 slower.
+const PREFETCH_ROWS: usize = 16;
+
+/// Int8 blocks of [`Q8_BLOCK`] values, each with its own scale: v_i ≈ d_b · q_i, q within ±127
+/// (`vpsignb` cannot negate −128). Quantizing reuses the buffers (no allocation once sized).
+#[derive(Debug, Default, Clone)]
+pub struct BlockQ8 {
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+impl BlockQ8 {
+    /// Quantize `x` block by block as ggml's Q8_0 does: d_b = max|x_b|/127, q = round(x/d_b); the
+    /// last block padded with zeros, an all-zero block all zeros. A NaN or infinity is an error
+    /// naming the first one.
+    pub fn quantize(&mut self, x: &[f32]) -> Result<(), NonFinite> {
+        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+            return Err(NonFinite {
+                index,
+                value: x[index],
+            });
+        }
+        self.values.clear();
+        self.values.resize(x.len().div_ceil(Q8_BLOCK) * Q8_BLOCK, 0);
+        self.scales.clear();
+        for (b, q) in x
+            .chunks(Q8_BLOCK)
+            .zip(self.values.chunks_exact_mut(Q8_BLOCK))
+        {
+            self.scales.push(quantize_block(b, q));
+        }
+        Ok(())
+    }
+
+    /// Values the blocks hold (the input length rounded up to whole blocks).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// One block to int8 by its absmax; returns the scale. A maximum below the smallest normal f32
+/// gives 0 and zeros (127/max would overflow).
+fn quantize_block(b: &[f32], q: &mut [i8]) -> f32 {
+    let m = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    if m < f32::MIN_POSITIVE {
+        q.fill(0);
+        return 0.0;
+    }
+    let d = m / 127.0;
+    let inv = 1.0 / d;
+    for (o, &v) in q.iter_mut().zip(b) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+/// Weights [d_out][d_in] as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
+/// rows padded with zeros to whole blocks. Built from f32 rows by Q8_0's quantization, which gives
+/// back a Q8_0 tensor's own codes and scales exactly (its values are scale · q with max|q| = 127).
+#[derive(Debug, Clone)]
+pub struct RowsQ8 {
+    codes: AlignedBytes,
+    /// [d_out][blocks per row].
+    scales: Vec<f32>,
+    d_out: usize,
+    d_in: usize,
+}
+
+impl RowsQ8 {
+    /// Quantize f32 weights given row-major [d_out][d_in] (parallel over rows).
+    pub fn from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "RowsQ8: weights are not d_out x d_in"
+        );
+        let stride = Self::stride_of(d_in);
+        let blocks = stride / Q8_BLOCK;
+        let mut codes = AlignedBytes::zeroed(d_out * stride);
+        let mut scales = vec![0f32; d_out * blocks];
+        if d_in > 0 {
+            codes
+                .as_mut_slice()
+                .par_chunks_mut(stride)
+                .zip(w.par_chunks(d_in))
+                .zip(scales.par_chunks_mut(blocks))
+                .for_each(|((out, row), s)| {
+                    let out = as_i8_mut(out);
+                    for ((b, q), s) in row
+                        .chunks(Q8_BLOCK)
+                        .zip(out.chunks_exact_mut(Q8_BLOCK))
+                        .zip(s)
+                    {
+                        *s = quantize_block(b, q);
+                    }
+                });
+        }
+        RowsQ8 {
+            codes,
+            scales,
+            d_out,
+            d_in,
+        }
+    }
+
+    fn stride_of(d_in: usize) -> usize {
+        d_in.div_ceil(Q8_BLOCK) * Q8_BLOCK
+    }
+
+    /// Bytes between rows (d_in rounded up to whole blocks).
+    pub fn stride(&self) -> usize {
+        Self::stride_of(self.d_in)
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    /// The bytes a product reads: codes and scales.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len()
+    }
+
+    /// The codes' storage, to place it in memory (huge pages) with the other matrices.
+    pub fn storage_mut(&mut self) -> &mut AlignedBytes {
+        &mut self.codes
+    }
+
+    /// The weight (row, column) as stored: scale · code.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        let blocks = self.stride() / Q8_BLOCK;
+        let code = self.codes.as_slice()[row * self.stride() + col] as i8;
+        self.scales[row * blocks + col / Q8_BLOCK] * f32::from(code)
+    }
+
+    fn codes(&self) -> &[i8] {
+        as_i8(self.codes.as_slice())
+    }
+}
+
+fn as_i8_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i8, b.len()) }
+}
+
+fn as_i8(b: &[u8]) -> &[i8] {
+    // SAFETY: as in `as_i8_mut`.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+}
+
+/// y = W·x. Panics when `y` is not d_out long or `x` does not hold W's blocks per row
+/// (programming errors, checked once so the kernels read without bounds checks).
+pub fn matvec_rows_q8(isa: Isa, w: &RowsQ8, x: &BlockQ8, y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        w.d_out,
+        "matvec_rows_q8: y has {} rows, W has {}",
+        y.len(),
+        w.d_out
+    );
+    assert_eq!(
+        x.len(),
+        w.stride(),
+        "matvec_rows_q8: the activation has {} values, W's rows {}",
+        x.len(),
+        w.stride()
+    );
+    assert_eq!(
+        x.scales.len() * Q8_BLOCK,
+        x.len(),
+        "matvec_rows_q8: one activation scale per block"
+    );
+    let run = |r0: usize, ys: &mut [f32]| rows(isa, w, x, r0, ys);
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || w.bytes() < PARALLEL_MIN_BYTES {
+        run(0, y);
+    } else {
+        // One contiguous stretch of rows per worker (a multiple of 4, the kernels' row group).
+        let per = w.d_out.div_ceil(threads).div_ceil(4) * 4;
+        y.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(c, ys)| run(c * per, ys));
+    }
+}
+
+/// Rows r0 .. r0 + ys.len(), at the chosen ISA.
+fn rows(isa: Isa, w: &RowsQ8, x: &BlockQ8, r0: usize, ys: &mut [f32]) {
+    let (stride, blocks) = (w.stride(), w.stride() / Q8_BLOCK);
+    let rows = Rows {
+        codes: &w.codes()[r0 * stride..(r0 + ys.len()) * stride],
+        scales: &w.scales[r0 * blocks..(r0 + ys.len()) * blocks],
+        stride,
+    };
+    match isa {
+        // AVX-512 machines run the AVX2 kernel (a VNNI one would be the next step there).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if crate::isa::x86::v3().is_some() => {
+            // SAFETY: the V3 token proves AVX2 and FMA; `rows` holds ys.len() rows of `stride`
+            // bytes and `stride / 32` scales each, x holds `stride` values and their scales
+            // (checked by the caller).
+            unsafe { avx2::rows(rows, x, ys) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if pulp::aarch64::Neon::try_new().is_some() => {
+            // SAFETY: NEON is present; sizes as above.
+            unsafe { neon::rows(rows, x, ys) }
+        }
+        _ => rows_scalar(rows, x, ys),
+    }
+}
+
+/// Some consecutive rows of a [`RowsQ8`].
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    codes: &'a [i8],
+    scales: &'a [f32],
+    stride: usize,
+}
+
+/// The reference: per row, each block's exact integer sum times the two scales, added in block
+/// order.
+fn rows_scalar(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
+    let blocks = w.stride / Q8_BLOCK;
+    for ((y, row), s) in ys
+        .iter_mut()
+        .zip(w.codes.chunks_exact(w.stride))
+        .zip(w.scales.chunks_exact(blocks.max(1)))
+    {
+        let mut sum = 0.0f32;
+        for (((wb, qb), &d), &s) in row
+            .chunks_exact(Q8_BLOCK)
+            .zip(x.values.chunks_exact(Q8_BLOCK))
+            .zip(&x.scales)
+            .zip(s)
+        {
+            let dot: i32 = wb
+                .iter()
+                .zip(qb)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            sum += dot as f32 * (s * d);
+        }
+        *y = sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockQ8, Rows, PREFETCH_ROWS, Q8_BLOCK};
+
+    /// Four rows at a time share each activation block's loads; per block and row: `vpsignb`,
+    /// `vpmaddubsw` (|q| · ±w in int16 pairs, at most 2·127·127: no saturation), `vpmaddwd` by
+    /// ones (int32 per four weights), convert, and one FMA by the two scales' product.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
+        let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
+        let ones = _mm256_set1_epi16(1);
+        let (xp, dp, wp, sp) = (
+            x.values.as_ptr(),
+            x.scales.as_ptr(),
+            w.codes.as_ptr(),
+            w.scales.as_ptr(),
+        );
+        let n = ys.len();
+        let full = n / 4 * 4;
+        let end = wp.wrapping_add(n * stride);
+        // SAFETY (all blocks below): rows r < n have `stride` bytes at wp + r·stride and `blocks`
+        // scales at sp + r·blocks; the activation has `blocks` blocks of 32 values and scales.
+        // Prefetches are hints, issued only for addresses inside the rows.
+        unsafe {
+            let block = |acc: &mut __m256, w: *const i8, xv: __m256i, ax: __m256i, d: f32| {
+                let wv = _mm256_loadu_si256(w as *const __m256i);
+                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                *acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), *acc);
+            };
+            let mut r = 0;
+            while r < full {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let ahead = wp.wrapping_add((r + PREFETCH_ROWS) * stride);
+                for b in 0..blocks {
+                    // The group's 4·stride bytes, two lines per block (stride = 32·blocks).
+                    for l in [0, 64] {
+                        let p = ahead.wrapping_add(128 * b + l);
+                        if p < end {
+                            _mm_prefetch::<_MM_HINT_T0>(p);
+                        }
+                    }
+                    let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
+                    let ax = _mm256_abs_epi8(xv);
+                    let d = *dp.add(b);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let row = r + k;
+                        let s = *sp.add(row * blocks + b);
+                        block(a, wp.add(row * stride + b * Q8_BLOCK), xv, ax, s * d);
+                    }
+                }
+                // [row 0 .. row 3] sums: two rounds of pairwise adds, then the two halves.
+                let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+                let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+                let h = _mm256_hadd_ps(h01, h23);
+                let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                _mm_storeu_ps(ys.as_mut_ptr().add(r), sums);
+                r += 4;
+            }
+            for (r, y) in ys.iter_mut().enumerate().skip(full) {
+                let mut acc = _mm256_setzero_ps();
+                for b in 0..blocks {
+                    let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
+                    let s = *sp.add(r * blocks + b) * *dp.add(b);
+                    let row = wp.add(r * stride + b * Q8_BLOCK);
+                    block(&mut acc, row, xv, _mm256_abs_epi8(xv), s);
+                }
+                let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+                let h = _mm_hadd_ps(h, h);
+                *y = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{BlockQ8, Rows, Q8_BLOCK};
+
+    /// Per row and block: four widening int8 multiplies (int16, at most 127·127), pairwise
+    /// widening adds into int32, convert, and one fused multiply-add by the scales' product.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn rows(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
+        let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
+        let (xp, wp) = (x.values.as_ptr(), w.codes.as_ptr());
+        for (r, y) in ys.iter_mut().enumerate() {
+            // SAFETY: row r has `stride` bytes at wp + r·stride and `blocks` scales; the
+            // activation has `blocks` blocks of 32 values.
+            unsafe {
+                let mut acc = vdupq_n_f32(0.0);
+                for b in 0..blocks {
+                    let (wb, qb) = (wp.add(r * stride + b * Q8_BLOCK), xp.add(b * Q8_BLOCK));
+                    let (w0, w1) = (vld1q_s8(wb), vld1q_s8(wb.add(16)));
+                    let (q0, q1) = (vld1q_s8(qb), vld1q_s8(qb.add(16)));
+                    let mut s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(q0)));
+                    s = vpadalq_s16(s, vmull_high_s8(w0, q0));
+                    s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(q1)));
+                    s = vpadalq_s16(s, vmull_high_s8(w1, q1));
+                    let scale = w.scales[r * blocks + b] * x.scales[b];
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), scale);
+                }
+                *y = vaddvq_f32(acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// |y − y_ref| <= 1e-5 · Σ_b |s_rb·d_b| · Σ_i |W_ri·q_i|.
+    fn check(isa: Isa, d_out: usize, d_in: usize, seed: u64, outlier: bool) {
+        let mut s = seed;
+        let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
+        let mut x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s) * 3.0).collect();
+        if outlier {
+            x[d_in / 2] = 900.0;
+        }
+        let m = RowsQ8::from_f32(&w, d_out, d_in);
+        let mut q = BlockQ8::default();
+        q.quantize(&x).unwrap();
+        let blocks = m.stride() / Q8_BLOCK;
+        let all = Rows {
+            codes: m.codes(),
+            scales: &m.scales,
+            stride: m.stride(),
+        };
+        let mut want = vec![0f32; d_out];
+        rows_scalar(all, &q, &mut want);
+        let mut got = vec![f32::NAN; d_out];
+        matvec_rows_q8(isa, &m, &q, &mut got);
+        for r in 0..d_out {
+            let row = &m.codes()[r * m.stride()..(r + 1) * m.stride()];
+            let bound: f32 = (0..blocks)
+                .map(|b| {
+                    let dot: i32 = (0..Q8_BLOCK)
+                        .map(|i| {
+                            let j = b * Q8_BLOCK + i;
+                            (i32::from(row[j]) * i32::from(q.values[j])).abs()
+                        })
+                        .sum();
+                    (m.scales[r * blocks + b] * q.scales[b]).abs() * dot as f32
+                })
+                .sum();
+            assert!(
+                (got[r] - want[r]).abs() <= 1e-5 * bound,
+                "{isa:?} {d_out}x{d_in} row {r}: {} vs {}",
+                got[r],
+                want[r]
+            );
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_the_scalar_reference() {
+        for isa in Isa::available() {
+            for &(d_out, d_in) in &[
+                (1, 1),
+                (3, 31),
+                (4, 32),
+                (5, 33),
+                (7, 100),
+                (64, 576),
+                (130, 64),
+                (2048, 576),
+            ] {
+                let seed = (d_out * 1000 + d_in) as u64;
+                check(isa, d_out, d_in, seed, false);
+                check(isa, d_out, d_in, seed + 7, true);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_values_come_back_exactly() {
+        // A Q8_0 tensor's values: an f16 scale times codes whose largest magnitude is 127.
+        let (d_out, d_in) = (3, 64);
+        let mut s = 11;
+        let mut w = vec![0f32; d_out * d_in];
+        for blk in w.chunks_mut(Q8_BLOCK) {
+            let scale = half::f16::from_f32(lcg(&mut s).abs() * 0.01 + 1e-4).to_f32();
+            for (i, v) in blk.iter_mut().enumerate() {
+                let code = if i == 5 {
+                    -127.0
+                } else {
+                    (lcg(&mut s) * 127.0).round()
+                };
+                *v = scale * code;
+            }
+        }
+        let m = RowsQ8::from_f32(&w, d_out, d_in);
+        for r in 0..d_out {
+            for c in 0..d_in {
+                assert_eq!(m.get(r, c), w[r * d_in + c], "({r}, {c})");
+            }
+        }
+    }
+
+    #[test]
+    fn the_product_is_close_to_the_f32_one() {
+        // Within the activation's quantization error (the weights here are exact Q8 values):
+        // |Σ w·(x − d·q)| <= Σ |w|·d_b/2.
+        let (d_out, d_in) = (16, 200);
+        let mut s = 5;
+        let w0: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
+        let m = RowsQ8::from_f32(&w0, d_out, d_in);
+        let x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s)).collect();
+        let mut q = BlockQ8::default();
+        q.quantize(&x).unwrap();
+        let mut y = vec![0f32; d_out];
+        matvec_rows_q8(Isa::Scalar, &m, &q, &mut y);
+        for (r, &got) in y.iter().enumerate() {
+            let exact: f32 = (0..d_in).map(|j| m.get(r, j) * x[j]).sum();
+            let bound: f32 = (0..d_in)
+                .map(|j| m.get(r, j).abs() * q.scales[j / Q8_BLOCK] / 2.0)
+                .sum::<f32>()
+                + 1e-4;
+            assert!((got - exact).abs() <= bound, "row {r}: {got} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn quantization_keeps_zero_blocks_zero_and_reports_non_finite_input() {
+        let mut q = BlockQ8::default();
+        let mut x = vec![0f32; 40];
+        x[35] = -2.0;
+        q.quantize(&x).unwrap();
+        assert_eq!(q.len(), 64);
+        assert_eq!(q.scales, vec![0.0, 2.0 / 127.0]);
+        assert_eq!(q.values[35], -127);
+        assert!(q.values[..32].iter().all(|&v| v == 0));
+        x[3] = f32::NAN;
+        assert_eq!(q.quantize(&x).unwrap_err().index, 3);
+        x[3] = 1e-40; // a subnormal maximum: the block is zero, not infinite codes
+        q.quantize(&x).unwrap();
+        assert_eq!(q.scales[0], 0.0);
+        assert!(q.values[..32].iter().all(|&v| v == 0));
+    }
+}
