@@ -30,6 +30,7 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 /// stretch (4 x 576 bytes for SmolLM2) read as four interleaved 9-line streams, too short for the
 /// hardware prefetchers to ramp up; without it the head took 2.6 ms instead of 1.3. 8, 16 and 32
 /// rows ahead measured alike, 4 slower.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 16;
 
 /// Int8 blocks of [`Q8_BLOCK`] values, each with its own scale: v_i ≈ d_b · q_i, q within ±127
