@@ -1,5 +1,6 @@
 //! Kernel benchmarks: the machine's read ceiling, the sparse gather matvec at every sparsity for
-//! SmolLM2, BitNet-b1.58-2B-4T and Llama-7B FFN shapes, and quantize + Top-K + compaction.
+//! SmolLM2, BitNet-b1.58-2B-4T and Llama-7B FFN shapes, the dense int8 lm_head in both layouts,
+//! and quantize + Top-K + compaction.
 //!
 //! Criterion measures each configuration; a summary table then reports, from interleaved runs in
 //! this same process, bytes read, GB/s, the read ceiling measured between those runs (a plain
@@ -10,7 +11,8 @@
 //!     QSPARSE_BENCH_SHAPES=7b cargo bench --bench kernels -- --quick
 //!
 //! `QSPARSE_BENCH_SHAPES` picks shape families (comma-separated: smollm2, 2b4t, 7b),
-//! `QSPARSE_BENCH_FORMATS` formats (t2, i8, f16, f32; default t2,i8,f16).
+//! `QSPARSE_BENCH_FORMATS` formats (t2, i8, f16, f32; default t2,i8,f16); `QSPARSE_BENCH_HEAD=0`
+//! skips the lm_head comparison (int8 columns against row-major Q8).
 
 use std::time::{Duration, Instant};
 
@@ -244,6 +246,68 @@ fn benches(c: &mut Criterion) {
                     speedup,
                     ideal,
                     speedup / ideal
+                ));
+            }
+        }
+    }
+
+    // The dense lm_head, int8: column tiles with every column kept (the gather) against row-major
+    // Q8 blocks (`dense_q8`, what the executor reads for a dense head input), interleaved.
+    if env_list("QSPARSE_BENCH_HEAD", "1") != ["0"] {
+        summary.push(String::new());
+        summary.push(format!(
+            "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10}",
+            "lm_head (int8)", "d_in x d_out", "layout", "time us", "MB", "GB/s", "ceil", "% ceil"
+        ));
+        for (d_in, d_out) in [(576usize, 49152usize), (4096, 32000)] {
+            let w: Vec<f32> = (0..d_in * d_out)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let cols = PackedMatrix::i8_from_f32(&w, d_out, d_in);
+            let rows = dense_q8::RowsQ8::from_f32(&w, d_out, d_in);
+            drop(w);
+            let x = activation(d_in, &mut rng);
+            let p = prepare(&x, 0.0);
+            let mut blocks = dense_q8::BlockQ8::default();
+            let mut y = vec![0f32; d_out];
+            let mut by_rows = |y: &mut [f32]| {
+                blocks.quantize(&x).expect("finite");
+                dense_q8::matvec_rows_q8(isa, &rows, &blocks, y);
+            };
+            let mut group = c.benchmark_group(format!("lm_head/{d_in}x{d_out}"));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(1));
+            group.bench_function("columns", |b| b.iter(|| run(&cols.view(), &p, &mut y)));
+            group.bench_function("rows_q8", |b| b.iter(|| by_rows(&mut y)));
+            group.finish();
+            let (mut tc, mut tr, mut ceilings) = (vec![], vec![], vec![]);
+            for _ in 0..15 {
+                let t = Instant::now();
+                run(&cols.view(), &p, &mut y);
+                tc.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                by_rows(&mut y);
+                tr.push(t.elapsed().as_secs_f64());
+                ceilings.push(read_bandwidth(isa, ceiling_buf.as_slice(), 1));
+            }
+            let bw = median(ceilings);
+            for (layout, t, bytes) in [
+                ("columns", median(tc), cols.view().data().len()),
+                ("rows q8", median(tr), rows.bytes()),
+            ] {
+                let gbs = bytes as f64 / t / 1e9;
+                summary.push(format!(
+                    "{:<16} {:>12} {:>10} {:>10.1} {:>8.1} {:>8.1} {:>8.1} {:>9.0}%",
+                    "",
+                    format!("{d_in}x{d_out}"),
+                    layout,
+                    t * 1e6,
+                    bytes as f64 / 1e6,
+                    gbs,
+                    bw / 1e9,
+                    100.0 * gbs * 1e9 / bw
                 ));
             }
         }
