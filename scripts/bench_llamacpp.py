@@ -11,7 +11,9 @@ S = 0 and 0.5 (int8). Prints medians and ratios; --json for machine-readable out
 
 --prompt-tokens N decodes after an N-token prompt (the start of data/english.txt for llama.cpp,
 `qsparse bench`'s own text for qsparse), where attention over the cache weighs more; prompt
-evaluation speeds are then reported too.
+evaluation speeds are then reported too. Ratios are given two ways: of the medians, and the
+median of the per-round ratios (each pair timed within seconds; every other round runs in reverse
+order), which the VM's drifting speed disturbs less.
 """
 
 import argparse
@@ -95,7 +97,12 @@ def main():
         runs = {name: (lambda llm=llm: llama_decode(llm, a.gen, prompt)) for name, llm in llms.items()}
         runs["qsparse int8 S=0"] = lambda: qsparse_decode(0.0, a.gen, q_prompt)
         runs["qsparse int8 S=0.5"] = lambda: qsparse_decode(0.5, a.gen, q_prompt)
-        for name, run in runs.items():
+        order = list(runs.items())
+        if r % 2:
+            # Every other round in reverse, so a drift of the machine's speed within a round
+            # does not always favour the same side of a pair.
+            order.reverse()
+        for name, run in order:
             dec, pre = run()
             results[name].append(dec)
             prefill[name].append(pre)
@@ -103,21 +110,28 @@ def main():
               file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
     med_prefill = {k: statistics.median(v) for k, v in prefill.items()}
-    ratios = {
-        "qsparse_int8_dense_vs_llamacpp_q8_0": med["qsparse int8 S=0"] / med["llama.cpp Q8_0"],
-        "qsparse_int8_dense_vs_llamacpp_q4_1": med["qsparse int8 S=0"] / med["llama.cpp Q4_1"],
-        "qsparse_s05_vs_own_dense": med["qsparse int8 S=0.5"] / med["qsparse int8 S=0"],
+    pairs = {
+        "qsparse_int8_dense_vs_llamacpp_q8_0": ("qsparse int8 S=0", "llama.cpp Q8_0"),
+        "qsparse_int8_dense_vs_llamacpp_q4_1": ("qsparse int8 S=0", "llama.cpp Q4_1"),
+        "qsparse_s05_vs_own_dense": ("qsparse int8 S=0.5", "qsparse int8 S=0"),
     }
+    ratios = {k: med[a_] / med[b] for k, (a_, b) in pairs.items()}
+    # The same ratios round by round (both sides timed within seconds of each other), then their
+    # median: steadier than a ratio of medians when the machine's speed drifts between rounds.
+    round_ratios = {k: [x / y for x, y in zip(results[a_], results[b])] for k, (a_, b) in pairs.items()}
+    med_round_ratios = {k: statistics.median(v) for k, v in round_ratios.items()}
     if a.json:
         print(json.dumps({"prompt_tokens": q_prompt, "median_decode_tok_s": med,
                           "median_prompt_tok_s": med_prefill, "runs": results,
-                          "ratios": ratios}, indent=2))
+                          "ratios": ratios, "round_ratios": round_ratios,
+                          "median_round_ratios": med_round_ratios}, indent=2))
     else:
         for k, v in med.items():
             extra = f", prompt {med_prefill[k]:.1f} tok/s" if a.prompt_tokens else ""
             print(f"{k:<22} {v:7.1f} tok/s (median of {a.rounds}){extra}")
         for k, v in ratios.items():
-            print(f"{k:<38} {v:5.2f}x")
+            spread = ", ".join(f"{x:.2f}" for x in sorted(round_ratios[k]))
+            print(f"{k:<38} {v:5.2f}x of medians, {med_round_ratios[k]:.2f}x median of rounds ({spread})")
 
 
 if __name__ == "__main__":
