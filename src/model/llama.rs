@@ -163,13 +163,26 @@ fn widen_with_outliers(
     out: &mut Sparse<i16>,
 ) {
     let inv = if gamma > 0.0 { 127.0 / gamma } else { 0.0 };
-    let wide = |v: f32| (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i16;
-    out.indices.clear();
-    out.values.clear();
-    out.indices.extend_from_slice(&int.indices);
-    out.values.extend(int.values.iter().map(|&v| i16::from(v)));
-    // Dense (every one of the d slots kept): entry i is slot i.
+    // Round half to even by adding and subtracting 1.5·2^23 (exact within ±2^22): the same as
+    // `round_ties_even`, which is a libm call on baseline x86-64.
+    let wide = |v: f32| {
+        let r = (v * inv).clamp(-32767.0, 32767.0);
+        ((r + 12_582_912.0) - 12_582_912.0) as i16
+    };
+    // Dense (every one of the d slots kept): entry i is slot i, and the indices 0..d are
+    // written only when `out` does not hold them already (a dense pass follows a dense pass).
     let dense = int.len() == d;
+    let iota = d > 0
+        && out.indices.len() == d
+        && out.values.len() == d
+        && out.indices.first() == Some(&0)
+        && out.indices.last() == Some(&(d as u32 - 1));
+    if !(dense && iota) {
+        out.indices.clear();
+        out.indices.extend_from_slice(&int.indices);
+    }
+    out.values.clear();
+    out.values.extend(int.values.iter().map(|&v| i16::from(v)));
     for (&i, &v) in outliers.indices.iter().zip(&outliers.values) {
         if dense {
             out.values[i as usize] = wide(v);
@@ -827,6 +840,41 @@ mod tests {
                 assert_eq!((e.index, e.value.is_nan()), (7, true));
             }
         }
+    }
+
+    #[test]
+    fn a_reused_int16_input_equals_a_fresh_one_whatever_came_before() {
+        let d = 40;
+        let dense = Sparse {
+            indices: (0..d as u32).collect(),
+            values: (0..d).map(|i| (i as i8) - 20).collect::<Vec<i8>>(),
+        };
+        let sparse = Sparse {
+            indices: vec![1, 5, 9],
+            values: vec![3i8, -4, 5],
+        };
+        let outliers = Sparse {
+            indices: vec![7, 30],
+            values: vec![1000.0f32, -2000.5],
+        };
+        let mut reused = Sparse::default();
+        for int in [&sparse, &dense, &dense, &sparse, &dense, &sparse, &sparse] {
+            let mut fresh = Sparse::default();
+            widen_with_outliers(int, d, &outliers, 8.0, &mut fresh);
+            widen_with_outliers(int, d, &outliers, 8.0, &mut reused);
+            assert_eq!(reused, fresh);
+        }
+        // Rounding: 1000·127/8 = 15875 exactly, −2000.5·127/8 = −31757.9375 -> −31758.
+        let mut out = Sparse::default();
+        widen_with_outliers(&dense, d, &outliers, 8.0, &mut out);
+        assert_eq!((out.values[7], out.values[30]), (15875, -31758));
+        // Ties to even, as `round_ties_even` (γ = 127: the values themselves).
+        let ties = Sparse {
+            indices: vec![2, 3],
+            values: vec![2.5f32, -3.5],
+        };
+        widen_with_outliers(&dense, d, &ties, 127.0, &mut out);
+        assert_eq!((out.values[2], out.values[3]), (2, -4));
     }
 
     #[test]
