@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::isa::Isa;
 use crate::memory::AlignedBytes;
-use crate::quant::NonFinite;
+use crate::quant::{check_finite, quantize_block_absmax, NonFinite};
 
 /// Values per quantization block (of weights and of the activation).
 pub const Q8_BLOCK: usize = 32;
@@ -46,12 +46,7 @@ impl BlockQ8 {
     /// last block padded with zeros, an all-zero block all zeros. A NaN or infinity is an error
     /// naming the first one.
     pub fn quantize(&mut self, x: &[f32]) -> Result<(), NonFinite> {
-        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-            return Err(NonFinite {
-                index,
-                value: x[index],
-            });
-        }
+        check_finite(x)?;
         self.values.clear();
         self.values.resize(x.len().div_ceil(Q8_BLOCK) * Q8_BLOCK, 0);
         self.scales.clear();
@@ -59,7 +54,7 @@ impl BlockQ8 {
             .chunks(Q8_BLOCK)
             .zip(self.values.chunks_exact_mut(Q8_BLOCK))
         {
-            self.scales.push(quantize_block(b, q));
+            self.scales.push(quantize_block_absmax(b, q));
         }
         Ok(())
     }
@@ -72,22 +67,6 @@ impl BlockQ8 {
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
-}
-
-/// One block to int8 by its absmax; returns the scale. A maximum below the smallest normal f32
-/// gives 0 and zeros (127/max would overflow).
-fn quantize_block(b: &[f32], q: &mut [i8]) -> f32 {
-    let m = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-    if m < f32::MIN_POSITIVE {
-        q.fill(0);
-        return 0.0;
-    }
-    let d = m / 127.0;
-    let inv = 1.0 / d;
-    for (o, &v) in q.iter_mut().zip(b) {
-        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
-    }
-    d
 }
 
 /// Weights [d_out][d_in] as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
@@ -130,7 +109,7 @@ impl RowsQ8 {
                         .zip(out.chunks_exact_mut(Q8_BLOCK))
                         .zip(s)
                     {
-                        *s = quantize_block(b, q);
+                        *s = quantize_block_absmax(b, q);
                     }
                 });
         }

@@ -332,14 +332,11 @@ impl PackedMatrix {
         let mut scales = Vec::with_capacity(d_out);
         let mut q = vec![0i8; w.len()];
         for i in 0..d_out {
-            let row = &w[i * d_in..(i + 1) * d_in];
-            let m = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            let s = m / 127.0;
-            let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
-            for (o, &v) in q[i * d_in..(i + 1) * d_in].iter_mut().zip(row) {
-                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            }
-            scales.push(s);
+            let rows = i * d_in..(i + 1) * d_in;
+            scales.push(crate::quant::quantize_block_absmax(
+                &w[rows.clone()],
+                &mut q[rows],
+            ));
         }
         Self::i8_from_codes(&q, d_out, d_in, scales)
     }

@@ -33,5 +33,5 @@ pub mod topk;
 pub use gather::{gather_matvec, Input};
 pub use isa::Isa;
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
-pub use quant::{quantize_absmax, quantize_with, NonFinite};
+pub use quant::{check_finite, quantize_absmax, quantize_with, NonFinite};
 pub use topk::{keep_count, largest_f32, topk_f32, topk_i8, Sparse};

@@ -90,6 +90,41 @@ fn absmax_scalar(x: &[f32]) -> f32 {
     m
 }
 
+/// Whether every value is finite, in lanes of 8 so the pass vectorizes.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().all(|v| v.is_finite());
+    tail && chunks.fold(true, |ok, c| {
+        ok & c.iter().fold(true, |o, &v| o & (v.abs() < f32::INFINITY))
+    })
+}
+
+/// An error naming the first NaN or infinity of `x`, if it has one: one vectorized pass, the
+/// position looked for only when something is wrong.
+pub fn check_finite(x: &[f32]) -> Result<(), NonFinite> {
+    if all_finite(x) {
+        Ok(())
+    } else {
+        Err(first_non_finite(x))
+    }
+}
+
+/// Values to int8 by their absmax: writes q = round(v·127/m) (within ±127) and returns the scale
+/// m/127, for a weight row (the column layout's per-row scale) or a block of 32 (`dense_q8`). A
+/// maximum below the smallest normal f32 gives 0 and zeros (127/m would overflow).
+pub(crate) fn quantize_block_absmax(values: &[f32], q: &mut [i8]) -> f32 {
+    let m = values.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    if m < f32::MIN_POSITIVE {
+        q.fill(0);
+        return 0.0;
+    }
+    let inv = 127.0 / m;
+    for (o, &v) in q.iter_mut().zip(values) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    m / 127.0
+}
+
 fn first_non_finite(x: &[f32]) -> NonFinite {
     let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
     NonFinite {

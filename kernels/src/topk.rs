@@ -9,6 +9,7 @@
 //! entries above a coarse bar when K is small.
 
 use crate::isa::Isa;
+use crate::quant::all_finite;
 
 /// K for a sparsity ratio S over d inputs: round((1−S)·d), clamped to [0, d].
 pub fn keep_count(d: usize, sparsity: f32) -> usize {
@@ -179,15 +180,6 @@ pub fn largest_f32(
     out.values
         .extend(out.indices.iter().map(|&i| x[i as usize]));
     f32::from_bits((next >> 32) as u32)
-}
-
-/// Whether every value is finite, in lanes of 8 so the pass vectorizes.
-fn all_finite(x: &[f32]) -> bool {
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder().iter().all(|v| v.is_finite());
-    tail && chunks.fold(true, |ok, c| {
-        ok & c.iter().fold(true, |o, &v| o & (v.abs() < f32::INFINITY))
-    })
 }
 
 /// The k-th largest of `mags` (0 < k < len) and how many entries exceed it.

@@ -23,8 +23,8 @@ use qsparse_kernels::activation;
 use qsparse_kernels::attention::{self, store_f16, KvHead};
 use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8};
 use qsparse_kernels::{
-    gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format, Input, Isa,
-    NonFinite, Sparse,
+    check_finite, gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format,
+    Input, Isa, NonFinite, Sparse,
 };
 
 use super::config::ModelConfig;
@@ -191,22 +191,6 @@ fn widen_with_outliers(
             out.values.push(wide(v));
         }
     }
-}
-
-/// An error naming the first NaN or infinity of `x`, if it has one: one branch-free pass (it
-/// vectorizes), the position only when something is wrong.
-fn check_finite(x: &[f32]) -> Result<(), NonFinite> {
-    let finite = x.chunks(8).fold(true, |ok, c| {
-        ok & c.iter().fold(true, |o, &v| o & (v.abs() < f32::INFINITY))
-    });
-    if finite {
-        return Ok(());
-    }
-    let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-    Err(NonFinite {
-        index,
-        value: x[index],
-    })
 }
 
 /// Default number of activation outliers kept out of int8 quantization.
