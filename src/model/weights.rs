@@ -211,25 +211,37 @@ impl Weights {
 
         let done = std::sync::atomic::AtomicUsize::new(0);
         let total = infos.len();
-        let rows_head = format == WeightFormat::Int8 && head_input == HeadInput::Dense;
-        let head_at = infos.len() - 1;
-        let mut converted: Vec<Converted> = infos
-            .par_iter()
-            .enumerate()
-            .map(|(i, parts)| {
-                let m = if i == head_at && rows_head {
-                    let (w, d_out, d_in) = dequantize_stacked(file, parts)?;
-                    Converted::Rows(RowsQ8::from_f32(&w, d_out, d_in))
+        let tick = || {
+            progress(
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                total,
+            )
+        };
+        let (head_parts, layer_parts) = infos.split_last().expect("the lm_head was queued");
+        // The head (the largest matrix) converts beside the blocks' matrices.
+        let (lm_head, converted) = rayon::join(
+            || -> Result<LmHead, WeightsError> {
+                let head = if format == WeightFormat::Int8 && head_input == HeadInput::Dense {
+                    let (w, d_out, d_in) = dequantize_stacked(file, head_parts)?;
+                    LmHead::Rows(RowsQ8::from_f32(&w, d_out, d_in))
                 } else {
-                    Converted::Columns(convert(file, parts, format)?)
+                    LmHead::Columns(convert(file, head_parts, format)?)
                 };
-                progress(
-                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
-                    total,
-                );
-                Ok(m)
-            })
-            .collect::<Result<_, WeightsError>>()?;
+                tick();
+                Ok(head)
+            },
+            || {
+                layer_parts
+                    .par_iter()
+                    .map(|parts| {
+                        let m = convert(file, parts, format)?;
+                        tick();
+                        Ok(m)
+                    })
+                    .collect::<Result<Vec<Linear>, WeightsError>>()
+            },
+        );
+        let (lm_head, converted) = (lm_head?, converted?);
 
         let norm = |name: String| -> Result<Vec<f32>, WeightsError> {
             let info = shape(&name, &[d])?;
@@ -242,17 +254,10 @@ impl Weights {
             })?;
             Ok(v)
         };
-        let lm_head = match converted.pop().expect("lm_head was queued last") {
-            Converted::Columns(l) => LmHead::Columns(l),
-            Converted::Rows(r) => LmHead::Rows(r),
-        };
         let mut it = converted.into_iter();
         let mut layers = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
-            let mut next = || match it.next() {
-                Some(Converted::Columns(l)) => l,
-                _ => unreachable!("4 column matrices per layer were queued"),
-            };
+            let mut next = || it.next().expect("4 matrices per layer were queued");
             layers.push(Layer {
                 attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
                 wqkv: next(),
@@ -321,12 +326,6 @@ impl Weights {
             .sum();
         layer + self.lm_head.bytes()
     }
-}
-
-/// A converted matrix: column tiles, or the row-major Q8 lm_head.
-enum Converted {
-    Columns(Linear),
-    Rows(RowsQ8),
 }
 
 /// Dequantize [d_out, d_in] tensors (sharing d_in) row by row, stack them by rows, and pack the
