@@ -9,6 +9,8 @@ use std::time::Instant;
 use qsparse_kernels::bandwidth::read_all;
 use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8, RowsQ8};
 use qsparse_kernels::{gather_matvec, quantize_absmax, Input, Isa, PackedMatrix, Sparse};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 fn main() {
@@ -21,13 +23,8 @@ fn main() {
         args.get(1).copied().unwrap_or(49152),
     );
     let isa = Isa::best();
-    let mut seed = 1u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut rnd = || rng.random_range(-1.0f32..1.0);
     let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
     let x: Vec<f32> = (0..d_in).map(|_| rnd()).collect();
     let cols = PackedMatrix::i8_from_f32(&w, d_out, d_in);

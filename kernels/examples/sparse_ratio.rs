@@ -6,6 +6,9 @@
 
 use std::time::Instant;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use qsparse_kernels::{
     gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, PackedMatrix, Sparse,
 };
@@ -16,13 +19,8 @@ fn main() {
         .map(|a| a.parse().unwrap())
         .unwrap_or(0.5);
     let isa = Isa::best();
-    let mut seed = 7u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: the step runs on a pool worker while the other one spins, looking for
     // the products' parallel work.
     let done = std::sync::atomic::AtomicBool::new(false);
