@@ -8,8 +8,9 @@
 //! layout re-rounded them: +0.44% perplexity from the head alone on SmolLM2), a block-scaled
 //! activation keeps an outlier from flattening more than its own 31 neighbours, and both operands
 //! stay int8: `vpsignb` moves the activation's signs onto the weights and `vpmaddubsw` multiplies
-//! |q| by them. SmolLM2's head took 1.27-1.33 ms against 1.43-1.52 as columns (2 threads,
-//! `examples/head_speed.rs`), near a plain read of the same bytes.
+//! |q| by them. SmolLM2's head runs 1.04-1.10x the column product's speed (2 threads, interleaved,
+//! `examples/head_speed.rs`; 1387 against 1478 µs in the kernel bench, 88% of a plain read's rate
+//! against 73%). Llama-7B's 4096 x 32000 head runs 0.83-0.92x: see [`RowsQ8`] on its scales.
 //!
 //! Block sums are exact integers; their scaled sum is f32 in lane order, so SIMD differs from the
 //! scalar reference by rounding only: tests bound |y − y_ref| by 1e-5 · Σ_b |s_rb·d_b|·Σ|W·q|.
@@ -71,7 +72,7 @@ impl BlockQ8 {
 
 /// Weights [d_out][d_in] as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
 /// rows padded with zeros to whole blocks. f32, not Q8_0's f16: widening f16 scales per group of
-/// rows made SmolLM2's head 0.90-0.97x the column product's speed instead of 1.04-1.07x; they
+/// rows made SmolLM2's head 0.90-0.97x the column product's speed instead of 1.04-1.10x; they
 /// would help long rows, whose bytes dominate (Llama-7B's 4096 x 32000 head: 0.97-1.0x against
 /// 0.83-0.92x with f32 scales, 12% more bytes), but there the head is ~2% of a token. Built from f32 rows by Q8_0's quantization, which gives
 /// back a Q8_0 tensor's own codes and scales exactly (its values are scale · q with max|q| = 127).
