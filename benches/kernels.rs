@@ -327,7 +327,7 @@ fn benches(c: &mut Criterion) {
     for d in [576usize, 1536, 2560, 4096, 6912, 11008] {
         let x = activation(d, &mut rng);
         let mut q = vec![0i8; d];
-        let mut out = Sparse::with_capacity(d);
+        let mut out = Sparse::<i8>::with_capacity(d);
         for s in [0.5f32, 0.75] {
             let k = keep_count(d, s);
             let mut step = || {

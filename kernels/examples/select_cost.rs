@@ -19,7 +19,7 @@ fn main() {
             Vec::new(),
             Sparse::default(),
             vec![0i8; d],
-            Sparse::default(),
+            Sparse::<i8>::default(),
         );
         let time = |f: &mut dyn FnMut()| {
             let t = Instant::now();
@@ -29,7 +29,7 @@ fn main() {
             t.elapsed().as_secs_f64() / 10000.0 * 1e6
         };
         let a = time(&mut || topk_f32(isa, &x, 16, &mut scratch, &mut out));
-        let mut list = Vec::new();
+        let mut list = qsparse_kernels::outliers::Scratch::default();
         let l = time(&mut || {
             largest_f32(isa, &x, 16, &mut list, &mut out);
         });

@@ -2,7 +2,8 @@
 //! knowledge.
 //!
 //! 1. [`quant`]: int8 absmax quantization of the activation.
-//! 2. [`topk`]: exact Top-K by magnitude and compaction of the kept (index, value) pairs.
+//! 2. [`topk`]: exact Top-K by magnitude and compaction of the kept (index, value) pairs;
+//!    [`outliers`]: the few largest activations, kept out of int8 quantization.
 //! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
 //! 4. [`dense`], [`dense_q8`]: row-major f32/f16 and Q8 (int8 blocks) matvec for the lm_head.
@@ -27,11 +28,13 @@ mod gather_neon;
 pub mod isa;
 pub mod layout;
 pub mod memory;
+pub mod outliers;
 pub mod quant;
 pub mod topk;
 
 pub use gather::{gather_matvec, Input};
 pub use isa::Isa;
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
+pub use outliers::largest_f32;
 pub use quant::{check_finite, quantize_absmax, quantize_with, NonFinite};
-pub use topk::{keep_count, largest_f32, topk_f32, topk_i8, Sparse};
+pub use topk::{keep_count, topk_f32, topk_i8, Sparse};

@@ -53,8 +53,40 @@ impl<T: Copy> Sparse<T> {
     }
 }
 
-/// Keep the `k` entries of `x` with the largest |x| (ties: lowest index first) into `out`.
-pub fn topk_i8(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<i8>) {
+/// An int8 kept value as a product takes it: int8 itself, or int16 (the int8 path with
+/// activation outliers appends them at int16 range after the kept entries).
+pub trait KeptInt: Copy + Default + From<i8> + sealed::Sealed {
+    /// Written straight from the compaction at this ISA (the AVX-512 one packs int8 only).
+    #[doc(hidden)]
+    fn compact(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<Self>);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i8 {}
+    impl Sealed for i16 {}
+}
+
+impl KeptInt for i8 {
+    fn compact(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && crate::isa::x86::v4().is_some() {
+            // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3).
+            return unsafe { avx512::compact_i8(x, t, ties, out) };
+        }
+        compact_i8(isa, x, t, ties, out)
+    }
+}
+
+impl KeptInt for i16 {
+    fn compact(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i16>) {
+        compact_i8(isa, x, t, ties, out)
+    }
+}
+
+/// Keep the `k` entries of `x` with the largest |x| (ties: lowest index first) into `out`, as
+/// int8 or widened to int16.
+pub fn topk_i8<V: KeptInt>(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<V>) {
     let k = k.min(x.len());
     out.indices.clear();
     out.values.clear();
@@ -62,7 +94,8 @@ pub fn topk_i8(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<i8>) {
         return;
     }
     if k == x.len() {
-        out.dense(x);
+        out.indices.extend(0..x.len() as u32);
+        out.values.extend(x.iter().map(|&v| V::from(v)));
         return;
     }
     // The threshold t is the largest magnitude with count(|x| >= t) >= k; `above` = count(|x| > t).
@@ -75,7 +108,7 @@ pub fn topk_i8(isa: Isa, x: &[i8], k: usize, out: &mut Sparse<i8>) {
         _ => threshold_i8_histogram(x, k),
     };
     let ties = k - above; // how many entries equal to t to keep, lowest index first
-    compact_i8(isa, x, t, ties, out);
+    V::compact(isa, x, t, ties, out);
 }
 
 /// The threshold of `topk_i8` from a histogram of the 129 magnitudes (the reference; one O(d)
@@ -129,59 +162,6 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
     compact_f32(isa, x, t, k - above, finite, out);
 }
 
-/// The `m` entries of `x` with the largest |x| (ties: lowest index first), as (index, value) pairs
-/// in ascending index order into `out`, and the largest magnitude among the other entries (0 when
-/// none remain). For the executor's activation outliers (m = 32 by default, d in the hundreds or
-/// thousands):
-///
-/// 1. [`group_bar`]: a bar no higher than the (m+1)-th largest, from one vectorized pass;
-/// 2. the SIMD compaction collects the entries that reach the bar (a few dozen on activations);
-/// 3. their keys (magnitude bits, then inverted index: one u64 order) go through a selection in
-///    `keys` (reused).
-///
-/// Magnitudes compare as their bit patterns (non-negative floats order like their bits; NaN above
-/// +inf, as `total_cmp`). Top-16 of 576 heavy-tailed values: 1.0 µs, against 1.75 µs for
-/// `topk_f32` plus a pass for the rest's maximum (`examples/select_cost.rs`); warm branch-heavy
-/// variants lost to mispredictions (one per candidate). m ≥ 64 or short inputs take every entry as a candidate.
-pub fn largest_f32(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    keys: &mut Vec<u64>,
-    out: &mut Sparse<f32>,
-) -> f32 {
-    out.indices.clear();
-    out.values.clear();
-    if m >= x.len() {
-        out.dense(x);
-        return 0.0;
-    }
-    let (bar, finite) = match group_bar(x, m) {
-        Some((bar, true)) => (bar, true),
-        Some((_, false)) => (0.0, false),
-        None => (0.0, all_finite(x)),
-    };
-    // Everything at or above the bar: ties at the bar all count.
-    compact_f32(isa, x, bar, x.len(), finite, out);
-    keys.clear();
-    keys.extend(
-        out.indices
-            .iter()
-            .zip(&out.values)
-            .map(|(&i, v)| (u64::from(v.abs().to_bits()) << 32) | u64::from(!i)),
-    );
-    // Every one of the m + 1 largest reached the bar: the top m + 1 keys are theirs.
-    let n = keys.len();
-    let (_, &mut next, top) = keys.select_nth_unstable(n - 1 - m);
-    out.indices.clear();
-    out.indices.extend(top.iter().map(|&k| !(k as u32)));
-    out.indices.sort_unstable();
-    out.values.clear();
-    out.values
-        .extend(out.indices.iter().map(|&i| x[i as usize]));
-    f32::from_bits((next >> 32) as u32)
-}
-
 /// The k-th largest of `mags` (0 < k < len) and how many entries exceed it.
 ///
 /// Small k (high sparsity): only the entries at or above [`group_bar`] (copied after the
@@ -207,7 +187,7 @@ fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
 }
 
 /// Interleaved groups of [`group_bar`].
-const GROUPS: usize = 64;
+pub(crate) const GROUPS: usize = 64;
 
 /// A bar no higher than the (m+1)-th largest |x|, from one vectorized pass: the maxima of 64
 /// interleaved groups (x[i] goes to group i % 64) are 64 distinct entries, so their (m+1)-th
@@ -219,7 +199,7 @@ const GROUPS: usize = 64;
 /// patterns (as i32, all non-negative), where NaN and ±inf rank above every finite value. (A
 /// separate finiteness pass cost ~0.3 µs of every activation selection in a decode step.) The bar
 /// means nothing when x is not finite.
-fn group_bar(x: &[f32], m: usize) -> Option<(f32, bool)> {
+pub(crate) fn group_bar(x: &[f32], m: usize) -> Option<(f32, bool)> {
     if m >= GROUPS || x.len() < 2 * GROUPS {
         return None;
     }
@@ -249,24 +229,26 @@ fn select_threshold(mags: &mut [f32], k: usize) -> (f32, usize) {
 }
 
 /// Append (i, x[i]) for |x[i]| > t, and for the first `ties` entries with |x[i]| == t.
-fn compact_i8(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
+fn compact_i8<V: KeptInt>(isa: Isa, x: &[i8], t: u8, ties: usize, out: &mut Sparse<V>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if crate::isa::x86::v4().is_some() => {
-            // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3) are present.
-            unsafe { avx512::compact_i8(x, t, ties, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if crate::isa::x86::v3().is_some() => {
-            // SAFETY: the V3 token proves AVX2, BMI2 and POPCNT are present.
+        Isa::Avx2 | Isa::Avx512 if crate::isa::x86::v3().is_some() => {
+            // SAFETY: the V3 token proves AVX2 (SSSE3 and SSE4.1 with it) and POPCNT.
             unsafe { avx2::compact_i8(x, t, ties, out) }
         }
-        _ => compact_scalar(x, |v| v.unsigned_abs().cmp(&t), ties, out),
+        _ => compact_scalar(x, |v| v.unsigned_abs().cmp(&t), V::from, ties, out),
     }
 }
 
 /// `finite`: every |x| is finite (the SIMD compares would not order NaN as `total_cmp` does).
-fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, finite: bool, out: &mut Sparse<f32>) {
+pub(crate) fn compact_f32(
+    isa: Isa,
+    x: &[f32],
+    t: f32,
+    ties: usize,
+    finite: bool,
+    out: &mut Sparse<f32>,
+) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = finite; // only the x86 kernels need it
     match isa {
@@ -280,7 +262,7 @@ fn compact_f32(isa: Isa, x: &[f32], t: f32, ties: usize, finite: bool, out: &mut
             // SAFETY: the V4 token proves AVX-512 F/BW/VL (and BMI2, part of x86-64-v3) are present.
             unsafe { avx512::compact_f32(x, t, ties, out) }
         }
-        _ => compact_scalar(x, |v| v.abs().total_cmp(&t), ties, out),
+        _ => compact_scalar(x, |v| v.abs().total_cmp(&t), |v| v, ties, out),
     }
 }
 
@@ -304,9 +286,10 @@ fn lowest_bits(mask: u64, n: usize) -> u64 {
 
 /// Branch-free: every entry is written at the current end and the end advances only for kept
 /// ones, so a random keep pattern costs no mispredictions.
-fn compact_scalar<T: Copy>(
-    x: &[T],
-    cmp: impl Fn(T) -> std::cmp::Ordering,
+fn compact_scalar<S: Copy, T: Copy>(
+    x: &[S],
+    cmp: impl Fn(S) -> std::cmp::Ordering,
+    value: impl Fn(S) -> T,
     mut ties: usize,
     out: &mut Sparse<T>,
 ) {
@@ -314,7 +297,7 @@ fn compact_scalar<T: Copy>(
     let Some(&first) = x.first() else { return };
     let start = out.indices.len();
     out.indices.resize(start + x.len(), 0);
-    out.values.resize(start + x.len(), first);
+    out.values.resize(start + x.len(), value(first));
     let (idx, val) = (&mut out.indices[start..], &mut out.values[start..]);
     let mut len = 0;
     for (i, &v) in x.iter().enumerate() {
@@ -322,7 +305,7 @@ fn compact_scalar<T: Copy>(
         let tie = ord == Equal && ties > 0;
         ties -= usize::from(tie);
         idx[len] = i as u32;
-        val[len] = v;
+        val[len] = value(v);
         len += usize::from(ord == Greater || tie);
     }
     out.indices.truncate(start + len);
@@ -330,7 +313,7 @@ fn compact_scalar<T: Copy>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::Sparse;
     use std::arch::x86_64::*;
     use std::cmp::Ordering;
@@ -392,7 +375,7 @@ mod avx2 {
     }
 
     /// For each 8-bit keep mask, the lane order that packs the kept lanes first.
-    const PACK: [[u32; 8]; 256] = {
+    pub(crate) const PACK: [[u32; 8]; 256] = {
         let mut t = [[0u32; 8]; 256];
         let mut m = 0;
         while m < 256 {
@@ -457,28 +440,117 @@ mod avx2 {
         indices.truncate(len);
     }
 
-    /// int8 magnitudes against t (`pack_indices` does the rest).
-    #[target_feature(enable = "avx2,popcnt")]
-    pub unsafe fn compact_i8(x: &[i8], t: u8, ties: usize, out: &mut Sparse<i8>) {
-        let start = out.indices.len();
-        let tv = _mm256_set1_epi32(i32::from(t));
-        let masks = |i: usize| {
-            // SAFETY: pack_indices asks only for full steps, i + 8 <= x.len().
-            unsafe {
-                let bytes = _mm_loadl_epi64(x.as_ptr().add(i) as *const __m128i);
-                let mag = _mm256_abs_epi32(_mm256_cvtepi8_epi32(bytes));
-                let mask = |m: __m256i| _mm256_movemask_ps(_mm256_castsi256_ps(m)) as u32;
-                (
-                    mask(_mm256_cmpgt_epi32(mag, tv)),
-                    mask(_mm256_cmpeq_epi32(mag, tv)),
-                )
+    /// `pshufb` controls that move the lanes set in a 4-bit mask to the front, for lanes of
+    /// `width` bytes (4: indices, 2: int16 values, 1: int8 values); 0x80 writes a zero.
+    const fn front(width: usize) -> [[u8; 16]; 16] {
+        let mut t = [[0x80u8; 16]; 16];
+        let mut m = 0;
+        while m < 16 {
+            let (mut lane, mut k) = (0, 0);
+            while lane < 4 {
+                if m & (1 << lane) != 0 {
+                    let mut b = 0;
+                    while b < width {
+                        t[m][k * width + b] = (lane * width + b) as u8;
+                        b += 1;
+                    }
+                    k += 1;
+                }
+                lane += 1;
             }
-        };
-        let order = |i: usize| x[i].unsigned_abs().cmp(&t);
-        // SAFETY: this function's target features are pack_indices's.
-        unsafe { pack_indices(x.len(), ties, masks, order, &mut out.indices) };
-        out.values
-            .extend(out.indices[start..].iter().map(|&j| x[j as usize]));
+            m += 1;
+        }
+        t
+    }
+    pub(crate) const FRONT32: [[u8; 16]; 16] = front(4);
+    const FRONT16: [[u8; 16]; 16] = front(2);
+    const FRONT8: [[u8; 16]; 16] = front(1);
+
+    /// int8 magnitudes against t, 16 entries per step from one 16-byte load: byte compares give
+    /// the keep mask (ties lowest index first), then each 4 entries' kept indices and values go to
+    /// the front with `pshufb` through 256-byte tables and are stored whole (the end advances by
+    /// the kept count). 128-bit steps with small tables, not `pack_indices`' 8 KiB one: between
+    /// two selections a layer's weights stream through the caches, and the big table's rows came
+    /// back from L2 or beyond (the selection took twice as long in a decode step as when hot).
+    #[target_feature(enable = "avx2,popcnt")]
+    pub unsafe fn compact_i8<V: super::KeptInt>(
+        x: &[i8],
+        t: u8,
+        mut ties: usize,
+        out: &mut Sparse<V>,
+    ) {
+        let wide = std::mem::size_of::<V>() == 2;
+        let n = x.len();
+        let start = out.indices.len();
+        // Room for a whole 4-lane store past the last kept entry.
+        out.indices.reserve(n + 4);
+        out.values.reserve(n + 8);
+        let (ip, vp) = (out.indices.as_mut_ptr(), out.values.as_mut_ptr() as *mut u8);
+        let size = std::mem::size_of::<V>();
+        let mut len = start;
+        // SAFETY (the stores): len − start <= i, so a 16-byte index store and an 8-byte value
+        // store at len end within the reserved n + 4 indices and n + 8 values. Loads read
+        // x[i..i + 16] with i + 16 <= n, and the 16-byte tables.
+        unsafe {
+            let tv = _mm_set1_epi8(t as i8);
+            // t <= 128: t + 1 fits a byte.
+            let tv1 = _mm_set1_epi8(t.wrapping_add(1) as i8);
+            let four = _mm_set1_epi32(4);
+            let mut idx = _mm_setr_epi32(0, 1, 2, 3);
+            let table =
+                |t: &[[u8; 16]; 16], m: usize| _mm_loadu_si128(t[m].as_ptr() as *const __m128i);
+            let n16 = n / 16 * 16;
+            let mut i = 0;
+            while i < n16 {
+                let b = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
+                let a = _mm_abs_epi8(b);
+                let ge = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(a, tv), a)) as u32;
+                let gt = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(a, tv1), a)) as u32;
+                let eq_kept = super::lowest_bits(u64::from(ge & !gt), ties) as u32;
+                ties -= eq_kept.count_ones() as usize;
+                let keep = gt | eq_kept;
+                // The values by 4-entry quarter, at the front of a register.
+                let quarters = if wide {
+                    let lo = _mm_cvtepi8_epi16(b);
+                    let hi = _mm_cvtepi8_epi16(_mm_srli_si128::<8>(b));
+                    [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+                } else {
+                    [
+                        b,
+                        _mm_srli_si128::<4>(b),
+                        _mm_srli_si128::<8>(b),
+                        _mm_srli_si128::<12>(b),
+                    ]
+                };
+                for (q, &v) in quarters.iter().enumerate() {
+                    let m = ((keep >> (4 * q)) & 15) as usize;
+                    _mm_storeu_si128(
+                        ip.add(len) as *mut __m128i,
+                        _mm_shuffle_epi8(idx, table(&FRONT32, m)),
+                    );
+                    idx = _mm_add_epi32(idx, four);
+                    let dst = vp.add(len * size) as *mut __m128i;
+                    if wide {
+                        _mm_storel_epi64(dst, _mm_shuffle_epi8(v, table(&FRONT16, m)));
+                    } else {
+                        let packed = _mm_shuffle_epi8(v, table(&FRONT8, m));
+                        (dst as *mut i32).write_unaligned(_mm_cvtsi128_si32(packed));
+                    }
+                    len += m.count_ones() as usize;
+                }
+                i += 16;
+            }
+            for (i, &v) in x.iter().enumerate().skip(n16) {
+                let ord = v.unsigned_abs().cmp(&t);
+                let tie = ord == Ordering::Equal && ties > 0;
+                ties -= usize::from(tie);
+                *ip.add(len) = i as u32;
+                (vp.add(len * size) as *mut V).write(V::from(v));
+                len += usize::from(ord == Ordering::Greater || tie);
+            }
+            out.indices.set_len(len);
+            out.values.set_len(len);
+        }
     }
 
     /// Finite f32 magnitudes against t (`pack_indices` does the rest).

@@ -173,11 +173,20 @@ fn topk_i8_is_exact_with_ties_lowest_index_first() {
             for k in ks(d, &mut rng) {
                 let want = topk_reference(&mags, k);
                 for isa in isas() {
-                    let mut s = Sparse::default();
+                    let mut s = Sparse::<i8>::default();
                     topk_i8(isa, &x, k, &mut s);
                     assert_eq!(s.indices, want, "{isa} d={d} k={k} kind={kind}");
                     let vals: Vec<i8> = want.iter().map(|&i| x[i as usize]).collect();
                     assert_eq!(s.values, vals);
+                    // Widened straight to int16, into a buffer that held something else.
+                    let mut w = Sparse::<i16> {
+                        indices: vec![7],
+                        values: vec![-300],
+                    };
+                    topk_i8(isa, &x, k, &mut w);
+                    assert_eq!(w.indices, want, "{isa} int16 d={d} k={k} kind={kind}");
+                    let wide: Vec<i16> = vals.iter().map(|&v| i16::from(v)).collect();
+                    assert_eq!(w.values, wide);
                 }
             }
         }
@@ -186,9 +195,17 @@ fn topk_i8_is_exact_with_ties_lowest_index_first() {
     let x: Vec<i8> = (0..300).map(|i| [-128i8, 127, -127, 0, 1][i % 5]).collect();
     let mags: Vec<f64> = x.iter().map(|v| f64::from(v.unsigned_abs())).collect();
     for isa in isas() {
-        let mut s = Sparse::default();
+        let mut s = Sparse::<i8>::default();
         topk_i8(isa, &x, 100, &mut s);
         assert_eq!(s.indices, topk_reference(&mags, 100), "{isa}");
+        let mut w = Sparse::<i16>::default();
+        topk_i8(isa, &x, 100, &mut w);
+        assert_eq!(w.indices, s.indices, "{isa} int16");
+        assert!(w
+            .values
+            .iter()
+            .zip(&s.values)
+            .all(|(&a, &b)| a == i16::from(b)));
     }
     // Long inputs (the SIMD threshold search widens its byte counters every 255 blocks of 32):
     // full-range random bytes and all-equal magnitudes.
@@ -200,7 +217,7 @@ fn topk_i8_is_exact_with_ties_lowest_index_first() {
         for k in [1, x.len() / 3, x.len() - 1] {
             let want = topk_reference(&mags, k);
             for isa in isas() {
-                let mut s = Sparse::default();
+                let mut s = Sparse::<i8>::default();
                 topk_i8(isa, &x, k, &mut s);
                 assert_eq!(s.indices, want, "{isa} long d={} k={k}", x.len());
             }
@@ -260,8 +277,8 @@ fn topk_f32_is_exact_with_ties_lowest_index_first() {
 #[test]
 fn largest_f32_is_the_exact_top_m_and_the_rest_maximum() {
     let mut rng = SmallRng::seed_from_u64(12);
-    let mut keys = Vec::new();
-    let check = |x: &[f32], m: usize, keys: &mut Vec<u64>, what: &str| {
+    let mut keys = qsparse_kernels::outliers::Scratch::default();
+    let check = |x: &[f32], m: usize, keys: &mut qsparse_kernels::outliers::Scratch, what: &str| {
         let d = x.len();
         let mags: Vec<f64> = x.iter().map(|v| f64::from(v.abs())).collect();
         let want = topk_reference(&mags, m.min(d));

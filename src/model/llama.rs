@@ -22,6 +22,7 @@ use half::f16;
 use qsparse_kernels::activation;
 use qsparse_kernels::attention::{self, store_f16, KvHead};
 use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8};
+use qsparse_kernels::outliers;
 use qsparse_kernels::{
     check_finite, gather_matvec, keep_count, largest_f32, quantize_with, topk_f32, topk_i8, Format,
     Input, Isa, NonFinite, Sparse,
@@ -143,25 +144,21 @@ struct Selection {
     scratch: Vec<f32>,
     /// Int8 path: the largest activations, kept out of the quantization (index, value).
     outliers: Sparse<f32>,
-    /// `largest_f32`'s working list.
-    keys: Vec<u64>,
-    /// Int8 path with I8 weights: the kept int8 entries and the outliers in one int16 input.
+    /// `largest_f32`'s working lists.
+    outlier_scratch: outliers::Scratch,
+    /// Int8 path with outliers against I8 weights: the kept int8 entries and the outliers in one
+    /// int16 input (`int` then is not filled).
     wide: Sparse<i16>,
+    /// Whether the last selection filled `wide`.
+    is_wide: bool,
 }
 
-/// The kept int8 entries and the outliers as one int16 input at the int8 scale γ/127, the
-/// outliers' values round(127·v/γ) (within the range `select` chose γ for, at most ±32767). A
-/// dense selection (all d slots) holds the outliers' slots as zeros: they take the values there.
-/// A sparse one does not hold them: they follow its entries (the product does not need ascending
-/// indices; merging them into order made SmolLM2's S = 0.5 products ~3% faster and the
-/// selection about as much slower, one profile).
-fn widen_with_outliers(
-    int: &Sparse<i8>,
-    d: usize,
-    outliers: &Sparse<f32>,
-    gamma: f32,
-    out: &mut Sparse<i16>,
-) {
+/// The outliers of an int16 input at the int8 scale γ/127: round(127·v/γ), within the range
+/// `select` chose γ for (at most ±32767). A dense input (all d slots) holds the outliers' slots
+/// as zeros: they take the values there. A sparse one does not hold them: they follow its
+/// entries (the product does not need ascending indices; merging them into order made SmolLM2's
+/// S = 0.5 products ~3% faster and the selection about as much slower, one profile).
+fn add_outliers(out: &mut Sparse<i16>, d: usize, outliers: &Sparse<f32>, gamma: f32) {
     let inv = if gamma > 0.0 { 127.0 / gamma } else { 0.0 };
     // Round half to even by adding and subtracting 1.5·2^23 (exact within ±2^22): the same as
     // `round_ties_even`, which is a libm call on baseline x86-64.
@@ -169,20 +166,7 @@ fn widen_with_outliers(
         let r = (v * inv).clamp(-32767.0, 32767.0);
         ((r + 12_582_912.0) - 12_582_912.0) as i16
     };
-    // Dense (every one of the d slots kept): entry i is slot i, and the indices 0..d are
-    // written only when `out` does not hold them already (a dense pass follows a dense pass).
-    let dense = int.len() == d;
-    let iota = d > 0
-        && out.indices.len() == d
-        && out.values.len() == d
-        && out.indices.first() == Some(&0)
-        && out.indices.last() == Some(&(d as u32 - 1));
-    if !(dense && iota) {
-        out.indices.clear();
-        out.indices.extend_from_slice(&int.indices);
-    }
-    out.values.clear();
-    out.values.extend(int.values.iter().map(|&v| i16::from(v)));
+    let dense = out.len() == d;
     for (&i, &v) in outliers.indices.iter().zip(&outliers.values) {
         if dense {
             out.values[i as usize] = wide(v);
@@ -190,6 +174,24 @@ fn widen_with_outliers(
             out.indices.push(i);
             out.values.push(wide(v));
         }
+    }
+}
+
+/// Every int8 entry as int16 in slot order. The indices 0..d are written only when `out` does
+/// not hold them already (a dense pass of the same width came before).
+fn widen_dense(q: &[i8], out: &mut Sparse<i16>) {
+    let d = q.len();
+    let iota = d > 0
+        && out.indices.len() == d
+        && out.indices.first() == Some(&0)
+        && out.indices.last() == Some(&(d as u32 - 1));
+    if !iota {
+        out.indices.clear();
+        out.indices.extend(0..d as u32);
+    }
+    out.values.resize(d, 0);
+    for (w, &v) in out.values.iter_mut().zip(q) {
+        *w = i16::from(v);
     }
 }
 
@@ -206,8 +208,9 @@ struct Sparsifier {
 }
 
 impl Sparsifier {
-    /// Select the inputs of `x` to keep at sparsity `s`.
-    fn select(&mut self, x: &[f32], s: f32) -> Result<(), NonFinite> {
+    /// Select the inputs of `x` to keep at sparsity `s`, for a product with `target` weights
+    /// (int8 activations take their outliers as int16 against int8 weights, in f32 against others).
+    fn select(&mut self, x: &[f32], s: f32, target: Format) -> Result<(), NonFinite> {
         let k = keep_count(x.len(), s);
         let sel = &mut self.sel;
         match self.format {
@@ -219,7 +222,7 @@ impl Sparsifier {
                 if m == 0 {
                     check_finite(x)?;
                 }
-                let rest = largest_f32(self.isa, x, m, &mut sel.keys, &mut sel.outliers);
+                let rest = largest_f32(self.isa, x, m, &mut sel.outlier_scratch, &mut sel.outliers);
                 // NaN and ±inf order above every finite magnitude, so with m > 0 a non-finite
                 // input puts one among the outliers: no separate pass over x is needed.
                 if sel.outliers.values.iter().any(|v| !v.is_finite()) {
@@ -241,15 +244,18 @@ impl Sparsifier {
                     sel.quantized[i as usize] = 0;
                 }
                 sel.scale = gamma / 127.0;
-                if k == x.len() {
-                    // Dense: every slot, the outliers' zeros too (they add nothing), without the
-                    // Top-K pass that would only drop zeros.
-                    sel.int.dense(&sel.quantized);
-                } else {
-                    topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int);
+                sel.is_wide = m > 0 && target == Format::I8;
+                // Dense: every slot, the outliers' zeros too (they add nothing), without the
+                // Top-K pass that would only drop zeros. Int16 inputs are written straight from
+                // the int8 ones (no int8 list in between).
+                match (sel.is_wide, k == x.len()) {
+                    (true, true) => widen_dense(&sel.quantized, &mut sel.wide),
+                    (true, false) => topk_i8(self.isa, &sel.quantized, k - m, &mut sel.wide),
+                    (false, true) => sel.int.dense(&sel.quantized),
+                    (false, false) => topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int),
                 }
-                if m > 0 {
-                    widen_with_outliers(&sel.int, x.len(), &sel.outliers, gamma, &mut sel.wide);
+                if sel.is_wide {
+                    add_outliers(&mut sel.wide, x.len(), &sel.outliers, gamma);
                 }
             }
             WeightFormat::F32 | WeightFormat::F16 => {
@@ -266,15 +272,16 @@ impl Sparsifier {
         let kept = match self.format {
             WeightFormat::Int8 => {
                 let (sel, o) = (&self.sel, &self.sel.outliers);
-                let input = if o.is_empty() {
-                    Input::I8 {
-                        x: &sel.int,
-                        scale: sel.scale,
-                    }
-                } else if view.format() == Format::I8 {
+                debug_assert_eq!(sel.is_wide, !o.is_empty() && view.format() == Format::I8);
+                let input = if sel.is_wide {
                     // One integer pass, the outliers as int16 at the same scale.
                     Input::I16 {
                         x: &sel.wide,
+                        scale: sel.scale,
+                    }
+                } else if o.is_empty() {
+                    Input::I8 {
+                        x: &sel.int,
                         scale: sel.scale,
                     }
                 } else {
@@ -285,8 +292,12 @@ impl Sparsifier {
                     }
                 };
                 gather_matvec(self.isa, &view, input, y);
-                // Dense passes hold the outliers' (zero) int8 slots as well: count columns once.
-                (sel.int.len() + o.len()).min(w.d_in())
+                if sel.is_wide {
+                    sel.wide.len()
+                } else {
+                    // Dense passes hold the outliers' (zero) int8 slots as well: count them once.
+                    (sel.int.len() + o.len()).min(w.d_in())
+                }
             }
             _ => {
                 gather_matvec(self.isa, &view, Input::F32(&self.sel.float), y);
@@ -524,7 +535,7 @@ impl Model {
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
-                .select(&state.xb, sparsity.qkv)
+                .select(&state.xb, sparsity.qkv, layer.wqkv.format())
                 .map_err(nonfinite)?;
             laps.mark(&mut state.profile, Phase::Select);
             let read = state.sparsifier.matvec(&layer.wqkv, &mut state.qkv);
@@ -561,7 +572,7 @@ impl Model {
             laps.mark(&mut state.profile, Phase::Attention);
             state
                 .sparsifier
-                .select(&state.att_out, sparsity.o)
+                .select(&state.att_out, sparsity.o, layer.wo.format())
                 .map_err(nonfinite)?;
             laps.mark(&mut state.profile, Phase::Select);
             traffic.count(3, state.sparsifier.matvec(&layer.wo, &mut state.attn_proj));
@@ -576,7 +587,7 @@ impl Model {
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
-                .select(&state.xb, sparsity.gate_up)
+                .select(&state.xb, sparsity.gate_up, layer.w_gate_up.format())
                 .map_err(nonfinite)?;
             laps.mark(&mut state.profile, Phase::Select);
             let read = state
@@ -593,7 +604,11 @@ impl Model {
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
                 .sparsifier
-                .select(&state.gate_up[..c.d_ff], sparsity.down)
+                .select(
+                    &state.gate_up[..c.d_ff],
+                    sparsity.down,
+                    layer.w_down.format(),
+                )
                 .map_err(nonfinite)?;
             laps.mark(&mut state.profile, Phase::Select);
             traffic.count(
@@ -641,7 +656,7 @@ impl Model {
             LmHead::Columns(head) => {
                 state
                     .sparsifier
-                    .select(&state.xb, sparsity.lm_head)
+                    .select(&state.xb, sparsity.lm_head, head.format())
                     .map_err(nonfinite)?;
                 laps.mark(&mut state.profile, Phase::Select);
                 traffic.count(7, state.sparsifier.matvec(head, &mut state.logits));
@@ -811,16 +826,18 @@ mod tests {
                 };
                 let mut x: Vec<f32> = (0..576).map(|i| (i as f32 * 0.37).sin()).collect();
                 for s in [0.0, 0.5] {
-                    assert!(sp.select(&x, s).is_ok());
+                    for target in [Format::I8, Format::T2] {
+                        assert!(sp.select(&x, s, target).is_ok());
+                    }
                 }
                 x[500] = f32::NEG_INFINITY;
                 x[501] = f32::NAN;
                 for s in [0.0, 0.5] {
-                    let e = sp.select(&x, s).unwrap_err();
+                    let e = sp.select(&x, s, Format::I8).unwrap_err();
                     assert_eq!(e.index, 500, "{format:?} outliers {outliers} {isa:?} S={s}");
                 }
                 x[7] = f32::NAN;
-                let e = sp.select(&x, 0.5).unwrap_err();
+                let e = sp.select(&x, 0.5, Format::T2).unwrap_err();
                 assert_eq!((e.index, e.value.is_nan()), (7, true));
             }
         }
@@ -828,37 +845,67 @@ mod tests {
 
     #[test]
     fn a_reused_int16_input_equals_a_fresh_one_whatever_came_before() {
-        let d = 40;
-        let dense = Sparse {
+        let dense = |d: usize| Sparse {
             indices: (0..d as u32).collect(),
             values: (0..d).map(|i| (i as i8) - 20).collect::<Vec<i8>>(),
         };
+        let (wide, narrow) = (dense(40), dense(17));
         let sparse = Sparse {
             indices: vec![1, 5, 9],
             values: vec![3i8, -4, 5],
         };
         let outliers = Sparse {
-            indices: vec![7, 30],
+            indices: vec![7, 16],
             values: vec![1000.0f32, -2000.5],
         };
         let mut reused = Sparse::default();
-        for int in [&sparse, &dense, &dense, &sparse, &dense, &sparse, &sparse] {
+        // Dense passes of two widths (the cached indices 0..d must follow) and sparse ones.
+        for (int, d) in [
+            (&sparse, 40),
+            (&wide, 40),
+            (&wide, 40),
+            (&narrow, 17),
+            (&wide, 40),
+            (&sparse, 40),
+            (&narrow, 17),
+            (&narrow, 17),
+            (&sparse, 17),
+        ] {
             let mut fresh = Sparse::default();
-            widen_with_outliers(int, d, &outliers, 8.0, &mut fresh);
-            widen_with_outliers(int, d, &outliers, 8.0, &mut reused);
+            widen(int, d, &outliers, 8.0, &mut fresh);
+            widen(int, d, &outliers, 8.0, &mut reused);
             assert_eq!(reused, fresh);
         }
         // Rounding: 1000·127/8 = 15875 exactly, −2000.5·127/8 = −31757.9375 -> −31758.
         let mut out = Sparse::default();
-        widen_with_outliers(&dense, d, &outliers, 8.0, &mut out);
-        assert_eq!((out.values[7], out.values[30]), (15875, -31758));
+        widen(&wide, 40, &outliers, 8.0, &mut out);
+        assert_eq!((out.values[7], out.values[16]), (15875, -31758));
         // Ties to even, as `round_ties_even` (γ = 127: the values themselves).
         let ties = Sparse {
             indices: vec![2, 3],
             values: vec![2.5f32, -3.5],
         };
-        widen_with_outliers(&dense, d, &ties, 127.0, &mut out);
+        widen(&wide, 40, &ties, 127.0, &mut out);
         assert_eq!((out.values[2], out.values[3]), (2, -4));
+    }
+
+    /// The executor's int16 input from an int8 selection: `widen_dense` when it holds all d
+    /// slots, else its entries as `topk_i8` writes them; then the outliers.
+    fn widen(
+        int: &Sparse<i8>,
+        d: usize,
+        outliers: &Sparse<f32>,
+        gamma: f32,
+        out: &mut Sparse<i16>,
+    ) {
+        if int.len() == d {
+            widen_dense(&int.values, out);
+        } else {
+            out.indices.clone_from(&int.indices);
+            out.values.clear();
+            out.values.extend(int.values.iter().map(|&v| i16::from(v)));
+        }
+        add_outliers(out, d, outliers, gamma);
     }
 
     #[test]
@@ -888,7 +935,7 @@ mod tests {
             ),
         ] {
             let mut out = Sparse::default();
-            widen_with_outliers(&int, 6, &outliers, gamma, &mut out);
+            widen(&int, 6, &outliers, gamma, &mut out);
             assert_eq!(out.indices, want_idx);
             assert_eq!(out.values, want_val);
         }

@@ -77,6 +77,10 @@ impl Linear {
     pub fn d_out(&self) -> usize {
         self.matrix.d_out
     }
+
+    pub fn format(&self) -> Format {
+        self.matrix.format
+    }
 }
 
 /// One transformer block. Projections that read the same input are stacked by rows into one
