@@ -548,19 +548,23 @@ impl Model {
             self.rope(q, &state.rope);
             self.rope(k, &state.rope);
 
-            let layer_off = l * state.ctx * kv_dim;
-            let at = layer_off + pos * kv_dim;
+            // The cache is head-major: [layer][kv head][position][head_dim].
+            let base = l * kv_dim * state.ctx;
             let isa = state.sparsifier.isa;
-            store_f16(isa, k, &mut state.key_cache[at..at + kv_dim]);
-            store_f16(isa, v, &mut state.value_cache[at..at + kv_dim]);
+            for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+                let at = base + (h * state.ctx + pos) * hd;
+                store_f16(isa, k, &mut state.key_cache[at..at + hd]);
+                store_f16(isa, v, &mut state.value_cache[at..at + hd]);
+            }
 
+            let cache = base..base + kv_dim * state.ctx;
             attend(
                 isa,
                 Attention {
                     q,
-                    keys: &state.key_cache[layer_off..layer_off + (pos + 1) * kv_dim],
-                    values: &state.value_cache[layer_off..layer_off + (pos + 1) * kv_dim],
-                    kv_dim,
+                    keys: &state.key_cache[cache.clone()],
+                    values: &state.value_cache[cache],
+                    positions: pos + 1,
                     head_dim: hd,
                     group,
                     scale,
@@ -710,13 +714,19 @@ enum Output {
     CacheOnly,
 }
 
-/// One layer's attention inputs for the current token: its rotated queries and the cached keys
-/// and values of positions 0..=pos.
+/// One layer's attention inputs for the current token: its rotated queries and the layer's key
+/// and value cache, head-major (each key/value head's positions one after another, `keys.len() /
+/// n_kv` values per head), of which positions 0..`positions` are filled. Head-major, a head's keys
+/// are one sequential stream: position-major (all heads of a position together), each head read
+/// 128 of every 384 bytes, and as the weights streaming between two layers' attention evict the
+/// cache, the kernel waited on strided misses. SmolLM2's attention phase (`bench --profile`, S =
+/// 0.5, two interleaved pairs) went from 358-364 to 326-328 µs per token at ~33 positions and
+/// from 738-896 to 641-658 at ~190.
 struct Attention<'a> {
     q: &'a [f32],
     keys: &'a [f16],
     values: &'a [f16],
-    kv_dim: usize,
+    positions: usize,
     head_dim: usize,
     /// Query heads per key/value head.
     group: usize,
@@ -735,9 +745,10 @@ const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
 /// the query heads evenly across the rayon pool, a key/value head's group split between two
 /// workers where a share ends inside it (each query head's arithmetic is the same either way).
 fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
-    let (hd, group) = (a.head_dim, a.group);
-    let positions = a.keys.len() / a.kv_dim;
+    let (hd, group, positions) = (a.head_dim, a.group, a.positions);
     let n_q = a.q.len() / hd;
+    // Cache rows per key/value head.
+    let rows = a.keys.len() / (n_q / group) / hd;
     let ctx = scores.len() / n_q;
     // Query heads q0 .. q0 + out.len() / hd, by key/value head.
     let heads = |q0: usize, scores: &mut [f32], out: &mut [f32]| {
@@ -746,12 +757,13 @@ fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
         while q < q1 {
             let kvh = q / group;
             let end = ((kvh + 1) * group).min(q1);
+            let head = kvh * rows * hd..(kvh * rows + positions) * hd;
             let h = KvHead {
                 queries: &a.q[q * hd..end * hd],
-                keys: a.keys,
-                values: a.values,
-                stride: a.kv_dim,
-                offset: kvh * hd,
+                keys: &a.keys[head.clone()],
+                values: &a.values[head],
+                stride: hd,
+                offset: 0,
                 head_dim: hd,
                 scale: a.scale,
             };
@@ -956,8 +968,9 @@ mod tests {
         let kv_dim = n_kv * hd;
         let q: Vec<f32> = (0..n_q * hd).map(|_| rnd()).collect();
         let mut half = || f16::from_f32(rnd());
-        let keys: Vec<f16> = (0..positions * kv_dim).map(|_| half()).collect();
-        let values: Vec<f16> = (0..positions * kv_dim).map(|_| half()).collect();
+        // Head-major, ctx rows per head of which `positions` are filled.
+        let keys: Vec<f16> = (0..ctx * kv_dim).map(|_| half()).collect();
+        let values: Vec<f16> = (0..ctx * kv_dim).map(|_| half()).collect();
         assert!(q.len() * positions >= PARALLEL_ATTENTION_MIN);
         let run = |threads: usize| {
             let (mut scores, mut out) = (vec![0f32; n_q * ctx], vec![0f32; n_q * hd]);
@@ -969,7 +982,7 @@ mod tests {
                 q: &q,
                 keys: &keys,
                 values: &values,
-                kv_dim,
+                positions,
                 head_dim: hd,
                 group: n_q / n_kv,
                 scale: 0.125,
