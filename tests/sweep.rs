@@ -109,6 +109,11 @@ fn sweep_agrees_with_perplexity_and_bench() {
     assert!((linear_ratio - 0.5).abs() < 0.01, "{linear_ratio}");
     let ideal = sparse["ideal_speedup"].as_f64().unwrap();
     assert!((ideal - bytes(dense) / bytes(sparse)).abs() < 1e-9);
+    // The paired speedup: each round's dense run over itself is exactly 1.
+    assert_eq!(dense["speedup"].as_f64(), Some(1.0));
+    assert_eq!(dense["speedup_of_medians"].as_f64(), Some(1.0));
+    assert!(sparse["speedup"].as_f64().unwrap() > 0.0);
+    assert!(sparse["speedup_of_medians"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -166,14 +166,14 @@ fn model_name(arg: &str) -> String {
 }
 
 const CSV_COLUMNS: &str = "sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
-decode_tok_s,prefill_tok_s,speedup,ideal_speedup,effective_gb_s,roofline_fraction,ppl,mean_nll,\
+decode_tok_s,prefill_tok_s,speedup,speedup_of_medians,ideal_speedup,effective_gb_s,roofline_fraction,ppl,mean_nll,\
 top1_agreement,kl,natural_sparsity";
 
 fn csv(s: &Sweep) -> String {
     let mut out = format!("{CSV_COLUMNS}\n");
     for r in &s.rows {
         out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.sparsity,
             r.weight_bytes_per_token,
             r.fraction_of_dense,
@@ -181,6 +181,7 @@ fn csv(s: &Sweep) -> String {
             r.decode_tok_s,
             r.prefill_tok_s,
             r.speedup,
+            r.speedup_of_medians,
             r.ideal_speedup,
             r.effective_gb_s,
             r.roofline_fraction,
@@ -233,7 +234,7 @@ fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
         );
     }
     out += "\nMB/token: weight bytes one decoded token reads; active: weights used per token; \
-            ideal: dense bytes / these bytes;\nof BW: effective GB/s over the machine's read \
+            speedup: median of the rounds' ratios to dense;\nideal: dense bytes / these bytes; of BW: effective GB/s over the machine's read \
             bandwidth; top-1 and KL: next-token agreement with the dense model.\n";
     if per_layer {
         out +=
