@@ -91,7 +91,9 @@ impl Traffic {
 
     /// Count the exact zeros of `x`, the input of projection kinds `slots`.
     fn record_input(&mut self, slots: &[usize], x: &[f32]) {
-        let zeros = x.iter().filter(|&&v| v == 0.0).count() as u64;
+        // As a sum of 0/1, which vectorizes (a filtered count did not: 169 against 69 ns for 576
+        // entries, hot).
+        let zeros = u64::from(x.iter().map(|&v| u32::from(v == 0.0)).sum::<u32>());
         for &s in slots {
             self.zero_inputs[s] += zeros;
             self.inputs[s] += x.len() as u64;
