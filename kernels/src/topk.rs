@@ -374,72 +374,6 @@ pub(crate) mod avx2 {
         total + tail.iter().filter(|v| v.unsigned_abs() >= t).count()
     }
 
-    /// For each 8-bit keep mask, the lane order that packs the kept lanes first.
-    pub(crate) const PACK: [[u32; 8]; 256] = {
-        let mut t = [[0u32; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let (mut lane, mut k) = (0, 0);
-            while lane < 8 {
-                if m & (1 << lane) != 0 {
-                    t[m][k] = lane as u32;
-                    k += 1;
-                }
-                lane += 1;
-            }
-            m += 1;
-        }
-        t
-    };
-
-    /// Appends the kept indices, 8 entries per step: `masks(i)` gives the lanes of entries
-    /// i..i+8 whose magnitude is above / equal to the threshold; ties are taken lowest index
-    /// first, and one permute through a lookup table packs the kept lanes. `order(i)` compares
-    /// entry i with the threshold for the last n % 8 entries, as the scalar reference does.
-    #[inline(always)]
-    unsafe fn pack_indices(
-        n: usize,
-        mut ties: usize,
-        masks: impl Fn(usize) -> (u32, u32),
-        order: impl Fn(usize) -> Ordering,
-        indices: &mut Vec<u32>,
-    ) {
-        let start = indices.len();
-        // Room for a full 8-lane store past the last kept entry.
-        indices.resize(start + n + 8, 0);
-        let step = _mm256_set1_epi32(8);
-        let mut idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mut len = start;
-        let n8 = n / 8 * 8;
-        let mut i = 0;
-        while i < n8 {
-            let (gt, eq) = masks(i);
-            let eq_kept = super::lowest_bits(u64::from(eq), ties) as u32;
-            ties -= eq_kept.count_ones() as usize;
-            let keep = (gt | eq_kept) as usize;
-            // SAFETY: len + 8 <= start + n + 8 for the store, since len - start <= i; the
-            // caller's target features include AVX2.
-            unsafe {
-                let lanes = _mm256_loadu_si256(PACK[keep].as_ptr() as *const __m256i);
-                _mm256_storeu_si256(
-                    indices.as_mut_ptr().add(len) as *mut __m256i,
-                    _mm256_permutevar8x32_epi32(idx, lanes),
-                );
-                idx = _mm256_add_epi32(idx, step);
-            }
-            len += keep.count_ones() as usize;
-            i += 8;
-        }
-        for i in n8..n {
-            let ord = order(i);
-            let tie = ord == Ordering::Equal && ties > 0;
-            ties -= usize::from(tie);
-            indices[len] = i as u32;
-            len += usize::from(ord == Ordering::Greater || tie);
-        }
-        indices.truncate(len);
-    }
-
     /// `pshufb` controls that move the lanes set in a 4-bit mask to the front, for lanes of
     /// `width` bytes (4: indices, 2: int16 values, 1: int8 values); 0x80 writes a zero.
     const fn front(width: usize) -> [[u8; 16]; 16] {
@@ -469,9 +403,10 @@ pub(crate) mod avx2 {
     /// int8 magnitudes against t, 16 entries per step from one 16-byte load: byte compares give
     /// the keep mask (ties lowest index first), then each 4 entries' kept indices and values go to
     /// the front with `pshufb` through 256-byte tables and are stored whole (the end advances by
-    /// the kept count). 128-bit steps with small tables, not `pack_indices`' 8 KiB one: between
-    /// two selections a layer's weights stream through the caches, and the big table's rows came
-    /// back from L2 or beyond (the selection took twice as long in a decode step as when hot).
+    /// the kept count). 128-bit steps with small tables, not an 8-lane permute through an 8 KiB
+    /// one: between two selections a layer's weights stream through the caches, and the big
+    /// table's rows came back from L2 or beyond (the selection took twice as long in a decode step
+    /// as when hot).
     #[target_feature(enable = "avx2,popcnt")]
     pub unsafe fn compact_i8<V: super::KeptInt>(
         x: &[i8],
@@ -553,27 +488,54 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// Finite f32 magnitudes against t (`pack_indices` does the rest).
+    /// Finite f32 magnitudes against t, 4 entries per step: the keep mask (ties lowest index
+    /// first) picks a [`FRONT32`] row that moves the kept indices and values to the front of
+    /// their registers, both stored whole (the end advances by the kept count).
     #[target_feature(enable = "avx2,popcnt")]
-    pub unsafe fn compact_f32(x: &[f32], t: f32, ties: usize, out: &mut Sparse<f32>) {
+    pub unsafe fn compact_f32(x: &[f32], t: f32, mut ties: usize, out: &mut Sparse<f32>) {
+        let n = x.len();
         let start = out.indices.len();
-        let tv = _mm256_set1_ps(t);
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-        let masks = |i: usize| {
-            // SAFETY: pack_indices asks only for full steps, i + 8 <= x.len().
-            unsafe {
-                let mag = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(i)), abs);
-                (
-                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(mag, tv)) as u32,
-                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(mag, tv)) as u32,
-                )
+        // Room for a whole 4-lane store past the last kept entry.
+        out.indices.reserve(n + 4);
+        out.values.reserve(n + 4);
+        let (ip, vp) = (out.indices.as_mut_ptr(), out.values.as_mut_ptr());
+        let mut len = start;
+        // SAFETY (the stores): len − start <= i, so 16-byte stores at len end within the reserved
+        // n + 4 entries. Loads read x[i..i + 4] with i + 4 <= n, and the 16-byte table rows.
+        unsafe {
+            let tv = _mm_set1_ps(t);
+            let abs = _mm_castsi128_ps(_mm_set1_epi32(i32::MAX));
+            let four = _mm_set1_epi32(4);
+            let mut idx = _mm_setr_epi32(0, 1, 2, 3);
+            let n4 = n / 4 * 4;
+            let mut i = 0;
+            while i < n4 {
+                let v = _mm_loadu_ps(x.as_ptr().add(i));
+                let mag = _mm_and_ps(v, abs);
+                let gt = _mm_movemask_ps(_mm_cmpgt_ps(mag, tv)) as u32;
+                let eq = _mm_movemask_ps(_mm_cmpeq_ps(mag, tv)) as u32;
+                let eq_kept = super::lowest_bits(u64::from(eq), ties) as u32;
+                ties -= eq_kept.count_ones() as usize;
+                let keep = (gt | eq_kept) as usize;
+                let ctl = _mm_loadu_si128(FRONT32[keep].as_ptr() as *const __m128i);
+                _mm_storeu_si128(ip.add(len) as *mut __m128i, _mm_shuffle_epi8(idx, ctl));
+                let moved = _mm_shuffle_epi8(_mm_castps_si128(v), ctl);
+                _mm_storeu_si128(vp.add(len) as *mut __m128i, moved);
+                len += keep.count_ones() as usize;
+                idx = _mm_add_epi32(idx, four);
+                i += 4;
             }
-        };
-        let order = |i: usize| x[i].abs().total_cmp(&t);
-        // SAFETY: this function's target features are pack_indices's.
-        unsafe { pack_indices(x.len(), ties, masks, order, &mut out.indices) };
-        out.values
-            .extend(out.indices[start..].iter().map(|&j| x[j as usize]));
+            for (i, &v) in x.iter().enumerate().skip(n4) {
+                let ord = v.abs().total_cmp(&t);
+                let tie = ord == Ordering::Equal && ties > 0;
+                ties -= usize::from(tie);
+                *ip.add(len) = i as u32;
+                *vp.add(len) = v;
+                len += usize::from(ord == Ordering::Greater || tie);
+            }
+            out.indices.set_len(len);
+            out.values.set_len(len);
+        }
     }
 }
 
