@@ -350,13 +350,37 @@ impl PackedMatrix {
         );
         assert_eq!(row_scale.len(), d_out, "i8_from_codes: one scale per row");
         let mut m = Self::zeroed(Format::I8, d_out, d_in, row_scale);
-        for i in 0..d_out {
-            for j in 0..d_in {
-                let (chunk, r) = m.chunk_mut(i, j);
-                chunk[r] = q[i * d_in + j] as u8;
+        m.fill_from_rows(|k| [q[k] as u8]);
+        m
+    }
+
+    /// Fills an I8, F16 or F32 matrix from row-major source elements, `bytes(k)` giving element
+    /// k = row·d_in + j: line by line, column by column, so that a line's source rows stay in the
+    /// caches while their columns are gathered. (Element by element through `chunk_mut`, the
+    /// transposition took about half of SmolLM2's int8 load: 1.30-1.49 s, now 0.62-0.66.)
+    fn fill_from_rows<const B: usize>(&mut self, bytes: impl Fn(usize) -> [u8; B]) {
+        debug_assert_eq!(self.format.rows_per_line() * B, LINE_BYTES);
+        let (d_out, d_in) = (self.d_out, self.d_in);
+        let rpl = LINE_BYTES / B;
+        let tile_bytes = LINES_PER_TILE * d_in * LINE_BYTES;
+        for (t, tile) in self
+            .data
+            .as_mut_slice()
+            .chunks_mut(tile_bytes.max(1))
+            .enumerate()
+        {
+            let lines = tile.len() / (d_in * LINE_BYTES).max(1);
+            for s in 0..lines {
+                let row0 = (t * LINES_PER_TILE + s) * rpl;
+                let rows = d_out.saturating_sub(row0).min(rpl);
+                for j in 0..d_in {
+                    let at = (j * lines + s) * LINE_BYTES;
+                    for (r, e) in tile[at..at + rows * B].chunks_exact_mut(B).enumerate() {
+                        e.copy_from_slice(&bytes((row0 + r) * d_in + j));
+                    }
+                }
             }
         }
-        m
     }
 
     pub fn f16_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
@@ -366,13 +390,7 @@ impl PackedMatrix {
             "f16_from_f32: weights are not d_out x d_in"
         );
         let mut m = Self::zeroed(Format::F16, d_out, d_in, Vec::new());
-        for i in 0..d_out {
-            for j in 0..d_in {
-                let (chunk, r) = m.chunk_mut(i, j);
-                chunk[2 * r..2 * r + 2]
-                    .copy_from_slice(&f16::from_f32(w[i * d_in + j]).to_le_bytes());
-            }
-        }
+        m.fill_from_rows(|k| f16::from_f32(w[k]).to_le_bytes());
         m
     }
 
@@ -383,12 +401,7 @@ impl PackedMatrix {
             "f32_from_f32: weights are not d_out x d_in"
         );
         let mut m = Self::zeroed(Format::F32, d_out, d_in, Vec::new());
-        for i in 0..d_out {
-            for j in 0..d_in {
-                let (chunk, r) = m.chunk_mut(i, j);
-                chunk[4 * r..4 * r + 4].copy_from_slice(&w[i * d_in + j].to_le_bytes());
-            }
-        }
+        m.fill_from_rows(|k| w[k].to_le_bytes());
         m
     }
 }
