@@ -328,7 +328,7 @@ pub struct RunState {
     key_cache: Vec<f16>,
     value_cache: Vec<f16>,
     ctx: usize,
-    /// This step's RoPE (sin, cos) per rotated pair.
+    /// This step's RoPE rotation (cos and ±sin per entry, see `Rope`).
     rope: Rope,
     sparsifier: Sparsifier,
     /// The lm_head input in Q8 blocks (a row-major head's input).
