@@ -414,14 +414,15 @@ pub(crate) mod avx2 {
         mut ties: usize,
         out: &mut Sparse<V>,
     ) {
-        let wide = std::mem::size_of::<V>() == 2;
+        // Bytes per value: int8, or int16 (widened on the way).
+        let size = std::mem::size_of::<V>();
+        let wide = size == 2;
         let n = x.len();
         let start = out.indices.len();
         // Room for a whole 4-lane store past the last kept entry.
         out.indices.reserve(n + 4);
         out.values.reserve(n + 8);
         let (ip, vp) = (out.indices.as_mut_ptr(), out.values.as_mut_ptr() as *mut u8);
-        let size = std::mem::size_of::<V>();
         let mut len = start;
         // SAFETY (the stores): len − start <= i, so a 16-byte index store and an 8-byte value
         // store at len end within the reserved n + 4 indices and n + 8 values. Loads read

@@ -179,24 +179,6 @@ fn add_outliers(out: &mut Sparse<i16>, d: usize, outliers: &Sparse<f32>, gamma: 
     }
 }
 
-/// Every int8 entry as int16 in slot order. The indices 0..d are written only when `out` does
-/// not hold them already (a dense pass of the same width came before).
-fn widen_dense(q: &[i8], out: &mut Sparse<i16>) {
-    let d = q.len();
-    let iota = d > 0
-        && out.indices.len() == d
-        && out.indices.first() == Some(&0)
-        && out.indices.last() == Some(&(d as u32 - 1));
-    if !iota {
-        out.indices.clear();
-        out.indices.extend(0..d as u32);
-    }
-    out.values.resize(d, 0);
-    for (w, &v) in out.values.iter_mut().zip(q) {
-        *w = i16::from(v);
-    }
-}
-
 /// Default number of activation outliers kept out of int8 quantization.
 pub const DEFAULT_ACTIVATION_OUTLIERS: usize = 32;
 
@@ -247,14 +229,14 @@ impl Sparsifier {
                 }
                 sel.scale = gamma / 127.0;
                 sel.is_wide = m > 0 && target == Format::I8;
-                // Dense: every slot, the outliers' zeros too (they add nothing), without the
-                // Top-K pass that would only drop zeros. Int16 inputs are written straight from
-                // the int8 ones (no int8 list in between).
-                match (sel.is_wide, k == x.len()) {
-                    (true, true) => widen_dense(&sel.quantized, &mut sel.wide),
-                    (true, false) => topk_i8(self.isa, &sel.quantized, k - m, &mut sel.wide),
-                    (false, true) => sel.int.dense(&sel.quantized),
-                    (false, false) => topk_i8(self.isa, &sel.quantized, k - m, &mut sel.int),
+                // Dense: every slot, the outliers' zeros too (they add nothing; `topk_i8` keeps
+                // all d without a threshold pass). Int16 inputs are written straight from the
+                // int8 ones (no int8 list in between).
+                let kept = if k == x.len() { k } else { k - m };
+                if sel.is_wide {
+                    topk_i8(self.isa, &sel.quantized, kept, &mut sel.wide);
+                } else {
+                    topk_i8(self.isa, &sel.quantized, kept, &mut sel.int);
                 }
                 if sel.is_wide {
                     add_outliers(&mut sel.wide, x.len(), &sel.outliers, gamma);
@@ -891,38 +873,64 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_int16_input_equals_a_fresh_one_whatever_came_before() {
-        let dense = |d: usize| Sparse {
-            indices: (0..d as u32).collect(),
-            values: (0..d).map(|i| (i as i8) - 20).collect::<Vec<i8>>(),
+    fn a_reused_selection_equals_a_fresh_one_whatever_came_before() {
+        let fresh = || Sparsifier {
+            isa: Isa::best(),
+            format: WeightFormat::Int8,
+            outliers: 4,
+            sel: Selection::default(),
         };
-        let (wide, narrow) = (dense(40), dense(17));
-        let sparse = Sparse {
-            indices: vec![1, 5, 9],
-            values: vec![3i8, -4, 5],
+        let x = |d: usize, seed: f32| -> Vec<f32> {
+            (0..d)
+                .map(|i| (i as f32 * 0.37 + seed).sin() * (1.0 + (i % 7) as f32))
+                .collect()
+        };
+        let mut reused = fresh();
+        // Dense and sparse passes of two widths, into the int16 input (I8 weights) and the int8
+        // one (T2 weights), in an order where each buffer holds something else before.
+        for (d, s, target, seed) in [
+            (40, 0.5, Format::I8, 0.1),
+            (40, 0.0, Format::I8, 0.2),
+            (17, 0.0, Format::I8, 0.3),
+            (40, 0.0, Format::T2, 0.4),
+            (17, 0.5, Format::I8, 0.5),
+            (40, 0.5, Format::T2, 0.6),
+            (40, 0.0, Format::I8, 0.7),
+            (17, 0.5, Format::T2, 0.8),
+        ] {
+            let x = x(d, seed);
+            let mut new = fresh();
+            new.select(&x, s, target).unwrap();
+            reused.select(&x, s, target).unwrap();
+            let what = format!("d={d} S={s} {target:?}");
+            assert_eq!(reused.sel.is_wide, new.sel.is_wide, "{what}");
+            assert_eq!(reused.sel.is_wide, target == Format::I8, "{what}");
+            assert_eq!(
+                reused.sel.scale.to_bits(),
+                new.sel.scale.to_bits(),
+                "{what}"
+            );
+            assert_eq!(reused.sel.outliers, new.sel.outliers, "{what}");
+            if new.sel.is_wide {
+                assert_eq!(reused.sel.wide, new.sel.wide, "{what}");
+                let want = if s == 0.0 { d } else { keep_count(d, s) };
+                assert_eq!(new.sel.wide.len(), want, "{what}");
+            } else {
+                assert_eq!(reused.sel.int, new.sel.int, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn outliers_take_int16_values_rounded_half_to_even() {
+        let wide = Sparse {
+            indices: (0..40u32).collect(),
+            values: (0..40).map(|i| (i as i8) - 20).collect::<Vec<i8>>(),
         };
         let outliers = Sparse {
             indices: vec![7, 16],
             values: vec![1000.0f32, -2000.5],
         };
-        let mut reused = Sparse::default();
-        // Dense passes of two widths (the cached indices 0..d must follow) and sparse ones.
-        for (int, d) in [
-            (&sparse, 40),
-            (&wide, 40),
-            (&wide, 40),
-            (&narrow, 17),
-            (&wide, 40),
-            (&sparse, 40),
-            (&narrow, 17),
-            (&narrow, 17),
-            (&sparse, 17),
-        ] {
-            let mut fresh = Sparse::default();
-            widen(int, d, &outliers, 8.0, &mut fresh);
-            widen(int, d, &outliers, 8.0, &mut reused);
-            assert_eq!(reused, fresh);
-        }
         // Rounding: 1000·127/8 = 15875 exactly, −2000.5·127/8 = −31757.9375 -> −31758.
         let mut out = Sparse::default();
         widen(&wide, 40, &outliers, 8.0, &mut out);
@@ -936,8 +944,8 @@ mod tests {
         assert_eq!((out.values[2], out.values[3]), (2, -4));
     }
 
-    /// The executor's int16 input from an int8 selection: `widen_dense` when it holds all d
-    /// slots, else its entries as `topk_i8` writes them; then the outliers.
+    /// The executor's int16 input from an int8 selection: its entries as `topk_i8` writes them
+    /// (all d slots when dense), then the outliers.
     fn widen(
         int: &Sparse<i8>,
         d: usize,
@@ -945,13 +953,9 @@ mod tests {
         gamma: f32,
         out: &mut Sparse<i16>,
     ) {
-        if int.len() == d {
-            widen_dense(&int.values, out);
-        } else {
-            out.indices.clone_from(&int.indices);
-            out.values.clear();
-            out.values.extend(int.values.iter().map(|&v| i16::from(v)));
-        }
+        out.indices.clone_from(&int.indices);
+        out.values.clear();
+        out.values.extend(int.values.iter().map(|&v| i16::from(v)));
         add_outliers(out, d, outliers, gamma);
     }
 
