@@ -30,7 +30,8 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 /// Rows ahead of the current group of four whose bytes are prefetched: a group is one contiguous
 /// stretch (4 x 576 bytes for SmolLM2) read as four interleaved 9-line streams, too short for the
 /// hardware prefetchers to ramp up; without it the head took 2.6 ms instead of 1.3. 8, 16 and 32
-/// rows ahead measured alike, 4 slower.
+/// rows ahead measured alike, 4 slower. Non-temporal, as the gather's runs (read once a token):
+/// the decode step ran 1.3% faster than with `T0` (S = 0.5, 9 interleaved rounds).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 16;
 
@@ -308,7 +309,7 @@ mod avx2 {
                     for l in [0, 64] {
                         let p = ahead.wrapping_add(128 * b + l);
                         if p < end {
-                            _mm_prefetch::<_MM_HINT_T0>(p);
+                            _mm_prefetch::<_MM_HINT_NTA>(p);
                         }
                     }
                     let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);

@@ -224,12 +224,30 @@ fn split_columns(
         let bias = t2_bias(format, vals);
         let scales = w.row_scale();
         let (parts, floats) = (&parts[..threads * rows], &floats[..]);
+        // Block by block, so that every loop below is a plain zip the compiler vectorizes. A
+        // per-row sum over the workers' strided parts ran 6-7 cycles a row after the workers had
+        // finished (SmolLM2 dense: 2.3 µs per 576-row product, 9.3 per 3072-row one, ~0.5 ms a
+        // token); the blocked form made dense decode 2.7% faster (11 interleaved rounds).
         let reduce = |r0: usize, ys: &mut [f32]| {
-            for (r, (o, &s)) in (r0..).zip(ys.iter_mut().zip(&scales[r0..])) {
-                let a: i32 = (0..threads).map(|t| parts[t * rows + r]).sum();
-                *o = (a - bias) as f32 * (scale * s);
+            const BLOCK: usize = 256;
+            let mut sums = [0i32; BLOCK];
+            for (b, ys) in ys.chunks_mut(BLOCK).enumerate() {
+                let (at, n) = (r0 + b * BLOCK, ys.len());
+                let sums = &mut sums[..n];
+                sums.copy_from_slice(&parts[at..at + n]);
+                for part in parts.chunks_exact(rows).skip(1) {
+                    for (a, &p) in sums.iter_mut().zip(&part[at..at + n]) {
+                        *a += p;
+                    }
+                }
+                let scales = &scales[at..at + n];
+                for ((o, &a), &s) in ys.iter_mut().zip(sums.iter()).zip(scales) {
+                    *o = (a - bias) as f32 * (scale * s);
+                }
                 if float_rows > 0 {
-                    *o += s * floats[r];
+                    for ((o, &f), &s) in ys.iter_mut().zip(&floats[at..at + n]).zip(scales) {
+                        *o += s * f;
+                    }
                 }
             }
         };
@@ -424,7 +442,7 @@ fn for_each_segment(
 /// the next group's runs line by line.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod runs {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA};
 
     use super::Lines;
     use crate::layout::LINE_BYTES;
@@ -473,12 +491,17 @@ pub(crate) mod runs {
         (p < idx.len()).then(|| unsafe { runs4(l, idx, p) })
     }
 
+    /// Non-temporal: a decode step reads each weight once, so the runs should not push the step's
+    /// reused data (activations, selection tables, KV cache, code) out of L2. Side by side in one
+    /// process (the two builds alternated run by run, SmolLM2 int8, 9 rounds), against `T0`: every
+    /// phase 1-4% faster, selection and attention included; decode +1.2-1.6% at S = 0.5, +3.3%
+    /// dense.
     #[inline(always)]
     pub unsafe fn prefetch_line(next: &Option<[*const u8; 4]>, s: usize) {
         if let Some(runs) = next {
             for r in runs {
                 // SAFETY: prefetching is a hint; the address is inside the run's tile.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(r.add(LINE_BYTES * s) as *const i8) };
+                unsafe { _mm_prefetch::<_MM_HINT_NTA>(r.add(LINE_BYTES * s) as *const i8) };
             }
         }
     }
