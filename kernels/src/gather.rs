@@ -50,6 +50,12 @@ pub enum Input<'a> {
     F32(&'a Sparse<f32>),
 }
 
+/// Whether every index is below `bound`: a max the compiler vectorizes. The early-exit `all` over
+/// a chained iterator it replaces took 0.9% of a decode step's samples (`perf`, S = 0.5).
+fn all_below(idx: &[u32], bound: u32) -> bool {
+    idx.iter().fold(0, |m, &j| m.max(j)) < bound || idx.is_empty()
+}
+
 /// The f32 columns of a mixed input (none for the other kinds).
 const NO_COLUMNS: (&[u32], &[f32]) = (&[], &[]);
 
@@ -133,7 +139,7 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
     );
     let d_in = w.d_in() as u32;
     assert!(
-        idx.iter().chain(exact_idx).all(|&j| j < d_in),
+        all_below(idx, d_in) && all_below(exact_idx, d_in),
         "gather_matvec: an input index is >= d_in = {d_in}"
     );
     let kernel = Kernel::select(isa);
