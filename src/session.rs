@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::model::{ForwardError, Model, RunState, Sparsity};
+use crate::model::{ForwardError, Model, RunState, Sparsity, PROMPT_BATCH};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -144,9 +144,7 @@ impl<'m> Session<'m> {
 
         let t = Instant::now();
         let (&last, rest) = prompt[keep..].split_last().expect("keep < prompt.len()");
-        for &tok in rest {
-            self.feed(tok, params.sparsity)?;
-        }
+        self.feed(rest, params.sparsity)?;
         self.forward(last, params.sparsity)?;
         let prompt_s = t.elapsed().as_secs_f64();
 
@@ -221,11 +219,14 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// As `forward`, for a prompt token whose logits nobody reads (no lm_head).
-    fn feed(&mut self, token: u32, sparsity: Sparsity) -> Result<(), ForwardError> {
-        let pos = self.cached.len();
-        self.model.feed(&mut self.state, token, pos, sparsity)?;
-        self.cached.push(token);
+    /// As `forward`, for prompt tokens whose logits nobody reads (batched, no lm_head).
+    fn feed(&mut self, tokens: &[u32], sparsity: Sparsity) -> Result<(), ForwardError> {
+        // Batch by batch, so that after a failure the cache holds what was evaluated before it.
+        for chunk in tokens.chunks(PROMPT_BATCH) {
+            let pos = self.cached.len();
+            self.model.feed(&mut self.state, chunk, pos, sparsity)?;
+            self.cached.extend_from_slice(chunk);
+        }
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! Feeding a prompt without its intermediate logits (no lm_head before the last token) leaves
-//! exactly the state a token-by-token forward leaves: same logits to the bit, same continuation.
+//! Feeding a prompt (in batches of tokens, without the intermediate logits: no lm_head before the
+//! last token) leaves exactly the state a token-by-token forward leaves: same logits to the bit,
+//! same continuation. Int8 weights take the batched product (int16 inputs with outliers, plain
+//! int8 without); f32 weights run each token's product in turn.
 
 mod common;
 
@@ -8,44 +10,79 @@ use qsparse::sample::argmax;
 
 #[test]
 fn feeding_a_prompt_equals_forwarding_every_token() {
+    for (format, outliers) in [
+        (WeightFormat::Int8, 32),
+        (WeightFormat::Int8, 0),
+        (WeightFormat::F32, 0),
+    ] {
+        let (model, tokenizer) = model::load(&common::smollm2(), format, &|_, _| {}).unwrap();
+        // Long enough for several full batches and a partial one.
+        let prompt = tokenizer
+            .encode(
+                "The quick brown fox jumps over the lazy dog, and then it runs into the woods \
+                 where 12 owls and a badger named Otto watch it with some suspicion.",
+            )
+            .unwrap();
+        assert!(prompt.len() > 20, "{} tokens", prompt.len());
+        for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
+            let state = || {
+                let mut s = RunState::new(&model.config, format, 64);
+                s.set_activation_outliers(outliers);
+                s
+            };
+            let mut a = state();
+            for (pos, &t) in prompt.iter().enumerate() {
+                model.forward(&mut a, t, pos, sparsity).unwrap();
+            }
+            let mut b = state();
+            // In two pieces, as a session extending its cache does.
+            let cut = 3;
+            model
+                .feed_prompt(&mut b, &prompt[..cut], 0, sparsity)
+                .unwrap();
+            model
+                .feed_prompt(&mut b, &prompt[cut..], cut, sparsity)
+                .unwrap();
+            let what = format!("{} outliers {outliers} {sparsity:?}", format.name());
+            assert!(
+                a.logits
+                    .iter()
+                    .zip(&b.logits)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "logits differ: {what}"
+            );
+            // The caches agree too: the next steps match.
+            for pos in prompt.len()..prompt.len() + 4 {
+                let next = argmax(&a.logits);
+                assert_eq!(next, argmax(&b.logits), "{what}");
+                model.forward(&mut a, next, pos, sparsity).unwrap();
+                model.forward(&mut b, next, pos, sparsity).unwrap();
+                assert!(
+                    a.logits
+                        .iter()
+                        .zip(&b.logits)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what} at position {pos}"
+                );
+            }
+        }
+    }
+}
+
+/// A prompt that does not fit the context fails cleanly, naming the position.
+#[test]
+fn a_prompt_beyond_the_context_is_an_error() {
     let (model, tokenizer) =
         model::load(&common::smollm2(), WeightFormat::Int8, &|_, _| {}).unwrap();
     let prompt = tokenizer
-        .encode("The quick brown fox jumps over the lazy dog, and then")
+        .encode("one two three four five six seven eight nine ten eleven")
         .unwrap();
-    assert!(prompt.len() > 5);
-    for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
-        let mut a = RunState::new(&model.config, WeightFormat::Int8, 64);
-        for (pos, &t) in prompt.iter().enumerate() {
-            model.forward(&mut a, t, pos, sparsity).unwrap();
-        }
-        let mut b = RunState::new(&model.config, WeightFormat::Int8, 64);
-        // In two pieces, as a session extending its cache does.
-        let cut = prompt.len() / 2;
-        model
-            .feed_prompt(&mut b, &prompt[..cut], 0, sparsity)
-            .unwrap();
-        model
-            .feed_prompt(&mut b, &prompt[cut..], cut, sparsity)
-            .unwrap();
-        assert!(
-            a.logits
-                .iter()
-                .zip(&b.logits)
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "logits differ at {sparsity:?}"
-        );
-        // The caches agree too: the next steps match.
-        for pos in prompt.len()..prompt.len() + 4 {
-            let next = argmax(&a.logits);
-            assert_eq!(next, argmax(&b.logits));
-            model.forward(&mut a, next, pos, sparsity).unwrap();
-            model.forward(&mut b, next, pos, sparsity).unwrap();
-            assert!(a
-                .logits
-                .iter()
-                .zip(&b.logits)
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
-        }
-    }
+    let mut s = RunState::new(&model.config, WeightFormat::Int8, 8);
+    let err = model
+        .feed_prompt(&mut s, &prompt, 0, Sparsity::dense())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("beyond the context length 8"),
+        "{err}"
+    );
 }

@@ -420,7 +420,7 @@ fn t2_bias(format: Format, val: Values<'_>) -> i32 {
 /// Calls `f(segment, n, at)` for each tile's part of the output lines line0 .. line0 + lines:
 /// `segment` addresses its first line (column j's run part starts at first + j·stride), `n` is
 /// its number of lines and `at` its first line relative to line0.
-fn for_each_segment(
+pub(crate) fn for_each_segment(
     w: &ColumnTiles<'_>,
     line0: usize,
     lines: usize,

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, next_runs, prefetch_line};
+use crate::gather::runs::{group4, next_runs, prefetch_line, runs4};
 use crate::gather::Lines;
 
 /// Ternary 2-bit codes (256 rows per line): four kept columns at a time, each run swept line by
@@ -187,6 +187,76 @@ pub unsafe fn i8_runs<V: Copy + Default + Into<i16>>(
                     let (pl, ph) = (a.add(2 * b), a.add(2 * b + 1));
                     _mm256_storeu_si256(pl, _mm256_add_epi32(_mm256_loadu_si256(pl), first));
                     _mm256_storeu_si256(ph, _mm256_add_epi32(_mm256_loadu_si256(ph), second));
+                }
+            }
+        }
+        p += 4;
+    }
+}
+
+/// int8 weights against a batch of activation vectors ([`crate::gather_batch`]): as `i8_runs`,
+/// four kept columns at a time, each run swept line by line; the interleaved, widened weights of
+/// a 16-row slice are made once and multiplied by every token's (x1, x2) pairs. acc holds
+/// [line][token][64 rows]; values[p · batch + t] is token t's value at column idx[p].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn i8_runs_batch(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[i16],
+    batch: usize,
+    acc: &mut [i32],
+) {
+    use crate::gather_batch::MAX_BATCH;
+    assert!((1..=MAX_BATCH).contains(&batch) && values.len() == idx.len() * batch);
+    assert!(acc.len() >= n * batch * 64);
+    let ap = acc.as_mut_ptr() as *mut __m256i;
+    let pair = |a: i16, b: i16| ((u32::from(b as u16) << 16) | u32::from(a as u16)) as i32;
+    // Per token, the (x1, x2) and (x3, x4) pairs of the current group.
+    let mut pairs = [[0i32; 2]; MAX_BATCH];
+    let mut p = 0;
+    while p < idx.len() {
+        // SAFETY: the runs lie in the tile (n lines each); acc holds n · batch · 64 int32; the
+        // values read are p + q < idx.len() (past the end, the padding column counts as 0).
+        unsafe {
+            let c = runs4(&l, idx, p);
+            for (t, pr) in pairs.iter_mut().enumerate().take(batch) {
+                let v = |q: usize| {
+                    if p + q < idx.len() {
+                        *values.get_unchecked((p + q) * batch + t)
+                    } else {
+                        0
+                    }
+                };
+                *pr = [pair(v(0), v(1)), pair(v(2), v(3))];
+            }
+            let next = next_runs(&l, idx, p + 4);
+            for s in 0..n {
+                prefetch_line(&next, s);
+                for b in 0..4 {
+                    let o = 64 * s + 16 * b;
+                    let w = |q: usize| _mm_loadu_si128(c[q].add(o) as *const __m128i);
+                    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+                    let widen = _mm256_cvtepi8_epi16;
+                    let lo01 = widen(_mm_unpacklo_epi8(w0, w1));
+                    let lo23 = widen(_mm_unpacklo_epi8(w2, w3));
+                    let hi01 = widen(_mm_unpackhi_epi8(w0, w1));
+                    let hi23 = widen(_mm_unpackhi_epi8(w2, w3));
+                    for (t, pr) in pairs.iter().enumerate().take(batch) {
+                        let (x01, x23) = (_mm256_set1_epi32(pr[0]), _mm256_set1_epi32(pr[1]));
+                        let first = _mm256_add_epi32(
+                            _mm256_madd_epi16(lo01, x01),
+                            _mm256_madd_epi16(lo23, x23),
+                        );
+                        let second = _mm256_add_epi32(
+                            _mm256_madd_epi16(hi01, x01),
+                            _mm256_madd_epi16(hi23, x23),
+                        );
+                        let a = ap.add(8 * (s * batch + t) + 2 * b);
+                        let (pl, ph) = (a, a.add(1));
+                        _mm256_storeu_si256(pl, _mm256_add_epi32(_mm256_loadu_si256(pl), first));
+                        _mm256_storeu_si256(ph, _mm256_add_epi32(_mm256_loadu_si256(ph), second));
+                    }
                 }
             }
         }

@@ -23,6 +23,7 @@ pub mod gather;
 mod gather_avx2;
 #[cfg(target_arch = "x86_64")]
 mod gather_avx512;
+pub mod gather_batch;
 #[cfg(target_arch = "aarch64")]
 mod gather_neon;
 pub mod isa;
@@ -33,6 +34,7 @@ pub mod quant;
 pub mod topk;
 
 pub use gather::{gather_matvec, Input};
+pub use gather_batch::{gather_matvec_batch, BatchInput, MAX_BATCH};
 pub use isa::Isa;
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use outliers::largest_f32;

@@ -34,6 +34,9 @@ use super::profile::{Laps, Phase, Profile};
 use super::weights::{Linear, LmHead, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
 
+mod prefill;
+pub use prefill::PROMPT_BATCH;
+
 /// Sparsity ratio S per projection input (K = round((1−S)·d) entries kept).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sparsity {
@@ -317,8 +320,11 @@ pub struct RunState {
     head_input: BlockQ8,
     /// What the last forward pass read.
     pub traffic: Traffic,
-    /// Time per phase, when enabled.
+    /// Time per phase, when enabled (single-token passes: decode steps and a prompt's last
+    /// token; batched prompt steps are not timed).
     pub profile: Option<Profile>,
+    /// Buffers of batched prompt evaluation.
+    batch: prefill::BatchState,
 }
 
 impl RunState {
@@ -348,6 +354,7 @@ impl RunState {
             head_input: BlockQ8::default(),
             traffic: Traffic::default(),
             profile: None,
+            batch: prefill::BatchState::new(config),
         }
     }
 
@@ -406,13 +413,12 @@ impl Model {
         pos: usize,
         sparsity: Sparsity,
     ) -> Result<(), ForwardError> {
-        self.pass(state, token, pos, sparsity, Output::Logits)
+        on_pool(|| self.step(state, token, pos, sparsity))
     }
 
     /// Run the prompt `tokens` at positions pos0.. through the model, leaving the logits after
-    /// the last one in `state.logits`. The tokens before it only fill the KV cache: nobody reads
-    /// their next-token distribution, so they skip the final norm and the lm_head (SmolLM2 int8:
-    /// 32 of the 138 MB a step reads). Empty `tokens` do nothing.
+    /// the last one in `state.logits`: the tokens before it go through [`Model::feed`], batched
+    /// and without the lm_head. Empty `tokens` do nothing.
     pub fn feed_prompt(
         &self,
         state: &mut RunState,
@@ -423,56 +429,26 @@ impl Model {
         let Some((&last, rest)) = tokens.split_last() else {
             return Ok(());
         };
-        for (pos, &t) in (pos0..).zip(rest) {
-            self.feed(state, t, pos, sparsity)?;
-        }
+        self.feed(state, rest, pos0, sparsity)?;
         self.forward(state, last, pos0 + rest.len(), sparsity)
     }
 
-    /// Run one prompt token through the model only to fill its KV cache entry (see
-    /// [`Model::feed_prompt`]); `state.logits` is left as it was.
+    /// Run prompt tokens at positions pos0.. through the model only to fill their KV cache
+    /// entries; `state.logits` is left as it was. Nobody reads their next-token distributions,
+    /// so they skip the final norm and the lm_head (SmolLM2 int8: 32 of the 138 MB a step reads),
+    /// and they go [`PROMPT_BATCH`] at a time, each weight read once per batch.
+    /// On an error, the entries of the batches before the failing one are filled.
     pub fn feed(
         &self,
         state: &mut RunState,
-        token: u32,
-        pos: usize,
+        tokens: &[u32],
+        pos0: usize,
         sparsity: Sparsity,
     ) -> Result<(), ForwardError> {
-        self.pass(state, token, pos, sparsity, Output::CacheOnly)
-    }
-
-    fn pass(
-        &self,
-        state: &mut RunState,
-        token: u32,
-        pos: usize,
-        sparsity: Sparsity,
-        output: Output,
-    ) -> Result<(), ForwardError> {
-        // A step has ~150 parallel regions. Started from outside the rayon pool, each one hands
-        // its work to sleeping workers and waits (10-25 µs here, `region_cost` example); run on a
-        // pool worker, a region keeps one half on the calling thread and wakes one helper
-        // (~2 µs after a gap of 20 µs or more). So the whole step moves into the pool once.
-        // Measured: int8 dense decode 66-83 tok/s (median 77) against 61-71 (median 66), 6 pairs.
-        //
-        // On the worker, the pool's other workers stay awake for the step's length, looking for
-        // its parallel work (`keep_stealing`): between two regions (the serial stretches of
-        // norms, selection and attention) a worker would otherwise fall asleep and take ~2 µs to
-        // wake for the next one. Measured: dense decode faster in 6 of 6 interleaved pairs
-        // (median 72 against 62 tok/s), S = 0.5 in 4 of 6.
-        if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.pass(state, token, pos, sparsity, output));
+        for (i, chunk) in tokens.chunks(prefill::PROMPT_BATCH).enumerate() {
+            self.feed_batch(state, chunk, pos0 + i * prefill::PROMPT_BATCH, sparsity)?;
         }
-        let done = AtomicBool::new(false);
-        let (result, ()) = rayon::join(
-            || {
-                let r = self.step(state, token, pos, sparsity, output);
-                done.store(true, Ordering::Release);
-                r
-            },
-            || keep_stealing(&done, rayon::current_num_threads().saturating_sub(1)),
-        );
-        result
+        Ok(())
     }
 
     fn step(
@@ -481,7 +457,6 @@ impl Model {
         token: u32,
         pos: usize,
         sparsity: Sparsity,
-        output: Output,
     ) -> Result<(), ForwardError> {
         let c = &self.config;
         if token as usize >= c.vocab_size {
@@ -609,9 +584,7 @@ impl Model {
             }
         }
 
-        if output == Output::Logits {
-            self.logits(state, sparsity, &mut traffic, &mut laps)?;
-        }
+        self.logits(state, sparsity, &mut traffic, &mut laps)?;
         if let Some(p) = state.profile.as_mut() {
             p.passes += 1;
         }
@@ -722,15 +695,6 @@ impl Rope {
     }
 }
 
-/// What a forward pass leaves behind besides the KV cache entry of its token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    /// The next-token logits in `RunState::logits`.
-    Logits,
-    /// Nothing more (a prompt token before the last).
-    CacheOnly,
-}
-
 /// One layer's attention inputs for the current token: its rotated queries and the layer's key
 /// and value cache, head-major (each key/value head's positions one after another, `keys.len() /
 /// n_kv` values per head), of which positions 0..`positions` are filled. Head-major, a head's keys
@@ -806,6 +770,36 @@ fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]) {
             .enumerate()
             .for_each(|(c, (o, s))| heads(c * per, s, o));
     }
+}
+
+/// Runs `f` (a forward step) on a rayon pool worker, with the pool's other workers looking for
+/// its parallel work meanwhile.
+///
+/// A step has ~150 parallel regions. Started from outside the rayon pool, each one hands its work
+/// to sleeping workers and waits (10-25 µs here, `region_cost` example); run on a pool worker, a
+/// region keeps one half on the calling thread and wakes one helper (~2 µs after a gap of 20 µs
+/// or more). So the whole step moves into the pool once. Measured: int8 dense decode 66-83 tok/s
+/// (median 77) against 61-71 (median 66), 6 pairs.
+///
+/// On the worker, the pool's other workers stay awake for the step's length, looking for its
+/// parallel work (`keep_stealing`): between two regions (the serial stretches of norms, selection
+/// and attention) a worker would otherwise fall asleep and take ~2 µs to wake for the next one.
+/// Measured: dense decode faster in 6 of 6 interleaved pairs (median 72 against 62 tok/s), S =
+/// 0.5 in 4 of 6.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_none() {
+        return rayon::scope(|_| on_pool(f));
+    }
+    let done = AtomicBool::new(false);
+    let (result, ()) = rayon::join(
+        || {
+            let r = f();
+            done.store(true, Ordering::Release);
+            r
+        },
+        || keep_stealing(&done, rayon::current_num_threads().saturating_sub(1)),
+    );
+    result
 }
 
 /// Runs on `workers` pool threads (one join per extra worker, no allocation): each one executes

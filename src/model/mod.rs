@@ -8,7 +8,7 @@ pub mod profile;
 pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
-pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic};
+pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic, PROMPT_BATCH};
 pub use profile::{Phase, Profile};
 pub use weights::{HeadInput, LmHead, WeightFormat, Weights, WeightsError};
 
