@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             args.model.format().name(),
         );
         if let Some(rows) = &profile {
-            outln!("\nper forward pass (all runs, prompt and decode):");
+            outln!("\nper single-token pass (decode steps, each prompt's last token; batched prompt steps are not profiled):");
             for r in rows {
                 outln!(
                     "  {:<28} {:>8.1} us {:>5.1}%",
