@@ -581,7 +581,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => scalar::i8_runs(l, n, idx, val, acc),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::i8_runs(l, n, idx, val, acc) },
+            Kernel::Avx2 => unsafe { avx2::i8_runs::<1, _>(l, n, idx, val, acc) },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 { vnni: true } => unsafe { avx512::i8_runs_vnni(l, n, idx, val, acc) },
             #[cfg(target_arch = "x86_64")]
@@ -598,7 +598,9 @@ impl Kernel {
         match self {
             // SAFETY: as in i8_runs (AVX-512 implies AVX2).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe { avx2::i8_runs(l, n, idx, val, acc) },
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
+                avx2::i8_runs::<1, _>(l, n, idx, val, acc)
+            },
             _ => scalar::i8_runs(l, n, idx, val, acc),
         }
     }
@@ -666,11 +668,28 @@ pub(crate) mod scalar {
         val: &[V],
         acc: &mut [i32],
     ) {
-        for (&j, &v) in idx.iter().zip(val) {
-            let v = i32::from(v.into());
-            for (s, a) in acc.chunks_exact_mut(64).take(n).enumerate() {
-                for (a, &w) in a.iter_mut().zip(run_line(&l, j, s)) {
-                    *a += v * i32::from(w as i8);
+        i8_runs_batch(l, n, idx, val, 1, acc)
+    }
+
+    /// acc[(s · batch + t) · 64 + r] += w(row r of line s, column idx[p]) · values[p · batch + t]
+    /// over `n` lines: `batch` activation vectors at once ([`crate::gather_batch`]).
+    pub fn i8_runs_batch<V: Copy + Into<i16>>(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[V],
+        batch: usize,
+        acc: &mut [i32],
+    ) {
+        for (p, &j) in idx.iter().enumerate() {
+            for s in 0..n {
+                let line = run_line(&l, j, s);
+                for t in 0..batch {
+                    let v = i32::from(values[p * batch + t].into());
+                    let a = &mut acc[(s * batch + t) * 64..][..64];
+                    for (a, &w) in a.iter_mut().zip(line) {
+                        *a += v * i32::from(w as i8);
+                    }
                 }
             }
         }

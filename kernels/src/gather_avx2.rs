@@ -137,23 +137,26 @@ unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
     }
 }
 
-/// int8 weights (64 rows per line): four kept columns at a time, each run swept line by line
-/// (four sequential streams). Per 16-row slice, the bytes of columns 0 and 1 (and 2 and 3) are
-/// interleaved with 128-bit unpacks (one µop each on cores that split 256-bit ops), widened to
-/// int16 (row, column) pairs and multiplied by the (x1, x2) pairs with `vpmaddwd`: rows come out
-/// in order, summed into int32 accumulators in L1. Interleaving after a 256-bit widening instead
+/// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
+/// product; more: a batch of prompt tokens, [`crate::gather_batch`]): four kept columns at a
+/// time, each run swept line by line (four sequential streams). Per 16-row slice, the bytes of
+/// columns 0 and 1 (and 2 and 3) are interleaved with 128-bit unpacks (one µop each on cores that
+/// split 256-bit ops) and widened to int16 (row, column) pairs, once for all vectors; each
+/// vector's (x1, x2) pairs multiply them with `vpmaddwd`: rows come out in order, summed into
+/// int32 accumulators `acc[line][vector][64 rows]`. Interleaving after a 256-bit widening instead
 /// (two µops per unpack, rows reordered at the end) ran at the same 4.6-5.0 weights/cycle on one
-/// core (`examples/hot_rate.rs`); this form needs no reordering.
-/// Activations are int8, or int16 (`Input::I16`: the activation outliers at the int8 scale): `vpmaddwd` takes both.
+/// core (`examples/hot_rate.rs`); this form needs no reordering. `values[p · B + t]` is vector
+/// t's value at column idx[p]: int8, or int16 (the activation outliers at the int8 scale), which
+/// `vpmaddwd` takes as readily.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn i8_runs<V: Copy + Default + Into<i16>>(
+pub unsafe fn i8_runs<const B: usize, V: Copy + Default + Into<i16>>(
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
-    val: &[V],
+    values: &[V],
     acc: &mut [i32],
 ) {
-    assert!(acc.len() >= n * 64);
+    assert!(B >= 1 && values.len() >= idx.len() * B && acc.len() >= n * B * 64);
     let ap = acc.as_mut_ptr() as *mut __m256i;
     let pair = |a: V, b: V| {
         let (a, b): (i16, i16) = (a.into(), b.into());
@@ -161,74 +164,20 @@ pub unsafe fn i8_runs<V: Copy + Default + Into<i16>>(
     };
     let mut p = 0;
     while p < idx.len() {
-        // SAFETY: the runs lie in the tile (n lines each); acc holds n · 64 int32.
-        unsafe {
-            let (c, v) = group4(&l, idx, val, p);
-            let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
-            let next = next_runs(&l, idx, p + 4);
-            for s in 0..n {
-                prefetch_line(&next, s);
-                let a = ap.add(8 * s);
-                for b in 0..4 {
-                    let o = 64 * s + 16 * b;
-                    let w = |q: usize| _mm_loadu_si128(c[q].add(o) as *const __m128i);
-                    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-                    let prod = |pair: __m128i, x: __m256i| {
-                        _mm256_madd_epi16(_mm256_cvtepi8_epi16(pair), x)
-                    };
-                    let first = _mm256_add_epi32(
-                        prod(_mm_unpacklo_epi8(w0, w1), x01),
-                        prod(_mm_unpacklo_epi8(w2, w3), x23),
-                    );
-                    let second = _mm256_add_epi32(
-                        prod(_mm_unpackhi_epi8(w0, w1), x01),
-                        prod(_mm_unpackhi_epi8(w2, w3), x23),
-                    );
-                    let (pl, ph) = (a.add(2 * b), a.add(2 * b + 1));
-                    _mm256_storeu_si256(pl, _mm256_add_epi32(_mm256_loadu_si256(pl), first));
-                    _mm256_storeu_si256(ph, _mm256_add_epi32(_mm256_loadu_si256(ph), second));
-                }
-            }
-        }
-        p += 4;
-    }
-}
-
-/// int8 weights against a batch of activation vectors ([`crate::gather_batch`]): as `i8_runs`,
-/// four kept columns at a time, each run swept line by line; the interleaved, widened weights of
-/// a 16-row slice are made once and multiplied by every token's (x1, x2) pairs. acc holds
-/// [line][token][64 rows]; values[p · batch + t] is token t's value at column idx[p].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn i8_runs_batch(
-    l: Lines<'_>,
-    n: usize,
-    idx: &[u32],
-    values: &[i16],
-    batch: usize,
-    acc: &mut [i32],
-) {
-    use crate::gather_batch::MAX_BATCH;
-    assert!((1..=MAX_BATCH).contains(&batch) && values.len() == idx.len() * batch);
-    assert!(acc.len() >= n * batch * 64);
-    let ap = acc.as_mut_ptr() as *mut __m256i;
-    let pair = |a: i16, b: i16| ((u32::from(b as u16) << 16) | u32::from(a as u16)) as i32;
-    // Per token, the (x1, x2) and (x3, x4) pairs of the current group.
-    let mut pairs = [[0i32; 2]; MAX_BATCH];
-    let mut p = 0;
-    while p < idx.len() {
-        // SAFETY: the runs lie in the tile (n lines each); acc holds n · batch · 64 int32; the
-        // values read are p + q < idx.len() (past the end, the padding column counts as 0).
+        // SAFETY: the runs lie in the tile (n lines each); acc holds n · B · 64 int32; values are
+        // read at p + q < idx.len() only (past the end, the padding column counts as 0).
         unsafe {
             let c = runs4(&l, idx, p);
-            for (t, pr) in pairs.iter_mut().enumerate().take(batch) {
+            let mut x = [[_mm256_setzero_si256(); 2]; B];
+            for (t, x) in x.iter_mut().enumerate() {
                 let v = |q: usize| {
                     if p + q < idx.len() {
-                        *values.get_unchecked((p + q) * batch + t)
+                        *values.get_unchecked((p + q) * B + t)
                     } else {
-                        0
+                        V::default()
                     }
                 };
-                *pr = [pair(v(0), v(1)), pair(v(2), v(3))];
+                *x = [pair(v(0), v(1)), pair(v(2), v(3))];
             }
             let next = next_runs(&l, idx, p + 4);
             for s in 0..n {
@@ -242,8 +191,7 @@ pub unsafe fn i8_runs_batch(
                     let lo23 = widen(_mm_unpacklo_epi8(w2, w3));
                     let hi01 = widen(_mm_unpackhi_epi8(w0, w1));
                     let hi23 = widen(_mm_unpackhi_epi8(w2, w3));
-                    for (t, pr) in pairs.iter().enumerate().take(batch) {
-                        let (x01, x23) = (_mm256_set1_epi32(pr[0]), _mm256_set1_epi32(pr[1]));
+                    for (t, &[x01, x23]) in x.iter().enumerate() {
                         let first = _mm256_add_epi32(
                             _mm256_madd_epi16(lo01, x01),
                             _mm256_madd_epi16(lo23, x23),
@@ -252,8 +200,10 @@ pub unsafe fn i8_runs_batch(
                             _mm256_madd_epi16(hi01, x01),
                             _mm256_madd_epi16(hi23, x23),
                         );
-                        let a = ap.add(8 * (s * batch + t) + 2 * b);
-                        let (pl, ph) = (a, a.add(1));
+                        let (pl, ph) = (
+                            ap.add(8 * (s * B + t) + 2 * b),
+                            ap.add(8 * (s * B + t) + 2 * b + 1),
+                        );
                         _mm256_storeu_si256(pl, _mm256_add_epi32(_mm256_loadu_si256(pl), first));
                         _mm256_storeu_si256(ph, _mm256_add_epi32(_mm256_loadu_si256(ph), second));
                     }

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::gather::{all_below, for_each_segment, Lines, PARALLEL_MIN_BYTES};
+use crate::gather::{all_below, for_each_segment, PARALLEL_MIN_BYTES};
 use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, LINE_BYTES};
 
@@ -141,14 +141,26 @@ fn lines_range(
             if simd {
                 // SAFETY: use_avx2 proved AVX2 (and FMA, F16C); every index is < d_in (checked
                 // in gather_matvec_batch), so every run lies in the tile; acc holds n lines of
-                // batch x 64 rows.
+                // batch x 64 rows, values batch per column.
+                const _: () = assert!(MAX_BATCH == 8, "one arm per batch size below");
                 unsafe {
-                    crate::gather_avx2::i8_runs_batch(seg, n, x.indices, x.values, batch, acc)
+                    use crate::gather_avx2::i8_runs as k;
+                    let (i, v) = (x.indices, x.values);
+                    match batch {
+                        1 => k::<1, i16>(seg, n, i, v, acc),
+                        2 => k::<2, i16>(seg, n, i, v, acc),
+                        3 => k::<3, i16>(seg, n, i, v, acc),
+                        4 => k::<4, i16>(seg, n, i, v, acc),
+                        5 => k::<5, i16>(seg, n, i, v, acc),
+                        6 => k::<6, i16>(seg, n, i, v, acc),
+                        7 => k::<7, i16>(seg, n, i, v, acc),
+                        _ => k::<MAX_BATCH, i16>(seg, n, i, v, acc),
+                    }
                 };
                 return;
             }
             let _ = simd;
-            i8_runs_batch(seg, n, x.indices, x.values, batch, acc);
+            crate::gather::scalar::i8_runs_batch(seg, n, x.indices, x.values, batch, acc);
         });
         let scales = w.row_scale();
         let mut y = [0.0f32; ROWS];
@@ -165,29 +177,4 @@ fn lines_range(
             }
         }
     });
-}
-
-/// The reference kernel: acc[(s · B + t) · 64 + r] += w(row r of line s, column idx[p]) ·
-/// values[p · B + t], over `n` lines.
-pub(crate) fn i8_runs_batch(
-    l: Lines<'_>,
-    n: usize,
-    idx: &[u32],
-    values: &[i16],
-    batch: usize,
-    acc: &mut [i32],
-) {
-    for (p, &j) in idx.iter().enumerate() {
-        let run = l.first + j as usize * l.stride;
-        for s in 0..n {
-            let line = &l.tile[run + s * LINE_BYTES..][..LINE_BYTES];
-            for t in 0..batch {
-                let v = i32::from(values[p * batch + t]);
-                let a = &mut acc[(s * batch + t) * ROWS..][..ROWS];
-                for (a, &w) in a.iter_mut().zip(line) {
-                    *a += i32::from(w as i8) * v;
-                }
-            }
-        }
-    }
 }
