@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+mod common;
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -23,85 +25,72 @@ fn main() {
     let mut rng = SmallRng::seed_from_u64(7);
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: on a pool worker while the other one spins, looking for work.
-    let done = std::sync::atomic::AtomicBool::new(false);
-    rayon::scope(|_| {
-        rayon::join(
-            || {
-                for (name, d_in, d_out) in [
-                    ("q/k/v", 576, 960),
-                    ("o", 576, 576),
-                    ("gate/up", 576, 3072),
-                    ("down", 1536, 576),
-                ] {
-                    let n = (192 << 20) / (d_in * d_out) + 1;
-                    let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-                    let mats: Vec<PackedMatrix> = (0..n)
-                        .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
-                        .collect();
-                    let mut tokens = Vec::new();
-                    for _ in 0..b {
-                        let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
-                        let mut q = vec![0i8; d_in];
-                        let g = quantize_absmax(isa, &x, &mut q).unwrap();
-                        let mut s = Sparse::default();
-                        s.dense(&q);
-                        tokens.push((s, g / 127.0));
-                    }
-                    let columns: Vec<u32> = (0..d_in as u32).collect();
-                    let values: Vec<i16> = (0..d_in)
-                        .flat_map(|j| tokens.iter().map(move |(s, _)| i16::from(s.values[j])))
-                        .collect();
-                    let scales: Vec<f32> = tokens.iter().map(|(_, g)| *g).collect();
-                    let mut y = vec![0f32; b * d_out];
-                    let one = |y: &mut [f32]| {
-                        let t = Instant::now();
-                        for m in &mats {
-                            for ((s, g), y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
-                                let input = Input::I8 { x: s, scale: *g };
-                                gather_matvec(isa, &m.view(), input, y);
-                            }
-                        }
-                        t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
-                    };
-                    let batched = |y: &mut [f32]| {
-                        let t = Instant::now();
-                        for m in &mats {
-                            let input = BatchInput {
-                                indices: &columns,
-                                values: &values,
-                                scales: &scales,
-                            };
-                            gather_matvec_batch(isa, &m.view(), input, y);
-                        }
-                        t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
-                    };
-                    let (mut ta, mut tb, mut r) = (vec![], vec![], vec![]);
-                    for _ in 0..9 {
-                        let (a, c) = (one(&mut y), batched(&mut y));
-                        ta.push(a);
-                        tb.push(c);
-                        r.push(a / c);
-                    }
-                    let med = |v: &mut Vec<f64>| {
-                        v.sort_by(f64::total_cmp);
-                        v[v.len() / 2]
-                    };
-                    println!(
-                        "{name:8} {d_in}x{d_out}: one at a time {:.1} us, batch of {b} {:.1} us per token, speedup {:.2}",
-                        med(&mut ta),
-                        med(&mut tb),
-                        med(&mut r)
-                    );
-                }
-                done.store(true, std::sync::atomic::Ordering::Release);
-            },
-            || {
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
+    common::on_busy_pool(|| {
+        for (name, d_in, d_out) in [
+            ("q/k/v", 576, 960),
+            ("o", 576, 576),
+            ("gate/up", 576, 3072),
+            ("down", 1536, 576),
+        ] {
+            let n = (192 << 20) / (d_in * d_out) + 1;
+            let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
+            let mats: Vec<PackedMatrix> = (0..n)
+                .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
+                .collect();
+            let mut tokens = Vec::new();
+            for _ in 0..b {
+                let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
+                let mut q = vec![0i8; d_in];
+                let g = quantize_absmax(isa, &x, &mut q).unwrap();
+                let mut s = Sparse::default();
+                s.dense(&q);
+                tokens.push((s, g / 127.0));
+            }
+            let columns: Vec<u32> = (0..d_in as u32).collect();
+            let values: Vec<i16> = (0..d_in)
+                .flat_map(|j| tokens.iter().map(move |(s, _)| i16::from(s.values[j])))
+                .collect();
+            let scales: Vec<f32> = tokens.iter().map(|(_, g)| *g).collect();
+            let mut y = vec![0f32; b * d_out];
+            let one = |y: &mut [f32]| {
+                let t = Instant::now();
+                for m in &mats {
+                    for ((s, g), y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
+                        let input = Input::I8 { x: s, scale: *g };
+                        gather_matvec(isa, &m.view(), input, y);
                     }
                 }
-            },
-        )
+                t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+            };
+            let batched = |y: &mut [f32]| {
+                let t = Instant::now();
+                for m in &mats {
+                    let input = BatchInput {
+                        indices: &columns,
+                        values: &values,
+                        scales: &scales,
+                    };
+                    gather_matvec_batch(isa, &m.view(), input, y);
+                }
+                t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+            };
+            let (mut ta, mut tb, mut r) = (vec![], vec![], vec![]);
+            for _ in 0..9 {
+                let (a, c) = (one(&mut y), batched(&mut y));
+                ta.push(a);
+                tb.push(c);
+                r.push(a / c);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "{name:8} {d_in}x{d_out}: one at a time {:.1} us, batch of {b} {:.1} us per token, speedup {:.2}",
+                med(&mut ta),
+                med(&mut tb),
+                med(&mut r)
+            );
+        }
     });
 }

@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+mod common;
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -23,67 +25,54 @@ fn main() {
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: the step runs on a pool worker while the other one spins, looking for
     // the products' parallel work.
-    let done = std::sync::atomic::AtomicBool::new(false);
-    rayon::scope(|_| {
-        rayon::join(
-            || {
-                for (name, d_in, d_out) in [
-                    ("q/k/v", 576, 960),
-                    ("o", 576, 576),
-                    ("gate/up", 576, 3072),
-                    ("down", 1536, 576),
-                ] {
-                    let n = (192 << 20) / (d_in * d_out) + 1;
-                    let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-                    let mats: Vec<PackedMatrix> = (0..n)
-                        .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
-                        .collect();
-                    let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
-                    let mut q = vec![0i8; d_in];
-                    let g = quantize_absmax(isa, &x, &mut q).unwrap();
-                    let (mut dense, mut sparse) = (Sparse::default(), Sparse::default());
-                    dense.dense(&q);
-                    topk_i8(isa, &q, keep_count(d_in, s), &mut sparse);
-                    let mut y = vec![0f32; d_out];
-                    let mut time = |sel: &Sparse<i8>| {
-                        let t = Instant::now();
-                        for m in &mats {
-                            let input = Input::I8 {
-                                x: sel,
-                                scale: g / 127.0,
-                            };
-                            gather_matvec(isa, &m.view(), input, &mut y);
-                        }
-                        t.elapsed().as_secs_f64() / n as f64 * 1e6
+    common::on_busy_pool(|| {
+        for (name, d_in, d_out) in [
+            ("q/k/v", 576, 960),
+            ("o", 576, 576),
+            ("gate/up", 576, 3072),
+            ("down", 1536, 576),
+        ] {
+            let n = (192 << 20) / (d_in * d_out) + 1;
+            let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
+            let mats: Vec<PackedMatrix> = (0..n)
+                .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
+                .collect();
+            let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
+            let mut q = vec![0i8; d_in];
+            let g = quantize_absmax(isa, &x, &mut q).unwrap();
+            let (mut dense, mut sparse) = (Sparse::default(), Sparse::default());
+            dense.dense(&q);
+            topk_i8(isa, &q, keep_count(d_in, s), &mut sparse);
+            let mut y = vec![0f32; d_out];
+            let mut time = |sel: &Sparse<i8>| {
+                let t = Instant::now();
+                for m in &mats {
+                    let input = Input::I8 {
+                        x: sel,
+                        scale: g / 127.0,
                     };
-                    let (mut td, mut ts, mut r) = (vec![], vec![], vec![]);
-                    for _ in 0..15 {
-                        let (a, b) = (time(&dense), time(&sparse));
-                        td.push(a);
-                        ts.push(b);
-                        r.push(a / b);
-                    }
-                    let med = |v: &mut Vec<f64>| {
-                        v.sort_by(f64::total_cmp);
-                        v[v.len() / 2]
-                    };
-                    println!(
-                "{name:8} {d_in}x{d_out}: dense {:.1} us, S={s} {:.1} us, speedup {:.2} (ideal {:.2})",
-                med(&mut td),
-                med(&mut ts),
-                med(&mut r),
-                1.0 / (1.0 - s)
-            );
+                    gather_matvec(isa, &m.view(), input, &mut y);
                 }
-                done.store(true, std::sync::atomic::Ordering::Release);
-            },
-            || {
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
-                }
-            },
-        )
+                t.elapsed().as_secs_f64() / n as f64 * 1e6
+            };
+            let (mut td, mut ts, mut r) = (vec![], vec![], vec![]);
+            for _ in 0..15 {
+                let (a, b) = (time(&dense), time(&sparse));
+                td.push(a);
+                ts.push(b);
+                r.push(a / b);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+        "{name:8} {d_in}x{d_out}: dense {:.1} us, S={s} {:.1} us, speedup {:.2} (ideal {:.2})",
+        med(&mut td),
+        med(&mut ts),
+        med(&mut r),
+        1.0 / (1.0 - s)
+    );
+        }
     });
 }

@@ -92,22 +92,26 @@ impl Union {
 }
 
 impl Sparsifier {
-    /// Select each token's input: row t of `xs` (rows of `stride`, the first `d` entries).
-    fn select_batch(
+    /// For every token, select its input (the first d_in entries of row t of `xs`, rows of
+    /// `stride`) and multiply: ys (token-major rows of d_out) = W·x_t.
+    #[allow(clippy::too_many_arguments)]
+    fn project_batch(
         &mut self,
+        w: &Linear,
         xs: &[f32],
         stride: usize,
-        d: usize,
         s: f32,
-        target: Format,
         selections: &mut [Selection],
+        union: &mut Union,
+        ys: &mut [f32],
     ) -> Result<(), NonFinite> {
-        for (x, sel) in xs.chunks_exact(stride).zip(selections) {
+        for (x, sel) in xs.chunks_exact(stride).zip(selections.iter_mut()) {
             std::mem::swap(&mut self.sel, sel);
-            let r = self.select(&x[..d], s, target);
+            let r = self.select(&x[..w.d_in()], s, w.format());
             std::mem::swap(&mut self.sel, sel);
             r?;
         }
+        self.matvec_batch(w, selections, union, ys);
         Ok(())
     }
 
@@ -196,15 +200,17 @@ impl Model {
             let nonfinite = |source| ForwardError::NonFinite { layer: l, source };
 
             // Attention block.
-            for (xb, x) in bs.xb.chunks_exact_mut(d).zip(bs.x.chunks_exact(d)).take(b) {
-                rms_norm(xb, x, &layer.attn_norm, c.rms_eps);
-            }
-            let format = layer.wqkv.format();
-            sparsifier
-                .select_batch(&bs.xb[..b * d], d, d, sparsity.qkv, format, sels)
-                .map_err(nonfinite)?;
+            norm_rows(
+                &mut bs.xb[..b * d],
+                &bs.x[..b * d],
+                &layer.attn_norm,
+                c.rms_eps,
+            );
             let qkv = &mut bs.qkv[..b * qkv_dim];
-            sparsifier.matvec_batch(&layer.wqkv, sels, &mut bs.union, qkv);
+            let (xb, u) = (&bs.xb[..b * d], &mut bs.union);
+            sparsifier
+                .project_batch(&layer.wqkv, xb, d, sparsity.qkv, sels, u, qkv)
+                .map_err(nonfinite)?;
             let base = l * kv_dim * ctx;
             for (t, qkv) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let (q, kv) = qkv.split_at_mut(q_dim);
@@ -235,46 +241,54 @@ impl Model {
                 };
                 attend(isa, attention, scores, out);
             }
-            let format = layer.wo.format();
-            sparsifier
-                .select_batch(
-                    &bs.att_out[..b * q_dim],
-                    q_dim,
-                    q_dim,
-                    sparsity.o,
-                    format,
-                    sels,
-                )
-                .map_err(nonfinite)?;
             let proj = &mut bs.proj[..b * d];
-            sparsifier.matvec_batch(&layer.wo, sels, &mut bs.union, proj);
+            let (att, u) = (&bs.att_out[..b * q_dim], &mut bs.union);
+            sparsifier
+                .project_batch(&layer.wo, att, q_dim, sparsity.o, sels, u, proj)
+                .map_err(nonfinite)?;
             for (x, p) in bs.x.iter_mut().zip(proj.iter()) {
                 *x += p;
             }
 
             // Feed-forward block.
-            for (xb, x) in bs.xb.chunks_exact_mut(d).zip(bs.x.chunks_exact(d)).take(b) {
-                rms_norm(xb, x, &layer.ffn_norm, c.rms_eps);
-            }
-            let format = layer.w_gate_up.format();
-            sparsifier
-                .select_batch(&bs.xb[..b * d], d, d, sparsity.gate_up, format, sels)
-                .map_err(nonfinite)?;
+            norm_rows(
+                &mut bs.xb[..b * d],
+                &bs.x[..b * d],
+                &layer.ffn_norm,
+                c.rms_eps,
+            );
             let gate_up = &mut bs.gate_up[..b * 2 * c.d_ff];
-            sparsifier.matvec_batch(&layer.w_gate_up, sels, &mut bs.union, gate_up);
+            let (xb, u) = (&bs.xb[..b * d], &mut bs.union);
+            sparsifier
+                .project_batch(&layer.w_gate_up, xb, d, sparsity.gate_up, sels, u, gate_up)
+                .map_err(nonfinite)?;
             for row in gate_up.chunks_exact_mut(2 * c.d_ff) {
                 let (gate, up) = row.split_at_mut(c.d_ff);
                 activation::swiglu(isa, gate, up);
             }
-            let format = layer.w_down.format();
+            let u = &mut bs.union;
             sparsifier
-                .select_batch(gate_up, 2 * c.d_ff, c.d_ff, sparsity.down, format, sels)
+                .project_batch(
+                    &layer.w_down,
+                    gate_up,
+                    2 * c.d_ff,
+                    sparsity.down,
+                    sels,
+                    u,
+                    proj,
+                )
                 .map_err(nonfinite)?;
-            sparsifier.matvec_batch(&layer.w_down, sels, &mut bs.union, proj);
             for (x, p) in bs.x.iter_mut().zip(proj.iter()) {
                 *x += p;
             }
         }
         Ok(())
+    }
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`) into the same row of `out`.
+fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    for (o, x) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
+        rms_norm(o, x, w, eps);
     }
 }
