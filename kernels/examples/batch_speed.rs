@@ -12,8 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use qsparse_kernels::{
-    gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Input, Isa, PackedMatrix,
-    Sparse, MAX_BATCH,
+    gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Input, Isa, Sparse, MAX_BATCH,
 };
 
 fn main() {
@@ -26,17 +25,10 @@ fn main() {
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: on a pool worker while the other one spins, looking for work.
     common::on_busy_pool(|| {
-        for (name, d_in, d_out) in [
-            ("q/k/v", 576, 960),
-            ("o", 576, 576),
-            ("gate/up", 576, 3072),
-            ("down", 1536, 576),
-        ] {
-            let n = (192 << 20) / (d_in * d_out) + 1;
+        for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
             let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-            let mats: Vec<PackedMatrix> = (0..n)
-                .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
-                .collect();
+            let mats = common::cold_copies(&w, d_out, d_in);
+            let n = mats.len();
             let mut tokens = Vec::new();
             for _ in 0..b {
                 let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();

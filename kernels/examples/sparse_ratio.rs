@@ -11,9 +11,7 @@ mod common;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use qsparse_kernels::{
-    gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, PackedMatrix, Sparse,
-};
+use qsparse_kernels::{gather_matvec, keep_count, quantize_absmax, topk_i8, Input, Isa, Sparse};
 
 fn main() {
     let s: f32 = std::env::args()
@@ -26,17 +24,10 @@ fn main() {
     // As in the executor: the step runs on a pool worker while the other one spins, looking for
     // the products' parallel work.
     common::on_busy_pool(|| {
-        for (name, d_in, d_out) in [
-            ("q/k/v", 576, 960),
-            ("o", 576, 576),
-            ("gate/up", 576, 3072),
-            ("down", 1536, 576),
-        ] {
-            let n = (192 << 20) / (d_in * d_out) + 1;
+        for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
             let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-            let mats: Vec<PackedMatrix> = (0..n)
-                .map(|_| PackedMatrix::i8_from_f32(&w, d_out, d_in))
-                .collect();
+            let mats = common::cold_copies(&w, d_out, d_in);
+            let n = mats.len();
             let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
             let mut q = vec![0i8; d_in];
             let g = quantize_absmax(isa, &x, &mut q).unwrap();

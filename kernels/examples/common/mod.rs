@@ -22,3 +22,21 @@ pub fn on_busy_pool(f: impl FnOnce() + Send) {
         )
     });
 }
+
+/// SmolLM2's four int8 projection shapes: (name, d_in, d_out).
+pub const SMOLLM2_SHAPES: [(&str, usize, usize); 4] = [
+    ("q/k/v", 576, 960),
+    ("o", 576, 576),
+    ("gate/up", 576, 3072),
+    ("down", 1536, 576),
+];
+
+/// Enough int8 copies of the row-major f32 `w` ([d_out][d_in]) to exceed the last-level cache
+/// many times over (192 MiB of codes), so each product meets its matrix cold, as a decode step
+/// does.
+pub fn cold_copies(w: &[f32], d_out: usize, d_in: usize) -> Vec<qsparse_kernels::PackedMatrix> {
+    let n = (192 << 20) / (d_in * d_out) + 1;
+    (0..n)
+        .map(|_| qsparse_kernels::PackedMatrix::i8_from_f32(w, d_out, d_in))
+        .collect()
+}
