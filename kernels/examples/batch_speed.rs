@@ -43,7 +43,7 @@ fn main() {
                 .flat_map(|j| tokens.iter().map(move |(s, _)| i16::from(s.values[j])))
                 .collect();
             let scales: Vec<f32> = tokens.iter().map(|(_, g)| *g).collect();
-            let mut y = vec![0f32; b * d_out];
+            let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
             let one = |y: &mut [f32]| {
                 let t = Instant::now();
                 for m in &mats {
@@ -66,22 +66,9 @@ fn main() {
                 }
                 t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
             };
-            let (mut ta, mut tb, mut r) = (vec![], vec![], vec![]);
-            for _ in 0..9 {
-                let (a, c) = (one(&mut y), batched(&mut y));
-                ta.push(a);
-                tb.push(c);
-                r.push(a / c);
-            }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let (ta, tb, r) = common::interleaved(9, || one(&mut y1), || batched(&mut y2));
             println!(
-                "{name:8} {d_in}x{d_out}: one at a time {:.1} us, batch of {b} {:.1} us per token, speedup {:.2}",
-                med(&mut ta),
-                med(&mut tb),
-                med(&mut r)
+                "{name:8} {d_in}x{d_out}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}"
             );
         }
     });

@@ -34,36 +34,24 @@ fn main() {
             let (mut dense, mut sparse) = (Sparse::default(), Sparse::default());
             dense.dense(&q);
             topk_i8(isa, &q, keep_count(d_in, s), &mut sparse);
-            let mut y = vec![0f32; d_out];
-            let mut time = |sel: &Sparse<i8>| {
+            let (mut y1, mut y2) = (vec![0f32; d_out], vec![0f32; d_out]);
+            let time = |sel: &Sparse<i8>, y: &mut [f32]| {
                 let t = Instant::now();
                 for m in &mats {
                     let input = Input::I8 {
                         x: sel,
                         scale: g / 127.0,
                     };
-                    gather_matvec(isa, &m.view(), input, &mut y);
+                    gather_matvec(isa, &m.view(), input, y);
                 }
                 t.elapsed().as_secs_f64() / n as f64 * 1e6
             };
-            let (mut td, mut ts, mut r) = (vec![], vec![], vec![]);
-            for _ in 0..15 {
-                let (a, b) = (time(&dense), time(&sparse));
-                td.push(a);
-                ts.push(b);
-                r.push(a / b);
-            }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let (td, ts, r) =
+                common::interleaved(15, || time(&dense, &mut y1), || time(&sparse, &mut y2));
             println!(
-        "{name:8} {d_in}x{d_out}: dense {:.1} us, S={s} {:.1} us, speedup {:.2} (ideal {:.2})",
-        med(&mut td),
-        med(&mut ts),
-        med(&mut r),
-        1.0 / (1.0 - s)
-    );
+                "{name:8} {d_in}x{d_out}: dense {td:.1} us, S={s} {ts:.1} us, speedup {r:.2} (ideal {:.2})",
+                1.0 / (1.0 - s)
+            );
         }
     });
 }

@@ -40,3 +40,24 @@ pub fn cold_copies(w: &[f32], d_out: usize, d_in: usize) -> Vec<qsparse_kernels:
         .map(|_| qsparse_kernels::PackedMatrix::i8_from_f32(w, d_out, d_in))
         .collect()
 }
+
+/// Times `a` and `b` alternately for `rounds` rounds: the medians of each and of the per-round
+/// ratios a/b (both sides seconds apart, so a noisy machine's drift cancels in the ratio).
+pub fn interleaved(
+    rounds: usize,
+    mut a: impl FnMut() -> f64,
+    mut b: impl FnMut() -> f64,
+) -> (f64, f64, f64) {
+    let (mut ta, mut tb, mut r) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (x, y) = (a(), b());
+        ta.push(x);
+        tb.push(y);
+        r.push(x / y);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (med(ta), med(tb), med(r))
+}
