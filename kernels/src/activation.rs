@@ -6,7 +6,7 @@
 use crate::expf::exp;
 use crate::isa::Isa;
 
-/// gate[i] ← SiLU(gate[i])·up[i]. Panics if the lengths differ.
+/// `gate[i] ← SiLU(gate[i])·up[i]`. Panics if the lengths differ.
 pub fn swiglu(isa: Isa, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: gate and up lengths differ");
     #[cfg(target_arch = "x86_64")]

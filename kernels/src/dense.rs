@@ -14,7 +14,7 @@ const ROWS_PER_TASK: usize = 256;
 /// Below this many weight bytes, stay on one thread.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
-/// A row-major weight matrix [d_out][d_in].
+/// A row-major weight matrix `[d_out][d_in]`.
 #[derive(Debug, Clone, Copy)]
 pub enum RowMajor<'a> {
     F32(&'a [f32]),
@@ -37,7 +37,7 @@ impl RowMajor<'_> {
     }
 }
 
-/// y = W·x with W row-major [y.len()][x.len()]. Panics if the sizes disagree (a programming error).
+/// y = W·x with W row-major `[y.len()][x.len()]`. Panics if the sizes disagree (a programming error).
 pub fn matvec_rows(isa: Isa, w: RowMajor<'_>, x: &[f32], y: &mut [f32]) {
     let d_in = x.len();
     assert_eq!(

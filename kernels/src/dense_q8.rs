@@ -71,7 +71,7 @@ impl BlockQ8 {
     }
 }
 
-/// Weights [d_out][d_in] as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
+/// Weights `[d_out][d_in]` as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
 /// rows padded with zeros to whole blocks. f32, not Q8_0's f16: widening f16 scales per group of
 /// rows made SmolLM2's head 0.90-0.97x the column product's speed instead of 1.04-1.10x; they
 /// would help long rows, whose bytes dominate (Llama-7B's 4096 x 32000 head: 0.97-1.0x against
@@ -87,7 +87,7 @@ pub struct RowsQ8 {
 }
 
 impl RowsQ8 {
-    /// Quantize f32 weights given row-major [d_out][d_in] (parallel over rows).
+    /// Quantize f32 weights given row-major `[d_out][d_in]` (parallel over rows).
     pub fn from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
         assert_eq!(
             w.len(),

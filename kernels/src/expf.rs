@@ -1,5 +1,5 @@
 //! e^x as a polynomial: within 2 ulp of the true value, branch-free and free of libm calls, so
-//! loops over it vectorize and the AVX2 form ([`avx2::exp8`]) takes the same steps eight lanes at a
+//! loops over it vectorize and the AVX2 form (`avx2::exp8`) takes the same steps eight lanes at a
 //! time. Softmax (attention) and SiLU (the feed-forward gate) use it.
 
 /// e^x within 2 ulp for x in [−87.3, 88.7], the input clamped to that range outside it (so

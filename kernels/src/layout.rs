@@ -283,7 +283,7 @@ impl PackedMatrix {
         (&mut self.data.as_mut_slice()[at..at + LINE_BYTES], r)
     }
 
-    /// Pack ternary weights given as codes in {−1, 0, +1} (row-major [d_out][d_in]) with a
+    /// Pack ternary weights given as codes in {−1, 0, +1} (row-major `[d_out][d_in]`) with a
     /// per-row scale. Codes outside {−1, 0, +1} are clamped.
     pub fn t2_from_codes(codes: &[i8], d_out: usize, d_in: usize, row_scale: Vec<f32>) -> Self {
         assert_eq!(

@@ -2,7 +2,7 @@
 //!
 //! Reads top to bottom like the architecture: embed → for each layer (RMSNorm → q/k/v → RoPE →
 //! grouped-query attention over the KV cache → o → residual; RMSNorm → gate/up → SiLU·up → down →
-//! residual) → final norm → lm_head. Each projection's input goes through [`Sparsifier::select`]:
+//! residual) → final norm → lm_head. Each projection's input goes through `Sparsifier::select`:
 //! int8 absmax quantization for int8 weights, then Top-K by magnitude; q/k/v share one selection
 //! (same input), gate/up share one. Attention scores and the lm_head stay dense by default.
 //!
