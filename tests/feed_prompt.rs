@@ -69,9 +69,10 @@ fn feeding_a_prompt_equals_forwarding_every_token() {
     }
 }
 
-/// A prompt that does not fit the context fails cleanly, naming the position.
+/// A prompt that does not fit the context, or holds a token outside the vocabulary, fails
+/// cleanly, naming the problem.
 #[test]
-fn a_prompt_beyond_the_context_is_an_error() {
+fn a_prompt_beyond_the_context_or_the_vocabulary_is_an_error() {
     let (model, tokenizer) =
         model::load(&common::smollm2(), WeightFormat::Int8, &|_, _| {}).unwrap();
     let prompt = tokenizer
@@ -83,6 +84,15 @@ fn a_prompt_beyond_the_context_is_an_error() {
         .unwrap_err();
     assert!(
         err.to_string().contains("beyond the context length 8"),
+        "{err}"
+    );
+    let mut s = RunState::new(&model.config, WeightFormat::Int8, 64);
+    let err = model
+        .feed_prompt(&mut s, &[1, 2, 3, 4_000_000, 5], 0, Sparsity::dense())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("token id 4000000 is outside the vocabulary"),
         "{err}"
     );
 }
