@@ -1,7 +1,7 @@
 //! Scoring a model on text: the next-token predictions over non-overlapping windows, and their
 //! mean negative log-likelihood — what `perplexity` and `sweep` report, computed the same way.
 
-use crate::model::{ForwardError, Model, RunState, Sparsity};
+use crate::model::{ForwardError, Model, RunState, Sparsity, PROMPT_BATCH};
 use crate::sample::log_prob;
 
 /// Number of whole windows of `ctx` tokens in `n_tokens`, at most `chunks`.
@@ -38,10 +38,16 @@ pub fn for_each_prediction(
     let (n, ctx) = (windows.count(), windows.ctx);
     for w in 0..n {
         let window = &windows.tokens[w * ctx..(w + 1) * ctx];
-        for (pos, &t) in window.iter().enumerate() {
-            model.forward(state, t, pos, sparsity)?;
-            if let Some(&next) = window.get(pos + 1) {
-                on_prediction(state, next);
+        // A few positions at a time: each weight is read once per batch, and every position's
+        // logits come out as a token-by-token forward gives them.
+        for (c, chunk) in window.chunks(PROMPT_BATCH).enumerate() {
+            let pos0 = c * PROMPT_BATCH;
+            model.forward_batch(state, chunk, pos0, sparsity)?;
+            for t in 0..chunk.len() {
+                if let Some(&next) = window.get(pos0 + t + 1) {
+                    state.use_batch_token(t);
+                    on_prediction(state, next);
+                }
             }
         }
         on_window(w + 1, n);

@@ -96,3 +96,37 @@ fn a_prompt_beyond_the_context_or_the_vocabulary_is_an_error() {
         "{err}"
     );
 }
+
+/// A batched forward leaves, for every token, the logits and the traffic counts (bytes, active
+/// weights, input zeros) that forwarding the tokens one by one leaves: what perplexity and the
+/// sweep's quality columns read.
+#[test]
+fn a_batched_forward_gives_every_tokens_logits_and_traffic() {
+    let (model, tokenizer) =
+        model::load(&common::smollm2(), WeightFormat::Int8, &|_, _| {}).unwrap();
+    let tokens = tokenizer
+        .encode("We the People of the United States, in Order to form a more perfect Union")
+        .unwrap();
+    assert!(tokens.len() > 12, "{} tokens", tokens.len());
+    for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
+        let mut a = RunState::new(&model.config, WeightFormat::Int8, 64);
+        let mut b = RunState::new(&model.config, WeightFormat::Int8, 64);
+        for (c, chunk) in tokens.chunks(model::PROMPT_BATCH).enumerate() {
+            let pos0 = c * model::PROMPT_BATCH;
+            model.forward_batch(&mut b, chunk, pos0, sparsity).unwrap();
+            for (t, &token) in chunk.iter().enumerate() {
+                model.forward(&mut a, token, pos0 + t, sparsity).unwrap();
+                b.use_batch_token(t);
+                let what = format!("{sparsity:?}, position {}", pos0 + t);
+                assert!(
+                    a.logits
+                        .iter()
+                        .zip(&b.logits)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "logits differ: {what}"
+                );
+                assert_eq!(a.traffic, b.traffic, "traffic differs: {what}");
+            }
+        }
+    }
+}

@@ -207,15 +207,18 @@ fn split_columns(
     } else {
         lines_per * rpl
     };
-    PARTIALS.with_borrow_mut(|(parts, floats)| {
+    // Taken out of the thread-local for the call, not borrowed: while this thread waits for the
+    // workers below it may run other pool work, another product's split included.
+    let (mut part_buf, mut float_buf) = PARTIALS.take();
+    {
         // Zeroed by each worker for its own part (a 49152-row lm_head's partials are 400 KB).
-        parts.resize(parts.len().max(threads * rows), 0);
+        part_buf.resize(part_buf.len().max(threads * rows), 0);
         // One chunk per worker, even an empty input's (so the zip below keeps every worker).
-        floats.clear();
-        floats.resize(threads * float_rows.max(1), 0.0);
-        parts[..threads * rows]
+        float_buf.clear();
+        float_buf.resize(threads * float_rows.max(1), 0.0);
+        part_buf[..threads * rows]
             .par_chunks_mut(rows)
-            .zip(floats.par_chunks_mut(float_rows.max(1)))
+            .zip(float_buf.par_chunks_mut(float_rows.max(1)))
             .enumerate()
             .for_each(|(t, (acc, fsum))| {
                 acc.fill(0);
@@ -229,7 +232,7 @@ fn split_columns(
             });
         let bias = t2_bias(format, vals);
         let scales = w.row_scale();
-        let (parts, floats) = (&parts[..threads * rows], &floats[..]);
+        let (parts, floats) = (&part_buf[..threads * rows], &float_buf[..]);
         // Block by block, so that every loop below is a plain zip the compiler vectorizes. A
         // per-row sum over the workers' strided parts ran 6-7 cycles a row after the workers had
         // finished (SmolLM2 dense: 2.3 µs per 576-row product, 9.3 per 3072-row one, ~0.5 ms a
@@ -266,7 +269,8 @@ fn split_columns(
         } else {
             reduce(0, y);
         }
-    });
+    }
+    PARTIALS.set((part_buf, float_buf));
 }
 
 /// From this many weight bytes read, integer products split the columns even when sparse.
@@ -322,7 +326,7 @@ thread_local! {
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's per-worker accumulators of [`split_columns`],
-    /// and the f32 sums of its mixed input's f32 columns.
+    /// and the f32 sums of its mixed input's f32 columns (taken for a call, then put back).
     static PARTIALS: RefCell<(Vec<i32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 

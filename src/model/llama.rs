@@ -256,9 +256,9 @@ impl Sparsifier {
     /// y = W·x_selected; returns the bytes of weights read.
     fn matvec(&self, w: &Linear, y: &mut [f32]) -> (u64, u64) {
         let view = w.view();
-        let kept = match self.format {
+        let (sel, o) = (&self.sel, &self.sel.outliers);
+        match self.format {
             WeightFormat::Int8 => {
-                let (sel, o) = (&self.sel, &self.sel.outliers);
                 debug_assert_eq!(sel.is_wide, !o.is_empty() && view.format() == Format::I8);
                 let input = if sel.is_wide {
                     // One integer pass, the outliers as int16 at the same scale.
@@ -279,19 +279,23 @@ impl Sparsifier {
                     }
                 };
                 gather_matvec(self.isa, &view, input, y);
-                if sel.is_wide {
-                    sel.wide.len()
-                } else {
-                    // Dense passes hold the outliers' (zero) int8 slots as well: count them once.
-                    (sel.int.len() + o.len()).min(w.d_in())
-                }
             }
-            _ => {
-                gather_matvec(self.isa, &view, Input::F32(&self.sel.float), y);
-                self.sel.float.len()
-            }
+            _ => gather_matvec(self.isa, &view, Input::F32(&sel.float), y),
+        }
+        sel.read(self.format, w)
+    }
+}
+
+impl Selection {
+    /// The weight bytes and weights a product with `w` reads for this selection.
+    fn read(&self, format: WeightFormat, w: &Linear) -> (u64, u64) {
+        let kept = match format {
+            WeightFormat::Int8 if self.is_wide => self.wide.len(),
+            // Dense passes hold the outliers' (zero) int8 slots as well: count them once.
+            WeightFormat::Int8 => (self.int.len() + self.outliers.len()).min(w.d_in()),
+            _ => self.float.len(),
         };
-        (view.bytes_read(kept) as u64, (kept * w.d_out()) as u64)
+        (w.view().bytes_read(kept) as u64, (kept * w.d_out()) as u64)
     }
 }
 
@@ -790,12 +794,19 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_none() {
         return rayon::scope(|_| on_pool(f));
     }
+    /// Ends the helpers' spinning when the step returns, and when it panics: rayon's join waits
+    /// for the other half before it propagates a panic, so without this a panic would hang.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
     let done = AtomicBool::new(false);
     let (result, ()) = rayon::join(
         || {
-            let r = f();
-            done.store(true, Ordering::Release);
-            r
+            let _done = Done(&done);
+            f()
         },
         || keep_stealing(&done, rayon::current_num_threads().saturating_sub(1)),
     );

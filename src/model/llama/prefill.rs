@@ -30,6 +30,10 @@ pub(super) struct BatchState {
     ropes: Vec<Rope>,
     selections: Vec<Selection>,
     union: Union,
+    /// What each token's pass read, as a single-token pass counts it.
+    traffic: [Traffic; PROMPT_BATCH],
+    /// Each token's next-token logits ([`Model::forward_batch`]; sized on first use).
+    logits: Vec<f32>,
 }
 
 impl BatchState {
@@ -47,6 +51,8 @@ impl BatchState {
             ropes: (0..b).map(|_| Rope::default()).collect(),
             selections: (0..b).map(|_| Selection::default()).collect(),
             union: Union::default(),
+            traffic: [Traffic::default(); PROMPT_BATCH],
+            logits: Vec::new(),
         }
     }
 }
@@ -91,9 +97,17 @@ impl Union {
     }
 }
 
+/// The per-token state a batched projection works on.
+struct Batch<'a> {
+    selections: &'a mut [Selection],
+    union: &'a mut Union,
+    traffic: &'a mut [Traffic],
+}
+
 impl Sparsifier {
     /// For every token, select its input (the first d_in entries of row t of `xs`, rows of
-    /// `stride`) and multiply: ys (token-major rows of d_out) = W·x_t.
+    /// `stride`) and multiply: ys (token-major rows of d_out) = W·x_t. Each token's `traffic`
+    /// counts its input and its reads of `w`, split over projection `slots` (slot, rows of w).
     #[allow(clippy::too_many_arguments)]
     fn project_batch(
         &mut self,
@@ -101,17 +115,31 @@ impl Sparsifier {
         xs: &[f32],
         stride: usize,
         s: f32,
-        selections: &mut [Selection],
-        union: &mut Union,
+        batch: &mut Batch<'_>,
+        slots: &[(usize, usize)],
         ys: &mut [f32],
     ) -> Result<(), NonFinite> {
-        for (x, sel) in xs.chunks_exact(stride).zip(selections.iter_mut()) {
+        let d = w.d_in();
+        for ((x, sel), traffic) in xs
+            .chunks_exact(stride)
+            .zip(batch.selections.iter_mut())
+            .zip(batch.traffic.iter_mut())
+        {
+            for &(slot, _) in slots {
+                traffic.record_input(&[slot], &x[..d]);
+            }
             std::mem::swap(&mut self.sel, sel);
-            let r = self.select(&x[..w.d_in()], s, w.format());
+            let r = self.select(&x[..d], s, w.format());
             std::mem::swap(&mut self.sel, sel);
             r?;
         }
-        self.matvec_batch(w, selections, union, ys);
+        self.matvec_batch(w, batch.selections, batch.union, ys);
+        for (sel, traffic) in batch.selections.iter().zip(batch.traffic.iter_mut()) {
+            let read = sel.read(self.format, w);
+            for &(slot, rows) in slots {
+                traffic.count(slot, share(read, rows, w.d_out()));
+            }
+        }
         Ok(())
     }
 
@@ -154,6 +182,39 @@ impl Model {
         on_pool(|| self.batch_step(state, tokens, pos0, sparsity))
     }
 
+    /// Run up to [`PROMPT_BATCH`] tokens at positions pos0.. through the model together, keeping
+    /// each one's next-token logits and traffic: [`RunState::use_batch_token`] then puts token
+    /// t's where [`Model::forward`] leaves them, bit for bit the same. For scoring a text, where
+    /// every position's prediction is read.
+    pub fn forward_batch(
+        &self,
+        state: &mut RunState,
+        tokens: &[u32],
+        pos0: usize,
+        sparsity: Sparsity,
+    ) -> Result<(), ForwardError> {
+        on_pool(|| {
+            self.batch_step(state, tokens, pos0, sparsity)?;
+            let (d, vocab) = (self.config.d_model, self.config.vocab_size);
+            let mut logits = std::mem::take(&mut state.batch.logits);
+            logits.resize(PROMPT_BATCH * vocab, 0.0);
+            let mut laps = Laps::start(false);
+            let mut result = Ok(());
+            for t in 0..tokens.len() {
+                state.x.copy_from_slice(&state.batch.x[t * d..(t + 1) * d]);
+                let mut traffic = state.batch.traffic[t];
+                result = self.logits(state, sparsity, &mut traffic, &mut laps);
+                if result.is_err() {
+                    break;
+                }
+                state.batch.traffic[t] = traffic;
+                logits[t * vocab..(t + 1) * vocab].copy_from_slice(&state.logits);
+            }
+            state.batch.logits = logits;
+            result
+        })
+    }
+
     fn batch_step(
         &self,
         state: &mut RunState,
@@ -189,34 +250,49 @@ impl Model {
             ..
         } = state;
         let isa = sparsifier.isa;
+        let BatchState {
+            x,
+            xb,
+            qkv,
+            att_out,
+            proj,
+            gate_up,
+            ropes,
+            selections,
+            union,
+            traffic,
+            ..
+        } = bs;
         for (t, &token) in tokens.iter().enumerate() {
             self.weights
                 .embedding
-                .row(&self.file, token, &mut bs.x[t * d..(t + 1) * d])?;
-            self.rope_angles(pos0 + t, &mut bs.ropes[t]);
+                .row(&self.file, token, &mut x[t * d..(t + 1) * d])?;
+            self.rope_angles(pos0 + t, &mut ropes[t]);
+            traffic[t] = Traffic::default();
         }
-        let sels = &mut bs.selections[..b];
+        let mut batch = Batch {
+            selections: &mut selections[..b],
+            union,
+            traffic: &mut traffic[..b],
+        };
+        let (x, xb) = (&mut x[..b * d], &mut xb[..b * d]);
+        let (qkv, att_out) = (&mut qkv[..b * qkv_dim], &mut att_out[..b * q_dim]);
+        let (proj, gate_up) = (&mut proj[..b * d], &mut gate_up[..b * 2 * c.d_ff]);
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let nonfinite = |source| ForwardError::NonFinite { layer: l, source };
 
             // Attention block.
-            norm_rows(
-                &mut bs.xb[..b * d],
-                &bs.x[..b * d],
-                &layer.attn_norm,
-                c.rms_eps,
-            );
-            let qkv = &mut bs.qkv[..b * qkv_dim];
-            let (xb, u) = (&bs.xb[..b * d], &mut bs.union);
+            norm_rows(xb, x, &layer.attn_norm, c.rms_eps);
+            let slots = [(0, q_dim), (1, kv_dim), (2, kv_dim)];
             sparsifier
-                .project_batch(&layer.wqkv, xb, d, sparsity.qkv, sels, u, qkv)
+                .project_batch(&layer.wqkv, xb, d, sparsity.qkv, &mut batch, &slots, qkv)
                 .map_err(nonfinite)?;
             let base = l * kv_dim * ctx;
             for (t, qkv) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let (q, kv) = qkv.split_at_mut(q_dim);
                 let (k, v) = kv.split_at_mut(kv_dim);
-                self.rope(q, &bs.ropes[t]);
-                self.rope(k, &bs.ropes[t]);
+                self.rope(q, &ropes[t]);
+                self.rope(k, &ropes[t]);
                 for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
                     let at = base + (h * ctx + pos0 + t) * hd;
                     store_f16(isa, k, &mut key_cache[at..at + hd]);
@@ -226,7 +302,7 @@ impl Model {
             let cache = base..base + kv_dim * ctx;
             for (t, (qkv, out)) in qkv
                 .chunks_exact(qkv_dim)
-                .zip(bs.att_out.chunks_exact_mut(q_dim))
+                .zip(att_out.chunks_exact_mut(q_dim))
                 .enumerate()
             {
                 // Causal: token t sees the positions up to its own.
@@ -241,44 +317,40 @@ impl Model {
                 };
                 attend(isa, attention, scores, out);
             }
-            let proj = &mut bs.proj[..b * d];
-            let (att, u) = (&bs.att_out[..b * q_dim], &mut bs.union);
+            let slots = [(3, d)];
             sparsifier
-                .project_batch(&layer.wo, att, q_dim, sparsity.o, sels, u, proj)
+                .project_batch(
+                    &layer.wo, att_out, q_dim, sparsity.o, &mut batch, &slots, proj,
+                )
                 .map_err(nonfinite)?;
-            for (x, p) in bs.x.iter_mut().zip(proj.iter()) {
+            for (x, p) in x.iter_mut().zip(proj.iter()) {
                 *x += p;
             }
 
             // Feed-forward block.
-            norm_rows(
-                &mut bs.xb[..b * d],
-                &bs.x[..b * d],
-                &layer.ffn_norm,
-                c.rms_eps,
-            );
-            let gate_up = &mut bs.gate_up[..b * 2 * c.d_ff];
-            let (xb, u) = (&bs.xb[..b * d], &mut bs.union);
+            norm_rows(xb, x, &layer.ffn_norm, c.rms_eps);
+            let slots = [(4, c.d_ff), (5, c.d_ff)];
+            let s = sparsity.gate_up;
             sparsifier
-                .project_batch(&layer.w_gate_up, xb, d, sparsity.gate_up, sels, u, gate_up)
+                .project_batch(&layer.w_gate_up, xb, d, s, &mut batch, &slots, gate_up)
                 .map_err(nonfinite)?;
             for row in gate_up.chunks_exact_mut(2 * c.d_ff) {
                 let (gate, up) = row.split_at_mut(c.d_ff);
                 activation::swiglu(isa, gate, up);
             }
-            let u = &mut bs.union;
+            let (slots, s) = ([(6, d)], sparsity.down);
             sparsifier
                 .project_batch(
                     &layer.w_down,
                     gate_up,
                     2 * c.d_ff,
-                    sparsity.down,
-                    sels,
-                    u,
+                    s,
+                    &mut batch,
+                    &slots,
                     proj,
                 )
                 .map_err(nonfinite)?;
-            for (x, p) in bs.x.iter_mut().zip(proj.iter()) {
+            for (x, p) in x.iter_mut().zip(proj.iter()) {
                 *x += p;
             }
         }
@@ -290,5 +362,16 @@ impl Model {
 fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     for (o, x) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
         rms_norm(o, x, w, eps);
+    }
+}
+
+impl RunState {
+    /// Put token t of the last [`Model::forward_batch`] where a single [`Model::forward`] leaves
+    /// its results: its next-token logits in `logits`, what its pass read in `traffic`.
+    pub fn use_batch_token(&mut self, t: usize) {
+        let vocab = self.logits.len();
+        self.logits
+            .copy_from_slice(&self.batch.logits[t * vocab..(t + 1) * vocab]);
+        self.traffic = self.batch.traffic[t];
     }
 }
