@@ -44,26 +44,14 @@ fn feeding_a_prompt_equals_forwarding_every_token() {
                 .feed_prompt(&mut b, &prompt[cut..], cut, sparsity)
                 .unwrap();
             let what = format!("{} outliers {outliers} {sparsity:?}", format.name());
-            assert!(
-                a.logits
-                    .iter()
-                    .zip(&b.logits)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "logits differ: {what}"
-            );
+            assert!(same_bits(&a.logits, &b.logits), "logits differ: {what}");
             // The caches agree too: the next steps match.
             for pos in prompt.len()..prompt.len() + 4 {
                 let next = argmax(&a.logits);
                 assert_eq!(next, argmax(&b.logits), "{what}");
                 model.forward(&mut a, next, pos, sparsity).unwrap();
                 model.forward(&mut b, next, pos, sparsity).unwrap();
-                assert!(
-                    a.logits
-                        .iter()
-                        .zip(&b.logits)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{what} at position {pos}"
-                );
+                assert!(same_bits(&a.logits, &b.logits), "{what} at position {pos}");
             }
         }
     }
@@ -118,15 +106,14 @@ fn a_batched_forward_gives_every_tokens_logits_and_traffic() {
                 model.forward(&mut a, token, pos0 + t, sparsity).unwrap();
                 b.use_batch_token(t);
                 let what = format!("{sparsity:?}, position {}", pos0 + t);
-                assert!(
-                    a.logits
-                        .iter()
-                        .zip(&b.logits)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "logits differ: {what}"
-                );
+                assert!(same_bits(&a.logits, &b.logits), "logits differ: {what}");
                 assert_eq!(a.traffic, b.traffic, "traffic differs: {what}");
             }
         }
     }
+}
+
+/// Whether two logit vectors are equal bit for bit.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
