@@ -519,7 +519,7 @@ pub(crate) mod runs {
 
 /// The run kernels chosen for one product: decided once per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -538,7 +538,7 @@ use crate::{gather_avx2 as avx2, gather_avx512 as avx512};
 
 impl Kernel {
     /// The kernels for `isa`, if this CPU has it (else the scalar reference).
-    fn select(isa: Isa) -> Kernel {
+    pub(crate) fn select(isa: Isa) -> Kernel {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if crate::isa::x86::v4().is_some() => Kernel::Avx512 {
@@ -606,6 +606,38 @@ impl Kernel {
                 avx2::i8_runs::<1, _>(l, n, idx, val, acc)
             },
             _ => scalar::i8_runs(l, n, idx, val, acc),
+        }
+    }
+
+    /// As `i8_runs_i16`, for `batch` activation vectors at once ([`crate::gather_batch`]):
+    /// acc[line][vector][64 rows], values[p · batch + t] vector t's value at column idx[p].
+    pub(crate) fn i8_runs_batch(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[i16],
+        batch: usize,
+        acc: &mut [i32],
+    ) {
+        match self {
+            // SAFETY: as in i8_runs (AVX-512 implies AVX2); acc holds n · batch · 64 rows.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
+                const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
+                use avx2::i8_runs as k;
+                match batch {
+                    1 => k::<1, i16>(l, n, idx, values, acc),
+                    2 => k::<2, i16>(l, n, idx, values, acc),
+                    3 => k::<3, i16>(l, n, idx, values, acc),
+                    4 => k::<4, i16>(l, n, idx, values, acc),
+                    5 => k::<5, i16>(l, n, idx, values, acc),
+                    6 => k::<6, i16>(l, n, idx, values, acc),
+                    7 => k::<7, i16>(l, n, idx, values, acc),
+                    _ => k::<8, i16>(l, n, idx, values, acc),
+                }
+            },
+            _ => scalar::i8_runs_batch(l, n, idx, values, batch, acc),
         }
     }
 

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::gather::{all_below, for_each_segment, PARALLEL_MIN_BYTES};
+use crate::gather::{all_below, for_each_segment, Kernel, PARALLEL_MIN_BYTES};
 use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, LINE_BYTES};
 
@@ -81,12 +81,12 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
         all_below(x.indices, d_in),
         "gather_matvec_batch: an input index is >= d_in = {d_in}"
     );
-    let simd = use_avx2(isa);
+    let kernel = Kernel::select(isa);
     let n_lines = w.n_lines();
     let d_out = w.d_out();
     let threads = rayon::current_num_threads();
     if threads <= 1 || n_lines <= 1 || w.bytes_read(x.indices.len()) < PARALLEL_MIN_BYTES {
-        lines_range(simd, w, x, 0, n_lines, |t, r0, y| {
+        lines_range(kernel, w, x, 0, n_lines, |t, r0, y| {
             ys[t * d_out + r0..][..y.len()].copy_from_slice(y)
         });
         return;
@@ -97,7 +97,7 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
     (0..n_lines.div_ceil(per)).into_par_iter().for_each(|c| {
         let out = &out;
         let (l0, l1) = (c * per, ((c + 1) * per).min(n_lines));
-        lines_range(simd, w, x, l0, l1, |t, r0, y| {
+        lines_range(kernel, w, x, l0, l1, |t, r0, y| {
             // SAFETY: rows r0 .. r0 + y.len() of token t lie in ys (t < batch, r0 + y.len() <=
             // d_out) and belong to this worker's lines only: no other worker writes them.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * d_out + r0), y.len()) };
@@ -111,18 +111,9 @@ struct SharedRows(*mut f32);
 // SAFETY: workers write only their own lines' rows through it (see gather_matvec_batch).
 unsafe impl Sync for SharedRows {}
 
-fn use_avx2(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512) && crate::isa::x86::v3().is_some() {
-        return true;
-    }
-    let _ = isa;
-    false
-}
-
 /// Output lines l0..l1 of every token, handed to `emit(token, first row, values)` line by line.
 fn lines_range(
-    simd: bool,
+    kernel: Kernel,
     w: &ColumnTiles<'_>,
     x: BatchInput<'_>,
     l0: usize,
@@ -137,30 +128,7 @@ fn lines_range(
         acc.resize(lines * batch * ROWS, 0);
         for_each_segment(w, l0, lines, |seg, n, at| {
             let acc = &mut acc[at * batch * ROWS..(at + n) * batch * ROWS];
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: use_avx2 proved AVX2 (and FMA, F16C); every index is < d_in (checked
-                // in gather_matvec_batch), so every run lies in the tile; acc holds n lines of
-                // batch x 64 rows, values batch per column.
-                const _: () = assert!(MAX_BATCH == 8, "one arm per batch size below");
-                unsafe {
-                    use crate::gather_avx2::i8_runs as k;
-                    let (i, v) = (x.indices, x.values);
-                    match batch {
-                        1 => k::<1, i16>(seg, n, i, v, acc),
-                        2 => k::<2, i16>(seg, n, i, v, acc),
-                        3 => k::<3, i16>(seg, n, i, v, acc),
-                        4 => k::<4, i16>(seg, n, i, v, acc),
-                        5 => k::<5, i16>(seg, n, i, v, acc),
-                        6 => k::<6, i16>(seg, n, i, v, acc),
-                        7 => k::<7, i16>(seg, n, i, v, acc),
-                        _ => k::<MAX_BATCH, i16>(seg, n, i, v, acc),
-                    }
-                };
-                return;
-            }
-            let _ = simd;
-            crate::gather::scalar::i8_runs_batch(seg, n, x.indices, x.values, batch, acc);
+            kernel.i8_runs_batch(seg, n, x.indices, x.values, batch, acc);
         });
         let scales = w.row_scale();
         let mut y = [0.0f32; ROWS];

@@ -478,8 +478,6 @@ impl Model {
         let (hd, n_heads, n_kv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let kv_dim = n_kv * hd;
         let q_dim = n_heads * hd;
-        let group = n_heads / n_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut traffic = Traffic::default();
         let mut laps = Laps::start(state.profile.is_some());
 
@@ -506,35 +504,13 @@ impl Model {
             for (slot, rows) in [(0, q_dim), (1, kv_dim), (2, kv_dim)] {
                 traffic.count(slot, share(read, rows, q_dim + 2 * kv_dim));
             }
-            let (q, kv) = state.qkv.split_at_mut(q_dim);
-            let (k, v) = kv.split_at_mut(kv_dim);
-            self.rope(q, &state.rope);
-            self.rope(k, &state.rope);
-
-            // The cache is head-major: [layer][kv head][position][head_dim].
-            let base = l * kv_dim * state.ctx;
             let isa = state.sparsifier.isa;
-            for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
-                let at = base + (h * state.ctx + pos) * hd;
-                store_f16(isa, k, &mut state.key_cache[at..at + hd]);
-                store_f16(isa, v, &mut state.value_cache[at..at + hd]);
-            }
-
-            let cache = base..base + kv_dim * state.ctx;
-            attend(
-                isa,
-                Attention {
-                    q,
-                    keys: &state.key_cache[cache.clone()],
-                    values: &state.value_cache[cache],
-                    positions: pos + 1,
-                    head_dim: hd,
-                    group,
-                    scale,
-                },
-                &mut state.scores,
-                &mut state.att_out,
-            );
+            let cache = (&mut state.key_cache[..], &mut state.value_cache[..]);
+            self.rope_and_store(isa, l, pos, &state.rope, &mut state.qkv, cache, state.ctx);
+            let cache = (&state.key_cache[..], &state.value_cache[..]);
+            let q = &state.qkv[..q_dim];
+            let (scores, out) = (&mut state.scores, &mut state.att_out);
+            self.attend_cached(isa, l, q, pos + 1, cache, state.ctx, scores, out);
             traffic.record_input(&[3], &state.att_out);
             laps.mark(&mut state.profile, Phase::Attention);
             state
@@ -656,6 +632,68 @@ impl Model {
             out.cos.extend([cos, cos]);
             out.sin.extend([-sin, sin]);
         }
+    }
+
+    /// Rotate one token's queries and keys (its q/k/v product, in place) by `rope` and store its
+    /// keys and values at `pos` of layer l's cache. The cache is head-major:
+    /// [layer][kv head][position][head_dim].
+    #[allow(clippy::too_many_arguments)]
+    fn rope_and_store(
+        &self,
+        isa: Isa,
+        l: usize,
+        pos: usize,
+        rope: &Rope,
+        qkv: &mut [f32],
+        (keys, values): (&mut [f16], &mut [f16]),
+        ctx: usize,
+    ) {
+        let c = &self.config;
+        let (hd, q_dim, kv_dim) = (
+            c.head_dim,
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+        );
+        let (q, kv) = qkv.split_at_mut(q_dim);
+        let (k, v) = kv.split_at_mut(kv_dim);
+        self.rope(q, rope);
+        self.rope(k, rope);
+        let base = l * kv_dim * ctx;
+        for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+            let at = base + (h * ctx + pos) * hd;
+            store_f16(isa, k, &mut keys[at..at + hd]);
+            store_f16(isa, v, &mut values[at..at + hd]);
+        }
+    }
+
+    /// Attention of one token's queries `q` over positions 0..`positions` of layer l's cache,
+    /// into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cached(
+        &self,
+        isa: Isa,
+        l: usize,
+        q: &[f32],
+        positions: usize,
+        (keys, values): (&[f16], &[f16]),
+        ctx: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let kv_dim = c.n_kv_heads * hd;
+        let cache = l * kv_dim * ctx..(l + 1) * kv_dim * ctx;
+        let attention = Attention {
+            q,
+            keys: &keys[cache.clone()],
+            values: &values[cache],
+            positions,
+            head_dim: hd,
+            group: c.n_heads / c.n_kv_heads,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        attend(isa, attention, scores, out);
     }
 
     /// Rotate consecutive pairs of each head's first rope_dim entries by the step's angles.

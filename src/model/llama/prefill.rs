@@ -120,14 +120,17 @@ impl Sparsifier {
         ys: &mut [f32],
     ) -> Result<(), NonFinite> {
         let d = w.d_in();
+        // The projection kinds reading this input (at most q, k, v).
+        let mut ids = [0; 3];
+        for (id, &(slot, _)) in ids.iter_mut().zip(slots) {
+            *id = slot;
+        }
         for ((x, sel), traffic) in xs
             .chunks_exact(stride)
             .zip(batch.selections.iter_mut())
             .zip(batch.traffic.iter_mut())
         {
-            for &(slot, _) in slots {
-                traffic.record_input(&[slot], &x[..d]);
-            }
+            traffic.record_input(&ids[..slots.len()], &x[..d]);
             std::mem::swap(&mut self.sel, sel);
             let r = self.select(&x[..d], s, w.format());
             std::mem::swap(&mut self.sel, sel);
@@ -287,35 +290,18 @@ impl Model {
             sparsifier
                 .project_batch(&layer.wqkv, xb, d, sparsity.qkv, &mut batch, &slots, qkv)
                 .map_err(nonfinite)?;
-            let base = l * kv_dim * ctx;
             for (t, qkv) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
-                let (q, kv) = qkv.split_at_mut(q_dim);
-                let (k, v) = kv.split_at_mut(kv_dim);
-                self.rope(q, &ropes[t]);
-                self.rope(k, &ropes[t]);
-                for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
-                    let at = base + (h * ctx + pos0 + t) * hd;
-                    store_f16(isa, k, &mut key_cache[at..at + hd]);
-                    store_f16(isa, v, &mut value_cache[at..at + hd]);
-                }
+                let cache = (&mut key_cache[..], &mut value_cache[..]);
+                self.rope_and_store(isa, l, pos0 + t, &ropes[t], qkv, cache, ctx);
             }
-            let cache = base..base + kv_dim * ctx;
             for (t, (qkv, out)) in qkv
                 .chunks_exact(qkv_dim)
                 .zip(att_out.chunks_exact_mut(q_dim))
                 .enumerate()
             {
                 // Causal: token t sees the positions up to its own.
-                let attention = Attention {
-                    q: &qkv[..q_dim],
-                    keys: &key_cache[cache.clone()],
-                    values: &value_cache[cache.clone()],
-                    positions: pos0 + t + 1,
-                    head_dim: hd,
-                    group: c.n_heads / n_kv,
-                    scale: 1.0 / (hd as f32).sqrt(),
-                };
-                attend(isa, attention, scores, out);
+                let cache = (&key_cache[..], &value_cache[..]);
+                self.attend_cached(isa, l, &qkv[..q_dim], pos0 + t + 1, cache, ctx, scores, out);
             }
             let slots = [(3, d)];
             sparsifier
