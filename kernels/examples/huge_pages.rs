@@ -33,7 +33,7 @@ fn main() {
         if huge {
             assert!(share_huge_pages(&mut data));
         } else {
-            data.iter_mut().for_each(|d| d.move_to_heap());
+            data.iter_mut().for_each(|d| d.move_to_small_pages());
         }
         mats
     };

@@ -94,6 +94,26 @@ impl RowsQ8 {
             d_out * d_in,
             "RowsQ8: weights are not d_out x d_in"
         );
+        let rows = Self::from_rows(d_out, d_in, |r, out| {
+            out.copy_from_slice(&w[r * d_in..(r + 1) * d_in]);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match rows {
+            Ok(rows) => rows,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Quantize weights whose row r (d_in f32 values) `fill(r, out)` writes, parallel over
+    /// blocks of rows: a worker holds one row in f32 at a time (a whole lm_head in f32 would be
+    /// 113 MB for SmolLM2, 524 MB for Llama-7B). The first error ends the build.
+    pub fn from_rows<E: Send>(
+        d_out: usize,
+        d_in: usize,
+        fill: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
+        /// Rows per parallel task.
+        const BLOCK_ROWS: usize = 256;
         let stride = Self::stride_of(d_in);
         let blocks = stride / Q8_BLOCK;
         let mut codes = AlignedBytes::zeroed(d_out * stride);
@@ -101,26 +121,35 @@ impl RowsQ8 {
         if d_in > 0 {
             codes
                 .as_mut_slice()
-                .par_chunks_mut(stride)
-                .zip(w.par_chunks(d_in))
-                .zip(scales.par_chunks_mut(blocks))
-                .for_each(|((out, row), s)| {
-                    let out = as_i8_mut(out);
-                    for ((b, q), s) in row
-                        .chunks(Q8_BLOCK)
-                        .zip(out.chunks_exact_mut(Q8_BLOCK))
-                        .zip(s)
+                .par_chunks_mut(BLOCK_ROWS * stride)
+                .zip(scales.par_chunks_mut(BLOCK_ROWS * blocks))
+                .enumerate()
+                .try_for_each(|(c, (out, s))| {
+                    let mut row = vec![0f32; d_in];
+                    for (k, (out, s)) in out
+                        .chunks_exact_mut(stride)
+                        .zip(s.chunks_exact_mut(blocks))
+                        .enumerate()
                     {
-                        *s = quantize_block_absmax(b, q);
+                        fill(c * BLOCK_ROWS + k, &mut row)?;
+                        let out = as_i8_mut(out);
+                        for ((b, q), s) in row
+                            .chunks(Q8_BLOCK)
+                            .zip(out.chunks_exact_mut(Q8_BLOCK))
+                            .zip(s)
+                        {
+                            *s = quantize_block_absmax(b, q);
+                        }
                     }
-                });
+                    Ok(())
+                })?;
         }
-        RowsQ8 {
+        Ok(RowsQ8 {
             codes,
             scales,
             d_out,
             d_in,
-        }
+        })
     }
 
     fn stride_of(d_in: usize) -> usize {

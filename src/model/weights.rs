@@ -226,8 +226,10 @@ impl Weights {
         let (lm_head, converted) = rayon::join(
             || -> Result<LmHead, WeightsError> {
                 let head = if format == WeightFormat::Int8 && head_input == HeadInput::Dense {
-                    let (w, d_out, d_in) = dequantize_stacked(file, head_parts)?;
-                    LmHead::Rows(RowsQ8::from_f32(&w, d_out, d_in))
+                    let (d_out, d_in) = stacked_shape(head_parts);
+                    LmHead::Rows(RowsQ8::from_rows(d_out, d_in, |r, out| {
+                        dequantize_row(file, head_parts, r, out)
+                    })?)
                 } else {
                     LmHead::Columns(convert(file, head_parts, format)?)
                 };
@@ -309,7 +311,7 @@ impl Weights {
             .chain([head])
             .collect();
         if std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
-            data.iter_mut().for_each(|d| d.move_to_heap());
+            data.iter_mut().for_each(|d| d.move_to_small_pages());
         } else {
             // Declined (no such mapping on this OS): the heap blocks stay, equally correct.
             let _ = share_huge_pages(&mut data);
@@ -355,27 +357,44 @@ fn convert(
     })
 }
 
+/// (d_out, d_in) of [d_out, d_in] tensors sharing d_in, stacked by rows.
+fn stacked_shape(parts: &[TensorInfo]) -> (usize, usize) {
+    let d_in = parts[0].dims[0] as usize;
+    (parts.iter().map(|i| i.dims[1] as usize).sum(), d_in)
+}
+
 /// The f32 rows of [d_out, d_in] tensors sharing d_in, stacked by rows: (w, d_out, d_in).
 fn dequantize_stacked(
     file: &GgufFile,
     parts: &[TensorInfo],
 ) -> Result<(Vec<f32>, usize, usize), WeightsError> {
-    let d_in = parts[0].dims[0] as usize;
-    let d_out: usize = parts.iter().map(|i| i.dims[1] as usize).sum();
+    let (d_out, d_in) = stacked_shape(parts);
     let mut w = vec![0f32; d_in * d_out];
-    let mut rows = w.chunks_exact_mut(d_in);
-    for info in parts {
-        let data = file.tensor_data(info);
-        let n = info.dims[1] as usize;
-        let row_bytes = data.len() / n;
-        for (r, out) in rows.by_ref().take(n).enumerate() {
-            dequantize(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out).map_err(
-                |source| WeightsError::Dequant {
-                    tensor: info.name.clone(),
-                    source,
-                },
-            )?;
-        }
+    for (r, out) in w.chunks_exact_mut(d_in).enumerate() {
+        dequantize_row(file, parts, r, out)?;
     }
     Ok((w, d_out, d_in))
+}
+
+/// Row r of [d_out, d_in] tensors sharing d_in, stacked by rows, into `out` (d_in values).
+fn dequantize_row(
+    file: &GgufFile,
+    parts: &[TensorInfo],
+    mut r: usize,
+    out: &mut [f32],
+) -> Result<(), WeightsError> {
+    for info in parts {
+        let n = info.dims[1] as usize;
+        if r < n {
+            let data = file.tensor_data(info);
+            let row_bytes = data.len() / n;
+            let row = &data[r * row_bytes..(r + 1) * row_bytes];
+            return dequantize(info.ty, row, out).map_err(|source| WeightsError::Dequant {
+                tensor: info.name.clone(),
+                source,
+            });
+        }
+        r -= n;
+    }
+    unreachable!("row beyond the stacked tensors")
 }

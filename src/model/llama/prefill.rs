@@ -291,7 +291,7 @@ impl Model {
                 .project_batch(&layer.wqkv, xb, d, sparsity.qkv, &mut batch, &slots, qkv)
                 .map_err(nonfinite)?;
             for (t, qkv) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
-                let cache = (&mut key_cache[..], &mut value_cache[..]);
+                let cache = halves_mut(key_cache, value_cache);
                 self.rope_and_store(isa, l, pos0 + t, &ropes[t], qkv, cache, ctx);
             }
             for (t, (qkv, out)) in qkv
@@ -300,7 +300,7 @@ impl Model {
                 .enumerate()
             {
                 // Causal: token t sees the positions up to its own.
-                let cache = (&key_cache[..], &value_cache[..]);
+                let cache = halves(key_cache, value_cache);
                 self.attend_cached(isa, l, &qkv[..q_dim], pos0 + t + 1, cache, ctx, scores, out);
             }
             let slots = [(3, d)];
