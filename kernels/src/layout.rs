@@ -229,6 +229,29 @@ impl<'a> ColumnTiles<'a> {
 }
 
 /// Where (row, column) of a [d_out, d_in] matrix lives: byte offset of its line, row in the line.
+/// `fill` for [`PackedMatrix::from_rows`] from row-major f32 weights.
+fn copy_row(
+    w: &[f32],
+    d_in: usize,
+) -> impl FnMut(usize, &mut [f32]) -> Result<(), std::convert::Infallible> + '_ {
+    move |r, out| {
+        out.copy_from_slice(&w[r * d_in..(r + 1) * d_in]);
+        Ok(())
+    }
+}
+
+fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+fn as_i8_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i8, b.len()) }
+}
+
 fn locate(format: Format, d_in: usize, d_out: usize, row: usize, j: usize) -> (usize, usize) {
     let rpl = format.rows_per_line();
     let n_lines = format.padded_rows(d_out) / rpl;
@@ -329,16 +352,7 @@ impl PackedMatrix {
             d_out * d_in,
             "i8_from_f32: weights are not d_out x d_in"
         );
-        let mut scales = Vec::with_capacity(d_out);
-        let mut q = vec![0i8; w.len()];
-        for i in 0..d_out {
-            let rows = i * d_in..(i + 1) * d_in;
-            scales.push(crate::quant::quantize_block_absmax(
-                &w[rows.clone()],
-                &mut q[rows],
-            ));
-        }
-        Self::i8_from_codes(&q, d_out, d_in, scales)
+        infallible(Self::from_rows(Format::I8, d_out, d_in, copy_row(w, d_in)))
     }
 
     /// int8 weights given directly (row-major) with a per-row scale.
@@ -350,19 +364,92 @@ impl PackedMatrix {
         );
         assert_eq!(row_scale.len(), d_out, "i8_from_codes: one scale per row");
         let mut m = Self::zeroed(Format::I8, d_out, d_in, row_scale);
-        m.fill_from_rows(|k| [q[k] as u8]);
+        infallible(m.pack_lines(|row0, bytes: &mut [u8]| {
+            for (b, &v) in bytes.iter_mut().zip(&q[row0 * d_in..]) {
+                *b = v as u8;
+            }
+            Ok(())
+        }));
         m
     }
 
-    /// Fills an I8, F16 or F32 matrix from row-major source elements, `bytes(k)` giving element
-    /// k = row·d_in + j: line by line, column by column, so that a line's source rows stay in the
-    /// caches while their columns are gathered. (Element by element through `chunk_mut`, the
-    /// transposition took about half of SmolLM2's int8 load: 1.30-1.49 s, now 0.62-0.66.)
-    fn fill_from_rows<const B: usize>(&mut self, bytes: impl Fn(usize) -> [u8; B]) {
-        debug_assert_eq!(self.format.rows_per_line() * B, LINE_BYTES);
+    pub fn f16_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "f16_from_f32: weights are not d_out x d_in"
+        );
+        infallible(Self::from_rows(Format::F16, d_out, d_in, copy_row(w, d_in)))
+    }
+
+    pub fn f32_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "f32_from_f32: weights are not d_out x d_in"
+        );
+        infallible(Self::from_rows(Format::F32, d_out, d_in, copy_row(w, d_in)))
+    }
+
+    /// An I8, F16 or F32 matrix whose row r `fill(r, out)` writes as d_in f32 values (int8 with
+    /// a per-row absmax scale, as [`PackedMatrix::i8_from_f32`]), one line's rows at a time: a
+    /// model loader dequantizes straight from the file, never holding a whole matrix in f32
+    /// (Llama-7B's 11008 x 4096 FFN matrices would take 180 MB each). The first error ends it.
+    pub fn from_rows<E>(
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+        mut fill: impl FnMut(usize, &mut [f32]) -> Result<(), E>,
+    ) -> Result<Self, E> {
+        assert!(
+            format != Format::T2,
+            "from_rows: ternary needs the whole tensor's mean"
+        );
+        let mut m = Self::zeroed(format, d_out, d_in, Vec::new());
+        let mut row = vec![0f32; d_in];
+        let mut scales = Vec::with_capacity(if format == Format::I8 { d_out } else { 0 });
+        m.pack_lines(|row0, bytes: &mut [u8]| {
+            let size = format.bits_per_weight() / 8;
+            for (k, out) in bytes.chunks_exact_mut(d_in * size).enumerate() {
+                fill(row0 + k, &mut row)?;
+                match format {
+                    Format::I8 => {
+                        let q = as_i8_mut(out);
+                        scales.push(crate::quant::quantize_block_absmax(&row, q));
+                    }
+                    Format::F16 => {
+                        for (b, &v) in out.chunks_exact_mut(2).zip(&row) {
+                            b.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+                        }
+                    }
+                    _ => {
+                        for (b, &v) in out.chunks_exact_mut(4).zip(&row) {
+                            b.copy_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        m.row_scale = scales;
+        Ok(m)
+    }
+
+    /// Fills an I8, F16 or F32 matrix line by line: `rows(row0, bytes)` writes the row-major
+    /// element bytes of the line's rows row0.. (as many as `bytes` holds, d_in elements each),
+    /// which are then gathered column by column while they stay in the caches. (Element by
+    /// element through `chunk_mut`, the transposition took about half of SmolLM2's int8 load:
+    /// 1.30-1.49 s, then 0.62-0.66.)
+    fn pack_lines<E>(
+        &mut self,
+        mut rows: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (d_out, d_in) = (self.d_out, self.d_in);
-        let rpl = LINE_BYTES / B;
+        let size = self.format.bits_per_weight() / 8;
+        let rpl = self.format.rows_per_line();
+        debug_assert_eq!(rpl * size, LINE_BYTES);
         let tile_bytes = LINES_PER_TILE * d_in * LINE_BYTES;
+        let mut staged = vec![0u8; rpl * d_in * size];
         for (t, tile) in self
             .data
             .as_mut_slice()
@@ -372,36 +459,72 @@ impl PackedMatrix {
             let lines = tile.len() / (d_in * LINE_BYTES).max(1);
             for s in 0..lines {
                 let row0 = (t * LINES_PER_TILE + s) * rpl;
-                let rows = d_out.saturating_sub(row0).min(rpl);
+                let n = d_out.saturating_sub(row0).min(rpl);
+                let staged = &mut staged[..n * d_in * size];
+                rows(row0, staged)?;
                 for j in 0..d_in {
                     let at = (j * lines + s) * LINE_BYTES;
-                    for (r, e) in tile[at..at + rows * B].chunks_exact_mut(B).enumerate() {
-                        e.copy_from_slice(&bytes((row0 + r) * d_in + j));
+                    for (r, e) in tile[at..at + n * size].chunks_exact_mut(size).enumerate() {
+                        let from = (r * d_in + j) * size;
+                        e.copy_from_slice(&staged[from..from + size]);
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed element (row, j) of an I8 or F32 matrix, read back through `locate`.
+    fn element(m: &PackedMatrix, row: usize, j: usize) -> f32 {
+        let (at, r) = locate(m.format, m.d_in, m.d_out, row, j);
+        let line = &m.data.as_slice()[at..at + LINE_BYTES];
+        match m.format {
+            Format::I8 => f32::from(line[r] as i8),
+            Format::F32 => f32::from_le_bytes(line[4 * r..4 * r + 4].try_into().unwrap()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn rows_land_where_the_layout_says_across_tiles_and_partial_lines() {
+        // 4000 int8 rows: 63 lines, two tiles, the last line partial.
+        for (d_out, d_in) in [(1, 1), (65, 3), (4000, 5)] {
+            let w: Vec<f32> = (0..d_out * d_in)
+                .map(|k| ((k * 7919) % 255) as f32 - 127.0 + 0.25)
+                .collect();
+            let f = PackedMatrix::f32_from_f32(&w, d_out, d_in);
+            let q = PackedMatrix::i8_from_f32(&w, d_out, d_in);
+            assert_eq!(q.row_scale.len(), d_out);
+            for i in 0..d_out {
+                let row = &w[i * d_in..(i + 1) * d_in];
+                let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                assert_eq!(q.row_scale[i], s);
+                for j in 0..d_in {
+                    assert_eq!(element(&f, i, j), row[j]);
+                    assert_eq!(element(&q, i, j), (row[j] / s).round());
                 }
             }
         }
     }
 
-    pub fn f16_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
-        assert_eq!(
-            w.len(),
-            d_out * d_in,
-            "f16_from_f32: weights are not d_out x d_in"
-        );
-        let mut m = Self::zeroed(Format::F16, d_out, d_in, Vec::new());
-        m.fill_from_rows(|k| f16::from_f32(w[k]).to_le_bytes());
-        m
-    }
-
-    pub fn f32_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
-        assert_eq!(
-            w.len(),
-            d_out * d_in,
-            "f32_from_f32: weights are not d_out x d_in"
-        );
-        let mut m = Self::zeroed(Format::F32, d_out, d_in, Vec::new());
-        m.fill_from_rows(|k| w[k].to_le_bytes());
-        m
+    #[test]
+    fn from_rows_stops_at_the_first_error() {
+        let mut asked = Vec::new();
+        let r = PackedMatrix::from_rows(Format::I8, 200, 3, |r, out: &mut [f32]| {
+            asked.push(r);
+            out.fill(1.0);
+            if r == 70 {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r.err(), Some(70));
+        assert_eq!(asked, (0..=70).collect::<Vec<_>>());
     }
 }

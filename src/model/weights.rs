@@ -334,19 +334,22 @@ impl Weights {
     }
 }
 
-/// Dequantize [d_out, d_in] tensors (sharing d_in) row by row, stack them by rows, and pack the
-/// result in `format`.
+/// Pack [d_out, d_in] tensors (sharing d_in), stacked by rows, in `format`: dequantized row by
+/// row straight from the file.
 fn convert(
     file: &GgufFile,
     parts: &[TensorInfo],
     format: WeightFormat,
 ) -> Result<Linear, WeightsError> {
-    let (w, d_out, d_in) = dequantize_stacked(file, parts)?;
-    let matrix = match format {
-        WeightFormat::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
-        WeightFormat::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
-        WeightFormat::Int8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
+    let (d_out, d_in) = stacked_shape(parts);
+    let packed = match format {
+        WeightFormat::F32 => Format::F32,
+        WeightFormat::F16 => Format::F16,
+        WeightFormat::Int8 => Format::I8,
     };
+    let matrix = PackedMatrix::from_rows(packed, d_out, d_in, |r, out| {
+        dequantize_row(file, parts, r, out)
+    })?;
     Ok(Linear {
         name: parts
             .iter()
@@ -361,19 +364,6 @@ fn convert(
 fn stacked_shape(parts: &[TensorInfo]) -> (usize, usize) {
     let d_in = parts[0].dims[0] as usize;
     (parts.iter().map(|i| i.dims[1] as usize).sum(), d_in)
-}
-
-/// The f32 rows of [d_out, d_in] tensors sharing d_in, stacked by rows: (w, d_out, d_in).
-fn dequantize_stacked(
-    file: &GgufFile,
-    parts: &[TensorInfo],
-) -> Result<(Vec<f32>, usize, usize), WeightsError> {
-    let (d_out, d_in) = stacked_shape(parts);
-    let mut w = vec![0f32; d_in * d_out];
-    for (r, out) in w.chunks_exact_mut(d_in).enumerate() {
-        dequantize_row(file, parts, r, out)?;
-    }
-    Ok((w, d_out, d_in))
 }
 
 /// Row r of [d_out, d_in] tensors sharing d_in, stacked by rows, into `out` (d_in values).
