@@ -591,13 +591,13 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 { vnni: false } => unsafe { avx512::i8_runs(l, n, idx, val, acc) },
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => unsafe { neon::i8_runs(l, n, idx, val, acc) },
+            Kernel::Neon => unsafe { neon::i8_runs::<1, _>(l, n, idx, val, acc) },
         }
     }
 
-    /// As `i8_runs`, with int16 activations ([`Input::I16`]: int8 values plus outliers): the AVX2
-    /// kernel's `vpmaddwd` takes them as they are (AVX-512 machines use it too); other ISAs run
-    /// the reference loop, a few columns only.
+    /// As `i8_runs`, with int16 activations ([`Input::I16`]: int8 values plus outliers, the
+    /// executor's default int8 input): the AVX2 kernel's `vpmaddwd` takes them as they are
+    /// (AVX-512 machines use it too), as does NEON's `vmlal`.
     fn i8_runs_i16(self, l: Lines<'_>, n: usize, idx: &[u32], val: &[i16], acc: &mut [i32]) {
         match self {
             // SAFETY: as in i8_runs (AVX-512 implies AVX2).
@@ -605,7 +605,10 @@ impl Kernel {
             Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
                 avx2::i8_runs::<1, _>(l, n, idx, val, acc)
             },
-            _ => scalar::i8_runs(l, n, idx, val, acc),
+            // SAFETY: as in i8_runs.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { neon::i8_runs::<1, _>(l, n, idx, val, acc) },
+            Kernel::Scalar => scalar::i8_runs(l, n, idx, val, acc),
         }
     }
 
@@ -620,24 +623,30 @@ impl Kernel {
         batch: usize,
         acc: &mut [i32],
     ) {
+        const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
+        /// The kernel `$k::<B, i16>` for B = `batch` (1..=8).
+        macro_rules! by_batch {
+            ($($k:ident)::+) => {
+                match batch {
+                    1 => $($k)::+::<1, i16>(l, n, idx, values, acc),
+                    2 => $($k)::+::<2, i16>(l, n, idx, values, acc),
+                    3 => $($k)::+::<3, i16>(l, n, idx, values, acc),
+                    4 => $($k)::+::<4, i16>(l, n, idx, values, acc),
+                    5 => $($k)::+::<5, i16>(l, n, idx, values, acc),
+                    6 => $($k)::+::<6, i16>(l, n, idx, values, acc),
+                    7 => $($k)::+::<7, i16>(l, n, idx, values, acc),
+                    _ => $($k)::+::<8, i16>(l, n, idx, values, acc),
+                }
+            };
+        }
         match self {
             // SAFETY: as in i8_runs (AVX-512 implies AVX2); acc holds n · batch · 64 rows.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
-                const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
-                use avx2::i8_runs as k;
-                match batch {
-                    1 => k::<1, i16>(l, n, idx, values, acc),
-                    2 => k::<2, i16>(l, n, idx, values, acc),
-                    3 => k::<3, i16>(l, n, idx, values, acc),
-                    4 => k::<4, i16>(l, n, idx, values, acc),
-                    5 => k::<5, i16>(l, n, idx, values, acc),
-                    6 => k::<6, i16>(l, n, idx, values, acc),
-                    7 => k::<7, i16>(l, n, idx, values, acc),
-                    _ => k::<8, i16>(l, n, idx, values, acc),
-                }
-            },
-            _ => scalar::i8_runs_batch(l, n, idx, values, batch, acc),
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe { by_batch!(avx2::i8_runs) },
+            // SAFETY: as in i8_runs; acc holds n · batch · 64 rows.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { by_batch!(neon::i8_runs) },
+            Kernel::Scalar => scalar::i8_runs_batch(l, n, idx, values, batch, acc),
         }
     }
 

@@ -44,27 +44,39 @@ pub unsafe fn t2_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut
     }
 }
 
-/// int8 weights (64 rows per line): each kept column's run swept line by line, widened to int16
-/// and multiply-accumulated into int32 accumulators in L1 (`vmlal`).
+/// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
+/// product; more: a batch of prompt tokens, [`crate::gather_batch`]): each kept column's run swept
+/// line by line, widened to int16 once for all vectors, and multiply-accumulated by each vector's
+/// value into int32 accumulators `acc[line][vector][64 rows]` in L1 (`vmlal`). Values are int8,
+/// or int16 (the activation outliers at the int8 scale), which `vmlal` takes as readily.
 #[target_feature(enable = "neon")]
-pub unsafe fn i8_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-    assert!(acc.len() >= n * 64);
+pub unsafe fn i8_runs<const B: usize, V: Copy + Into<i16>>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[V],
+    acc: &mut [i32],
+) {
+    assert!(B >= 1 && values.len() >= idx.len() * B && acc.len() >= n * B * 64);
     let base = l.tile.as_ptr();
-    for (&j, &v) in idx.iter().zip(val) {
-        let v = i16::from(v);
+    for (p, &j) in idx.iter().enumerate() {
+        let v: [i16; B] = std::array::from_fn(|t| values[p * B + t].into());
         for s in 0..n {
-            // SAFETY: j < d_in, so the run (n lines) lies inside the tile; acc holds n · 64 int32.
+            // SAFETY: j < d_in, so the run (n lines) lies inside the tile; acc holds
+            // n · B · 64 int32.
             unsafe {
                 let c = base.add(l.first + j as usize * l.stride + 64 * s) as *const i8;
-                let a = acc.as_mut_ptr().add(64 * s);
                 for b in 0..4 {
                     let w = vld1q_s8(c.add(16 * b));
                     let (lo, hi) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
-                    let at = |q: usize| a.add(16 * b + 4 * q);
-                    vst1q_s32(at(0), vmlal_n_s16(vld1q_s32(at(0)), vget_low_s16(lo), v));
-                    vst1q_s32(at(1), vmlal_high_n_s16(vld1q_s32(at(1)), lo, v));
-                    vst1q_s32(at(2), vmlal_n_s16(vld1q_s32(at(2)), vget_low_s16(hi), v));
-                    vst1q_s32(at(3), vmlal_high_n_s16(vld1q_s32(at(3)), hi, v));
+                    for (t, &v) in v.iter().enumerate() {
+                        let a = acc.as_mut_ptr().add(64 * (s * B + t) + 16 * b);
+                        let at = |q: usize| a.add(4 * q);
+                        vst1q_s32(at(0), vmlal_n_s16(vld1q_s32(at(0)), vget_low_s16(lo), v));
+                        vst1q_s32(at(1), vmlal_high_n_s16(vld1q_s32(at(1)), lo, v));
+                        vst1q_s32(at(2), vmlal_n_s16(vld1q_s32(at(2)), vget_low_s16(hi), v));
+                        vst1q_s32(at(3), vmlal_high_n_s16(vld1q_s32(at(3)), hi, v));
+                    }
                 }
             }
         }
