@@ -504,9 +504,9 @@ mod tests {
                 let row = &w[i * d_in..(i + 1) * d_in];
                 let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
                 assert_eq!(q.row_scale[i], s);
-                for j in 0..d_in {
-                    assert_eq!(element(&f, i, j), row[j]);
-                    assert_eq!(element(&q, i, j), (row[j] / s).round());
+                for (j, &v) in row.iter().enumerate() {
+                    assert_eq!(element(&f, i, j), v);
+                    assert_eq!(element(&q, i, j), (v / s).round());
                 }
             }
         }
