@@ -313,7 +313,8 @@ impl Weights {
         if std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
             data.iter_mut().for_each(|d| d.move_to_small_pages());
         } else {
-            // Declined (no such mapping on this OS): the heap blocks stay, equally correct.
+            // Declined (no such mapping on this OS): the buffers stay on small pages, equally
+            // correct.
             let _ = share_huge_pages(&mut data);
         }
     }
