@@ -18,7 +18,8 @@
 use rayon::prelude::*;
 
 use crate::isa::Isa;
-use crate::memory::AlignedBytes;
+use crate::layout::infallible;
+use crate::memory::{as_i8, as_i8_mut, AlignedBytes};
 use crate::quant::{check_finite, quantize_block_absmax, NonFinite};
 
 /// Values per quantization block (of weights and of the activation).
@@ -94,14 +95,10 @@ impl RowsQ8 {
             d_out * d_in,
             "RowsQ8: weights are not d_out x d_in"
         );
-        let rows = Self::from_rows(d_out, d_in, |r, out| {
+        infallible(Self::from_rows(d_out, d_in, |r, out| {
             out.copy_from_slice(&w[r * d_in..(r + 1) * d_in]);
-            Ok::<(), std::convert::Infallible>(())
-        });
-        match rows {
-            Ok(rows) => rows,
-            Err(never) => match never {},
-        }
+            Ok(())
+        }))
     }
 
     /// Quantize weights whose row r (d_in f32 values) `fill(r, out)` writes, parallel over
@@ -189,16 +186,6 @@ impl RowsQ8 {
     fn codes(&self) -> &[i8] {
         as_i8(self.codes.as_slice())
     }
-}
-
-fn as_i8_mut(b: &mut [u8]) -> &mut [i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i8, b.len()) }
-}
-
-fn as_i8(b: &[u8]) -> &[i8] {
-    // SAFETY: as in `as_i8_mut`.
-    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
 }
 
 /// y = W·x. Panics when `y` is not d_out long or `x` does not hold W's blocks per row

@@ -40,7 +40,7 @@
 
 use half::f16;
 
-use crate::memory::AlignedBytes;
+use crate::memory::{as_i8_mut, AlignedBytes};
 
 /// Bytes of one line: one column's weights for [`Format::rows_per_line`] rows.
 pub const LINE_BYTES: usize = 64;
@@ -240,16 +240,12 @@ fn copy_row(
     }
 }
 
-fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
+/// The value of a result that cannot fail (a packer fed from memory).
+pub(crate) fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
     match r {
         Ok(v) => v,
         Err(never) => match never {},
     }
-}
-
-fn as_i8_mut(b: &mut [u8]) -> &mut [i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i8, b.len()) }
 }
 
 fn locate(format: Format, d_in: usize, d_out: usize, row: usize, j: usize) -> (usize, usize) {

@@ -186,6 +186,17 @@ fn mapping(len: usize, huge: bool) -> Option<memmap2::MmapMut> {
     Some(map)
 }
 
+/// Bytes as int8 codes (the int8 formats' storage).
+pub(crate) fn as_i8(b: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+}
+
+pub(crate) fn as_i8_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: as in `as_i8`, and the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i8, b.len()) }
+}
+
 /// Move the bytes of `buffers` into one shared huge-page mapping, in the given order (put them
 /// in the order they are read), each at a 64-byte aligned offset. Each buffer's old storage is
 /// freed as soon as it is copied, so memory peaks at about one copy plus one buffer. Returns
