@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use crate::isa::Isa;
-use crate::layout::infallible;
+use crate::layout::{copy_row, infallible};
 use crate::memory::{as_i8, as_i8_mut, AlignedBytes};
 use crate::quant::{check_finite, quantize_block_absmax, NonFinite};
 
@@ -95,10 +95,7 @@ impl RowsQ8 {
             d_out * d_in,
             "RowsQ8: weights are not d_out x d_in"
         );
-        infallible(Self::from_rows(d_out, d_in, |r, out| {
-            out.copy_from_slice(&w[r * d_in..(r + 1) * d_in]);
-            Ok(())
-        }))
+        infallible(Self::from_rows(d_out, d_in, copy_row(w, d_in)))
     }
 
     /// Quantize weights whose row r (d_in f32 values) `fill(r, out)` writes, parallel over

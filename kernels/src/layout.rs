@@ -228,12 +228,12 @@ impl<'a> ColumnTiles<'a> {
     }
 }
 
-/// Where (row, column) of a [d_out, d_in] matrix lives: byte offset of its line, row in the line.
-/// `fill` for [`PackedMatrix::from_rows`] from row-major f32 weights.
-fn copy_row(
+/// `fill` for the row-fed packers ([`PackedMatrix::from_rows`], `RowsQ8::from_rows`) from
+/// row-major f32 weights.
+pub(crate) fn copy_row(
     w: &[f32],
     d_in: usize,
-) -> impl FnMut(usize, &mut [f32]) -> Result<(), std::convert::Infallible> + '_ {
+) -> impl Fn(usize, &mut [f32]) -> Result<(), std::convert::Infallible> + Sync + '_ {
     move |r, out| {
         out.copy_from_slice(&w[r * d_in..(r + 1) * d_in]);
         Ok(())
@@ -248,6 +248,7 @@ pub(crate) fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
     }
 }
 
+/// Where (row, column) of a [d_out, d_in] matrix lives: byte offset of its line, row in the line.
 fn locate(format: Format, d_in: usize, d_out: usize, row: usize, j: usize) -> (usize, usize) {
     let rpl = format.rows_per_line();
     let n_lines = format.padded_rows(d_out) / rpl;

@@ -879,6 +879,7 @@ fn halves<'a>(keys: &'a [u16], values: &'a [u16]) -> (&'a [f16], &'a [f16]) {
     (keys.reinterpret_cast(), values.reinterpret_cast())
 }
 
+/// The key and value caches as halves, to write.
 fn halves_mut<'a>(keys: &'a mut [u16], values: &'a mut [u16]) -> (&'a mut [f16], &'a mut [f16]) {
     (keys.reinterpret_cast_mut(), values.reinterpret_cast_mut())
 }
