@@ -1,7 +1,7 @@
 //! Feeding a prompt (in batches of tokens, without the intermediate logits: no lm_head before the
 //! last token) leaves exactly the state a token-by-token forward leaves: same logits to the bit,
-//! same continuation. Int8 weights take the batched product (int16 inputs with outliers, plain
-//! int8 without); f32 weights run each token's product in turn.
+//! same continuation. Int8 weights take the batched integer product (int16 inputs with outliers,
+//! plain int8 without), f32 and f16 weights the batched float one.
 
 mod common;
 
@@ -14,6 +14,7 @@ fn feeding_a_prompt_equals_forwarding_every_token() {
         (WeightFormat::Int8, 32),
         (WeightFormat::Int8, 0),
         (WeightFormat::F32, 0),
+        (WeightFormat::F16, 0),
     ] {
         let (model, tokenizer) = model::load(&common::smollm2(), format, &|_, _| {}).unwrap();
         // Long enough for several full batches and a partial one.
@@ -87,25 +88,41 @@ fn a_prompt_beyond_the_context_or_the_vocabulary_is_an_error() {
 
 /// A batched forward leaves, for every token, the logits and the traffic counts (bytes, active
 /// weights, input zeros) that forwarding the tokens one by one leaves: what perplexity and the
-/// sweep's quality columns read.
+/// sweep's quality columns read. Int8 weights keep the row-major Q8 head (token by token); f32
+/// weights batch their column-layout head too, dense or with a sparse input.
 #[test]
 fn a_batched_forward_gives_every_tokens_logits_and_traffic() {
-    let (model, tokenizer) =
-        model::load(&common::smollm2(), WeightFormat::Int8, &|_, _| {}).unwrap();
+    for format in [WeightFormat::Int8, WeightFormat::F32] {
+        let (model, tokenizer) = model::load(&common::smollm2(), format, &|_, _| {}).unwrap();
+        batched_forward_matches(&model, &tokenizer, format);
+    }
+}
+
+fn batched_forward_matches(
+    model: &model::Model,
+    tokenizer: &qsparse::tokenizer::Tokenizer,
+    format: WeightFormat,
+) {
     let tokens = tokenizer
         .encode("We the People of the United States, in Order to form a more perfect Union")
         .unwrap();
     assert!(tokens.len() > 12, "{} tokens", tokens.len());
-    for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
-        let mut a = RunState::new(&model.config, WeightFormat::Int8, 64);
-        let mut b = RunState::new(&model.config, WeightFormat::Int8, 64);
+    let mut sparse_head = Sparsity::uniform(0.5);
+    sparse_head.lm_head = 0.5;
+    let sparsities = match format {
+        WeightFormat::Int8 => vec![Sparsity::dense(), Sparsity::uniform(0.5)],
+        _ => vec![Sparsity::dense(), Sparsity::uniform(0.5), sparse_head],
+    };
+    for sparsity in sparsities {
+        let mut a = RunState::new(&model.config, format, 64);
+        let mut b = RunState::new(&model.config, format, 64);
         for (c, chunk) in tokens.chunks(model::PROMPT_BATCH).enumerate() {
             let pos0 = c * model::PROMPT_BATCH;
             model.forward_batch(&mut b, chunk, pos0, sparsity).unwrap();
             for (t, &token) in chunk.iter().enumerate() {
                 model.forward(&mut a, token, pos0 + t, sparsity).unwrap();
                 b.use_batch_token(t);
-                let what = format!("{sparsity:?}, position {}", pos0 + t);
+                let what = format!("{} {sparsity:?}, position {}", format.name(), pos0 + t);
                 assert!(same_bits(&a.logits, &b.logits), "logits differ: {what}");
                 assert_eq!(a.traffic, b.traffic, "traffic differs: {what}");
             }

@@ -57,7 +57,7 @@ fn main() {
             let batched = |y: &mut [f32]| {
                 let t = Instant::now();
                 for m in &mats {
-                    let input = BatchInput {
+                    let input = BatchInput::Int {
                         indices: &columns,
                         values: &values,
                         scales: &scales,

@@ -34,11 +34,12 @@ fn main() {
         .num_threads(1)
         .build()
         .unwrap();
-    for format in [Format::T2, Format::I8, Format::F16] {
+    for format in [Format::T2, Format::I8, Format::F16, Format::F32] {
         let m = match format {
             Format::T2 => PackedMatrix::t2_from_f32(&w, d_out, d_in),
             Format::I8 => PackedMatrix::i8_from_f32(&w, d_out, d_in),
-            _ => PackedMatrix::f16_from_f32(&w, d_out, d_in),
+            Format::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
+            Format::F32 => PackedMatrix::f32_from_f32(&w, d_out, d_in),
         };
         let input = if format.is_integer() {
             Input::I8 {

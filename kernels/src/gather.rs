@@ -536,6 +536,48 @@ use crate::gather_neon as neon;
 #[cfg(target_arch = "x86_64")]
 use crate::{gather_avx2 as avx2, gather_avx512 as avx512};
 
+/// `$e` with the const `$B` = `batch` (1..=8: [`crate::gather_batch::MAX_BATCH`]), so that each
+/// batch size runs a kernel compiled for it.
+macro_rules! by_batch {
+    ($batch:expr, $B:ident => $e:expr) => {{
+        const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
+        match $batch {
+            1 => {
+                const $B: usize = 1;
+                $e
+            }
+            2 => {
+                const $B: usize = 2;
+                $e
+            }
+            3 => {
+                const $B: usize = 3;
+                $e
+            }
+            4 => {
+                const $B: usize = 4;
+                $e
+            }
+            5 => {
+                const $B: usize = 5;
+                $e
+            }
+            6 => {
+                const $B: usize = 6;
+                $e
+            }
+            7 => {
+                const $B: usize = 7;
+                $e
+            }
+            _ => {
+                const $B: usize = 8;
+                $e
+            }
+        }
+    }};
+}
+
 impl Kernel {
     /// The kernels for `isa`, if this CPU has it (else the scalar reference).
     pub(crate) fn select(isa: Isa) -> Kernel {
@@ -623,29 +665,17 @@ impl Kernel {
         batch: usize,
         acc: &mut [i32],
     ) {
-        const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
-        /// The kernel `$k::<B, i16>` for B = `batch` (1..=8).
-        macro_rules! by_batch {
-            ($($k:ident)::+) => {
-                match batch {
-                    1 => $($k)::+::<1, i16>(l, n, idx, values, acc),
-                    2 => $($k)::+::<2, i16>(l, n, idx, values, acc),
-                    3 => $($k)::+::<3, i16>(l, n, idx, values, acc),
-                    4 => $($k)::+::<4, i16>(l, n, idx, values, acc),
-                    5 => $($k)::+::<5, i16>(l, n, idx, values, acc),
-                    6 => $($k)::+::<6, i16>(l, n, idx, values, acc),
-                    7 => $($k)::+::<7, i16>(l, n, idx, values, acc),
-                    _ => $($k)::+::<8, i16>(l, n, idx, values, acc),
-                }
-            };
-        }
         match self {
             // SAFETY: as in i8_runs (AVX-512 implies AVX2); acc holds n · batch · 64 rows.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe { by_batch!(avx2::i8_runs) },
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
+                by_batch!(batch, B => avx2::i8_runs::<B, i16>(l, n, idx, values, acc))
+            },
             // SAFETY: as in i8_runs; acc holds n · batch · 64 rows.
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => unsafe { by_batch!(neon::i8_runs) },
+            Kernel::Neon => unsafe {
+                by_batch!(batch, B => neon::i8_runs::<B, i16>(l, n, idx, values, acc))
+            },
             Kernel::Scalar => scalar::i8_runs_batch(l, n, idx, values, batch, acc),
         }
     }
@@ -663,22 +693,51 @@ impl Kernel {
     ) {
         // SAFETY (SIMD arms): as in t2_line; acc holds n lines of the format's rows.
         match (self, format) {
-            (Kernel::Scalar, Format::F16) => scalar::f16_runs(l, n, idx, val, acc),
-            (Kernel::Scalar, _) => scalar::f32_runs(l, n, idx, val, acc),
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, Format::F16) => unsafe { avx2::f16_runs(l, n, idx, val, acc) },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, _) => unsafe { avx2::f32_runs(l, n, idx, val, acc) },
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512 { .. }, Format::F16) => unsafe {
                 avx512::f16_runs(l, n, idx, val, acc)
             },
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512 { .. }, _) => unsafe { avx512::f32_runs(l, n, idx, val, acc) },
+            _ => self.float_runs_batch(format, l, n, idx, val, 1, acc),
+        }
+    }
+
+    /// As `float_runs`, for `batch` activation vectors at once ([`crate::gather_batch`]):
+    /// acc[line][vector][rows], values[p · batch + t] vector t's value at column idx[p]; each
+    /// vector's sums bit for bit those of its own product.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn float_runs_batch(
+        self,
+        format: Format,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[f32],
+        batch: usize,
+        acc: &mut [f32],
+    ) {
+        // SAFETY (SIMD arms): as in t2_line (AVX-512 implies AVX2); acc holds n · batch lines of
+        // the format's rows.
+        match (self, format) {
+            (Kernel::Scalar, Format::F16) => scalar::f16_runs_batch(l, n, idx, values, batch, acc),
+            (Kernel::Scalar, _) => scalar::f32_runs_batch(l, n, idx, values, batch, acc),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2 | Kernel::Avx512 { .. }, Format::F16) => unsafe {
+                by_batch!(batch, B => avx2::f16_runs::<B>(l, n, idx, values, acc))
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2 | Kernel::Avx512 { .. }, _) => unsafe {
+                by_batch!(batch, B => avx2::f32_runs::<B>(l, n, idx, values, acc))
+            },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, Format::F16) => unsafe { neon::f16_runs(l, n, idx, val, acc) },
+            (Kernel::Neon, Format::F16) => unsafe {
+                by_batch!(batch, B => neon::f16_runs::<B>(l, n, idx, values, acc))
+            },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, _) => unsafe { neon::f32_runs(l, n, idx, val, acc) },
+            (Kernel::Neon, _) => unsafe {
+                by_batch!(batch, B => neon::f32_runs::<B>(l, n, idx, values, acc))
+            },
         }
     }
 }
@@ -740,21 +799,57 @@ pub(crate) mod scalar {
         }
     }
 
-    pub fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-        for (&j, &v) in idx.iter().zip(val) {
-            for (s, a) in acc.chunks_exact_mut(32).take(n).enumerate() {
-                for (a, w) in a.iter_mut().zip(run_line(&l, j, s).chunks_exact(2)) {
-                    *a = f16::from_le_bytes([w[0], w[1]]).to_f32().mul_add(v, *a);
-                }
-            }
-        }
+    /// acc[(s · batch + t) · 32 + r] = fma(w(row r of line s, column idx[p]), values[p · batch +
+    /// t], ·) in order of p, over `n` lines of f16 weights.
+    pub fn f16_runs_batch(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[f32],
+        batch: usize,
+        acc: &mut [f32],
+    ) {
+        float_runs_batch(l, n, idx, values, batch, acc, 2, |w| {
+            f16::from_le_bytes([w[0], w[1]]).to_f32()
+        })
     }
 
-    pub fn f32_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-        for (&j, &v) in idx.iter().zip(val) {
-            for (s, a) in acc.chunks_exact_mut(16).take(n).enumerate() {
-                for (a, w) in a.iter_mut().zip(run_line(&l, j, s).chunks_exact(4)) {
-                    *a = f32::from_le_bytes([w[0], w[1], w[2], w[3]]).mul_add(v, *a);
+    /// As `f16_runs_batch`, f32 weights (16 rows per line).
+    pub fn f32_runs_batch(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[f32],
+        batch: usize,
+        acc: &mut [f32],
+    ) {
+        float_runs_batch(l, n, idx, values, batch, acc, 4, |w| {
+            f32::from_le_bytes([w[0], w[1], w[2], w[3]])
+        })
+    }
+
+    /// Weights of `size` bytes decoded by `weight`.
+    #[allow(clippy::too_many_arguments)]
+    fn float_runs_batch(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[f32],
+        batch: usize,
+        acc: &mut [f32],
+        size: usize,
+        weight: impl Fn(&[u8]) -> f32,
+    ) {
+        let rows = LINE_BYTES / size;
+        for (p, &j) in idx.iter().enumerate() {
+            for s in 0..n {
+                let line = run_line(&l, j, s);
+                for t in 0..batch {
+                    let v = values[p * batch + t];
+                    let a = &mut acc[(s * batch + t) * rows..][..rows];
+                    for (a, w) in a.iter_mut().zip(line.chunks_exact(size)) {
+                        *a = weight(w).mul_add(v, *a);
+                    }
                 }
             }
         }

@@ -216,54 +216,107 @@ pub unsafe fn i8_runs<const B: usize, V: Copy + Default + Into<i16>>(
 
 /// f32 / f16 weights: four kept columns at a time, each run swept line by line, one FMA chain
 /// per row in column order (a last group of fewer columns goes one column at a time, so no
-/// padding term can touch the sums). `$load(run, byte offset)` reads 8 rows as f32.
-macro_rules! float_runs {
-    ($l:ident, $n:ident, $idx:ident, $val:ident, $acc:ident, $rows:expr, $bytes_per_8:expr, $load:expr) => {{
-        const ROWS: usize = $rows;
-        assert!($acc.len() >= $n * ROWS);
-        let ap = $acc.as_mut_ptr();
-        let full = $idx.len() / 4 * 4;
-        let mut p = 0;
-        while p < $idx.len() {
-            let group = if p < full { 4 } else { 1 };
-            // SAFETY: the runs lie in the tile (n lines each); acc holds n · ROWS floats.
-            unsafe {
-                let (c, v) = group4(&$l, $idx, $val, p);
-                let x = [
-                    _mm256_set1_ps(v[0]),
-                    _mm256_set1_ps(v[1]),
-                    _mm256_set1_ps(v[2]),
-                    _mm256_set1_ps(v[3]),
-                ];
-                let next = next_runs(&$l, $idx, p + group);
-                for s in 0..$n {
-                    prefetch_line(&next, s);
-                    for q in 0..ROWS / 8 {
-                        let at = ap.add(s * ROWS + 8 * q);
-                        let o = 64 * s + $bytes_per_8 * q;
-                        let mut a = _mm256_loadu_ps(at);
-                        for g in 0..group {
-                            a = _mm256_fmadd_ps($load(c[g], o), x[g], a);
-                        }
-                        _mm256_storeu_ps(at, a);
+/// padding term can touch the sums). B activation vectors at once (`values[p · B + t]`, `acc`
+/// `[line][vector][ROWS]`): each weight is loaded (and widened) once for all of them, and each
+/// vector's sums are the ones a product of its own computes, bit for bit (same chain, same
+/// order; a 0 value adds w·0 = ±0 to a sum that is never −0). `load(run, byte offset)` reads 8
+/// rows as f32.
+#[inline(always)]
+unsafe fn float_runs<const B: usize, const ROWS: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    acc: &mut [f32],
+    bytes_per_8: usize,
+    load: impl Fn(*const u8, usize) -> __m256,
+) {
+    assert!(B >= 1 && values.len() >= idx.len() * B && acc.len() >= n * B * ROWS);
+    let full = idx.len() / 4 * 4;
+    let mut p = 0;
+    while p < idx.len() {
+        // SAFETY: p < idx.len(), and a group of four only below `full`; the rest as the callers'
+        // contract (runs inside the tile, acc of n · B · ROWS floats).
+        unsafe {
+            if p < full {
+                float_group::<B, 4, ROWS>(&l, n, idx, values, p, acc, bytes_per_8, &load);
+                p += 4;
+            } else {
+                float_group::<B, 1, ROWS>(&l, n, idx, values, p, acc, bytes_per_8, &load);
+                p += 1;
+            }
+        }
+    }
+}
+
+/// The G columns from position p (p + G <= idx.len()) of [`float_runs`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn float_group<const B: usize, const G: usize, const ROWS: usize>(
+    l: &Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    p: usize,
+    acc: &mut [f32],
+    bytes_per_8: usize,
+    load: &impl Fn(*const u8, usize) -> __m256,
+) {
+    let ap = acc.as_mut_ptr();
+    // SAFETY: columns p .. p + G exist (values hold B each); their runs lie in the tile (n lines
+    // each); acc holds n · B · ROWS floats.
+    unsafe {
+        let c = runs4(l, idx, p);
+        let x: [[__m256; G]; B] = std::array::from_fn(|t| {
+            std::array::from_fn(|g| _mm256_set1_ps(*values.get_unchecked((p + g) * B + t)))
+        });
+        let next = next_runs(l, idx, p + G);
+        for s in 0..n {
+            prefetch_line(&next, s);
+            for q in 0..ROWS / 8 {
+                let o = 64 * s + bytes_per_8 * q;
+                let w: [__m256; G] = std::array::from_fn(|g| load(c[g], o));
+                for (t, x) in x.iter().enumerate() {
+                    let at = ap.add((s * B + t) * ROWS + 8 * q);
+                    let mut a = _mm256_loadu_ps(at);
+                    for (w, x) in w.iter().zip(x) {
+                        a = _mm256_fmadd_ps(*w, *x, a);
                     }
+                    _mm256_storeu_ps(at, a);
                 }
             }
-            p += group;
         }
-    }};
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f32_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-    float_runs!(l, n, idx, val, acc, 16, 32, |c: *const u8, o: usize| {
-        _mm256_loadu_ps(c.add(o) as *const f32)
-    })
+pub unsafe fn f32_runs<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    acc: &mut [f32],
+) {
+    // SAFETY: the caller's contract; the loads read 32 bytes inside a 64-byte line.
+    unsafe {
+        float_runs::<B, 16>(l, n, idx, values, acc, 32, |c: *const u8, o: usize| {
+            _mm256_loadu_ps(c.add(o) as *const f32)
+        })
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-    float_runs!(l, n, idx, val, acc, 32, 16, |c: *const u8, o: usize| {
-        _mm256_cvtph_ps(_mm_loadu_si128(c.add(o) as *const __m128i))
-    })
+pub unsafe fn f16_runs<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    acc: &mut [f32],
+) {
+    // SAFETY: the caller's contract; the loads read 16 bytes inside a 64-byte line.
+    unsafe {
+        float_runs::<B, 32>(l, n, idx, values, acc, 16, |c: *const u8, o: usize| {
+            _mm256_cvtph_ps(_mm_loadu_si128(c.add(o) as *const __m128i))
+        })
+    }
 }

@@ -1,18 +1,20 @@
-//! Batched sparse column-gather matvec for int8 weights: y_t = W·x_t for several activation
-//! vectors at once (a prompt's tokens), each kept column read once for all of them.
+//! Batched sparse column-gather matvec: y_t = W·x_t for several activation vectors at once (a
+//! prompt's tokens), each kept column read once for all of them.
 //!
 //! Why: evaluating a prompt token by token reads every weight once per token, and a decode step
 //! is bound by that traffic. A batch of B tokens reads the union of their kept columns once and
 //! does B tokens' arithmetic per weight loaded, so prompt evaluation turns from memory-bound to
 //! compute-bound. Each token keeps its own Top-K: a column in the union carries, per token, the
-//! token's value or 0 where the token did not keep it. Integer sums are exact, so every y_t
-//! equals, bit for bit, what [`crate::gather_matvec`] computes for token t alone.
+//! token's value or 0 where the token did not keep it. Every y_t equals, bit for bit, what
+//! [`crate::gather_matvec`] computes for token t alone: integer sums are exact, and float sums
+//! run the same FMA chain per row in the same column order (a 0 value adds w·0 = ±0, which
+//! leaves a sum that is never −0 unchanged; the weights must be finite, as the executor's are).
 //!
 //! Work splits across the rayon workers by output lines (as sparse single-vector products do),
 //! each worker sweeping its lines of every kept column's run into accumulators
-//! `[line][token][64 rows]` (the B tokens' sums of one line side by side). On the AVX2
-//! development machine the kernel is bound by `vpmaddwd` (~6 token-weights a cycle per core):
-//! 8 tokens take 1.33-1.57x less time per token than one at a time on SmolLM2's shapes
+//! `[line][token][rows]` (the B tokens' sums of one line side by side). On the AVX2 development
+//! machine the int8 kernel is bound by `vpmaddwd` (~6 token-weights a cycle per core): 8 tokens
+//! take 1.33-1.57x less time per token than one at a time on SmolLM2's shapes
 //! (`examples/batch_speed.rs`); on the executor's prompts, 1.48x (`qsparse bench`).
 
 use std::cell::RefCell;
@@ -28,45 +30,79 @@ use crate::layout::{ColumnTiles, Format, LINE_BYTES};
 /// spread over more tokens.
 pub const MAX_BATCH: usize = 8;
 
-/// Rows of one int8 line.
-const ROWS: usize = LINE_BYTES;
-
-/// The activations of a batch of B tokens against int8 weights: the union of their kept columns
-/// (`indices`, any order), `values[p · B + t]` = token t's int8-scale value at column
-/// `indices[p]` (int16: outliers may exceed ±127; 0 where token t did not keep it), and each
-/// token's dequantization factor γ_t/127 in `scales` (B = `scales.len()`).
+/// The activations of a batch of B tokens: the union of their kept columns (`indices`, any order
+/// for int8, ascending for floats as each token's own selection is) and, per column, every
+/// token's value (`values[p · B + t]`, 0 where token t did not keep column `indices[p]`).
 #[derive(Debug, Clone, Copy)]
-pub struct BatchInput<'a> {
-    pub indices: &'a [u32],
-    pub values: &'a [i16],
-    pub scales: &'a [f32],
+pub enum BatchInput<'a> {
+    /// Against int8 weights: int8-scale values held as int16 (outliers may exceed ±127) and each
+    /// token's dequantization factor γ_t/127 (B = `scales.len()`).
+    Int {
+        indices: &'a [u32],
+        values: &'a [i16],
+        scales: &'a [f32],
+    },
+    /// Against f16 or f32 weights: f32 values of B = `batch` tokens.
+    Float {
+        indices: &'a [u32],
+        values: &'a [f32],
+        batch: usize,
+    },
+}
+
+impl BatchInput<'_> {
+    fn indices(&self) -> &[u32] {
+        match self {
+            BatchInput::Int { indices, .. } | BatchInput::Float { indices, .. } => indices,
+        }
+    }
+
+    fn batch(&self) -> usize {
+        match self {
+            BatchInput::Int { scales, .. } => scales.len(),
+            BatchInput::Float { batch, .. } => *batch,
+        }
+    }
+
+    fn n_values(&self) -> usize {
+        match self {
+            BatchInput::Int { values, .. } => values.len(),
+            BatchInput::Float { values, .. } => values.len(),
+        }
+    }
 }
 
 thread_local! {
     /// Per-thread accumulators, reused across calls.
     static ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// ys[t · d_out .. (t + 1) · d_out] = W·x_t for every token t of the batch. Threads: the current
 /// rayon pool.
 ///
-/// Panics when the weights are not int8, when the batch is empty or larger than [`MAX_BATCH`],
-/// when the sizes disagree or when an index is not below d_in (programming errors, checked once
-/// so the kernels can read without bounds checks).
+/// Panics when the input kind does not match the weights (int8 values for I8, floats for F16 and
+/// F32; T2 is not batched), when the batch is empty or larger than [`MAX_BATCH`], when the sizes
+/// disagree or when an index is not below d_in (programming errors, checked once so the kernels
+/// can read without bounds checks).
 pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys: &mut [f32]) {
-    assert_eq!(
-        w.format(),
-        Format::I8,
-        "gather_matvec_batch: int8 weights only"
+    assert!(
+        matches!(
+            (w.format(), x),
+            (Format::I8, BatchInput::Int { .. })
+                | (Format::F16 | Format::F32, BatchInput::Float { .. })
+        ),
+        "gather_matvec_batch: {:?} weights cannot take this input kind",
+        w.format()
     );
-    let batch = x.scales.len();
+    let batch = x.batch();
     assert!(
         (1..=MAX_BATCH).contains(&batch),
         "gather_matvec_batch: batch of {batch} (1..={MAX_BATCH})"
     );
     assert_eq!(
-        x.values.len(),
-        x.indices.len() * batch,
+        x.n_values(),
+        x.indices().len() * batch,
         "gather_matvec_batch: ragged input"
     );
     assert_eq!(
@@ -78,14 +114,14 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
     );
     let d_in = w.d_in() as u32;
     assert!(
-        all_below(x.indices, d_in),
+        all_below(x.indices(), d_in),
         "gather_matvec_batch: an input index is >= d_in = {d_in}"
     );
     let kernel = Kernel::select(isa);
     let n_lines = w.n_lines();
     let d_out = w.d_out();
     let threads = rayon::current_num_threads();
-    if threads <= 1 || n_lines <= 1 || w.bytes_read(x.indices.len()) < PARALLEL_MIN_BYTES {
+    if threads <= 1 || n_lines <= 1 || w.bytes_read(x.indices().len()) < PARALLEL_MIN_BYTES {
         lines_range(kernel, w, x, 0, n_lines, |t, r0, y| {
             ys[t * d_out + r0..][..y.len()].copy_from_slice(y)
         });
@@ -120,29 +156,57 @@ fn lines_range(
     l1: usize,
     mut emit: impl FnMut(usize, usize, &[f32]),
 ) {
-    let batch = x.scales.len();
+    let (batch, format) = (x.batch(), w.format());
+    let rpl = format.rows_per_line();
     let d_out = w.d_out();
     let lines = l1 - l0;
-    ACC.with_borrow_mut(|acc| {
-        acc.clear();
-        acc.resize(lines * batch * ROWS, 0);
-        for_each_segment(w, l0, lines, |seg, n, at| {
-            let acc = &mut acc[at * batch * ROWS..(at + n) * batch * ROWS];
-            kernel.i8_runs_batch(seg, n, x.indices, x.values, batch, acc);
-        });
-        let scales = w.row_scale();
-        let mut y = [0.0f32; ROWS];
+    // Line l's rows of token t, from accumulators [line][token][rows].
+    let mut emit_lines = |acc_row: &mut dyn FnMut(usize, usize, &mut [f32])| {
+        let mut y = [0.0f32; LINE_BYTES];
         for l in 0..lines {
-            let r0 = (l0 + l) * ROWS;
-            let rows = ROWS.min(d_out - r0);
-            for (t, &scale) in x.scales.iter().enumerate() {
-                let a = &acc[(l * batch + t) * ROWS..][..rows];
-                // The single-vector product's formula, so the results agree bit for bit.
-                for ((o, &a), &s) in y.iter_mut().zip(a).zip(&scales[r0..r0 + rows]) {
-                    *o = a as f32 * (scale * s);
-                }
+            let r0 = (l0 + l) * rpl;
+            let rows = rpl.min(d_out - r0);
+            for t in 0..batch {
+                acc_row(l * batch + t, r0, &mut y[..rows]);
                 emit(t, r0, &y[..rows]);
             }
         }
-    });
+    };
+    match x {
+        BatchInput::Int {
+            indices,
+            values,
+            scales,
+        } => ACC.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(lines * batch * rpl, 0);
+            for_each_segment(w, l0, lines, |seg, n, at| {
+                let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
+                kernel.i8_runs_batch(seg, n, indices, values, batch, acc);
+            });
+            let row_scale = w.row_scale();
+            emit_lines(&mut |k, r0, y| {
+                let scale = scales[k % batch];
+                let a = &acc[k * rpl..][..y.len()];
+                // The single-vector product's formula, so the results agree bit for bit.
+                for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
+                    *o = a as f32 * (scale * s);
+                }
+            });
+        }),
+        BatchInput::Float {
+            indices, values, ..
+        } => ACC_FLOAT.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(lines * batch * rpl, 0.0);
+            for_each_segment(w, l0, lines, |seg, n, at| {
+                let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
+                kernel.float_runs_batch(format, seg, n, indices, values, batch, acc);
+            });
+            emit_lines(&mut |k, _, y| {
+                let n = y.len();
+                y.copy_from_slice(&acc[k * rpl..][..n])
+            });
+        }),
+    }
 }

@@ -84,23 +84,30 @@ pub unsafe fn i8_runs<const B: usize, V: Copy + Into<i16>>(
 }
 
 /// f32 weights (16 rows per line): each kept column's run swept line by line, one FMA chain per
-/// row in column order.
+/// row in column order; B activation vectors at once (`values[p · B + t]`, `acc`
+/// `[line][vector][16]`), each line loaded once for all.
 #[target_feature(enable = "neon")]
-pub unsafe fn f32_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-    assert!(acc.len() >= n * 16);
+pub unsafe fn f32_runs<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    acc: &mut [f32],
+) {
+    assert!(values.len() >= idx.len() * B && acc.len() >= n * B * 16);
     let base = l.tile.as_ptr();
-    for (&j, &v) in idx.iter().zip(val) {
-        let xb = vdupq_n_f32(v);
+    for (p, &j) in idx.iter().enumerate() {
+        let x: [float32x4_t; B] = std::array::from_fn(|t| vdupq_n_f32(values[p * B + t]));
         for s in 0..n {
-            // SAFETY: j < d_in, so the run lies inside the tile; acc holds n · 16 floats.
+            // SAFETY: j < d_in, so the run lies inside the tile; acc holds n · B · 16 floats.
             unsafe {
                 let c = base.add(l.first + j as usize * l.stride + 64 * s) as *const f32;
-                let a = acc.as_mut_ptr().add(16 * s);
-                for q in 0..4 {
-                    vst1q_f32(
-                        a.add(4 * q),
-                        vfmaq_f32(vld1q_f32(a.add(4 * q)), vld1q_f32(c.add(4 * q)), xb),
-                    );
+                let w: [float32x4_t; 4] = std::array::from_fn(|q| vld1q_f32(c.add(4 * q)));
+                for (t, &xb) in x.iter().enumerate() {
+                    let a = acc.as_mut_ptr().add(16 * (s * B + t));
+                    for (q, &w) in w.iter().enumerate() {
+                        vst1q_f32(a.add(4 * q), vfmaq_f32(vld1q_f32(a.add(4 * q)), w, xb));
+                    }
                 }
             }
         }
@@ -108,28 +115,36 @@ pub unsafe fn f32_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
 }
 
 /// f16 weights (32 rows per line): each line is widened exactly (via `half`, which uses the FP16
-/// conversion instructions when present), then as f32.
+/// conversion instructions when present), then as f32; B vectors at once as in [`f32_runs`].
 #[target_feature(enable = "neon")]
-pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &mut [f32]) {
-    assert!(acc.len() >= n * 32);
+pub unsafe fn f16_runs<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[f32],
+    acc: &mut [f32],
+) {
+    assert!(values.len() >= idx.len() * B && acc.len() >= n * B * 32);
     let mut halves = [f16::ZERO; 32];
     let mut wide = [0f32; 32];
-    for (&j, &v) in idx.iter().zip(val) {
-        let xb = vdupq_n_f32(v);
+    for (p, &j) in idx.iter().enumerate() {
+        let x: [float32x4_t; B] = std::array::from_fn(|t| vdupq_n_f32(values[p * B + t]));
         for s in 0..n {
             let at = l.first + j as usize * l.stride + 64 * s;
             for (h, b) in halves.iter_mut().zip(l.tile[at..at + 64].chunks_exact(2)) {
                 *h = f16::from_le_bytes([b[0], b[1]]);
             }
             halves.convert_to_f32_slice(&mut wide);
-            for q in 0..8 {
-                // SAFETY: acc holds n · 32 floats and wide 32; q < 8.
-                unsafe {
-                    let a = acc.as_mut_ptr().add(32 * s + 4 * q);
-                    vst1q_f32(
-                        a,
-                        vfmaq_f32(vld1q_f32(a), vld1q_f32(wide.as_ptr().add(4 * q)), xb),
-                    );
+            for (t, &xb) in x.iter().enumerate() {
+                for q in 0..8 {
+                    // SAFETY: acc holds n · B · 32 floats and wide 32; q < 8.
+                    unsafe {
+                        let a = acc.as_mut_ptr().add(32 * (s * B + t) + 4 * q);
+                        vst1q_f32(
+                            a,
+                            vfmaq_f32(vld1q_f32(a), vld1q_f32(wide.as_ptr().add(4 * q)), xb),
+                        );
+                    }
                 }
             }
         }

@@ -527,7 +527,7 @@ fn gather_batch_equals_each_tokens_own_product() {
                 .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
                 .collect();
             let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
-            let input = BatchInput {
+            let input = BatchInput::Int {
                 indices: &columns,
                 values: &values,
                 scales: &scales,
@@ -553,6 +553,90 @@ fn gather_batch_equals_each_tokens_own_product() {
                             "{d_out}x{d_in} batch {batch} token {t}: {isa} with {threads} threads \
                              differs from the token's own product"
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The float form: f32 and f16 weights, tokens keeping none, some or all columns (a kept 0.0
+/// and −0.0 among them), the union ascending (each token's own order) with extra all-zero
+/// columns: every token's outputs are bit for bit its own product's, at every ISA and 1-3
+/// threads.
+#[test]
+fn gather_batch_of_floats_equals_each_tokens_own_product() {
+    let mut rng = SmallRng::seed_from_u64(13);
+    for &(d_out, d_in) in SHAPES {
+        let w: Vec<f32> = (0..d_out * d_in)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let f32m = PackedMatrix::f32_from_f32(&w, d_out, d_in);
+        let f16m = PackedMatrix::f16_from_f32(&w, d_out, d_in);
+        for batch in [1, 2, 3, 6, MAX_BATCH] {
+            let tokens: Vec<Sparse<f32>> = (0..batch)
+                .map(|t| {
+                    let k = match t {
+                        0 => d_in,
+                        1 => 0,
+                        _ => rng.random_range(0..=d_in),
+                    };
+                    let mut x = sparse_input_f32(&mut rng, d_in, k);
+                    for (i, v) in x.values.iter_mut().enumerate() {
+                        match i % 13 {
+                            3 => *v = 0.0,
+                            7 => *v = -0.0,
+                            _ => {}
+                        }
+                    }
+                    x
+                })
+                .collect();
+            let mut dense = vec![0f32; d_in * batch];
+            let mut kept = vec![false; d_in];
+            for (t, x) in tokens.iter().enumerate() {
+                for (&j, &v) in x.indices.iter().zip(&x.values) {
+                    dense[j as usize * batch + t] = v;
+                    kept[j as usize] = true;
+                }
+            }
+            let columns: Vec<u32> = (0..d_in as u32)
+                .filter(|&j| kept[j as usize] || rng.random_range(0..4) == 0)
+                .collect();
+            let values: Vec<f32> = columns
+                .iter()
+                .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
+                .collect();
+            let input = BatchInput::Float {
+                indices: &columns,
+                values: &values,
+                batch,
+            };
+            for m in [&f32m, &f16m] {
+                let w = m.view();
+                let want: Vec<Vec<f32>> = tokens
+                    .iter()
+                    .map(|x| {
+                        let mut y = vec![0.0; d_out];
+                        gather_matvec(Isa::Scalar, &w, Input::F32(x), &mut y);
+                        y
+                    })
+                    .collect();
+                for isa in isas() {
+                    for threads in [1, 2, 3] {
+                        let mut ys = vec![f32::NAN; batch * d_out];
+                        pool(threads).install(|| gather_matvec_batch(isa, &w, input, &mut ys));
+                        for (t, want) in want.iter().enumerate() {
+                            let got = &ys[t * d_out..(t + 1) * d_out];
+                            assert!(
+                                got.iter()
+                                    .zip(want)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{:?} {d_out}x{d_in} batch {batch} token {t}: {isa} with \
+                                 {threads} threads differs from the token's own product",
+                                m.format
+                            );
+                        }
                     }
                 }
             }

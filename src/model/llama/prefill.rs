@@ -6,9 +6,10 @@
 //! Each token keeps its own selection (Top-K, outliers, int8 scale): the batch reads the union of
 //! the tokens' kept columns, a token's value being 0 where it did not keep a column. The KV cache
 //! entries come out bit for bit as token-by-token evaluation writes them (integer sums are
-//! exact; everything else is the same per-token code), which the tests check on logits.
-//! Weights other than int8 (and int8 weights of formats the batched kernel does not take) run
-//! the tokens' products one after another: the same results, without the saving.
+//! exact, float sums run each token's FMA chains in its own column order; everything else is the
+//! same per-token code), which the tests check on logits. Ternary weights, which the batched
+//! kernel does not take, run the tokens' products one after another: the same results, without
+//! the saving.
 
 use qsparse_kernels::{gather_matvec_batch, BatchInput, MAX_BATCH};
 
@@ -61,38 +62,72 @@ impl BatchState {
 #[derive(Debug, Default)]
 struct Union {
     columns: Vec<u32>,
-    values: Vec<i16>,
+    /// Int8-path values (int16 with outliers) and each token's scale γ/127.
+    ints: Vec<i16>,
     scales: Vec<f32>,
-    /// Column-major [d_in][batch] values, 0 where a token did not keep the column.
-    dense: Vec<i16>,
+    /// Float-path values.
+    floats: Vec<f32>,
+    /// Column-major [d_in][batch] scratch, 0 where a token did not keep the column.
+    dense_ints: Vec<i16>,
+    dense_floats: Vec<f32>,
 }
 
 impl Union {
     /// From int8-path selections (int16 with outliers, or plain int8).
-    fn build(&mut self, selections: &[Selection], d_in: usize) {
-        let b = selections.len();
-        self.dense.clear();
-        self.dense.resize(d_in * b, 0);
+    fn build_int(&mut self, selections: &[Selection], d_in: usize) {
         self.scales.clear();
-        for (t, sel) in selections.iter().enumerate() {
+        self.scales.extend(selections.iter().map(|sel| sel.scale));
+        let scatter = |t: usize, sel: &Selection, dense: &mut [i16], b: usize| {
             if sel.is_wide {
                 for (&j, &v) in sel.wide.indices.iter().zip(&sel.wide.values) {
-                    self.dense[j as usize * b + t] = v;
+                    dense[j as usize * b + t] = v;
                 }
             } else {
                 for (&j, &v) in sel.int.indices.iter().zip(&sel.int.values) {
-                    self.dense[j as usize * b + t] = i16::from(v);
+                    dense[j as usize * b + t] = i16::from(v);
                 }
             }
-            self.scales.push(sel.scale);
-        }
-        self.columns.clear();
-        self.values.clear();
-        for (j, column) in self.dense.chunks_exact(b).enumerate() {
-            if column.iter().any(|&v| v != 0) {
-                self.columns.push(j as u32);
-                self.values.extend_from_slice(column);
+        };
+        let (dense, values) = (&mut self.dense_ints, &mut self.ints);
+        union_of(selections, d_in, dense, &mut self.columns, values, scatter);
+    }
+
+    /// From float-path selections. The columns come out ascending, each token's own order, so
+    /// that its FMA chains run as in its own product.
+    fn build_float(&mut self, selections: &[Selection], d_in: usize) {
+        let scatter = |t: usize, sel: &Selection, dense: &mut [f32], b: usize| {
+            for (&j, &v) in sel.float.indices.iter().zip(&sel.float.values) {
+                dense[j as usize * b + t] = v;
             }
+        };
+        let (dense, values) = (&mut self.dense_floats, &mut self.floats);
+        union_of(selections, d_in, dense, &mut self.columns, values, scatter);
+    }
+}
+
+/// The columns (ascending) where some token's value is not 0, and their values column by column
+/// (`values[p · b + t]`), through a column-major scratch that `scatter(t, selection, dense, b)`
+/// fills with token t's kept values. A column whose values are all 0 adds nothing to any sum.
+fn union_of<T: Copy + Default + PartialEq>(
+    selections: &[Selection],
+    d_in: usize,
+    dense: &mut Vec<T>,
+    columns: &mut Vec<u32>,
+    values: &mut Vec<T>,
+    scatter: impl Fn(usize, &Selection, &mut [T], usize),
+) {
+    let b = selections.len();
+    dense.clear();
+    dense.resize(d_in * b, T::default());
+    for (t, sel) in selections.iter().enumerate() {
+        scatter(t, sel, dense, b);
+    }
+    columns.clear();
+    values.clear();
+    for (j, column) in dense.chunks_exact(b).enumerate() {
+        if column.iter().any(|&v| v != T::default()) {
+            columns.push(j as u32);
+            values.extend_from_slice(column);
         }
     }
 }
@@ -154,19 +189,33 @@ impl Sparsifier {
         union: &mut Union,
         ys: &mut [f32],
     ) {
-        if self.format == WeightFormat::Int8 && w.format() == Format::I8 {
-            union.build(selections, w.d_in());
-            let input = BatchInput {
-                indices: &union.columns,
-                values: &union.values,
-                scales: &union.scales,
-            };
-            gather_matvec_batch(self.isa, &w.view(), input, ys);
-        } else {
-            for (sel, y) in selections.iter_mut().zip(ys.chunks_exact_mut(w.d_out())) {
-                std::mem::swap(&mut self.sel, sel);
-                self.matvec(w, y);
-                std::mem::swap(&mut self.sel, sel);
+        let view = w.view();
+        match (self.format, view.format()) {
+            (WeightFormat::Int8, Format::I8) => {
+                union.build_int(selections, w.d_in());
+                let input = BatchInput::Int {
+                    indices: &union.columns,
+                    values: &union.ints,
+                    scales: &union.scales,
+                };
+                gather_matvec_batch(self.isa, &view, input, ys);
+            }
+            (WeightFormat::F32 | WeightFormat::F16, Format::F32 | Format::F16) => {
+                union.build_float(selections, w.d_in());
+                let input = BatchInput::Float {
+                    indices: &union.columns,
+                    values: &union.floats,
+                    batch: selections.len(),
+                };
+                gather_matvec_batch(self.isa, &view, input, ys);
+            }
+            // Ternary weights (the batched kernel takes none) one token at a time.
+            _ => {
+                for (sel, y) in selections.iter_mut().zip(ys.chunks_exact_mut(w.d_out())) {
+                    std::mem::swap(&mut self.sel, sel);
+                    self.matvec(w, y);
+                    std::mem::swap(&mut self.sel, sel);
+                }
             }
         }
     }
@@ -201,21 +250,76 @@ impl Model {
             let (d, vocab) = (self.config.d_model, self.config.vocab_size);
             let mut logits = std::mem::take(&mut state.batch.logits);
             logits.resize(PROMPT_BATCH * vocab, 0.0);
-            let mut laps = Laps::start(false);
-            let mut result = Ok(());
-            for t in 0..tokens.len() {
-                state.x.copy_from_slice(&state.batch.x[t * d..(t + 1) * d]);
-                let mut traffic = state.batch.traffic[t];
-                result = self.logits(state, sparsity, &mut traffic, &mut laps);
-                if result.is_err() {
-                    break;
+            let result = match &self.weights.lm_head {
+                // A column-layout head (float weights, or int8 with a sparse input) is one more
+                // batched projection: read once for the batch, not once per token (113 MB a
+                // token for SmolLM2's f32 head).
+                LmHead::Columns(head) => {
+                    self.batch_head(state, head, tokens.len(), sparsity, &mut logits)
                 }
-                state.batch.traffic[t] = traffic;
-                logits[t * vocab..(t + 1) * vocab].copy_from_slice(&state.logits);
-            }
+                // The row-major Q8 head, token by token.
+                LmHead::Rows(_) => {
+                    let mut laps = Laps::start(false);
+                    let mut result = Ok(());
+                    for t in 0..tokens.len() {
+                        state.x.copy_from_slice(&state.batch.x[t * d..(t + 1) * d]);
+                        let mut traffic = state.batch.traffic[t];
+                        result = self.logits(state, sparsity, &mut traffic, &mut laps);
+                        if result.is_err() {
+                            break;
+                        }
+                        state.batch.traffic[t] = traffic;
+                        logits[t * vocab..(t + 1) * vocab].copy_from_slice(&state.logits);
+                    }
+                    result
+                }
+            };
             state.batch.logits = logits;
             result
         })
+    }
+
+    /// The final norm and a column-layout lm_head for the batch's b tokens, into token-major
+    /// `logits`; each token's traffic counts what its own pass reads.
+    fn batch_head(
+        &self,
+        state: &mut RunState,
+        head: &Linear,
+        b: usize,
+        sparsity: Sparsity,
+        logits: &mut [f32],
+    ) -> Result<(), ForwardError> {
+        let c = &self.config;
+        let d = c.d_model;
+        let RunState {
+            batch: bs,
+            sparsifier,
+            ..
+        } = state;
+        let BatchState {
+            x,
+            xb,
+            selections,
+            union,
+            traffic,
+            ..
+        } = bs;
+        let xb = &mut xb[..b * d];
+        norm_rows(xb, &x[..b * d], &self.weights.output_norm, c.rms_eps);
+        let mut batch = Batch {
+            selections: &mut selections[..b],
+            union,
+            traffic: &mut traffic[..b],
+        };
+        let slots = [(7, c.vocab_size)];
+        let s = sparsity.lm_head;
+        let logits = &mut logits[..b * c.vocab_size];
+        sparsifier
+            .project_batch(head, xb, d, s, &mut batch, &slots, logits)
+            .map_err(|source| ForwardError::NonFinite {
+                layer: c.n_layers,
+                source,
+            })
     }
 
     fn batch_step(
