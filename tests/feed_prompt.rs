@@ -88,8 +88,8 @@ fn a_prompt_beyond_the_context_or_the_vocabulary_is_an_error() {
 
 /// A batched forward leaves, for every token, the logits and the traffic counts (bytes, active
 /// weights, input zeros) that forwarding the tokens one by one leaves: what perplexity and the
-/// sweep's quality columns read. Int8 weights keep the row-major Q8 head (token by token); f32
-/// weights batch their column-layout head too, dense or with a sparse input.
+/// sweep's quality columns read. The head is batched too: int8's row-major Q8 one, f32's in
+/// column layout, dense or with a sparse input.
 #[test]
 fn a_batched_forward_gives_every_tokens_logits_and_traffic() {
     for format in [WeightFormat::Int8, WeightFormat::F32] {

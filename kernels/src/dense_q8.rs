@@ -188,6 +188,7 @@ impl RowsQ8 {
 /// y = W·x. Panics when `y` is not d_out long or `x` does not hold W's blocks per row
 /// (programming errors, checked once so the kernels read without bounds checks).
 pub fn matvec_rows_q8(isa: Isa, w: &RowsQ8, x: &BlockQ8, y: &mut [f32]) {
+    check_input(w, x);
     assert_eq!(
         y.len(),
         w.d_out,
@@ -195,6 +196,61 @@ pub fn matvec_rows_q8(isa: Isa, w: &RowsQ8, x: &BlockQ8, y: &mut [f32]) {
         y.len(),
         w.d_out
     );
+    let xs = std::slice::from_ref(x);
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || w.bytes() < PARALLEL_MIN_BYTES {
+        rows(isa, w, xs, 0, &mut [y]);
+    } else {
+        let per = rows_per_worker(w, threads);
+        y.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(c, ys)| rows(isa, w, xs, c * per, &mut [ys]));
+    }
+}
+
+/// ys[t · d_out .. (t + 1) · d_out] = W·xs[t] for several activations at once (a batch of
+/// tokens being scored): each row is read from memory once for all of them, and each token's
+/// outputs are bit for bit what [`matvec_rows_q8`] gives it alone (the same sums in the same
+/// order). Panics on inconsistent sizes, as `matvec_rows_q8`.
+pub fn matvec_rows_q8_batch(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], ys: &mut [f32]) {
+    for x in xs {
+        check_input(w, x);
+    }
+    assert_eq!(
+        ys.len(),
+        xs.len() * w.d_out,
+        "matvec_rows_q8_batch: ys has {} values, want {} x {}",
+        ys.len(),
+        xs.len(),
+        w.d_out
+    );
+    if xs.is_empty() {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let per = if threads <= 1 || w.bytes() < PARALLEL_MIN_BYTES {
+        w.d_out.max(1)
+    } else {
+        rows_per_worker(w, threads)
+    };
+    // Worker c's share: rows c·per .. of every token's output.
+    let mut shares: Vec<Vec<&mut [f32]>> = Vec::new();
+    for y in ys.chunks_exact_mut(w.d_out.max(1)) {
+        for (c, part) in y.chunks_mut(per).enumerate() {
+            if shares.len() <= c {
+                shares.push(Vec::with_capacity(xs.len()));
+            }
+            shares[c].push(part);
+        }
+    }
+    shares
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(c, mut ys)| rows(isa, w, xs, c * per, &mut ys));
+}
+
+/// The activation holds W's blocks per row, one scale per block.
+fn check_input(w: &RowsQ8, x: &BlockQ8) {
     assert_eq!(
         x.len(),
         w.stride(),
@@ -207,42 +263,43 @@ pub fn matvec_rows_q8(isa: Isa, w: &RowsQ8, x: &BlockQ8, y: &mut [f32]) {
         x.len(),
         "matvec_rows_q8: one activation scale per block"
     );
-    let run = |r0: usize, ys: &mut [f32]| rows(isa, w, x, r0, ys);
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || w.bytes() < PARALLEL_MIN_BYTES {
-        run(0, y);
-    } else {
-        // One contiguous stretch of rows per worker (a multiple of 4, the kernels' row group).
-        let per = w.d_out.div_ceil(threads).div_ceil(4) * 4;
-        y.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(c, ys)| run(c * per, ys));
-    }
 }
 
-/// Rows r0 .. r0 + ys.len(), at the chosen ISA.
-fn rows(isa: Isa, w: &RowsQ8, x: &BlockQ8, r0: usize, ys: &mut [f32]) {
+/// One contiguous stretch of rows per worker (a multiple of 4, the kernels' row group).
+fn rows_per_worker(w: &RowsQ8, threads: usize) -> usize {
+    w.d_out.div_ceil(threads).div_ceil(4) * 4
+}
+
+/// Rows r0 .. r0 + n of every activation's product at the chosen ISA: ys[t] (n values each) for
+/// xs[t].
+fn rows(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], r0: usize, ys: &mut [&mut [f32]]) {
+    let n = ys.first().map_or(0, |y| y.len());
+    assert!(ys.len() == xs.len() && ys.iter().all(|y| y.len() == n));
     let (stride, blocks) = (w.stride(), w.stride() / Q8_BLOCK);
     let rows = Rows {
-        codes: &w.codes()[r0 * stride..(r0 + ys.len()) * stride],
-        scales: &w.scales[r0 * blocks..(r0 + ys.len()) * blocks],
+        codes: &w.codes()[r0 * stride..(r0 + n) * stride],
+        scales: &w.scales[r0 * blocks..(r0 + n) * blocks],
         stride,
     };
     match isa {
         // AVX-512 machines run the AVX2 kernel (a VNNI one would be the next step there).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if crate::isa::x86::v3().is_some() => {
-            // SAFETY: the V3 token proves AVX2 and FMA; `rows` holds ys.len() rows of `stride`
-            // bytes and `stride / 32` scales each, x holds `stride` values and their scales
-            // (checked by the caller).
-            unsafe { avx2::rows(rows, x, ys) }
+            // SAFETY: the V3 token proves AVX2 and FMA; `rows` holds n rows of `stride` bytes
+            // and `stride / 32` scales each, every x holds `stride` values and their scales
+            // (checked by the callers), every y n values (checked above).
+            unsafe { avx2::rows(rows, xs, ys) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if pulp::aarch64::Neon::try_new().is_some() => {
             // SAFETY: NEON is present; sizes as above.
-            unsafe { neon::rows(rows, x, ys) }
+            unsafe { neon::rows(rows, xs, ys) }
         }
-        _ => rows_scalar(rows, x, ys),
+        _ => {
+            for (x, y) in xs.iter().zip(ys.iter_mut()) {
+                rows_scalar(rows, x, y)
+            }
+        }
     }
 }
 
@@ -289,23 +346,20 @@ mod avx2 {
 
     /// Four rows at a time share each activation block's loads; per block and row: `vpsignb`,
     /// `vpmaddubsw` (|q| · ±w in int16 pairs, at most 2·127·127: no saturation), `vpmaddwd` by
-    /// ones (int32 per four weights), convert, and one FMA by the two scales' product.
+    /// ones (int32 per four weights), convert, and one FMA by the two scales' product. Several
+    /// activations (a batch) take each group of rows in turn while it is in L1: read from
+    /// memory once, prefetched once.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
+    pub unsafe fn rows(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
         let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
         let ones = _mm256_set1_epi16(1);
-        let (xp, dp, wp, sp) = (
-            x.values.as_ptr(),
-            x.scales.as_ptr(),
-            w.codes.as_ptr(),
-            w.scales.as_ptr(),
-        );
-        let n = ys.len();
+        let (wp, sp) = (w.codes.as_ptr(), w.scales.as_ptr());
+        let n = ys.first().map_or(0, |y| y.len());
         let full = n / 4 * 4;
         let end = wp.wrapping_add(n * stride);
         // SAFETY (all blocks below): rows r < n have `stride` bytes at wp + r·stride and `blocks`
-        // scales at sp + r·blocks; the activation has `blocks` blocks of 32 values and scales.
-        // Prefetches are hints, issued only for addresses inside the rows.
+        // scales at sp + r·blocks; every activation has `blocks` blocks of 32 values and scales,
+        // every y n values. Prefetches are hints, issued only for addresses inside the rows.
         unsafe {
             let block = |acc: &mut __m256, w: *const i8, xv: __m256i, ax: __m256i, d: f32| {
                 let wv = _mm256_loadu_si256(w as *const __m256i);
@@ -315,44 +369,53 @@ mod avx2 {
             };
             let mut r = 0;
             while r < full {
-                let mut acc = [_mm256_setzero_ps(); 4];
                 let ahead = wp.wrapping_add((r + PREFETCH_ROWS) * stride);
-                for b in 0..blocks {
-                    // The group's 4·stride bytes, two lines per block (stride = 32·blocks).
-                    for l in [0, 64] {
-                        let p = ahead.wrapping_add(128 * b + l);
-                        if p < end {
-                            _mm_prefetch::<_MM_HINT_NTA>(p);
+                for (t, (x, y)) in xs.iter().zip(ys.iter_mut()).enumerate() {
+                    let (xp, dp) = (x.values.as_ptr(), x.scales.as_ptr());
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for b in 0..blocks {
+                        if t == 0 {
+                            // The group's 4·stride bytes, two lines per block (stride = 32·blocks).
+                            for l in [0, 64] {
+                                let p = ahead.wrapping_add(128 * b + l);
+                                if p < end {
+                                    _mm_prefetch::<_MM_HINT_NTA>(p);
+                                }
+                            }
+                        }
+                        let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
+                        let ax = _mm256_abs_epi8(xv);
+                        let d = *dp.add(b);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let row = r + k;
+                            let s = *sp.add(row * blocks + b);
+                            block(a, wp.add(row * stride + b * Q8_BLOCK), xv, ax, s * d);
                         }
                     }
-                    let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
-                    let ax = _mm256_abs_epi8(xv);
-                    let d = *dp.add(b);
-                    for (k, a) in acc.iter_mut().enumerate() {
-                        let row = r + k;
-                        let s = *sp.add(row * blocks + b);
-                        block(a, wp.add(row * stride + b * Q8_BLOCK), xv, ax, s * d);
-                    }
+                    // [row 0 .. row 3] sums: two rounds of pairwise adds, then the two halves.
+                    let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+                    let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+                    let h = _mm256_hadd_ps(h01, h23);
+                    let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                    _mm_storeu_ps(y.as_mut_ptr().add(r), sums);
                 }
-                // [row 0 .. row 3] sums: two rounds of pairwise adds, then the two halves.
-                let h01 = _mm256_hadd_ps(acc[0], acc[1]);
-                let h23 = _mm256_hadd_ps(acc[2], acc[3]);
-                let h = _mm256_hadd_ps(h01, h23);
-                let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-                _mm_storeu_ps(ys.as_mut_ptr().add(r), sums);
                 r += 4;
             }
-            for (r, y) in ys.iter_mut().enumerate().skip(full) {
-                let mut acc = _mm256_setzero_ps();
-                for b in 0..blocks {
-                    let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
-                    let s = *sp.add(r * blocks + b) * *dp.add(b);
-                    let row = wp.add(r * stride + b * Q8_BLOCK);
-                    block(&mut acc, row, xv, _mm256_abs_epi8(xv), s);
+            for r in full..n {
+                for (x, y) in xs.iter().zip(ys.iter_mut()) {
+                    let (xp, dp) = (x.values.as_ptr(), x.scales.as_ptr());
+                    let mut acc = _mm256_setzero_ps();
+                    for b in 0..blocks {
+                        let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
+                        let s = *sp.add(r * blocks + b) * *dp.add(b);
+                        let row = wp.add(r * stride + b * Q8_BLOCK);
+                        block(&mut acc, row, xv, _mm256_abs_epi8(xv), s);
+                    }
+                    let h =
+                        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+                    let h = _mm_hadd_ps(h, h);
+                    y[r] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
                 }
-                let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-                let h = _mm_hadd_ps(h, h);
-                *y = _mm_cvtss_f32(_mm_hadd_ps(h, h));
             }
         }
     }
@@ -366,27 +429,32 @@ mod neon {
 
     /// Per row and block: four widening int8 multiplies (int16, at most 127·127), pairwise
     /// widening adds into int32, convert, and one fused multiply-add by the scales' product.
+    /// Several activations take each row in turn.
     #[target_feature(enable = "neon")]
-    pub unsafe fn rows(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
+    pub unsafe fn rows(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
         let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
-        let (xp, wp) = (x.values.as_ptr(), w.codes.as_ptr());
-        for (r, y) in ys.iter_mut().enumerate() {
-            // SAFETY: row r has `stride` bytes at wp + r·stride and `blocks` scales; the
-            // activation has `blocks` blocks of 32 values.
-            unsafe {
-                let mut acc = vdupq_n_f32(0.0);
-                for b in 0..blocks {
-                    let (wb, qb) = (wp.add(r * stride + b * Q8_BLOCK), xp.add(b * Q8_BLOCK));
-                    let (w0, w1) = (vld1q_s8(wb), vld1q_s8(wb.add(16)));
-                    let (q0, q1) = (vld1q_s8(qb), vld1q_s8(qb.add(16)));
-                    let mut s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(q0)));
-                    s = vpadalq_s16(s, vmull_high_s8(w0, q0));
-                    s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(q1)));
-                    s = vpadalq_s16(s, vmull_high_s8(w1, q1));
-                    let scale = w.scales[r * blocks + b] * x.scales[b];
-                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), scale);
+        let wp = w.codes.as_ptr();
+        let n = ys.first().map_or(0, |y| y.len());
+        for r in 0..n {
+            for (x, y) in xs.iter().zip(ys.iter_mut()) {
+                let xp = x.values.as_ptr();
+                // SAFETY: row r has `stride` bytes at wp + r·stride and `blocks` scales; the
+                // activation has `blocks` blocks of 32 values.
+                unsafe {
+                    let mut acc = vdupq_n_f32(0.0);
+                    for b in 0..blocks {
+                        let (wb, qb) = (wp.add(r * stride + b * Q8_BLOCK), xp.add(b * Q8_BLOCK));
+                        let (w0, w1) = (vld1q_s8(wb), vld1q_s8(wb.add(16)));
+                        let (q0, q1) = (vld1q_s8(qb), vld1q_s8(qb.add(16)));
+                        let mut s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(q0)));
+                        s = vpadalq_s16(s, vmull_high_s8(w0, q0));
+                        s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(q1)));
+                        s = vpadalq_s16(s, vmull_high_s8(w1, q1));
+                        let scale = w.scales[r * blocks + b] * x.scales[b];
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), scale);
+                    }
+                    y[r] = vaddvq_f32(acc);
                 }
-                *y = vaddvq_f32(acc);
             }
         }
     }
@@ -462,6 +530,56 @@ mod tests {
                 let seed = (d_out * 1000 + d_in) as u64;
                 check(isa, d_out, d_in, seed, false);
                 check(isa, d_out, d_in, seed + 7, true);
+            }
+        }
+    }
+
+    /// Each activation of a batch gets, bit for bit, its own product, at every ISA, on 1-3
+    /// threads, for row counts around the kernels' groups of four and the parallel split.
+    #[test]
+    fn a_batch_gives_each_activation_its_own_product() {
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        for &(d_out, d_in) in &[(1, 32), (5, 33), (7, 64), (2051, 96), (4099, 64)] {
+            let mut s = (d_out * 7 + d_in) as u64;
+            let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
+            let m = RowsQ8::from_f32(&w, d_out, d_in);
+            for batch in [0, 1, 2, 3, 8] {
+                let xs: Vec<BlockQ8> = (0..batch)
+                    .map(|t| {
+                        let mut x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s) * 2.0).collect();
+                        if t == 1 {
+                            x[d_in / 3] = 500.0;
+                        }
+                        let mut q = BlockQ8::default();
+                        q.quantize(&x).unwrap();
+                        q
+                    })
+                    .collect();
+                for isa in Isa::available() {
+                    let want: Vec<f32> = xs
+                        .iter()
+                        .flat_map(|x| {
+                            let mut y = vec![0f32; d_out];
+                            matvec_rows_q8(isa, &m, x, &mut y);
+                            y
+                        })
+                        .collect();
+                    for threads in [1, 2, 3] {
+                        let mut got = vec![f32::NAN; batch * d_out];
+                        pool(threads).install(|| matvec_rows_q8_batch(isa, &m, &xs, &mut got));
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{isa:?} {d_out}x{d_in} batch {batch}, {threads} threads"
+                        );
+                    }
+                }
             }
         }
     }

@@ -11,6 +11,7 @@
 //! kernel does not take, run the tokens' products one after another: the same results, without
 //! the saving.
 
+use qsparse_kernels::dense_q8::matvec_rows_q8_batch;
 use qsparse_kernels::{gather_matvec_batch, BatchInput, MAX_BATCH};
 
 use super::*;
@@ -35,6 +36,8 @@ pub(super) struct BatchState {
     traffic: [Traffic; PROMPT_BATCH],
     /// Each token's next-token logits ([`Model::forward_batch`]; sized on first use).
     logits: Vec<f32>,
+    /// Each token's quantized input of a row-major Q8 lm_head.
+    head_inputs: Vec<BlockQ8>,
 }
 
 impl BatchState {
@@ -54,6 +57,7 @@ impl BatchState {
             union: Union::default(),
             traffic: [Traffic::default(); PROMPT_BATCH],
             logits: Vec::new(),
+            head_inputs: vec![BlockQ8::default(); b],
         }
     }
 }
@@ -247,50 +251,31 @@ impl Model {
     ) -> Result<(), ForwardError> {
         on_pool(|| {
             self.batch_step(state, tokens, pos0, sparsity)?;
-            let (d, vocab) = (self.config.d_model, self.config.vocab_size);
+            let vocab = self.config.vocab_size;
             let mut logits = std::mem::take(&mut state.batch.logits);
             logits.resize(PROMPT_BATCH * vocab, 0.0);
-            let result = match &self.weights.lm_head {
-                // A column-layout head (float weights, or int8 with a sparse input) is one more
-                // batched projection: read once for the batch, not once per token (113 MB a
-                // token for SmolLM2's f32 head).
-                LmHead::Columns(head) => {
-                    self.batch_head(state, head, tokens.len(), sparsity, &mut logits)
-                }
-                // The row-major Q8 head, token by token.
-                LmHead::Rows(_) => {
-                    let mut laps = Laps::start(false);
-                    let mut result = Ok(());
-                    for t in 0..tokens.len() {
-                        state.x.copy_from_slice(&state.batch.x[t * d..(t + 1) * d]);
-                        let mut traffic = state.batch.traffic[t];
-                        result = self.logits(state, sparsity, &mut traffic, &mut laps);
-                        if result.is_err() {
-                            break;
-                        }
-                        state.batch.traffic[t] = traffic;
-                        logits[t * vocab..(t + 1) * vocab].copy_from_slice(&state.logits);
-                    }
-                    result
-                }
-            };
+            let result = self.batch_head(state, tokens.len(), sparsity, &mut logits);
             state.batch.logits = logits;
             result
         })
     }
 
-    /// The final norm and a column-layout lm_head for the batch's b tokens, into token-major
-    /// `logits`; each token's traffic counts what its own pass reads.
+    /// The final norm and the lm_head for the batch's b tokens, into token-major `logits`, the
+    /// head read once for all of them (113 MB a token for SmolLM2's f32 head, 30 MB for the Q8
+    /// one); each token's traffic counts what its own pass reads.
     fn batch_head(
         &self,
         state: &mut RunState,
-        head: &Linear,
         b: usize,
         sparsity: Sparsity,
         logits: &mut [f32],
     ) -> Result<(), ForwardError> {
         let c = &self.config;
         let d = c.d_model;
+        let nonfinite = |source| ForwardError::NonFinite {
+            layer: c.n_layers,
+            source,
+        };
         let RunState {
             batch: bs,
             sparsifier,
@@ -302,24 +287,41 @@ impl Model {
             selections,
             union,
             traffic,
+            head_inputs,
             ..
         } = bs;
         let xb = &mut xb[..b * d];
         norm_rows(xb, &x[..b * d], &self.weights.output_norm, c.rms_eps);
-        let mut batch = Batch {
-            selections: &mut selections[..b],
-            union,
-            traffic: &mut traffic[..b],
-        };
-        let slots = [(7, c.vocab_size)];
-        let s = sparsity.lm_head;
         let logits = &mut logits[..b * c.vocab_size];
-        sparsifier
-            .project_batch(head, xb, d, s, &mut batch, &slots, logits)
-            .map_err(|source| ForwardError::NonFinite {
-                layer: c.n_layers,
-                source,
-            })
+        match &self.weights.lm_head {
+            LmHead::Columns(head) => {
+                let mut batch = Batch {
+                    selections: &mut selections[..b],
+                    union,
+                    traffic: &mut traffic[..b],
+                };
+                let slots = [(7, c.vocab_size)];
+                let s = sparsity.lm_head;
+                sparsifier
+                    .project_batch(head, xb, d, s, &mut batch, &slots, logits)
+                    .map_err(nonfinite)
+            }
+            LmHead::Rows(head) => {
+                if sparsity.lm_head > 0.0 {
+                    return Err(ForwardError::DenseHead);
+                }
+                let params = (head.d_out() * head.d_in()) as u64;
+                for ((x, q), traffic) in
+                    xb.chunks_exact(d).zip(&mut *head_inputs).zip(&mut *traffic)
+                {
+                    traffic.record_input(&[7], x);
+                    q.quantize(x).map_err(nonfinite)?;
+                    traffic.count(7, (head.bytes() as u64, params));
+                }
+                matvec_rows_q8_batch(sparsifier.isa, head, &head_inputs[..b], logits);
+                Ok(())
+            }
+        }
     }
 
     fn batch_step(
