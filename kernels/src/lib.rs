@@ -6,7 +6,9 @@
 //!    [`outliers`]: the few largest activations, kept out of int8 quantization.
 //! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
-//! 4. [`dense`], [`dense_q8`]: row-major f32/f16 and Q8 (int8 blocks) matvec for the lm_head.
+//!    [`gather_batch`]: the same for up to 8 activation vectors (a prompt's tokens) at once.
+//! 4. [`dense`], [`dense_q8`]: row-major f32/f16 and Q8 (int8 blocks) matvec for the lm_head
+//!    (Q8 batched too).
 //! 5. [`attention`]: one key/value head's decode-step attention over the KV cache.
 //! 6. [`activation`]: SwiGLU's element-wise step (SiLU(gate)·up).
 //!
