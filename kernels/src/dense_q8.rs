@@ -208,7 +208,7 @@ pub fn matvec_rows_q8(isa: Isa, w: &RowsQ8, x: &BlockQ8, y: &mut [f32]) {
     }
 }
 
-/// ys[t · d_out .. (t + 1) · d_out] = W·xs[t] for several activations at once (a batch of
+/// `ys[t · d_out .. (t + 1) · d_out] = W·xs[t]` for several activations at once (a batch of
 /// tokens being scored): each row is read from memory once for all of them, and each token's
 /// outputs are bit for bit what [`matvec_rows_q8`] gives it alone (the same sums in the same
 /// order). Panics on inconsistent sizes, as `matvec_rows_q8`.
