@@ -539,37 +539,16 @@ use crate::{gather_avx2 as avx2, gather_avx512 as avx512};
 /// `$e` with the const `$B` = `batch` (1..=8: [`crate::gather_batch::MAX_BATCH`]), so that each
 /// batch size runs a kernel compiled for it.
 macro_rules! by_batch {
-    ($batch:expr, $B:ident => $e:expr) => {{
+    ($batch:expr, $B:ident => $e:expr) => {
+        by_batch!(@arms $batch, $B, $e; 1, 2, 3, 4, 5, 6, 7)
+    };
+    (@arms $batch:expr, $B:ident, $e:expr; $($n:literal),*) => {{
         const _: () = assert!(crate::gather_batch::MAX_BATCH == 8, "an arm per batch");
         match $batch {
-            1 => {
-                const $B: usize = 1;
+            $($n => {
+                const $B: usize = $n;
                 $e
-            }
-            2 => {
-                const $B: usize = 2;
-                $e
-            }
-            3 => {
-                const $B: usize = 3;
-                $e
-            }
-            4 => {
-                const $B: usize = 4;
-                $e
-            }
-            5 => {
-                const $B: usize = 5;
-                $e
-            }
-            6 => {
-                const $B: usize = 6;
-                $e
-            }
-            7 => {
-                const $B: usize = 7;
-                $e
-            }
+            })*
             _ => {
                 const $B: usize = 8;
                 $e

@@ -379,6 +379,28 @@ fn sparse_input_f32(rng: &mut SmallRng, d_in: usize, k: usize) -> Sparse<f32> {
     s
 }
 
+/// Runs a batched product at every ISA on 1, 2 and 3 threads and checks every token's outputs
+/// are bitwise its own product's (`want[t]`).
+fn check_batch_all_isas(w: &ColumnTiles<'_>, input: BatchInput<'_>, want: &[Vec<f32>], what: &str) {
+    let d_out = w.d_out();
+    for isa in isas() {
+        for threads in [1, 2, 3] {
+            let mut ys = vec![f32::NAN; want.len() * d_out];
+            pool(threads).install(|| gather_matvec_batch(isa, w, input, &mut ys));
+            for (t, want) in want.iter().enumerate() {
+                let got = &ys[t * d_out..(t + 1) * d_out];
+                assert!(
+                    got.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what} token {t}: {isa} with {threads} threads differs from the token's own \
+                     product"
+                );
+            }
+        }
+    }
+}
+
 /// Runs every ISA (1, 2 and 3 threads) and checks all outputs are bitwise equal to `want`.
 fn check_all_isas(w: &ColumnTiles<'_>, input: Input<'_>, want: &[f32], what: &str) {
     for isa in isas() {
@@ -540,22 +562,7 @@ fn gather_batch_equals_each_tokens_own_product() {
                     y
                 })
                 .collect();
-            for isa in isas() {
-                for threads in [1, 2, 3] {
-                    let mut ys = vec![f32::NAN; batch * d_out];
-                    pool(threads).install(|| gather_matvec_batch(isa, &w, input, &mut ys));
-                    for (t, want) in want.iter().enumerate() {
-                        let got = &ys[t * d_out..(t + 1) * d_out];
-                        assert!(
-                            got.iter()
-                                .zip(want)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{d_out}x{d_in} batch {batch} token {t}: {isa} with {threads} threads \
-                             differs from the token's own product"
-                        );
-                    }
-                }
-            }
+            check_batch_all_isas(&w, input, &want, &format!("{d_out}x{d_in} batch {batch}"));
         }
     }
 }
@@ -622,23 +629,8 @@ fn gather_batch_of_floats_equals_each_tokens_own_product() {
                         y
                     })
                     .collect();
-                for isa in isas() {
-                    for threads in [1, 2, 3] {
-                        let mut ys = vec![f32::NAN; batch * d_out];
-                        pool(threads).install(|| gather_matvec_batch(isa, &w, input, &mut ys));
-                        for (t, want) in want.iter().enumerate() {
-                            let got = &ys[t * d_out..(t + 1) * d_out];
-                            assert!(
-                                got.iter()
-                                    .zip(want)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{:?} {d_out}x{d_in} batch {batch} token {t}: {isa} with \
-                                 {threads} threads differs from the token's own product",
-                                m.format
-                            );
-                        }
-                    }
-                }
+                let what = format!("{:?} {d_out}x{d_in} batch {batch}", m.format);
+                check_batch_all_isas(&w, input, &want, &what);
             }
         }
     }
