@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` on a rayon pool worker while the pool's other worker spins, looking for its parallel
-/// work, as the executor's forward step does (`src/model/llama.rs`, `on_pool`).
+/// work, as the executor's forward step does (`src/model/llama/pool.rs`, `on_pool`).
 pub fn on_busy_pool(f: impl FnOnce() + Send) {
     let done = AtomicBool::new(false);
     rayon::scope(|_| {
