@@ -1,6 +1,7 @@
-//! Batched against token-by-token int8 products on SmolLM2's shapes (cold: many distinct
-//! matrices, far larger than the last-level cache), dense inputs, interleaved round by round:
-//! microseconds per token-product and the speedup (median of per-round ratios).
+//! Batched against token-by-token products on SmolLM2's shapes (cold: many distinct matrices,
+//! far larger than the last-level cache), dense inputs, interleaved round by round: microseconds
+//! per token-product and the speedup (median of per-round ratios). Int8 weights, then f16 and
+//! f32 (the float run kernels are generic over the batch).
 //!
 //!     cargo run --release -p qsparse-kernels --example batch_speed -- [batch]
 
@@ -12,7 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use qsparse_kernels::{
-    gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Input, Isa, Sparse, MAX_BATCH,
+    gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Format, Input, Isa,
+    PackedMatrix, Sparse, MAX_BATCH,
 };
 
 fn main() {
@@ -70,6 +72,57 @@ fn main() {
             println!(
                 "{name:8} {d_in}x{d_out}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}"
             );
+        }
+        for format in [Format::F16, Format::F32] {
+            for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
+                let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
+                let pack = || match format {
+                    Format::F16 => PackedMatrix::f16_from_f32(&w, d_out, d_in),
+                    _ => PackedMatrix::f32_from_f32(&w, d_out, d_in),
+                };
+                let bytes = d_in * d_out * format.bits_per_weight() / 8;
+                let mats: Vec<PackedMatrix> =
+                    (0..(192 << 20) / bytes + 1).map(|_| pack()).collect();
+                let n = mats.len();
+                let tokens: Vec<Sparse<f32>> = (0..b)
+                    .map(|_| {
+                        let mut s = Sparse::default();
+                        s.dense(&(0..d_in).map(|_| rnd()).collect::<Vec<f32>>());
+                        s
+                    })
+                    .collect();
+                let columns: Vec<u32> = (0..d_in as u32).collect();
+                let values: Vec<f32> = (0..d_in)
+                    .flat_map(|j| tokens.iter().map(move |s| s.values[j]))
+                    .collect();
+                let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
+                let one = |y: &mut [f32]| {
+                    let t = Instant::now();
+                    for m in &mats {
+                        for (s, y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
+                            gather_matvec(isa, &m.view(), Input::F32(s), y);
+                        }
+                    }
+                    t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+                };
+                let batched = |y: &mut [f32]| {
+                    let t = Instant::now();
+                    for m in &mats {
+                        let input = BatchInput::Float {
+                            indices: &columns,
+                            values: &values,
+                            batch: b,
+                        };
+                        gather_matvec_batch(isa, &m.view(), input, y);
+                    }
+                    t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+                };
+                let (ta, tb, r) = common::interleaved(9, || one(&mut y1), || batched(&mut y2));
+                println!(
+                    "{:3} {name:8} {d_in}x{d_out}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}",
+                    format.name()
+                );
+            }
         }
     });
 }
