@@ -1,7 +1,7 @@
 //! Choosing a token from SmolLM2-sized logits (49152): the CLI's default sampling (repetition
 //! penalty over 64 tokens, top-k 40, top-p 0.95, min-p 0.05, temperature 0.8) and greedy. Every
 //! sampled token pays this on top of its forward pass (~6-9 ms here): sorting every pair took
-//! 164-169 µs (greedy 16, copying the logits first), the group-maximum bar 28-29 (greedy 10).
+//! 164-169 µs (greedy 16, copying the logits first), the group-maximum bar 28-32 (greedy 10).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use qsparse::sample::{Sampler, SamplerConfig};

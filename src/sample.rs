@@ -209,25 +209,30 @@ fn top_k(
     out.truncate(k);
 }
 
-/// The largest of a group of logits (−∞ for none, NaN passed over) and whether it holds a NaN,
-/// in eight lanes so that it vectorizes.
+/// The largest of a group of logits (−∞ for none, NaN passed over) and whether it holds a NaN.
 fn group_max(x: &[f32]) -> (f32, bool) {
+    (
+        max_ignoring_nan(x),
+        x.iter().fold(false, |n, v| n | v.is_nan()),
+    )
+}
+
+/// The largest value of `x` (−∞ for none), NaN passed over, in 16 lanes so that it vectorizes.
+fn max_ignoring_nan(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
     let wider = |m: f32, v: f32| if v > m { v } else { m };
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut nan = [false; 8];
-    let chunks = x.chunks_exact(8);
+    let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
     for c in chunks {
-        for ((m, n), &v) in lanes.iter_mut().zip(&mut nan).zip(c) {
+        for (m, &v) in lanes.iter_mut().zip(c) {
             *m = wider(*m, v);
-            *n |= v.is_nan();
         }
     }
-    let max = lanes
+    lanes
         .iter()
         .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &v| wider(m, v));
-    (max, nan.contains(&true) || rest.iter().any(|v| v.is_nan()))
+        .fold(f32::NEG_INFINITY, |m, &v| wider(m, v))
 }
 
 /// The index of the largest value (the first one on ties; NaNs are passed over).
@@ -239,16 +244,7 @@ pub fn argmax(x: &[f32]) -> u32 {
     const LANES: usize = 16;
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    for c in chunks.clone() {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v > *m { v } else { *m };
-        }
-    }
-    let max = lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+    let max = max_ignoring_nan(x);
     if max == f32::NEG_INFINITY {
         // Nothing above −∞ (all −∞ or NaN, or empty): the first value that is not NaN, else 0.
         return x.iter().position(|v| !v.is_nan()).unwrap_or(0) as u32;

@@ -698,24 +698,15 @@ impl Kernel {
     ) {
         // SAFETY (SIMD arms): as in t2_line (AVX-512 implies AVX2); acc holds n · batch lines of
         // the format's rows.
-        match (self, format) {
-            (Kernel::Scalar, Format::F16) => scalar::f16_runs_batch(l, n, idx, values, batch, acc),
-            (Kernel::Scalar, _) => scalar::f32_runs_batch(l, n, idx, values, batch, acc),
+        match self {
+            Kernel::Scalar => scalar::float_runs_batch(format, l, n, idx, values, batch, acc),
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2 | Kernel::Avx512 { .. }, Format::F16) => unsafe {
-                by_batch!(batch, B => avx2::f16_runs::<B>(l, n, idx, values, acc))
-            },
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2 | Kernel::Avx512 { .. }, _) => unsafe {
-                by_batch!(batch, B => avx2::f32_runs::<B>(l, n, idx, values, acc))
+            Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
+                by_batch!(batch, B => avx2::float_runs::<B>(format, l, n, idx, values, acc))
             },
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, Format::F16) => unsafe {
-                by_batch!(batch, B => neon::f16_runs::<B>(l, n, idx, values, acc))
-            },
-            #[cfg(target_arch = "aarch64")]
-            (Kernel::Neon, _) => unsafe {
-                by_batch!(batch, B => neon::f32_runs::<B>(l, n, idx, values, acc))
+            Kernel::Neon => unsafe {
+                by_batch!(batch, B => neon::float_runs::<B>(format, l, n, idx, values, acc))
             },
         }
     }
@@ -778,9 +769,10 @@ pub(crate) mod scalar {
         }
     }
 
-    /// acc[(s · batch + t) · 32 + r] = fma(w(row r of line s, column idx[p]), values[p · batch +
-    /// t], ·) in order of p, over `n` lines of f16 weights.
-    pub fn f16_runs_batch(
+    /// acc[(s · batch + t) · rows + r] = fma(w(row r of line s, column idx[p]), values[p · batch
+    /// + t], ·) in order of p, over `n` lines of f16 or f32 weights.
+    pub fn float_runs_batch(
+        format: Format,
         l: Lines<'_>,
         n: usize,
         idx: &[u32],
@@ -788,37 +780,10 @@ pub(crate) mod scalar {
         batch: usize,
         acc: &mut [f32],
     ) {
-        float_runs_batch(l, n, idx, values, batch, acc, 2, |w| {
-            f16::from_le_bytes([w[0], w[1]]).to_f32()
-        })
-    }
-
-    /// As `f16_runs_batch`, f32 weights (16 rows per line).
-    pub fn f32_runs_batch(
-        l: Lines<'_>,
-        n: usize,
-        idx: &[u32],
-        values: &[f32],
-        batch: usize,
-        acc: &mut [f32],
-    ) {
-        float_runs_batch(l, n, idx, values, batch, acc, 4, |w| {
-            f32::from_le_bytes([w[0], w[1], w[2], w[3]])
-        })
-    }
-
-    /// Weights of `size` bytes decoded by `weight`.
-    #[allow(clippy::too_many_arguments)]
-    fn float_runs_batch(
-        l: Lines<'_>,
-        n: usize,
-        idx: &[u32],
-        values: &[f32],
-        batch: usize,
-        acc: &mut [f32],
-        size: usize,
-        weight: impl Fn(&[u8]) -> f32,
-    ) {
+        let (size, weight): (usize, fn(&[u8]) -> f32) = match format {
+            Format::F16 => (2, |w| f16::from_le_bytes([w[0], w[1]]).to_f32()),
+            _ => (4, |w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+        };
         let rows = LINE_BYTES / size;
         for (p, &j) in idx.iter().enumerate() {
             for s in 0..n {

@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use crate::gather::runs::{group4, next_runs, prefetch_line, runs4};
 use crate::gather::Lines;
+use crate::layout::Format;
 
 /// Ternary 2-bit codes (256 rows per line): four kept columns at a time, each run swept line by
 /// line. Each half line (32 bytes, 128 rows) is loaded once per column, and the raw bytes of
@@ -222,7 +223,7 @@ pub unsafe fn i8_runs<const B: usize, V: Copy + Default + Into<i16>>(
 /// order; a 0 value adds w·0 = ±0 to a sum that is never −0). `load(run, byte offset)` reads 8
 /// rows as f32.
 #[inline(always)]
-unsafe fn float_runs<const B: usize, const ROWS: usize>(
+unsafe fn sweep_float<const B: usize, const ROWS: usize>(
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
@@ -249,7 +250,7 @@ unsafe fn float_runs<const B: usize, const ROWS: usize>(
     }
 }
 
-/// The G columns from position p (p + G <= idx.len()) of [`float_runs`].
+/// The G columns from position p (p + G <= idx.len()) of [`sweep_float`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn float_group<const B: usize, const G: usize, const ROWS: usize>(
@@ -289,34 +290,26 @@ unsafe fn float_group<const B: usize, const G: usize, const ROWS: usize>(
     }
 }
 
+/// f16 or f32 weights, B activation vectors at once (see [`sweep_float`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f32_runs<const B: usize>(
+pub unsafe fn float_runs<const B: usize>(
+    format: Format,
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
     values: &[f32],
     acc: &mut [f32],
 ) {
-    // SAFETY: the caller's contract; the loads read 32 bytes inside a 64-byte line.
+    // SAFETY: the caller's contract; each load reads 8 rows (32 or 16 bytes) inside a 64-byte
+    // line.
     unsafe {
-        float_runs::<B, 16>(l, n, idx, values, acc, 32, |c: *const u8, o: usize| {
-            _mm256_loadu_ps(c.add(o) as *const f32)
-        })
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f16_runs<const B: usize>(
-    l: Lines<'_>,
-    n: usize,
-    idx: &[u32],
-    values: &[f32],
-    acc: &mut [f32],
-) {
-    // SAFETY: the caller's contract; the loads read 16 bytes inside a 64-byte line.
-    unsafe {
-        float_runs::<B, 32>(l, n, idx, values, acc, 16, |c: *const u8, o: usize| {
-            _mm256_cvtph_ps(_mm_loadu_si128(c.add(o) as *const __m128i))
-        })
+        match format {
+            Format::F16 => sweep_float::<B, 32>(l, n, idx, values, acc, 16, |c, o| {
+                _mm256_cvtph_ps(_mm_loadu_si128(c.add(o) as *const __m128i))
+            }),
+            _ => sweep_float::<B, 16>(l, n, idx, values, acc, 32, |c, o| {
+                _mm256_loadu_ps(c.add(o) as *const f32)
+            }),
+        }
     }
 }

@@ -9,6 +9,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::gather::Lines;
+use crate::layout::Format;
 
 /// Ternary 2-bit codes (256 rows per line): each kept column's run swept line by line; each
 /// group's 8 code bytes shifted by 0, 2, 4, 6 give 8 rows each in order, widened and
@@ -83,66 +84,48 @@ pub unsafe fn i8_runs<const B: usize, V: Copy + Into<i16>>(
     }
 }
 
-/// f32 weights (16 rows per line): each kept column's run swept line by line, one FMA chain per
-/// row in column order; B activation vectors at once (`values[p · B + t]`, `acc`
-/// `[line][vector][16]`), each line loaded once for all.
+/// f16 or f32 weights: each kept column's run swept line by line, one FMA chain per row in
+/// column order; B activation vectors at once (`values[p · B + t]`, `acc` `[line][vector][rows]`),
+/// each line loaded once for all. f16 lines are widened exactly first (via `half`, which uses the
+/// FP16 conversion instructions when present).
 #[target_feature(enable = "neon")]
-pub unsafe fn f32_runs<const B: usize>(
+pub unsafe fn float_runs<const B: usize>(
+    format: Format,
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
     values: &[f32],
     acc: &mut [f32],
 ) {
-    assert!(values.len() >= idx.len() * B && acc.len() >= n * B * 16);
-    let base = l.tile.as_ptr();
-    for (p, &j) in idx.iter().enumerate() {
-        let x: [float32x4_t; B] = std::array::from_fn(|t| vdupq_n_f32(values[p * B + t]));
-        for s in 0..n {
-            // SAFETY: j < d_in, so the run lies inside the tile; acc holds n · B · 16 floats.
-            unsafe {
-                let c = base.add(l.first + j as usize * l.stride + 64 * s) as *const f32;
-                let w: [float32x4_t; 4] = std::array::from_fn(|q| vld1q_f32(c.add(4 * q)));
-                for (t, &xb) in x.iter().enumerate() {
-                    let a = acc.as_mut_ptr().add(16 * (s * B + t));
-                    for (q, &w) in w.iter().enumerate() {
-                        vst1q_f32(a.add(4 * q), vfmaq_f32(vld1q_f32(a.add(4 * q)), w, xb));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// f16 weights (32 rows per line): each line is widened exactly (via `half`, which uses the FP16
-/// conversion instructions when present), then as f32; B vectors at once as in [`f32_runs`].
-#[target_feature(enable = "neon")]
-pub unsafe fn f16_runs<const B: usize>(
-    l: Lines<'_>,
-    n: usize,
-    idx: &[u32],
-    values: &[f32],
-    acc: &mut [f32],
-) {
-    assert!(values.len() >= idx.len() * B && acc.len() >= n * B * 32);
+    let rows = format.rows_per_line();
+    assert!(rows <= 32 && values.len() >= idx.len() * B && acc.len() >= n * B * rows);
     let mut halves = [f16::ZERO; 32];
     let mut wide = [0f32; 32];
     for (p, &j) in idx.iter().enumerate() {
         let x: [float32x4_t; B] = std::array::from_fn(|t| vdupq_n_f32(values[p * B + t]));
         for s in 0..n {
             let at = l.first + j as usize * l.stride + 64 * s;
-            for (h, b) in halves.iter_mut().zip(l.tile[at..at + 64].chunks_exact(2)) {
-                *h = f16::from_le_bytes([b[0], b[1]]);
-            }
-            halves.convert_to_f32_slice(&mut wide);
+            let line = &l.tile[at..at + 64];
+            let w: &[f32] = if format == Format::F16 {
+                for (h, b) in halves.iter_mut().zip(line.chunks_exact(2)) {
+                    *h = f16::from_le_bytes([b[0], b[1]]);
+                }
+                halves.convert_to_f32_slice(&mut wide);
+                &wide
+            } else {
+                for (w, b) in wide.iter_mut().zip(line.chunks_exact(4)) {
+                    *w = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                &wide[..16]
+            };
             for (t, &xb) in x.iter().enumerate() {
-                for q in 0..8 {
-                    // SAFETY: acc holds n · B · 32 floats and wide 32; q < 8.
+                for q in 0..rows / 4 {
+                    // SAFETY: acc holds n · B · rows floats and w `rows`; q < rows / 4.
                     unsafe {
-                        let a = acc.as_mut_ptr().add(32 * (s * B + t) + 4 * q);
+                        let a = acc.as_mut_ptr().add(rows * (s * B + t) + 4 * q);
                         vst1q_f32(
                             a,
-                            vfmaq_f32(vld1q_f32(a), vld1q_f32(wide.as_ptr().add(4 * q)), xb),
+                            vfmaq_f32(vld1q_f32(a), vld1q_f32(w.as_ptr().add(4 * q)), xb),
                         );
                     }
                 }
