@@ -30,7 +30,6 @@ fn main() {
         for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
             let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
             let mats = common::cold_copies(&w, d_out, d_in);
-            let n = mats.len();
             let mut tokens = Vec::new();
             for _ in 0..b {
                 let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
@@ -45,33 +44,20 @@ fn main() {
                 .flat_map(|j| tokens.iter().map(move |(s, _)| i16::from(s.values[j])))
                 .collect();
             let scales: Vec<f32> = tokens.iter().map(|(_, g)| *g).collect();
-            let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
-            let one = |y: &mut [f32]| {
-                let t = Instant::now();
-                for m in &mats {
-                    for ((s, g), y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
-                        let input = Input::I8 { x: s, scale: *g };
-                        gather_matvec(isa, &m.view(), input, y);
-                    }
+            let label = format!("{name:8} {d_in}x{d_out}");
+            let one = |m: &PackedMatrix, y: &mut [f32]| {
+                for ((s, g), y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
+                    gather_matvec(isa, &m.view(), Input::I8 { x: s, scale: *g }, y);
                 }
-                t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
             };
-            let batched = |y: &mut [f32]| {
-                let t = Instant::now();
-                for m in &mats {
-                    let input = BatchInput::Int {
-                        indices: &columns,
-                        values: &values,
-                        scales: &scales,
-                    };
-                    gather_matvec_batch(isa, &m.view(), input, y);
-                }
-                t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+            let batch = BatchInput::Int {
+                indices: &columns,
+                values: &values,
+                scales: &scales,
             };
-            let (ta, tb, r) = common::interleaved(9, || one(&mut y1), || batched(&mut y2));
-            println!(
-                "{name:8} {d_in}x{d_out}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}"
-            );
+            let batched =
+                |m: &PackedMatrix, y: &mut [f32]| gather_matvec_batch(isa, &m.view(), batch, y);
+            compare(&label, &mats, b, d_out, one, batched);
         }
         for format in [Format::F16, Format::F32] {
             for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
@@ -83,7 +69,6 @@ fn main() {
                 let bytes = d_in * d_out * format.bits_per_weight() / 8;
                 let mats: Vec<PackedMatrix> =
                     (0..(192 << 20) / bytes + 1).map(|_| pack()).collect();
-                let n = mats.len();
                 let tokens: Vec<Sparse<f32>> = (0..b)
                     .map(|_| {
                         let mut s = Sparse::default();
@@ -95,34 +80,49 @@ fn main() {
                 let values: Vec<f32> = (0..d_in)
                     .flat_map(|j| tokens.iter().map(move |s| s.values[j]))
                     .collect();
-                let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
-                let one = |y: &mut [f32]| {
-                    let t = Instant::now();
-                    for m in &mats {
-                        for (s, y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
-                            gather_matvec(isa, &m.view(), Input::F32(s), y);
-                        }
+                let label = format!("{} {name:8} {d_in}x{d_out}", format.name());
+                let one = |m: &PackedMatrix, y: &mut [f32]| {
+                    for (s, y) in tokens.iter().zip(y.chunks_exact_mut(d_out)) {
+                        gather_matvec(isa, &m.view(), Input::F32(s), y);
                     }
-                    t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
                 };
-                let batched = |y: &mut [f32]| {
-                    let t = Instant::now();
-                    for m in &mats {
-                        let input = BatchInput::Float {
-                            indices: &columns,
-                            values: &values,
-                            batch: b,
-                        };
-                        gather_matvec_batch(isa, &m.view(), input, y);
-                    }
-                    t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
+                let batch = BatchInput::Float {
+                    indices: &columns,
+                    values: &values,
+                    batch: b,
                 };
-                let (ta, tb, r) = common::interleaved(9, || one(&mut y1), || batched(&mut y2));
-                println!(
-                    "{:3} {name:8} {d_in}x{d_out}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}",
-                    format.name()
-                );
+                let batched =
+                    |m: &PackedMatrix, y: &mut [f32]| gather_matvec_batch(isa, &m.view(), batch, y);
+                compare(&label, &mats, b, d_out, one, batched);
             }
         }
     });
+}
+
+/// Times b tokens' products over every matrix one at a time against the batched product,
+/// interleaved for 9 rounds, and prints microseconds per token-product and the speedup.
+fn compare(
+    label: &str,
+    mats: &[PackedMatrix],
+    b: usize,
+    d_out: usize,
+    one: impl Fn(&PackedMatrix, &mut [f32]),
+    batched: impl Fn(&PackedMatrix, &mut [f32]),
+) {
+    let per_token = |f: &dyn Fn(&PackedMatrix, &mut [f32]), y: &mut [f32]| {
+        let t = Instant::now();
+        for m in mats {
+            f(m, y);
+        }
+        t.elapsed().as_secs_f64() / (mats.len() * b) as f64 * 1e6
+    };
+    let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
+    let (ta, tb, r) = common::interleaved(
+        9,
+        || per_token(&one, &mut y1),
+        || per_token(&batched, &mut y2),
+    );
+    println!(
+        "{label}: one at a time {ta:.1} us, batch of {b} {tb:.1} us per token, speedup {r:.2}"
+    );
 }
