@@ -146,6 +146,35 @@ impl RowsQ8 {
         })
     }
 
+    /// A head from its parts as [`RowsQ8::code_bytes`] and [`RowsQ8::scales`] give them (a packed
+    /// model file's tensors, the codes read in place). None when a size does not fit the shape.
+    pub fn from_parts(
+        codes: AlignedBytes,
+        scales: Vec<f32>,
+        d_out: usize,
+        d_in: usize,
+    ) -> Option<Self> {
+        let stride = Self::stride_of(d_in);
+        let fits = d_out.checked_mul(stride) == Some(codes.len())
+            && d_out.checked_mul(stride / Q8_BLOCK) == Some(scales.len());
+        fits.then_some(RowsQ8 {
+            codes,
+            scales,
+            d_out,
+            d_in,
+        })
+    }
+
+    /// The int8 codes, `[d_out][stride]` bytes.
+    pub fn code_bytes(&self) -> &[u8] {
+        self.codes.as_slice()
+    }
+
+    /// The block scales, `[d_out][stride / Q8_BLOCK]`.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
     fn stride_of(d_in: usize) -> usize {
         d_in.div_ceil(Q8_BLOCK) * Q8_BLOCK
     }

@@ -288,6 +288,25 @@ impl PackedMatrix {
         }
     }
 
+    /// A matrix from bytes already in the layout (a packed model file's tensor, read in place),
+    /// checked as [`ColumnTiles::new`] checks a view: size, alignment, scale count.
+    pub fn from_parts(
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+        data: AlignedBytes,
+        row_scale: Vec<f32>,
+    ) -> Result<Self, LayoutError> {
+        ColumnTiles::new(format, d_out, d_in, data.as_slice(), &row_scale)?;
+        Ok(PackedMatrix {
+            format,
+            d_out,
+            d_in,
+            data,
+            row_scale,
+        })
+    }
+
     fn zeroed(format: Format, d_out: usize, d_in: usize, row_scale: Vec<f32>) -> Self {
         PackedMatrix {
             format,

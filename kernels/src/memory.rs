@@ -1,4 +1,5 @@
-//! Owned, 64-byte aligned bytes for packed weights, on 2 MB huge pages where the OS grants them.
+//! 64-byte aligned bytes for packed weights: owned, on 2 MB huge pages where the OS grants them,
+//! or read in place from a packed model file's mapping.
 //!
 //! Why huge pages: a decode step reads every weight once, and a sparse gather jumps from column
 //! run to column run. On 4 KB pages each jump tends to land on a page the TLB has not seen, and
@@ -39,6 +40,12 @@ pub struct AlignedBytes {
 
 enum Storage {
     Heap(Vec<Block>),
+    /// Bytes `offset .. offset + len` of a read-only file mapping: a packed model's weights, used
+    /// where they lie (zero-copy). Copied first when written.
+    File {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+    },
     /// Bytes `offset .. offset + len` of a mapping, advised for huge pages or not. Written in
     /// place while this buffer holds the only reference (packing); copied first otherwise.
     Mapped {
@@ -77,6 +84,25 @@ impl AlignedBytes {
         }
     }
 
+    /// A zero-copy view of bytes `offset .. offset + len` of a read-only file mapping (a packed
+    /// model file's tensor). None unless the range lies inside the mapping and starts on a 64-byte
+    /// boundary (the kernels' alignment).
+    pub fn from_file(map: Arc<memmap2::Mmap>, offset: usize, len: usize) -> Option<Self> {
+        let end = offset.checked_add(len)?;
+        if end > map.len() || !(map.as_ptr() as usize + offset).is_multiple_of(64) {
+            return None;
+        }
+        Some(AlignedBytes {
+            storage: Storage::File { map, offset },
+            len,
+        })
+    }
+
+    /// Whether the bytes are read in place from a file mapping.
+    pub fn is_file(&self) -> bool {
+        matches!(self.storage, Storage::File { .. })
+    }
+
     fn mapped(map: memmap2::MmapMut, len: usize, huge: bool) -> Self {
         AlignedBytes {
             storage: Storage::Mapped {
@@ -104,7 +130,7 @@ impl AlignedBytes {
     /// Move the bytes to an own buffer on ordinary 4 KB pages: for measuring what huge pages
     /// buy, and before writing a shared region.
     pub fn move_to_small_pages(&mut self) {
-        if matches!(self.storage, Storage::Mapped { .. }) {
+        if matches!(self.storage, Storage::Mapped { .. } | Storage::File { .. }) {
             let mut own = Self::small_pages(self.len);
             own.as_mut_slice().copy_from_slice(self.as_slice());
             *self = own;
@@ -119,15 +145,19 @@ impl AlignedBytes {
                 std::slice::from_raw_parts(blocks.as_ptr() as *const u8, self.len)
             },
             Storage::Mapped { map, offset, .. } => &map[*offset..*offset + self.len],
+            Storage::File { map, offset } => &map[*offset..*offset + self.len],
         }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        if let Storage::Mapped { map, .. } = &mut self.storage {
-            if Arc::get_mut(map).is_none() {
-                // Shared: this buffer gets its own copy.
-                self.move_to_small_pages();
-            }
+        let own = match &mut self.storage {
+            Storage::Mapped { map, .. } => Arc::get_mut(map).is_some(),
+            Storage::File { .. } => false,
+            Storage::Heap(_) => true,
+        };
+        if !own {
+            // Shared, or a read-only file: this buffer gets its own copy.
+            self.move_to_small_pages();
         }
         let len = self.len;
         match &mut self.storage {
@@ -139,6 +169,7 @@ impl AlignedBytes {
                 let map = Arc::get_mut(map).expect("made unique above");
                 &mut map[*offset..*offset + len]
             }
+            Storage::File { .. } => unreachable!("copied to small pages above"),
         }
     }
 }
@@ -158,6 +189,13 @@ impl Clone for AlignedBytes {
                 storage: Storage::Heap(blocks.clone()),
                 len: self.len,
             },
+            Storage::File { map, offset } => AlignedBytes {
+                storage: Storage::File {
+                    map: Arc::clone(map),
+                    offset: *offset,
+                },
+                len: self.len,
+            },
         }
     }
 }
@@ -168,6 +206,7 @@ impl std::fmt::Debug for AlignedBytes {
             Storage::Mapped { huge: true, .. } => "huge-page mapping",
             Storage::Mapped { huge: false, .. } => "mapping",
             Storage::Heap(_) => "heap",
+            Storage::File { .. } => "file mapping",
         };
         write!(f, "AlignedBytes({} bytes, {where_})", self.len)
     }
@@ -289,6 +328,39 @@ mod tests {
         assert_eq!((a.as_slice()[7], b.as_slice()[7]), (9, 4));
         assert!(share_huge_pages(&mut [&mut a]));
         assert!(a.is_huge() && a.as_slice()[7] == 9);
+    }
+
+    #[test]
+    fn file_views_are_checked_read_in_place_and_copied_on_write() {
+        let path = std::env::temp_dir().join(format!("qsparse-memory-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private read-only mapping of a file this test alone writes.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            AlignedBytes::from_file(Arc::clone(&map), 64, 10_000).is_none(),
+            "past the end"
+        );
+        assert!(
+            AlignedBytes::from_file(Arc::clone(&map), 3, 100).is_none(),
+            "misaligned"
+        );
+        assert!(AlignedBytes::from_file(Arc::clone(&map), usize::MAX, 2).is_none());
+        let mut a = AlignedBytes::from_file(Arc::clone(&map), 128, 5000).unwrap();
+        assert!(a.is_file() && !a.is_huge());
+        assert_eq!(a.as_slice(), &bytes[128..5128]);
+        assert_eq!(a.as_slice().as_ptr(), map[128..].as_ptr(), "zero-copy");
+        let b = a.clone();
+        a.as_mut_slice()[0] ^= 0xff;
+        assert!(!a.is_file(), "a write copies the bytes first");
+        assert_eq!(a.as_slice()[0], bytes[128] ^ 0xff);
+        assert_eq!(
+            b.as_slice(),
+            &bytes[128..5128],
+            "the file's bytes are untouched"
+        );
     }
 
     #[test]

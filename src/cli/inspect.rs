@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::gguf::{GgufFile, TypeDialect, Value};
+use crate::model::pack::{self, PackInfo};
 use crate::model::ModelConfig;
 use crate::models;
 
@@ -48,12 +49,6 @@ struct TensorRow {
 }
 
 #[derive(Debug, Serialize)]
-struct Packing {
-    layout: Option<String>,
-    default_sparsity: Option<f32>,
-}
-
-#[derive(Debug, Serialize)]
 struct Report {
     path: String,
     file_size: u64,
@@ -68,7 +63,7 @@ struct Report {
     model: Option<ModelConfig>,
     model_error: Option<String>,
     types: Vec<TypeSummary>,
-    packed: Option<Packing>,
+    packed: Option<PackInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tensors: Option<Vec<TensorRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,10 +112,7 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
         Err(e) => (None, Some(e.to_string())),
     };
     let str_key = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let packed = file.get("qsparse.layout").map(|_| Packing {
-        layout: str_key("qsparse.layout"),
-        default_sparsity: file.get("qsparse.sparsity").and_then(|v| v.as_f32()),
-    });
+    let packed = pack::info(file);
     Report {
         path: path.display().to_string(),
         file_size: file.file_size(),
@@ -252,9 +244,10 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
     }
     match &r.packed {
         Some(p) => outln!(
-            "packed         layout {}, default sparsity {}",
-            opt(&p.layout),
-            p.default_sparsity.map_or("-".into(), |s| s.to_string())
+            "packed         {} weights, lm_head {} (layout version {}; runs read it in place)",
+            opt(&p.weights),
+            opt(&p.lm_head),
+            p.version.map_or("-".into(), |v| v.to_string())
         ),
         None => outln!("packed         no (a plain GGUF; `qsparse pack` makes a packed one)"),
     }

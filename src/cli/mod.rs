@@ -23,6 +23,7 @@ mod chat;
 mod common;
 mod generate;
 mod inspect;
+mod pack;
 mod perplexity;
 mod plot;
 mod pull;
@@ -57,6 +58,8 @@ enum Command {
     Pull(pull::Args),
     /// Show what a GGUF model file holds: architecture, shapes, tensor types and sizes.
     Inspect(inspect::Args),
+    /// Convert a model once into the kernels' layout: a GGUF file that runs map in place.
+    Pack(pack::Args),
     /// Generate text from a prompt (stdout: the text only; stderr: speeds).
     Generate(generate::Args),
     /// Perplexity of a text file, in non-overlapping windows.
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Pack(args) => pack::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -60,7 +61,8 @@ struct KvEntry {
 
 /// The bytes behind a [`GgufFile`]: a read-only mapping, or a buffer (tests, fuzzing).
 enum Source {
-    Mapped(Mmap),
+    /// Shared, so that a packed model's weights can be read in place after parsing.
+    Mapped(Arc<Mmap>),
     Owned(Vec<u8>),
 }
 
@@ -109,7 +111,14 @@ impl GgufFile {
         // qsparse itself only ever replaces model files by atomic rename, which leaves an open
         // mapping on the old inode intact.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::io(path, e))?;
-        let mut parsed = Self::parse(Source::Mapped(map))?;
+        // Before the first byte is touched: the page cache then reads the file in 2 MB folios
+        // where the file system allows (ext4 on Linux 6.16+), and a packed model's weights, read
+        // in place, get huge pages as converted ones do (see `qsparse_kernels::memory`). Advised
+        // after the header's pages were read, most of the file stayed in small folios and decode
+        // ran at 0.77 of the converted weights' speed. A refused advice changes nothing else.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let mut parsed = Self::parse(Source::Mapped(Arc::new(map)))?;
         parsed.path = Some(path.to_path_buf());
         Ok(parsed)
     }
@@ -258,6 +267,16 @@ impl GgufFile {
         // Bounds were checked at open: file_offset + n_bytes <= file size, and both fit in usize.
         let start = info.file_offset as usize;
         &self.source[start..start + info.n_bytes as usize]
+    }
+
+    /// The file's mapping, for reading tensors in place beyond this value's lifetime (a packed
+    /// model's weights); None for a file held in memory. Tensor `info` lies at
+    /// `info.file_offset .. + info.n_bytes` of it.
+    pub fn mapping(&self) -> Option<&Arc<Mmap>> {
+        match &self.source {
+            Source::Mapped(m) => Some(m),
+            Source::Owned(_) => None,
+        }
     }
 
     fn key_of(&self, kv: &KvEntry) -> &str {

@@ -123,6 +123,8 @@ impl GgufWriter {
         tmp.as_file()
             .sync_all()
             .map_err(|e| GgufError::io(path, e))?;
+        #[cfg(target_os = "linux")]
+        drop_cached_pages(tmp.as_file());
         tmp.persist(path)
             .map_err(|e| GgufError::io(path, e.error))?;
         Ok(written)
@@ -255,6 +257,18 @@ fn check_value(v: &MetaValue, depth: u32) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Drop a complete, synced file's pages from the page cache (clean pages: nothing is lost), so
+/// that the next process mapping it reads it back in 2 MB folios rather than in the pieces the
+/// writes left: a packed model's weights, read in place, then get huge pages (SmolLM2 int8:
+/// 47 of 166 MB mapped huge right after `pack`, 158 after this).
+#[cfg(target_os = "linux")]
+fn drop_cached_pages(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise reads only its integer arguments; the descriptor is open throughout.
+    // Advice only: a failure leaves the pages cached, which is equally correct.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 fn write_str(w: &mut impl Write, s: &str) -> io::Result<()> {

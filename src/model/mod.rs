@@ -4,6 +4,7 @@
 pub mod config;
 pub mod llama;
 mod math;
+pub mod pack;
 pub mod profile;
 pub mod weights;
 

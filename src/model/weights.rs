@@ -10,6 +10,7 @@ use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
+use super::pack::{self, PackError};
 use crate::gguf::{dequantize, DequantError, GgufError, GgufFile, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum WeightsError {
         #[source]
         source: DequantError,
     },
+    #[error(transparent)]
+    Pack(#[from] PackError),
     #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
     Shape {
         tensor: String,
@@ -156,8 +159,8 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Convert every weight of `file` (parallel over tensors). `progress(done, total)` is called
-    /// as tensors finish.
+    /// Convert every weight of `file` (parallel over tensors), or for a packed file (`qsparse
+    /// pack`) read its matrices in place. `progress(done, total)` is called as tensors finish.
     pub fn load(
         file: &GgufFile,
         config: &ModelConfig,
@@ -165,92 +168,17 @@ impl Weights {
         head_input: HeadInput,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Weights, WeightsError> {
-        let (d, ff, kv) = (
-            config.d_model as u64,
-            config.d_ff as u64,
-            (config.n_kv_heads * config.head_dim) as u64,
-        );
-        let q_dim = (config.n_heads * config.head_dim) as u64;
-        let vocab = config.vocab_size as u64;
-        let shape = |name: &str, expected: &[u64]| -> Result<TensorInfo, WeightsError> {
-            let info = file.require_tensor(name)?.clone();
-            if info.dims != expected {
-                return Err(WeightsError::Shape {
-                    tensor: name.to_string(),
-                    got: info.dims.clone(),
-                    expected: expected.to_vec(),
-                });
-            }
-            Ok(info)
-        };
-
-        // Every matrix to convert: its tensors (stacked by rows), each (name, d_in, d_out).
-        let mut linears: Vec<Vec<(String, u64, u64)>> = Vec::new();
-        for l in 0..config.n_layers {
-            let p = |s: &str| format!("blk.{l}.{s}.weight");
-            linears.push(vec![
-                (p("attn_q"), d, q_dim),
-                (p("attn_k"), d, kv),
-                (p("attn_v"), d, kv),
-            ]);
-            linears.push(vec![(p("attn_output"), q_dim, d)]);
-            linears.push(vec![(p("ffn_gate"), d, ff), (p("ffn_up"), d, ff)]);
-            linears.push(vec![(p("ffn_down"), ff, d)]);
-        }
-        let head_name = if file.tensor("output.weight").is_some() {
-            "output.weight"
+        let packed = pack::is_packed(file);
+        let (matrices, lm_head) = if packed {
+            let read = pack::matrices(file, config, format, head_input)?;
+            progress(1, 1);
+            read
         } else {
-            "token_embd.weight"
+            convert_all(file, config, format, head_input, progress)?
         };
-        linears.push(vec![(head_name.to_string(), d, vocab)]);
-        let infos: Vec<Vec<TensorInfo>> = linears
-            .iter()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .map(|(n, d_in, d_out)| shape(n, &[*d_in, *d_out]))
-                    .collect()
-            })
-            .collect::<Result<_, _>>()?;
-
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let total = infos.len();
-        let tick = || {
-            progress(
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
-                total,
-            )
-        };
-        let (head_parts, layer_parts) = infos.split_last().expect("the lm_head was queued");
-        // The head (the largest matrix) converts beside the blocks' matrices.
-        let (lm_head, converted) = rayon::join(
-            || -> Result<LmHead, WeightsError> {
-                let head = if format == WeightFormat::Int8 && head_input == HeadInput::Dense {
-                    let (d_out, d_in) = stacked_shape(head_parts);
-                    LmHead::Rows(RowsQ8::from_rows(d_out, d_in, |r, out| {
-                        dequantize_row(file, head_parts, r, out)
-                    })?)
-                } else {
-                    LmHead::Columns(convert(file, head_parts, format)?)
-                };
-                tick();
-                Ok(head)
-            },
-            || {
-                layer_parts
-                    .par_iter()
-                    .map(|parts| {
-                        let m = convert(file, parts, format)?;
-                        tick();
-                        Ok(m)
-                    })
-                    .collect::<Result<Vec<Linear>, WeightsError>>()
-            },
-        );
-        let (lm_head, converted) = (lm_head?, converted?);
-
+        let d = config.d_model as u64;
         let norm = |name: String| -> Result<Vec<f32>, WeightsError> {
-            let info = shape(&name, &[d])?;
+            let info = shape(file, &name, &[d])?;
             let mut v = vec![0f32; d as usize];
             dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
                 WeightsError::Dequant {
@@ -260,20 +188,18 @@ impl Weights {
             })?;
             Ok(v)
         };
-        let mut it = converted.into_iter();
         let mut layers = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            let mut next = || it.next().expect("4 matrices per layer were queued");
+        for (l, [wqkv, wo, w_gate_up, w_down]) in matrices.into_iter().enumerate() {
             layers.push(Layer {
                 attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
-                wqkv: next(),
-                wo: next(),
+                wqkv,
+                wo,
                 ffn_norm: norm(format!("blk.{l}.ffn_norm.weight"))?,
-                w_gate_up: next(),
-                w_down: next(),
+                w_gate_up,
+                w_down,
             });
         }
-        let emb = shape("token_embd.weight", &[d, vocab])?;
+        let emb = shape(file, "token_embd.weight", &[d, config.vocab_size as u64])?;
         let row_bytes = (emb
             .ty
             .tensor_bytes(&[d])
@@ -291,7 +217,11 @@ impl Weights {
             output_norm: norm("output_norm.weight".to_string())?,
             lm_head,
         };
-        weights.place_in_memory();
+        // A packed file's matrices are read in place (the file's mapping is advised for huge
+        // pages from its opening, `GgufFile::open`).
+        if !packed {
+            weights.place_in_memory();
+        }
         Ok(weights)
     }
 
@@ -333,6 +263,107 @@ impl Weights {
             .sum();
         layer + self.lm_head.bytes()
     }
+}
+
+/// Every linear layer of `file` converted to `format` (parallel over matrices; the lm_head, the
+/// largest, beside the others): each layer's q/k/v, o, gate/up and down, and the head.
+fn convert_all(
+    file: &GgufFile,
+    config: &ModelConfig,
+    format: WeightFormat,
+    head_input: HeadInput,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Vec<[Linear; 4]>, LmHead), WeightsError> {
+    let (d, ff, kv) = (
+        config.d_model as u64,
+        config.d_ff as u64,
+        (config.n_kv_heads * config.head_dim) as u64,
+    );
+    let q_dim = (config.n_heads * config.head_dim) as u64;
+    let vocab = config.vocab_size as u64;
+
+    // Every matrix to convert: its tensors (stacked by rows), each (name, d_in, d_out).
+    let mut linears: Vec<Vec<(String, u64, u64)>> = Vec::new();
+    for l in 0..config.n_layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        linears.push(vec![
+            (p("attn_q"), d, q_dim),
+            (p("attn_k"), d, kv),
+            (p("attn_v"), d, kv),
+        ]);
+        linears.push(vec![(p("attn_output"), q_dim, d)]);
+        linears.push(vec![(p("ffn_gate"), d, ff), (p("ffn_up"), d, ff)]);
+        linears.push(vec![(p("ffn_down"), ff, d)]);
+    }
+    let head_name = if file.tensor("output.weight").is_some() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    linears.push(vec![(head_name.to_string(), d, vocab)]);
+    let infos: Vec<Vec<TensorInfo>> = linears
+        .iter()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|(n, d_in, d_out)| shape(file, n, &[*d_in, *d_out]))
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let total = infos.len();
+    let tick = || {
+        progress(
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            total,
+        )
+    };
+    let (head_parts, layer_parts) = infos.split_last().expect("the lm_head was queued");
+    // The head (the largest matrix) converts beside the blocks' matrices.
+    let (lm_head, converted) = rayon::join(
+        || -> Result<LmHead, WeightsError> {
+            let head = if format == WeightFormat::Int8 && head_input == HeadInput::Dense {
+                let (d_out, d_in) = stacked_shape(head_parts);
+                LmHead::Rows(RowsQ8::from_rows(d_out, d_in, |r, out| {
+                    dequantize_row(file, head_parts, r, out)
+                })?)
+            } else {
+                LmHead::Columns(convert(file, head_parts, format)?)
+            };
+            tick();
+            Ok(head)
+        },
+        || {
+            layer_parts
+                .par_iter()
+                .map(|parts| {
+                    let m = convert(file, parts, format)?;
+                    tick();
+                    Ok(m)
+                })
+                .collect::<Result<Vec<Linear>, WeightsError>>()
+        },
+    );
+    let (lm_head, converted) = (lm_head?, converted?);
+    let mut it = converted.into_iter();
+    let layers = (0..config.n_layers)
+        .map(|_| [0; 4].map(|_| it.next().expect("4 matrices per layer were queued")))
+        .collect();
+    Ok((layers, lm_head))
+}
+
+/// The tensor `name` of `file`, checked to have the shape `expected`.
+fn shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<TensorInfo, WeightsError> {
+    let info = file.require_tensor(name)?.clone();
+    if info.dims != expected {
+        return Err(WeightsError::Shape {
+            tensor: name.to_string(),
+            got: info.dims.clone(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(info)
 }
 
 /// Pack [d_out, d_in] tensors (sharing d_in), stacked by rows, in `format`: dequantized row by

@@ -3,10 +3,13 @@
   write PATH  write a GGUF with every value type and a few tensors using gguf.GGUFWriter, and
               print as JSON what was written
   read PATH   read a GGUF with gguf.GGUFReader and print its metadata and tensors as JSON
+  list PATH   read a (large) GGUF with gguf.GGUFReader and print its metadata keys, alignment,
+              and each tensor's name, type, shape, size and the sha256 of its bytes
 
 Used by tests/gguf_python.rs: our reader must read what gguf-py writes, and gguf-py must read
 what our writer writes, value for value and byte for byte.
 """
+import hashlib
 import json
 import sys
 
@@ -101,5 +104,21 @@ def read(path):
     print(json.dumps({"kv": kv, "tensors": out}))
 
 
+def list_file(path):
+    r = GGUFReader(path)
+    keys = sorted(k for k in r.fields if not k.startswith("GGUF."))
+    out = []
+    for t in r.tensors:
+        data = bytes(t.data.tobytes())
+        out.append({
+            "name": t.name,
+            "type": t.tensor_type.name,
+            "shape": [int(d) for d in t.shape],
+            "n_bytes": int(t.n_bytes),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        })
+    print(json.dumps({"keys": keys, "alignment": int(r.alignment), "tensors": out}))
+
+
 if __name__ == "__main__":
-    {"write": write, "read": read}[sys.argv[1]](sys.argv[2])
+    {"write": write, "read": read, "list": list_file}[sys.argv[1]](sys.argv[2])

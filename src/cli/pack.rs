@@ -1,0 +1,77 @@
+//! `qsparse pack -m MODEL -o OUT`: convert a model's linear layers once into the layout the
+//! kernels read, and write them with the rest of the model to a new GGUF file that runs map in
+//! place (see `model::pack`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::common::{LoadArgs, WeightsArg};
+use crate::model::{pack, HeadInput};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A GGUF file path or a manifest model name (any type `inspect` lists as supported).
+    #[arg(short, long, default_value = "smollm2-135m-instruct")]
+    model: String,
+    /// Where to write the packed model (a new GGUF file; written to a temporary file and renamed
+    /// into place, so a failed pack leaves nothing behind).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Weight format to pack the linear layers in: f32 (exact reference), f16, or int8
+    /// (per-row scale). Runs of the packed file must ask for the same one.
+    #[arg(long, value_enum, default_value = "int8")]
+    weights: WeightsArg,
+    /// Lay the lm_head out in columns, so that runs may sparsify its input
+    /// (`--lm-head-sparsity`). By default an int8 head is packed for a dense input (row-major
+    /// Q8, as runs without that flag use it).
+    #[arg(long)]
+    sparse_head: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let load = LoadArgs {
+        model: args.model,
+        weights: args.weights,
+        act_outliers: crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS,
+    };
+    let input = load.path()?;
+    if same_file(&input, &args.output) {
+        bail!(
+            "the output {} is the input model: choose another path",
+            args.output.display()
+        );
+    }
+    let start = Instant::now();
+    let head_input = if args.sparse_head {
+        HeadInput::Sparse
+    } else {
+        HeadInput::Dense
+    };
+    let (model, _) = load.load_for(head_input)?;
+    if pack::is_packed(&model.file) {
+        bail!("{} is already a packed model", input.display());
+    }
+    let converted = start.elapsed();
+    let bytes = pack::write(&model.file, &model.weights, &args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "packed {} as {} into {} ({:.1} MB; converted in {:.2} s, written in {:.2} s)",
+        input.display(),
+        load.format().name(),
+        args.output.display(),
+        bytes as f64 / 1e6,
+        converted.as_secs_f64(),
+        (start.elapsed() - converted).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

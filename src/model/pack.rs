@@ -1,0 +1,392 @@
+//! Packed model files (`qsparse pack`): a GGUF file whose linear layers are stored exactly as the
+//! kernels read them (column tiles, or the row-major Q8 head), so that a run maps them in place
+//! instead of converting them: no conversion at load and no second copy of the weights in memory
+//! (the file's pages are the weights, shared with the page cache).
+//!
+//! Still a valid GGUF file that standard tools list: 64-byte alignment, every packed matrix one
+//! `I8` byte tensor (named after the layers it replaces, `blk.N.attn_qkv.packed`, ...) with its
+//! per-row scales as an `F32` tensor (`....packed_scale`), and every other tensor and metadata
+//! entry of the source as it was (the tokenizer, the chat template, the token embedding, the
+//! norms). llama.cpp cannot run it: its linear layers are no longer in ggml's layout.
+//!
+//! The layout is described by `qsparse.pack.*` keys, checked at load against this build's
+//! kernels: a file packed by a build with another layout is refused with a clear error, never
+//! misread.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use qsparse_kernels::dense_q8::RowsQ8;
+use qsparse_kernels::memory::AlignedBytes;
+use qsparse_kernels::{Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
+
+use super::config::ModelConfig;
+use super::weights::{HeadInput, Layer, Linear, LmHead, WeightFormat, Weights};
+use crate::gguf::{dequantize, GgmlType, GgufError, GgufFile, GgufWriter, TensorInfo};
+
+/// The packed layout's version; a file with another one is refused.
+pub const VERSION: u32 = 1;
+
+const KEY_VERSION: &str = "qsparse.pack.version";
+const KEY_WEIGHTS: &str = "qsparse.pack.weights";
+const KEY_HEAD: &str = "qsparse.pack.head";
+const KEY_LINE_BYTES: &str = "qsparse.pack.line_bytes";
+const KEY_LINES_PER_TILE: &str = "qsparse.pack.lines_per_tile";
+
+/// `qsparse.pack.head` for a row-major Q8 head (int8 weights, dense head input).
+const HEAD_ROWS_Q8: &str = "rows_q8";
+/// `qsparse.pack.head` for a head in column tiles like every projection.
+const HEAD_COLUMNS: &str = "columns";
+
+/// Tensor-data alignment of packed files: the kernels' line size.
+const ALIGNMENT: u64 = 64;
+
+/// Why a packed file cannot be read (or a model cannot be packed).
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("packed with layout version {found}; this build reads version {VERSION} (pack the model again)")]
+    Version { found: u64 },
+    #[error("packed with {packed} weights; run it with `--weights {packed}` (or pack again with `--weights {asked}`)")]
+    Weights { packed: String, asked: &'static str },
+    #[error("packed for a dense lm_head input; pack it with `--sparse-head` to sparsify the head")]
+    DenseHead,
+    #[error("packed with a different tile geometry ({key} = {found}, this build uses {expected}); pack the model again")]
+    Geometry {
+        key: &'static str,
+        found: u64,
+        expected: u64,
+    },
+    #[error("`{value}` is not a packed lm_head layout")]
+    HeadLayout { value: String },
+    #[error("packed tensor `{tensor}`: {what}")]
+    Tensor { tensor: String, what: String },
+    #[error("{0} is already a packed model")]
+    AlreadyPacked(String),
+}
+
+/// Whether `file` is a packed model.
+pub fn is_packed(file: &GgufFile) -> bool {
+    file.get(KEY_VERSION).is_some()
+}
+
+/// What a packed file says of itself (`inspect` shows it); None for a plain GGUF file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PackInfo {
+    pub version: Option<u64>,
+    /// The linear layers' weight format (`int8`, `f16`, `f32`).
+    pub weights: Option<String>,
+    /// The lm_head's layout: `rows_q8` (dense input) or `columns`.
+    pub lm_head: Option<String>,
+}
+
+pub fn info(file: &GgufFile) -> Option<PackInfo> {
+    let text = |k: &str| file.get(k).and_then(|v| v.as_str().map(str::to_string));
+    is_packed(file).then(|| PackInfo {
+        version: file.get(KEY_VERSION).and_then(|v| v.as_u64()),
+        weights: text(KEY_WEIGHTS),
+        lm_head: text(KEY_HEAD),
+    })
+}
+
+/// The name of the packed matrix replacing layer `l`'s `what` (`attn_qkv`, `attn_output`,
+/// `ffn_gate_up`, `ffn_down`), or the head's (`l` = None).
+fn matrix_name(l: Option<usize>, what: &str) -> String {
+    match l {
+        Some(l) => format!("blk.{l}.{what}.packed"),
+        None => "output.packed".to_string(),
+    }
+}
+
+fn scale_name(matrix: &str) -> String {
+    format!("{matrix}_scale")
+}
+
+/// The source tensors a packed file replaces (layer projections and a separate lm_head).
+fn is_replaced(name: &str) -> bool {
+    const PROJECTIONS: [&str; 7] = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    if name == "output.weight" {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return false;
+    };
+    let Some((layer, tail)) = rest.split_once('.') else {
+        return false;
+    };
+    layer.parse::<usize>().is_ok()
+        && tail
+            .strip_suffix(".weight")
+            .is_some_and(|p| PROJECTIONS.contains(&p))
+}
+
+/// The bytes one tensor of the packed file is written from.
+enum Blob<'a> {
+    Bytes(&'a [u8]),
+    Floats(&'a [f32]),
+}
+
+/// Write `weights` (converted from `source`) as a packed model to `out`: atomically (a temp file
+/// renamed into place), streamed tensor by tensor. Returns the bytes written.
+pub fn write(source: &GgufFile, weights: &Weights, out: &Path) -> Result<u64, PackError> {
+    if is_packed(source) {
+        let name = source
+            .path()
+            .map_or("the input".to_string(), |p| p.display().to_string());
+        return Err(PackError::AlreadyPacked(name));
+    }
+    let mut w = GgufWriter::new()
+        .with_alignment(ALIGNMENT)?
+        .with_dialect(source.dialect());
+    for (key, value) in source.metadata() {
+        if key != "general.alignment" {
+            w.add_kv(key, value.to_owned_value());
+        }
+    }
+    w.add_kv(KEY_VERSION, VERSION);
+    w.add_kv(KEY_WEIGHTS, weights.format.name());
+    w.add_kv(KEY_LINE_BYTES, LINE_BYTES as u32);
+    w.add_kv(KEY_LINES_PER_TILE, LINES_PER_TILE as u32);
+    let head_layout = match weights.lm_head {
+        LmHead::Rows(_) => HEAD_ROWS_Q8,
+        LmHead::Columns(_) => HEAD_COLUMNS,
+    };
+    w.add_kv(KEY_HEAD, head_layout);
+
+    let mut blobs: Vec<Blob> = Vec::new();
+    // The source's other tensors as they are (token embedding, norms, ...).
+    for info in source.tensors().iter().filter(|i| !is_replaced(&i.name)) {
+        w.add_tensor(info.name.clone(), info.ty, &info.dims);
+        blobs.push(Blob::Bytes(source.tensor_data(info)));
+    }
+    for (l, layer) in weights.layers.iter().enumerate() {
+        for (what, m) in layer_matrices(layer) {
+            add_matrix(&mut w, &mut blobs, matrix_name(Some(l), what), &m.matrix);
+        }
+    }
+    let head = matrix_name(None, "");
+    match &weights.lm_head {
+        LmHead::Columns(l) => add_matrix(&mut w, &mut blobs, head, &l.matrix),
+        LmHead::Rows(r) => {
+            w.add_tensor(head.clone(), GgmlType::I8, &[r.code_bytes().len() as u64]);
+            blobs.push(Blob::Bytes(r.code_bytes()));
+            w.add_tensor(scale_name(&head), GgmlType::F32, &[r.scales().len() as u64]);
+            blobs.push(Blob::Floats(r.scales()));
+        }
+    }
+    let written = w.write_file(out, |i, _, sink: &mut dyn Write| match blobs[i] {
+        Blob::Bytes(b) => sink.write_all(b),
+        Blob::Floats(v) => {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sink.write_all(&bytes)
+        }
+    })?;
+    Ok(written)
+}
+
+/// A packed matrix's tensors: its tiles as bytes, and its row scales when integer.
+fn add_matrix<'a>(
+    w: &mut GgufWriter,
+    blobs: &mut Vec<Blob<'a>>,
+    name: String,
+    m: &'a PackedMatrix,
+) {
+    w.add_tensor(name.clone(), GgmlType::I8, &[m.data.len() as u64]);
+    blobs.push(Blob::Bytes(m.data.as_slice()));
+    if m.format.is_integer() {
+        w.add_tensor(
+            scale_name(&name),
+            GgmlType::F32,
+            &[m.row_scale.len() as u64],
+        );
+        blobs.push(Blob::Floats(&m.row_scale));
+    }
+}
+
+/// A layer's packed matrices in file order, with the names of the projections they hold.
+fn layer_matrices(layer: &Layer) -> [(&'static str, &Linear); 4] {
+    [
+        ("attn_qkv", &layer.wqkv),
+        ("attn_output", &layer.wo),
+        ("ffn_gate_up", &layer.w_gate_up),
+        ("ffn_down", &layer.w_down),
+    ]
+}
+
+/// The packed matrices of `file`, read in place: each layer's four (q/k/v, o, gate/up, down)
+/// and the lm_head. `format` and `head_input` are what the run asks for; a file packed otherwise
+/// is refused with the flag that would run it.
+pub(super) fn matrices(
+    file: &GgufFile,
+    config: &ModelConfig,
+    format: WeightFormat,
+    head_input: HeadInput,
+) -> Result<(Vec<[Linear; 4]>, LmHead), PackError> {
+    let version = file.get_u64(KEY_VERSION)?;
+    if version != u64::from(VERSION) {
+        return Err(PackError::Version { found: version });
+    }
+    let packed = file.get_str(KEY_WEIGHTS)?;
+    if packed != format.name() {
+        return Err(PackError::Weights {
+            packed: packed.to_string(),
+            asked: format.name(),
+        });
+    }
+    for (key, expected) in [
+        (KEY_LINE_BYTES, LINE_BYTES),
+        (KEY_LINES_PER_TILE, LINES_PER_TILE),
+    ] {
+        let found = file.get_u64(key)?;
+        if found != expected as u64 {
+            return Err(PackError::Geometry {
+                key,
+                found,
+                expected: expected as u64,
+            });
+        }
+    }
+    let rows_head = match file.get_str(KEY_HEAD)? {
+        HEAD_ROWS_Q8 => true,
+        HEAD_COLUMNS => false,
+        other => {
+            return Err(PackError::HeadLayout {
+                value: other.to_string(),
+            })
+        }
+    };
+    if rows_head && head_input == HeadInput::Sparse {
+        return Err(PackError::DenseHead);
+    }
+
+    let reader = Reader { file };
+    let kernel = format.kernel_format();
+    let (d, ff) = (config.d_model, config.d_ff);
+    let q_dim = config.n_heads * config.head_dim;
+    let kv = config.n_kv_heads * config.head_dim;
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for l in 0..config.n_layers {
+        let shapes = [
+            ("attn_qkv", q_dim + 2 * kv, d),
+            ("attn_output", d, q_dim),
+            ("ffn_gate_up", 2 * ff, d),
+            ("ffn_down", d, ff),
+        ];
+        let mats = shapes
+            .iter()
+            .map(|&(what, d_out, d_in)| {
+                reader.matrix(&matrix_name(Some(l), what), kernel, d_out, d_in)
+            })
+            .collect::<Result<Vec<Linear>, PackError>>()?;
+        layers.push(mats.try_into().expect("four shapes"));
+    }
+    let head = matrix_name(None, "");
+    let lm_head = if rows_head {
+        let codes = reader.bytes(&head)?;
+        let scales = reader.floats(&scale_name(&head))?;
+        let (vocab, d) = (config.vocab_size, config.d_model);
+        LmHead::Rows(RowsQ8::from_parts(codes, scales, vocab, d).ok_or_else(|| {
+            PackError::Tensor {
+                tensor: head.clone(),
+                what: format!("its codes or scales do not fit a {vocab} x {d} Q8 head"),
+            }
+        })?)
+    } else {
+        LmHead::Columns(reader.matrix(&head, kernel, config.vocab_size, config.d_model)?)
+    };
+    Ok((layers, lm_head))
+}
+
+/// Reads packed tensors of one file, in place when it is mapped.
+struct Reader<'a> {
+    file: &'a GgufFile,
+}
+
+impl Reader<'_> {
+    fn info(&self, name: &str, ty: GgmlType) -> Result<&TensorInfo, PackError> {
+        let info = self.file.require_tensor(name)?;
+        if info.ty != ty || info.dims.len() != 1 {
+            return Err(PackError::Tensor {
+                tensor: name.to_string(),
+                what: format!(
+                    "is {} {:?}, expected one-dimensional {}",
+                    info.ty.name(),
+                    info.dims,
+                    ty.name()
+                ),
+            });
+        }
+        Ok(info)
+    }
+
+    /// An `I8` byte tensor: a view of the mapping (a copy for a file held in memory).
+    fn bytes(&self, name: &str) -> Result<AlignedBytes, PackError> {
+        let info = self.info(name, GgmlType::I8)?;
+        let len = info.n_bytes as usize;
+        match self.file.mapping() {
+            Some(map) => AlignedBytes::from_file(Arc::clone(map), info.file_offset as usize, len)
+                .ok_or_else(|| PackError::Tensor {
+                    tensor: name.to_string(),
+                    what: format!(
+                        "its data at byte {} is not 64-byte aligned",
+                        info.file_offset
+                    ),
+                }),
+            None => {
+                let mut copy = AlignedBytes::zeroed(len);
+                copy.as_mut_slice()
+                    .copy_from_slice(self.file.tensor_data(info));
+                Ok(copy)
+            }
+        }
+    }
+
+    /// An `F32` tensor's values.
+    fn floats(&self, name: &str) -> Result<Vec<f32>, PackError> {
+        let info = self.info(name, GgmlType::F32)?;
+        let mut v = vec![0f32; info.dims[0] as usize];
+        dequantize(info.ty, self.file.tensor_data(info), &mut v).map_err(|e| {
+            PackError::Tensor {
+                tensor: name.to_string(),
+                what: e.to_string(),
+            }
+        })?;
+        Ok(v)
+    }
+
+    /// A [d_out, d_in] matrix in column tiles of `format`, with its row scales when integer.
+    fn matrix(
+        &self,
+        name: &str,
+        format: Format,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Linear, PackError> {
+        let data = self.bytes(name)?;
+        let scales = if format.is_integer() {
+            self.floats(&scale_name(name))?
+        } else {
+            Vec::new()
+        };
+        let matrix = PackedMatrix::from_parts(format, d_out, d_in, data, scales).map_err(|e| {
+            PackError::Tensor {
+                tensor: name.to_string(),
+                what: e.to_string(),
+            }
+        })?;
+        Ok(Linear {
+            name: name.to_string(),
+            matrix,
+        })
+    }
+}
