@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
             "weight_bytes_per_token": bytes,
             "weight_gb_s": bytes as f64 * decode_tok_s / 1e9,
             "sparsity": args.model.sparsity,
-            "weights": args.model.format().name(),
+            "weights": model.weights.format.name(),
             "threads": threads,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
@@ -101,7 +101,7 @@ pub fn run(args: Args) -> Result<()> {
             bytes as f64 / 1e6,
             bytes as f64 * decode_tok_s / 1e9,
             args.model.sparsity,
-            args.model.format().name(),
+            model.weights.format.name(),
         );
         if let Some(rows) = &profile {
             outln!("\nper single-token pass (decode steps, each prompt's last token; batched prompt steps are not profiled):");

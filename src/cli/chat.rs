@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!(
             "qsparse chat · {} ({} weights, S={}) · /help for commands · Ctrl-C stops a reply · Ctrl-D quits",
             args.model.model,
-            args.model.format().name(),
+            model.weights.format.name(),
             args.sparsity
         );
         interactive(&mut chat)

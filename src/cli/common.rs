@@ -18,8 +18,9 @@ pub struct LoadArgs {
     pub model: String,
     /// Weight format the linear layers are converted to at load: f32 (exact reference), f16, or
     /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse).
-    #[arg(long, value_enum, default_value = "int8")]
-    pub weights: WeightsArg,
+    /// Default: int8, or the format a packed file (`qsparse pack`) holds.
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
     /// With int8 weights: how many of each activation vector's largest values skip int8
     /// quantization (as int16 at the same scale against int8 weights, in f32 against ternary
     /// ones), so they do not flatten the rest (0 = plain absmax, as in Q-Sparse).
@@ -123,10 +124,6 @@ impl ModelArgs {
         }
     }
 
-    pub fn format(&self) -> WeightFormat {
-        self.base.format()
-    }
-
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         self.base.run_state(model, ctx)
     }
@@ -165,13 +162,19 @@ impl LoadArgs {
         }
     }
 
-    pub fn format(&self) -> WeightFormat {
-        self.weights.into()
+    /// The weight format to load `path` in: `--weights`, else the packed file's, else int8.
+    fn format_for(&self, path: &std::path::Path) -> Result<WeightFormat> {
+        if let Some(w) = self.weights {
+            return Ok(w.into());
+        }
+        let file = crate::gguf::GgufFile::open(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(model::pack::weight_format(&file).unwrap_or(WeightFormat::Int8))
     }
 
     /// A run state for this model with the chosen options.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
-        let mut state = crate::model::RunState::new(&model.config, self.format(), ctx);
+        let mut state = crate::model::RunState::new(&model.config, model.weights.format, ctx);
         state.set_activation_outliers(self.act_outliers);
         state
     }
@@ -189,17 +192,14 @@ impl LoadArgs {
     }
 
     fn load_path(&self, path: PathBuf, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
+        let format = self.format_for(&path)?;
         let bar = if std::io::stderr().is_terminal() {
             let b = ProgressBar::new(0);
             b.set_style(
                 ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            b.set_message(format!(
-                "loading {} as {}",
-                path.display(),
-                self.format().name()
-            ));
+            b.set_message(format!("loading {} as {}", path.display(), format.name()));
             Some(b)
         } else {
             None
@@ -210,7 +210,7 @@ impl LoadArgs {
                 b.set_position(done as u64);
             }
         };
-        let loaded = model::load_for(&path, self.format(), head_input, &progress)
+        let loaded = model::load_for(&path, format, head_input, &progress)
             .with_context(|| format!("cannot load {}", path.display()))?;
         if let Some(b) = bar {
             b.finish_and_clear();

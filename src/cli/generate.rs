@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
             "generated_tokens": generated,
             "text": text,
             "sparsity": args.model.sparsity,
-            "weights": args.model.format().name(),
+            "weights": model.weights.format.name(),
             "timings": {
                 "load_s": load_s,
                 "prompt_s": prompt_s,
@@ -145,7 +145,7 @@ pub fn run(args: Args) -> Result<()> {
             decode_steps as f64 / gen_s,
             bytes_read as f64 / decode_steps as f64 / 1e6,
             args.model.sparsity,
-            args.model.format().name(),
+            model.weights.format.name(),
         );
     }
     Ok(())

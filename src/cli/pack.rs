@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Weight format to pack the linear layers in: f32 (exact reference), f16, or int8
-    /// (per-row scale). Runs of the packed file must ask for the same one.
+    /// (per-row scale). Runs of the packed file use it (`--weights` may only repeat it).
     #[arg(long, value_enum, default_value = "int8")]
     weights: WeightsArg,
     /// Lay the lm_head out in columns, so that runs may sparsify its input
@@ -33,7 +33,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let load = LoadArgs {
         model: args.model,
-        weights: args.weights,
+        weights: Some(args.weights),
         act_outliers: crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS,
     };
     let input = load.path()?;
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!(
         "packed {} as {} into {} ({:.1} MB; converted in {:.2} s, written in {:.2} s)",
         input.display(),
-        load.format().name(),
+        model.weights.format.name(),
         args.output.display(),
         bytes as f64 / 1e6,
         converted.as_secs_f64(),

@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             "windows": windows,
             "ctx": args.ctx,
             "sparsity": args.model.sparsity,
-            "weights": args.model.format().name(),
+            "weights": model.weights.format.name(),
             "tokens_per_s": (windows * args.ctx) as f64 / secs,
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);

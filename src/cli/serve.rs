@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!(
                 "qsparse serve: {} ({} weights, S={}) on http://{addr}/v1 (Ctrl-C stops)",
                 config.model_id,
-                args.model.format().name(),
+                model.weights.format.name(),
                 args.sparsity
             )
         },

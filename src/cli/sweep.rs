@@ -127,12 +127,12 @@ pub fn run(args: Args) -> Result<()> {
     let title = format!(
         "{} ({} weights)",
         model_name(&args.model.model),
-        args.model.format().name()
+        model.weights.format.name()
     );
     if args.json {
         let out = json!({
             "model": args.model.model,
-            "weights": args.model.format().name(),
+            "weights": model.weights.format.name(),
             "machine": result.machine,
             "settings": {
                 "ctx": args.ctx,

@@ -49,7 +49,7 @@ pub enum PackError {
     Gguf(#[from] GgufError),
     #[error("packed with layout version {found}; this build reads version {VERSION} (pack the model again)")]
     Version { found: u64 },
-    #[error("packed with {packed} weights; run it with `--weights {packed}` (or pack again with `--weights {asked}`)")]
+    #[error("packed with {packed} weights; run it with `--weights {packed}` or without `--weights` (or pack again with `--weights {asked}`)")]
     Weights { packed: String, asked: &'static str },
     #[error("packed for a dense lm_head input; pack it with `--sparse-head` to sparsify the head")]
     DenseHead,
@@ -70,6 +70,16 @@ pub enum PackError {
 /// Whether `file` is a packed model.
 pub fn is_packed(file: &GgufFile) -> bool {
     file.get(KEY_VERSION).is_some()
+}
+
+/// The weight format a packed file holds (None for a plain GGUF file, or an unknown format,
+/// which loading then reports).
+pub fn weight_format(file: &GgufFile) -> Option<WeightFormat> {
+    let name = file.get(KEY_WEIGHTS)?.as_str()?.to_string();
+    [WeightFormat::Int8, WeightFormat::F16, WeightFormat::F32]
+        .into_iter()
+        .find(|f| f.name() == name)
+        .filter(|_| is_packed(file))
 }
 
 /// What a packed file says of itself (`inspect` shows it); None for a plain GGUF file.
