@@ -3,26 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use qsparse::gguf::{GgufFile, MetaValue};
 use serde_json::Value as J;
-
-fn interop(mode: &str, path: &Path) -> J {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/gguf_interop.py");
-    let out = Command::new("python3")
-        .args([script, mode])
-        .arg(path)
-        .output()
-        .expect("python3 must be installed for the interop tests");
-    assert!(
-        out.status.success(),
-        "gguf_interop.py {mode} failed (is the `gguf` package installed? `python3 -m pip install gguf`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// Numbers compared as exact integers where both are integers, else as floats: exactly as f64,
 /// or, for values stored as f32 (`f32`), exactly after narrowing to f32 (Python prints the f32
@@ -49,7 +31,7 @@ fn hex(bytes: &[u8]) -> String {
 fn we_read_exactly_what_gguf_py_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("py.gguf");
-    let expected = interop("write", &path);
+    let expected = common::gguf_interop("write", &path);
 
     let f = GgufFile::open(&path).unwrap();
     let kv = expected["kv"].as_object().unwrap();
@@ -83,7 +65,7 @@ fn gguf_py_reads_exactly_what_we_write() {
     let (w, data) = common::sample_writer();
     w.write_file(&path, |i, _, o| o.write_all(&data[i]))
         .unwrap();
-    let read = interop("read", &path);
+    let read = common::gguf_interop("read", &path);
 
     let kv = read["kv"].as_object().unwrap();
     for (key, value) in common::every_value_type() {

@@ -19,7 +19,13 @@ fn original_and_packed(
 ) -> (Model, Model, PathBuf) {
     let (original, _) = model::load_for(&common::smollm2(), format, head, &|_, _| {}).unwrap();
     let path = dir.join(format!("packed-{}.gguf", format.name()));
-    pack::write(&original.file, &original.weights, &path).unwrap();
+    let last = std::cell::Cell::new((0, 0));
+    pack::write(&original.file, &original.weights, &path, &|d, t| {
+        last.set((d, t))
+    })
+    .unwrap();
+    let (done, total) = last.get();
+    assert!(done == total && total > original.weights.linear_bytes() as u64);
     let (packed, _) = model::load_for(&path, format, head, &|_, _| {}).unwrap();
     (original, packed, path)
 }
@@ -85,22 +91,6 @@ fn packed_models_run_bit_for_bit_like_converted_ones() {
     }
 }
 
-/// What `tests/python/gguf_interop.py list` prints of a file.
-fn gguf_py_list(path: &Path) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/gguf_interop.py");
-    let out = Command::new("python3")
-        .args([script, "list"])
-        .arg(path)
-        .output()
-        .expect("python3 must be installed for the interop tests");
-    assert!(
-        out.status.success(),
-        "gguf_interop.py list failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// `qsparse pack` on the command line writes a file that gguf-py lists tensor for tensor as we
 /// read it (names, types, shapes, bytes), with every tensor of the source that is not a packed
 /// projection carried over unchanged; runs of it generate what the source generates.
@@ -115,7 +105,7 @@ fn the_pack_command_writes_a_gguf_file_that_gguf_py_lists() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ours = GgufFile::open(&out_path).unwrap();
-    let listed = gguf_py_list(&out_path);
+    let listed = common::gguf_interop("list", &out_path);
     assert_eq!(listed["alignment"], 64);
     let tensors = listed["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), ours.tensors().len());
@@ -242,6 +232,7 @@ fn packed_files_that_do_not_fit_the_run_or_this_build_are_refused() {
         &packed.file,
         &packed.weights,
         &dir.path().join("again.gguf"),
+        &|_, _| {},
     );
     assert!(
         matches!(again, Err(pack::PackError::AlreadyPacked(_))),

@@ -2,10 +2,12 @@
 //! kernels read, and write them with the rest of the model to a new GGUF file that runs map in
 //! place (see `model::pack`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{LoadArgs, WeightsArg};
 use crate::model::{pack, HeadInput};
@@ -54,8 +56,26 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{} is already a packed model", input.display());
     }
     let converted = start.elapsed();
-    let bytes = pack::write(&model.file, &model.weights, &args.output)
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("writing {msg} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_message(args.output.display().to_string());
+        b
+    });
+    let progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let bytes = pack::write(&model.file, &model.weights, &args.output, &progress)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     eprintln!(
         "packed {} as {} into {} ({:.1} MB; converted in {:.2} s, written in {:.2} s)",
         input.display(),

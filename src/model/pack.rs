@@ -147,8 +147,14 @@ enum Blob<'a> {
 }
 
 /// Write `weights` (converted from `source`) as a packed model to `out`: atomically (a temp file
-/// renamed into place), streamed tensor by tensor. Returns the bytes written.
-pub fn write(source: &GgufFile, weights: &Weights, out: &Path) -> Result<u64, PackError> {
+/// renamed into place), streamed tensor by tensor; `progress(done, total)` counts tensor bytes.
+/// Returns the bytes written.
+pub fn write(
+    source: &GgufFile,
+    weights: &Weights,
+    out: &Path,
+    progress: &dyn Fn(u64, u64),
+) -> Result<u64, PackError> {
     if is_packed(source) {
         let name = source
             .path()
@@ -194,12 +200,23 @@ pub fn write(source: &GgufFile, weights: &Weights, out: &Path) -> Result<u64, Pa
             blobs.push(Blob::Floats(r.scales()));
         }
     }
-    let written = w.write_file(out, |i, _, sink: &mut dyn Write| match blobs[i] {
-        Blob::Bytes(b) => sink.write_all(b),
-        Blob::Floats(v) => {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            sink.write_all(&bytes)
+    let size = |b: &Blob| match b {
+        Blob::Bytes(b) => b.len() as u64,
+        Blob::Floats(v) => 4 * v.len() as u64,
+    };
+    let total: u64 = blobs.iter().map(size).sum();
+    let mut done = 0;
+    let written = w.write_file(out, |i, _, sink: &mut dyn Write| {
+        match blobs[i] {
+            Blob::Bytes(b) => sink.write_all(b)?,
+            Blob::Floats(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                sink.write_all(&bytes)?
+            }
         }
+        done += size(&blobs[i]);
+        progress(done, total);
+        Ok(())
     })?;
     Ok(written)
 }

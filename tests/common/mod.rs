@@ -45,6 +45,23 @@ pub fn python_check(script: &str) {
     );
 }
 
+/// Run tests/python/gguf_interop.py in `mode` (`write`, `read`, `list`) on `path`: what the
+/// official Python `gguf` package wrote or read, as JSON.
+pub fn gguf_interop(mode: &str, path: &std::path::Path) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/gguf_interop.py");
+    let out = std::process::Command::new("python3")
+        .args([script, mode])
+        .arg(path)
+        .output()
+        .expect("python3 must be installed for the interop tests");
+    assert!(
+        out.status.success(),
+        "gguf_interop.py {mode} failed (is the `gguf` package installed? `python3 -m pip install gguf`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
 pub struct Rng(u64);
 
