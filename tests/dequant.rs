@@ -3,27 +3,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use qsparse::gguf::{dequantize, GgmlType, GgufFile};
 use serde_json::Value as J;
 
 fn oracle(args: &[&str]) -> J {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/dequant_oracle.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "dequant_oracle.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::python_json("dequant_oracle.py", args)
 }
 
 fn unhex(s: &str) -> Vec<u8> {

@@ -45,21 +45,32 @@ pub fn python_check(script: &str) {
     );
 }
 
-/// Run tests/python/gguf_interop.py in `mode` (`write`, `read`, `list`) on `path`: what the
-/// official Python `gguf` package wrote or read, as JSON.
-pub fn gguf_interop(mode: &str, path: &std::path::Path) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/gguf_interop.py");
+/// Run tests/python/`script` with `args` (the Python oracles: the official `gguf` package and
+/// others); its stdout parsed as JSON. Panics with its stderr unless it exits 0.
+pub fn python_json<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = std::process::Command::new("python3")
-        .args([script, mode])
-        .arg(path)
+        .arg(&path)
+        .args(args)
         .output()
-        .expect("python3 must be installed for the interop tests");
+        .expect("python3 must be installed for the oracle tests");
     assert!(
         out.status.success(),
-        "gguf_interop.py {mode} failed (is the `gguf` package installed? `python3 -m pip install gguf`):\n{}",
+        "{script} failed (are the test command's Python packages installed? see scripts/test.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What tests/python/gguf_interop.py (`write`, `read`, `list`) wrote or read with the official
+/// Python `gguf` package at `path`.
+pub fn gguf_interop(mode: &str, path: &std::path::Path) -> serde_json::Value {
+    python_json(
+        "gguf_interop.py",
+        &[std::ffi::OsStr::new(mode), path.as_os_str()],
+    )
 }
 
 /// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
