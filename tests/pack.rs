@@ -58,22 +58,38 @@ fn packed_models_run_bit_for_bit_like_converted_ones() {
             vec![Sparsity::uniform(0.25)],
         ),
     ] {
-        let (original, packed, _) = original_and_packed(dir.path(), format, head);
-        // Read in place: the packed model holds no copy of its matrices.
-        let l = &packed.weights.layers[7];
-        assert!(
-            [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
-                .iter()
-                .all(|m| m.matrix.data.is_file()),
-            "{}: matrices copied out of the file",
-            format.name()
+        let (original, packed, packed_path) = original_and_packed(dir.path(), format, head);
+        // Read in place where the OS maps the file with huge pages (`pack::read_in_place`), else
+        // copied into the process's memory: all matrices alike. Both placements are checked.
+        let in_place = |m: &Model| {
+            let l = &m.weights.layers[7];
+            let files = [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down].map(|m| m.matrix.data.is_file());
+            assert!(files.iter().all(|&f| f == files[0]), "{files:?}");
+            files[0]
+        };
+        eprintln!(
+            "{}: packed matrices read in place: {}",
+            format.name(),
+            in_place(&packed)
         );
         assert_eq!(
             original.weights.linear_bytes(),
             packed.weights.linear_bytes()
         );
-        for sparsity in sparsities {
-            let what = format!("{} {head:?} {sparsity:?}", format.name());
+        let mut copied = model::load_for(&packed_path, format, head, &|_, _| {})
+            .unwrap()
+            .0;
+        copied.weights.place_in_memory();
+        assert!(!in_place(&copied));
+        for (packed, sparsity) in sparsities
+            .iter()
+            .flat_map(|&s| [(&packed, s), (&copied, s)])
+        {
+            let what = format!(
+                "{} {head:?} {sparsity:?} in place {}",
+                format.name(),
+                in_place(packed)
+            );
             let mut a = RunState::new(&original.config, format, 64);
             let mut b = RunState::new(&packed.config, format, 64);
             let mut token = prompt[0];

@@ -280,6 +280,40 @@ impl GgufFile {
         }
     }
 
+    /// Map the pages of file bytes `range` now (read-only, from the page cache or the disk), as
+    /// reading them would: so that how the OS mapped them can be seen before the first use. A
+    /// hint: ignored where unsupported (before Linux 5.14, other systems, a file held in memory).
+    pub fn populate(&self, range: std::ops::Range<usize>) {
+        #[cfg(target_os = "linux")]
+        if let Source::Mapped(map) = &self.source {
+            let end = range.end.min(map.len());
+            let start = range.start.min(end);
+            let _ = map.advise_range(memmap2::Advice::PopulateRead, start, end - start);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = range;
+    }
+
+    /// Let the OS unmap the pages of file bytes `range` (they stay in the page cache and are
+    /// mapped again when read): after a packed model's matrices were copied out of them, so
+    /// they are not counted twice. A hint, as [`GgufFile::populate`].
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Source::Mapped(map) = &self.source {
+            let end = range.end.min(map.len());
+            let start = range.start.min(end);
+            // SAFETY: the mapping is private and read-only, so none of its pages is a written
+            // copy: dropping them only makes later reads fault the same file bytes back in (the
+            // standing assumption of `open`: the file is not modified while mapped). Borrowed
+            // views of the mapping stay valid and see the same bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     fn key_of(&self, kv: &KvEntry) -> &str {
         // Validated as UTF-8 at open.
         std::str::from_utf8(&self.source[kv.key_start..kv.key_start + kv.key_len]).unwrap_or("")

@@ -82,6 +82,33 @@ pub fn weight_format(file: &GgufFile) -> Option<WeightFormat> {
         .filter(|_| is_packed(file))
 }
 
+/// The file bytes holding a packed file's matrices and their scales (they follow the source's
+/// other tensors, to the end of the file).
+pub(super) fn matrix_bytes(file: &GgufFile) -> std::ops::Range<usize> {
+    let start = file
+        .tensors()
+        .iter()
+        .filter(|t| t.name.ends_with(".packed") || t.name.ends_with(".packed_scale"))
+        .map(|t| t.file_offset as usize)
+        .min()
+        .unwrap_or(0);
+    start..file.file_size() as usize
+}
+
+/// Whether a packed file's matrices (`matrix_bytes`) should be read in place: mapped now (as
+/// the first token would fault them), at least 3/4 of them got 2 MB pages. The page cache holds
+/// a file in 2 MB folios only on some systems (ext4 with large folios, Linux 6.16+) and only
+/// when it read the file that way; with small pages one decode ran at 94 tok/s where the
+/// converted weights' own huge pages gave 110-122, so there the matrices are better copied into
+/// the process's huge-page memory (still no conversion). Where the OS does not say, in place.
+pub(super) fn read_in_place(file: &GgufFile, matrices: std::ops::Range<usize>) -> bool {
+    let Some(map) = file.mapping() else {
+        return false;
+    };
+    file.populate(matrices);
+    qsparse_kernels::memory::huge_page_coverage(map).is_none_or(|c| c >= 0.75)
+}
+
 /// What a packed file says of itself (`inspect` shows it); None for a plain GGUF file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PackInfo {

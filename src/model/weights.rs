@@ -217,18 +217,25 @@ impl Weights {
             output_norm: norm("output_norm.weight".to_string())?,
             lm_head,
         };
-        // A packed file's matrices are read in place (the file's mapping is advised for huge
-        // pages from its opening, `GgufFile::open`).
+        // A packed file's matrices are read in place where the OS maps the file with huge pages
+        // (advised from its opening, `GgufFile::open`), else copied like converted ones.
         if !packed {
             weights.place_in_memory();
+        } else {
+            let matrices = pack::matrix_bytes(file);
+            if !pack::read_in_place(file, matrices.clone()) {
+                weights.place_in_memory();
+                file.release(matrices);
+            }
         }
         Ok(weights)
     }
 
-    /// All matrices into one huge-page mapping, in the order a forward pass reads them (see
-    /// `qsparse_kernels::memory`: SmolLM2 decodes 5% faster dense and 13% at S = 0.5). Setting
-    /// `QSPARSE_NO_HUGE_PAGES=1` keeps them on ordinary pages, to measure the difference.
-    fn place_in_memory(&mut self) {
+    /// All matrices into one huge-page mapping of this process, in the order a forward pass
+    /// reads them (see `qsparse_kernels::memory`: SmolLM2 decodes 5% faster dense and 13% at S =
+    /// 0.5), copied out of a packed file if read from one. Setting `QSPARSE_NO_HUGE_PAGES=1` keeps
+    /// them on ordinary pages, to measure the difference. Loading does this (see [`Weights::load`]).
+    pub fn place_in_memory(&mut self) {
         let head = match &mut self.lm_head {
             LmHead::Columns(l) => &mut l.matrix.data,
             LmHead::Rows(r) => r.storage_mut(),
