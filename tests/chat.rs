@@ -45,11 +45,7 @@ fn generate_chat_answers() {
         .args(["-m", model.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 }

@@ -115,11 +115,7 @@ fn the_pack_command_writes_a_gguf_file_that_gguf_py_lists() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("smollm2.int8.gguf");
     let out = common::qsparse(&["pack", "-o", out_path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let ours = GgufFile::open(&out_path).unwrap();
     let listed = common::gguf_interop("list", &out_path);
     assert_eq!(listed["alignment"], 64);
@@ -168,11 +164,7 @@ fn the_pack_command_writes_a_gguf_file_that_gguf_py_lists() {
             .arg(model)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out);
         out.stdout
     };
     assert_eq!(text(&out_path), text(&common::smollm2()));

@@ -95,11 +95,7 @@ fn qsparse(args: &[&str]) -> std::process::Output {
 fn inspect_json_reports_the_model() {
     let path = common::smollm2();
     let out = qsparse(&["inspect", path.to_str().unwrap(), "--json", "--tensors"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["architecture"], "llama");
     assert_eq!(j["tensor_count"], 272);

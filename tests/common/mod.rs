@@ -24,6 +24,15 @@ pub fn qsparse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Panics with the command's stderr unless it exited 0.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run tests/python/`script` with the qsparse binary and the real model as arguments; panics with
 /// its output unless it exits 0 and its last line is "OK".
 pub fn python_check(script: &str) {
