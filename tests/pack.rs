@@ -210,6 +210,51 @@ fn rewrite(
     .unwrap();
 }
 
+/// A model with its own lm_head (`output.weight`, here a copy of the token embedding) packs it
+/// like a tied one, and the packed file drops it with the projections.
+#[test]
+fn untied_lm_heads_are_packed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = GgufFile::open(common::smollm2()).unwrap();
+    let untied = dir.path().join("untied.gguf");
+    let mut w = GgufWriter::new();
+    for (key, value) in source.metadata() {
+        w.add_kv(key, value.to_owned_value());
+    }
+    for info in source.tensors() {
+        w.add_tensor(info.name.clone(), info.ty, &info.dims);
+    }
+    let embd = source.require_tensor("token_embd.weight").unwrap();
+    w.add_tensor("output.weight", embd.ty, &embd.dims);
+    let n = source.tensors().len();
+    w.write_file(&untied, |i, _, sink| {
+        sink.write_all(source.tensor_data(source.tensors().get(i).unwrap_or(embd)))
+    })
+    .unwrap();
+    assert!(n < GgufFile::open(&untied).unwrap().tensors().len());
+
+    let (original, packed, path) = {
+        let (original, _) = model::load(&untied, WeightFormat::Int8, &|_, _| {}).unwrap();
+        let path = dir.path().join("untied.packed.gguf");
+        pack::write(&original.file, &original.weights, &path, &|_, _| {}).unwrap();
+        let (packed, _) = model::load(&path, WeightFormat::Int8, &|_, _| {}).unwrap();
+        (original, packed, path)
+    };
+    let file = GgufFile::open(&path).unwrap();
+    assert!(file.tensor("output.weight").is_none() && file.tensor("output.packed").is_some());
+    let mut a = RunState::new(&original.config, WeightFormat::Int8, 16);
+    let mut b = RunState::new(&packed.config, WeightFormat::Int8, 16);
+    for (pos, token) in [1u32, 504, 3458, 282].into_iter().enumerate() {
+        original
+            .forward(&mut a, token, pos, Sparsity::uniform(0.5))
+            .unwrap();
+        packed
+            .forward(&mut b, token, pos, Sparsity::uniform(0.5))
+            .unwrap();
+        assert!(same_bits(&a.logits, &b.logits), "logits at {pos}");
+    }
+}
+
 fn load_error(path: &Path, format: WeightFormat, head: HeadInput) -> String {
     match model::load_for(path, format, head, &|_, _| {}) {
         Ok(_) => panic!("{} loaded", path.display()),
