@@ -1,7 +1,8 @@
 //! Packed model files (`qsparse pack`): a GGUF file whose linear layers are stored exactly as the
 //! kernels read them (column tiles, or the row-major Q8 head), so that a run maps them in place
 //! instead of converting them: no conversion at load and no second copy of the weights in memory
-//! (the file's pages are the weights, shared with the page cache).
+//! (the file's pages are the weights, shared with the page cache) where the OS maps the file with
+//! huge pages; elsewhere they are copied once, still without conversion (`read_in_place`).
 //!
 //! Still a valid GGUF file that standard tools list: 64-byte alignment, every packed matrix one
 //! `I8` byte tensor (named after the layers it replaces, `blk.N.attn_qkv.packed`, ...) with its
