@@ -379,4 +379,8 @@ fn packed_files_that_do_not_fit_the_run_or_this_build_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the input model"));
+    let missing = dir.path().join("no/such/dir/out.gguf");
+    let out = common::qsparse(&["pack", "-o", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }

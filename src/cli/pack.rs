@@ -45,6 +45,17 @@ pub fn run(args: Args) -> Result<()> {
             args.output.display()
         );
     }
+    let dir = match args.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: the directory {} does not exist",
+            args.output.display(),
+            dir.display()
+        );
+    }
     let start = Instant::now();
     let head_input = if args.sparse_head {
         HeadInput::Sparse
