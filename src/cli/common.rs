@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::gguf::GgufFile;
 use crate::model::{self, HeadInput, Model, Sparsity, WeightFormat};
 use crate::models;
 use crate::tokenizer::Tokenizer;
@@ -162,14 +163,12 @@ impl LoadArgs {
         }
     }
 
-    /// The weight format to load `path` in: `--weights`, else the packed file's, else int8.
-    fn format_for(&self, path: &std::path::Path) -> Result<WeightFormat> {
-        if let Some(w) = self.weights {
-            return Ok(w.into());
-        }
-        let file = crate::gguf::GgufFile::open(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(model::pack::weight_format(&file).unwrap_or(WeightFormat::Int8))
+    /// The weight format to load `file` in: `--weights`, else a packed file's, else int8.
+    fn format_for(&self, file: &GgufFile) -> WeightFormat {
+        self.weights
+            .map(WeightFormat::from)
+            .or_else(|| model::pack::weight_format(file))
+            .unwrap_or(WeightFormat::Int8)
     }
 
     /// A run state for this model with the chosen options.
@@ -192,7 +191,9 @@ impl LoadArgs {
     }
 
     fn load_path(&self, path: PathBuf, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
-        let format = self.format_for(&path)?;
+        let cannot = || format!("cannot load {}", path.display());
+        let file = GgufFile::open(&path).with_context(cannot)?;
+        let format = self.format_for(&file);
         let bar = if std::io::stderr().is_terminal() {
             let b = ProgressBar::new(0);
             b.set_style(
@@ -210,8 +211,7 @@ impl LoadArgs {
                 b.set_position(done as u64);
             }
         };
-        let loaded = model::load_for(&path, format, head_input, &progress)
-            .with_context(|| format!("cannot load {}", path.display()))?;
+        let loaded = model::load_file(file, format, head_input, &progress).with_context(cannot)?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }

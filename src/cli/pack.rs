@@ -63,9 +63,6 @@ pub fn run(args: Args) -> Result<()> {
         HeadInput::Dense
     };
     let (model, _) = load.load_for(head_input)?;
-    if pack::is_packed(&model.file) {
-        bail!("{} is already a packed model", input.display());
-    }
     let converted = start.elapsed();
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(0);

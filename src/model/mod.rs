@@ -50,7 +50,17 @@ pub fn load_for(
     head_input: HeadInput,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Model, Tokenizer), LoadError> {
-    let file = GgufFile::open(path)?;
+    load_file(GgufFile::open(path)?, format, head_input, progress)
+}
+
+/// [`load_for`] an already opened file (the command line reads a packed file's format from it
+/// first).
+pub fn load_file(
+    file: GgufFile,
+    format: WeightFormat,
+    head_input: HeadInput,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Model, Tokenizer), LoadError> {
     let config = ModelConfig::from_gguf(&file)?;
     if config.architecture != "llama" {
         return Err(LoadError::Architecture(config.architecture));
