@@ -452,7 +452,7 @@ pub(crate) fn for_each_segment(
 /// the next group's runs line by line.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod runs {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA};
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA, _MM_HINT_T1};
 
     use super::Lines;
     use crate::layout::LINE_BYTES;
@@ -492,26 +492,60 @@ pub(crate) mod runs {
         (unsafe { runs4(l, idx, p) }, v)
     }
 
-    /// The runs of the next group (if any). Line s of each is prefetched while line s of the current
-    /// group is computed, so every run streams from DRAM one group ahead (this took a single thread
-    /// from 7.4 to 9.7 GB/s on a 4096 x 11008 int8 product).
+    /// The runs of the group at position p, if any.
     #[inline(always)]
     pub unsafe fn next_runs(l: &Lines<'_>, idx: &[u32], p: usize) -> Option<[*const u8; 4]> {
         // SAFETY: runs4 is called only with p < idx.len().
         (p < idx.len()).then(|| unsafe { runs4(l, idx, p) })
     }
 
-    /// Non-temporal: a decode step reads each weight once, so the runs should not push the step's
-    /// reused data (activations, selection tables, KV cache, code) out of L2. Side by side in one
-    /// process (the two builds alternated run by run, SmolLM2 int8, 9 rounds), against `T0`: every
-    /// phase 1-4% faster, selection and attention included; decode +1.2-1.6% at S = 0.5, +3.3%
-    /// dense.
-    #[inline(always)]
-    pub unsafe fn prefetch_line(next: &Option<[*const u8; 4]>, s: usize) {
-        if let Some(runs) = next {
-            for r in runs {
-                // SAFETY: prefetching is a hint; the address is inside the run's tile.
-                unsafe { _mm_prefetch::<_MM_HINT_NTA>(r.add(LINE_BYTES * s) as *const i8) };
+    /// How far ahead of the group being computed its runs are requested into L2: about this many
+    /// bytes of kept runs. The hardware prefetchers do not keep up with four interleaved run
+    /// streams that start and stop, and a one-group lead (under 2.5 KB on 576-row outputs) leaves
+    /// most of each DRAM latency exposed. On the Zen4 machines (SmolLM2 int8, `qsparse bench`, 2
+    /// threads, two alternated rounds) an 8 KB lead took decode from 137 to 190-204 tok/s dense
+    /// and from 170-196 to 245-260 at S = 0.5; 4-24 KB all measured within the noise of it, and
+    /// the lead into L1 (`T0`) or as `NTA` gained far less (`examples/cold_matvec.rs`: 1536 x 576
+    /// dense 82 µs with no lead, 32 into L2, 78 into L1, 56 as NTA).
+    const FAR_BYTES: usize = 8192;
+
+    /// What the group being computed prefetches, line by line as it sweeps its own runs: the next
+    /// group's lines (non-temporal, so they arrive in L1 just in time without displacing the
+    /// step's reused data from L2) and the lines of the group about [`FAR_BYTES`] further on
+    /// (into L2, so their DRAM latency is hidden well before they are needed).
+    pub struct Prefetch {
+        next: Option<[*const u8; 4]>,
+        far: Option<[*const u8; 4]>,
+    }
+
+    impl Prefetch {
+        /// For the group computed just before position `p`, in a segment of `n` lines a run.
+        #[inline(always)]
+        pub unsafe fn before(l: &Lines<'_>, idx: &[u32], p: usize, n: usize) -> Prefetch {
+            let groups = FAR_BYTES.div_ceil(4 * n.max(1) * LINE_BYTES);
+            // SAFETY: next_runs checks its position against idx.len().
+            unsafe {
+                Prefetch {
+                    next: next_runs(l, idx, p),
+                    far: next_runs(l, idx, p + 4 * groups),
+                }
+            }
+        }
+
+        /// Prefetches line s of the runs ahead (s < n).
+        #[inline(always)]
+        pub unsafe fn line(&self, s: usize) {
+            if let Some(runs) = self.next {
+                for r in runs {
+                    // SAFETY: prefetching is a hint; the address is inside the run's tile.
+                    unsafe { _mm_prefetch::<_MM_HINT_NTA>(r.add(LINE_BYTES * s) as *const i8) };
+                }
+            }
+            if let Some(runs) = self.far {
+                for r in runs {
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(r.add(LINE_BYTES * s) as *const i8) };
+                }
             }
         }
     }

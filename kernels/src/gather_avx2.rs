@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, next_runs, prefetch_line, runs4};
+use crate::gather::runs::{group4, runs4, Prefetch};
 use crate::gather::Lines;
 use crate::layout::Format;
 
@@ -48,9 +48,9 @@ pub unsafe fn t2_runs(
         unsafe {
             let (c, v) = group4(&l, idx, val, p);
             let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
-            let next = next_runs(&l, idx, p + 4);
+            let next = Prefetch::before(&l, idx, p + 4, n);
             for s in 0..n {
-                prefetch_line(&next, s);
+                next.line(s);
                 for h in 0..2 {
                     let o = 64 * s + 32 * h;
                     let load = |q: usize| _mm256_loadu_si256(c[q].add(o) as *const __m256i);
@@ -180,9 +180,9 @@ pub unsafe fn i8_runs<const B: usize, V: Copy + Default + Into<i16>>(
                 };
                 *x = [pair(v(0), v(1)), pair(v(2), v(3))];
             }
-            let next = next_runs(&l, idx, p + 4);
+            let next = Prefetch::before(&l, idx, p + 4, n);
             for s in 0..n {
-                prefetch_line(&next, s);
+                next.line(s);
                 for b in 0..4 {
                     let o = 64 * s + 16 * b;
                     let w = |q: usize| _mm_loadu_si128(c[q].add(o) as *const __m128i);
@@ -271,9 +271,9 @@ unsafe fn float_group<const B: usize, const G: usize, const ROWS: usize>(
         let x: [[__m256; G]; B] = std::array::from_fn(|t| {
             std::array::from_fn(|g| _mm256_set1_ps(*values.get_unchecked((p + g) * B + t)))
         });
-        let next = next_runs(l, idx, p + G);
+        let next = Prefetch::before(l, idx, p + G, n);
         for s in 0..n {
-            prefetch_line(&next, s);
+            next.line(s);
             for q in 0..ROWS / 8 {
                 let o = 64 * s + bytes_per_8 * q;
                 let w: [__m256; G] = std::array::from_fn(|g| load(c[g], o));

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, next_runs, prefetch_line};
+use crate::gather::runs::{group4, Prefetch};
 use crate::gather::Lines;
 
 /// int8 weights (64 rows per line) as the AVX2 kernel: four kept columns at a time, runs swept
@@ -36,9 +36,9 @@ macro_rules! i8_runs {
             unsafe {
                 let (c, v) = group4(&$l, $idx, $val, p);
                 let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
-                let next = next_runs(&$l, $idx, p + 4);
+                let next = Prefetch::before(&$l, $idx, p + 4, $n);
                 for s in 0..$n {
-                    prefetch_line(&next, s);
+                    next.line(s);
                     for b in 0..2 {
                         let o = 64 * s + 32 * b;
                         let w = |q: usize| {
@@ -124,9 +124,9 @@ macro_rules! float_runs {
                     _mm512_set1_ps(v[2]),
                     _mm512_set1_ps(v[3]),
                 ];
-                let next = next_runs(&$l, $idx, p + group);
+                let next = Prefetch::before(&$l, $idx, p + group, $n);
                 for s in 0..$n {
-                    prefetch_line(&next, s);
+                    next.line(s);
                     for q in 0..ROWS / 16 {
                         let at = ap.add(s * ROWS + 16 * q);
                         let o = 64 * s + $bytes_per_16 * q;
