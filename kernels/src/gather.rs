@@ -153,17 +153,15 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         return;
     }
     match input {
-        // Integer products keeping 80% of the columns or more, or reading 4 MB or more, split
-        // the columns: each worker streams a contiguous half of every tile. Smaller sparse ones
-        // split the rows, with no partial sums to zero, move between cores and add. (On the 7B
-        // shapes, I8 at S = 0.25-0.75, splitting rows fell to 0.73-0.86 of the ideal speedup.) SmolLM2, `qsparse bench --profile`, 3
-        // interleaved pairs each: dense, columns faster for every product (gate/up 3.45-3.95
-        // against 3.54-5.26 ms per token); S = 0.25 about equal; S = 0.5, rows faster for every
-        // product (gate/up 1.88-1.97 against 2.10-2.36, o 0.48-0.52 against 0.55-0.73).
+        // Integer products split the kept columns: each worker streams whole runs, a contiguous
+        // share of every tile, and the int32 partial sums are added after. Splitting the rows
+        // instead cuts every kept run in two (288-byte pieces on 576-row outputs), which DRAM
+        // serves worse than the reduction costs. On the AVX2 development machine the rows won at
+        // S = 0.5; on the Zen4 machines the columns win (SmolLM2 int8 at S = 0.5, `qsparse bench
+        // --profile`, 3 interleaved pairs: down 600-640 µs a token against 833-869, q/k/v 462-479
+        // against 482-509, o 303-329 against 336-354; decode 260-272 tok/s against 221-234).
         Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. }
-            if n_lines < ROW_SPLIT_MIN_LINES
-                && (5 * columns >= 4 * w.d_in()
-                    || w.bytes_read(columns) >= COLUMN_SPLIT_MIN_BYTES) =>
+            if n_lines < ROW_SPLIT_MIN_LINES =>
         {
             split_columns(kernel, w, input, threads, y)
         }
@@ -272,9 +270,6 @@ fn split_columns(
     }
     PARTIALS.set((part_buf, float_buf));
 }
-
-/// From this many weight bytes read, integer products split the columns even when sparse.
-const COLUMN_SPLIT_MIN_BYTES: usize = 4 << 20;
 
 /// From this many output lines (8 full tiles) integer products always split the rows:
 /// SmolLM2's lm_head (576 x 49152 int8) took 1.61-1.71 ms per token against 1.69-1.94 split by
