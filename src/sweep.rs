@@ -290,7 +290,7 @@ fn measure_machine() -> Machine {
     Machine {
         read_gb_s: read / 1e9,
         threads: rayon::current_num_threads(),
-        isa: format!("{isa:?}"),
+        isa: isa.name().to_string(),
     }
 }
 

@@ -1,10 +1,6 @@
 //! AVX-512 run kernels for [`crate::gather`]: the AVX2 kernels' algorithms on 512-bit vectors
 //! (VNNI's fused `vpdpwssd` where present).
 //!
-//! Not yet run on AVX-512 hardware: the machines qsparse is developed and tested on expose only
-//! AVX2, so [`crate::Isa::best`] uses these only with `QSPARSE_AVX512=1`, and the test suite
-//! checks them against the scalar reference wherever the CPU has AVX-512.
-//!
 //! T2 uses the AVX2 kernel (its 512-bit form is not written yet).
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI

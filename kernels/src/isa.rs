@@ -21,15 +21,21 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The level kernels run at by default: the best this CPU supports, except that AVX-512 is
-    /// opt-in (`QSPARSE_AVX512=1`) until its kernels have been verified on AVX-512 hardware: the
-    /// machines this project is developed and tested on expose only AVX2. Tests always run every
-    /// available level against the scalar reference, so a test run on an AVX-512 machine checks it.
+    /// The level kernels run at: the best this CPU supports, unless the environment variable
+    /// `QSPARSE_ISA` names another available level (`scalar`, `avx2`, `avx512`, `neon`), which is
+    /// how the levels are compared end to end (`QSPARSE_ISA=avx2 qsparse bench`). A value that
+    /// names no available level is ignored: the best level runs, and the measuring commands
+    /// report the level they ran with.
     pub fn best() -> Isa {
-        let avx512_ok = std::env::var("QSPARSE_AVX512").is_ok_and(|v| v == "1");
-        Self::available()
-            .into_iter()
-            .rfind(|&isa| isa != Isa::Avx512 || avx512_ok)
+        let available = Self::available();
+        let forced = std::env::var("QSPARSE_ISA").ok().and_then(|v| {
+            available
+                .iter()
+                .copied()
+                .find(|isa| isa.name().eq_ignore_ascii_case(v.trim()))
+        });
+        forced
+            .or_else(|| available.last().copied())
             .unwrap_or(Isa::Scalar)
     }
 

@@ -21,7 +21,7 @@ pub struct Args {
     /// Timed runs (the median is reported), after one warm-up run.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Print one JSON object: decode_tok_s, prefill_tok_s, weight_bytes_per_token, sparsity, threads.
+    /// Print one JSON object: decode_tok_s, prefill_tok_s, weight_bytes_per_token, sparsity, threads, isa (the kernels' instruction set).
     #[arg(long)]
     json: bool,
     /// Also time each phase of the forward pass (matvecs, selection, attention, ...) and show
@@ -68,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (prefill_tok_s, decode_tok_s) = (median(prefill), median(decode));
     let threads = rayon::current_num_threads();
+    let isa = qsparse_kernels::Isa::best();
     let profile = state.profile.as_ref().map(|p| {
         p.breakdown()
             .into_iter()
@@ -89,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             "sparsity": args.model.sparsity,
             "weights": model.weights.format.name(),
             "threads": threads,
+            "isa": isa.name(),
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "runs": args.runs,
@@ -97,7 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         outln!(
-            "decode {decode_tok_s:.1} tok/s, prefill {prefill_tok_s:.1} tok/s, {:.1} MB of weights per token ({:.1} GB/s), S={}, {}, {threads} threads",
+            "decode {decode_tok_s:.1} tok/s, prefill {prefill_tok_s:.1} tok/s, {:.1} MB of weights per token ({:.1} GB/s), S={}, {}, {threads} threads, {isa}",
             bytes as f64 / 1e6,
             bytes as f64 * decode_tok_s / 1e9,
             args.model.sparsity,
