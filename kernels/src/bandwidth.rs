@@ -57,6 +57,22 @@ pub fn read_bandwidth(isa: Isa, buf: &[u8], reps: usize) -> f64 {
     buf.len() as f64 / best
 }
 
+/// Requests every 64-byte line of `buf` into L2 (`prefetcht1`; nothing off x86-64): how the
+/// gather kernels hide DRAM latency, for measurements that mimic their reads.
+pub fn prefetch_l2(buf: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in buf.chunks(64) {
+        // SAFETY: a prefetch is a hint that never faults; SSE is part of every x86-64 CPU.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = buf;
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
