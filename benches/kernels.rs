@@ -2,10 +2,11 @@
 //! SmolLM2, BitNet-b1.58-2B-4T and Llama-7B FFN shapes, the dense int8 lm_head in both layouts,
 //! and quantize + Top-K + compaction.
 //!
-//! Criterion measures each configuration; a summary table then reports, from interleaved runs in
-//! this same process, bytes read, GB/s, the read ceiling measured between those runs (a plain
-//! 2-thread read of 128 MiB; the VM's speed drifts), % of it, and speedup over dense next to the
-//! ideal 1/(1−S).
+//! Every product reads cold weights, as in a decode step: each configuration cycles through
+//! distinct copies of its matrix, 192 MB in all. Criterion measures each configuration; a summary
+//! table then reports, from interleaved runs in this same process, bytes read, GB/s, the read
+//! ceiling measured between those runs (a plain 2-thread read of 256 MiB; the VM's speed drifts),
+//! % of it, and speedup over dense next to the ideal 1/(1−S).
 //!
 //!     cargo bench --bench kernels                 # everything (about 10 minutes)
 //!     QSPARSE_BENCH_SHAPES=7b cargo bench --bench kernels -- --quick
@@ -23,6 +24,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const SPARSITIES: [f32; 7] = [0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9];
+
+/// Bytes of distinct copies each gather configuration cycles through (6x a 32 MB L3).
+const COLD_BYTES: usize = 192 << 20;
 
 /// (family, d_in, d_out)
 const SHAPES: &[(&str, usize, usize)] = &[
@@ -63,6 +67,22 @@ fn formats() -> Vec<Format> {
             _ => None,
         })
         .collect()
+}
+
+/// A copy of `bytes` in memory of its own (cloning an `AlignedBytes` shares its mapping).
+fn fresh_bytes(bytes: &[u8]) -> memory::AlignedBytes {
+    let mut b = memory::AlignedBytes::zeroed(bytes.len());
+    b.as_mut_slice().copy_from_slice(bytes);
+    b
+}
+
+/// `m` in memory of its own.
+fn distinct_copy(m: &PackedMatrix) -> PackedMatrix {
+    PackedMatrix {
+        data: fresh_bytes(m.data.as_slice()),
+        row_scale: m.row_scale.clone(),
+        ..*m
+    }
 }
 
 fn pack(format: Format, d_in: usize, d_out: usize, rng: &mut SmallRng) -> PackedMatrix {
@@ -142,7 +162,7 @@ fn benches(c: &mut Criterion) {
     let isa = Isa::best();
     let threads = rayon::current_num_threads();
 
-    // The ceiling: a streaming read of 512 MiB (64x the L3 here), 1 thread and all threads.
+    // The ceiling: a streaming read of 512 MiB (16x the 32 MB L3), 1 thread and all threads.
     let buf = buffer(512 << 20);
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -152,8 +172,8 @@ fn benches(c: &mut Criterion) {
     let bw = read_bandwidth(isa, buf.as_slice(), 5);
     drop(buf);
     // The machine's speed drifts (a VM): each table block is also compared with reads of this
-    // buffer (16x the L3 here) timed between its own runs.
-    let ceiling_buf = buffer(128 << 20);
+    // buffer (8x the L3) timed between its own runs.
+    let ceiling_buf = buffer(256 << 20);
     let ceiling_line = format!(
         "machine read bandwidth ({isa}): {:.1} GB/s on 1 thread, {:.1} GB/s on {threads} threads",
         bw1 / 1e9,
@@ -182,8 +202,20 @@ fn benches(c: &mut Criterion) {
         let x = activation(d_in, &mut rng);
         let prepared: Vec<Prepared> = SPARSITIES.iter().map(|&s| prepare(&x, s)).collect();
         for format in formats() {
-            let m = pack(format, d_in, d_out, &mut rng);
-            let w = m.view();
+            // Distinct copies, together several times the last-level cache (32 MB on the Zen4
+            // machines, where one 7B T2 matrix is 11 MB), taken in turn: every product reads its
+            // weights from DRAM, as a decode step does.
+            let first = pack(format, d_in, d_out, &mut rng);
+            let copies = COLD_BYTES.div_ceil(first.view().data().len()).max(1);
+            let mats: Vec<PackedMatrix> = (0..copies).map(|_| distinct_copy(&first)).collect();
+            let views: Vec<ColumnTiles<'_>> = mats.iter().map(|m| m.view()).collect();
+            let turn = std::cell::Cell::new(0usize);
+            let next = || {
+                let i = turn.get();
+                turn.set((i + 1) % views.len());
+                &views[i]
+            };
+            let w = &views[0];
             let mut y = vec![0f32; d_out];
             let mut group = c.benchmark_group(format!("gather/{}/{d_in}x{d_out}", format.name()));
             group
@@ -198,7 +230,7 @@ fn benches(c: &mut Criterion) {
                 };
                 group.throughput(Throughput::Bytes(w.bytes_read(kept) as u64));
                 group.bench_with_input(BenchmarkId::from_parameter(format!("S={s}")), p, |b, p| {
-                    b.iter(|| run(&w, p, &mut y))
+                    b.iter(|| run(next(), p, &mut y))
                 });
             }
             group.finish();
@@ -212,7 +244,7 @@ fn benches(c: &mut Criterion) {
                     let inner = 5;
                     let t = Instant::now();
                     for _ in 0..inner {
-                        run(&w, p, &mut y);
+                        run(next(), p, &mut y);
                     }
                     times[i].push(t.elapsed().as_secs_f64() / inner as f64);
                 }
@@ -266,26 +298,48 @@ fn benches(c: &mut Criterion) {
             let cols = PackedMatrix::i8_from_f32(&w, d_out, d_in);
             let rows = dense_q8::RowsQ8::from_f32(&w, d_out, d_in);
             drop(w);
+            // Cold, as the gather products above: distinct copies taken in turn.
+            let n = COLD_BYTES.div_ceil(rows.bytes()).max(1);
+            let all_cols: Vec<PackedMatrix> = (0..n).map(|_| distinct_copy(&cols)).collect();
+            let all_rows: Vec<dense_q8::RowsQ8> = (0..n)
+                .map(|_| {
+                    dense_q8::RowsQ8::from_parts(
+                        fresh_bytes(rows.code_bytes()),
+                        rows.scales().to_vec(),
+                        rows.d_out(),
+                        rows.d_in(),
+                    )
+                    .expect("the same geometry")
+                })
+                .collect();
+            let (cols, rows) = (&all_cols[0], &all_rows[0]);
+            let (turn_c, turn_r) = (std::cell::Cell::new(0usize), std::cell::Cell::new(0usize));
+            let next = |turn: &std::cell::Cell<usize>| {
+                let i = turn.get();
+                turn.set((i + 1) % n);
+                i
+            };
             let x = activation(d_in, &mut rng);
             let p = prepare(&x, 0.0);
             let mut blocks = dense_q8::BlockQ8::default();
             let mut y = vec![0f32; d_out];
             let mut by_rows = |y: &mut [f32]| {
                 blocks.quantize(&x).expect("finite");
-                dense_q8::matvec_rows_q8(isa, &rows, &blocks, y);
+                dense_q8::matvec_rows_q8(isa, &all_rows[next(&turn_r)], &blocks, y);
             };
+            let by_cols = |y: &mut [f32]| run(&all_cols[next(&turn_c)].view(), &p, y);
             let mut group = c.benchmark_group(format!("lm_head/{d_in}x{d_out}"));
             group
                 .sample_size(10)
                 .warm_up_time(Duration::from_millis(300))
                 .measurement_time(Duration::from_secs(1));
-            group.bench_function("columns", |b| b.iter(|| run(&cols.view(), &p, &mut y)));
+            group.bench_function("columns", |b| b.iter(|| by_cols(&mut y)));
             group.bench_function("rows_q8", |b| b.iter(|| by_rows(&mut y)));
             group.finish();
             let (mut tc, mut tr, mut ceilings) = (vec![], vec![], vec![]);
             for _ in 0..15 {
                 let t = Instant::now();
-                run(&cols.view(), &p, &mut y);
+                by_cols(&mut y);
                 tc.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 by_rows(&mut y);
