@@ -286,7 +286,6 @@ fn float_sums(w: &ColumnTiles<'_>, line0: usize, idx: &[u32], val: &[f32], out: 
     let format = w.format();
     let rpl = format.rows_per_line();
     out.fill(0.0);
-    let mut codes = [0.0f32; MAX_LINE_ROWS];
     for_each_segment(w, line0, out.len() / rpl, |seg, n, at| {
         for s in 0..n {
             let o = &mut out[(at + s) * rpl..(at + s + 1) * rpl];
@@ -295,12 +294,14 @@ fn float_sums(w: &ColumnTiles<'_>, line0: usize, idx: &[u32], val: &[f32], out: 
                 let line = &seg.tile[start..start + LINE_BYTES];
                 match format {
                     Format::T2 => {
-                        for (r, c) in codes.iter_mut().enumerate() {
-                            let (byte, shift) = crate::layout::t2_position(r);
-                            *c = f32::from((line[byte] >> shift) & 3) - 1.0;
-                        }
-                        for (o, &c) in o.iter_mut().zip(&codes) {
-                            *o += c * v;
+                        // Rows 32g + 8q + 0..8 sit in field q of bytes 8g + 0..8 (see `layout`):
+                        // eight contiguous rows from eight contiguous bytes, which vectorizes.
+                        for (o, bytes) in o.chunks_exact_mut(32).zip(line.chunks_exact(8)) {
+                            for (q, o) in o.chunks_exact_mut(8).enumerate() {
+                                for (o, &b) in o.iter_mut().zip(bytes) {
+                                    *o += (f32::from((b >> (2 * q)) & 3) - 1.0) * v;
+                                }
+                            }
                         }
                     }
                     _ => {

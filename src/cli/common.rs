@@ -17,16 +17,19 @@ pub struct LoadArgs {
     /// A GGUF file path or a manifest model name.
     #[arg(short, long, default_value = "smollm2-135m-instruct")]
     pub model: String,
-    /// Weight format the linear layers are converted to at load: f32 (exact reference), f16, or
-    /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse).
-    /// Default: int8, or the format a packed file (`qsparse pack`) holds.
+    /// Weight format the linear layers are converted to at load: f32 (exact reference), f16,
+    /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse), or t2
+    /// (ternary, 2 bits a weight: a ternary file's weights exactly, any other ternarized as
+    /// BitNet b1.58 does, which only models trained for it survive). Default: int8, or the
+    /// format a packed file (`qsparse pack`) holds.
     #[arg(long, value_enum)]
     pub weights: Option<WeightsArg>,
-    /// With int8 weights: how many of each activation vector's largest values skip int8
+    /// With int8 or t2 weights: how many of each activation vector's largest values skip int8
     /// quantization (as int16 at the same scale against int8 weights, in f32 against ternary
-    /// ones), so they do not flatten the rest (0 = plain absmax, as in Q-Sparse).
-    #[arg(long, default_value_t = crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS)]
-    pub act_outliers: usize,
+    /// ones), so they do not flatten the rest (0 = plain absmax, as in Q-Sparse and BitNet).
+    /// Default: 32 with int8 weights, 0 with t2.
+    #[arg(long)]
+    pub act_outliers: Option<usize>,
 }
 
 /// Sampling flags (llama.cpp's defaults).
@@ -85,6 +88,7 @@ pub enum WeightsArg {
     F32,
     F16,
     Int8,
+    T2,
 }
 
 impl From<WeightsArg> for WeightFormat {
@@ -93,6 +97,7 @@ impl From<WeightsArg> for WeightFormat {
             WeightsArg::F32 => WeightFormat::F32,
             WeightsArg::F16 => WeightFormat::F16,
             WeightsArg::Int8 => WeightFormat::Int8,
+            WeightsArg::T2 => WeightFormat::Ternary,
         }
     }
 }
@@ -174,7 +179,9 @@ impl LoadArgs {
     /// A run state for this model with the chosen options.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         let mut state = crate::model::RunState::new(&model.config, model.weights.format, ctx);
-        state.set_activation_outliers(self.act_outliers);
+        if let Some(n) = self.act_outliers {
+            state.set_activation_outliers(n);
+        }
         state
     }
 

@@ -36,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
     let load = LoadArgs {
         model: args.model,
         weights: Some(args.weights),
-        act_outliers: crate::model::llama::DEFAULT_ACTIVATION_OUTLIERS,
+        act_outliers: None,
     };
     let input = load.path()?;
     if same_file(&input, &args.output) {

@@ -109,6 +109,47 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Dequ
     Ok(())
 }
 
+/// Decode row `r` (`out.len()` values) of a row-major tensor of type `ty` whose bytes are
+/// `tensor`: block types slice the row's own blocks; I2_S, whose blocks run across rows and whose
+/// one scale follows all the codes, decodes the row's elements from the whole tensor.
+pub fn dequantize_row(
+    ty: GgmlType,
+    tensor: &[u8],
+    rows: usize,
+    r: usize,
+    out: &mut [f32],
+) -> Result<(), DequantError> {
+    let d = out.len();
+    let size_error = |expected| DequantError::Size {
+        ty,
+        n: d * rows,
+        expected,
+        got: tensor.len(),
+    };
+    if ty == GgmlType::I2_S {
+        let n = d * rows;
+        let expected = ty.tensor_bytes(&[n as u64]).map_err(|_| size_error(0))? as usize;
+        if tensor.len() != expected || r >= rows {
+            return Err(size_error(expected));
+        }
+        let at = n / 4;
+        let scale =
+            f32::from_le_bytes([tensor[at], tensor[at + 1], tensor[at + 2], tensor[at + 3]]);
+        for (k, o) in out.iter_mut().enumerate() {
+            let e = r * d + k;
+            let (blk, pos) = (e / 128, e % 128);
+            let q = (tensor[32 * blk + pos % 32] >> (6 - 2 * (pos / 32))) & 3;
+            *o = (i32::from(q) - 1) as f32 * scale;
+        }
+        return Ok(());
+    }
+    if rows == 0 || !tensor.len().is_multiple_of(rows) || r >= rows {
+        return Err(size_error(tensor.len()));
+    }
+    let row_bytes = tensor.len() / rows;
+    dequantize(ty, &tensor[r * row_bytes..(r + 1) * row_bytes], out)
+}
+
 /// Q4_0 (18 bytes / 32): f16 d, qs[16]; low nibbles are elements 0-15, high nibbles 16-31;
 /// value (q − 8)·d.
 fn q4_0(b: &[u8], y: &mut [f32]) {
@@ -368,6 +409,36 @@ mod tests {
             dequantize(GgmlType::IQ2_XXS, &[0u8; 66], &mut vec![0.0; 256]),
             Err(DequantError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn i2_s_rows_are_decoded_from_the_whole_tensor() {
+        // 3 rows of 160: rows straddle the 128-element blocks, the scale follows all codes.
+        let (rows, d) = (3, 160);
+        let n = rows * d;
+        let codes: Vec<u8> = (0..n).map(|i| ((i * 5 + i / 7) % 3) as u8).collect();
+        let mut data = vec![0u8; GgmlType::I2_S.tensor_bytes(&[n as u64]).unwrap() as usize];
+        for (i, &c) in codes.iter().enumerate() {
+            let (blk, e) = (i / 128, i % 128);
+            data[32 * blk + e % 32] |= c << (6 - 2 * (e / 32));
+        }
+        data[n / 4..n / 4 + 4].copy_from_slice(&0.25f32.to_le_bytes());
+        let mut whole = vec![0.0; n];
+        dequantize(GgmlType::I2_S, &data, &mut whole).unwrap();
+        let mut row = vec![0.0; d];
+        for r in 0..rows {
+            dequantize_row(GgmlType::I2_S, &data, rows, r, &mut row).unwrap();
+            assert_eq!(row, whole[r * d..(r + 1) * d], "row {r}");
+        }
+        assert!(dequantize_row(GgmlType::I2_S, &data[1..], rows, 0, &mut row).is_err());
+        assert!(dequantize_row(GgmlType::I2_S, &data, rows, rows, &mut row).is_err());
+        // Block types: the row's own bytes.
+        let q8: Vec<u8> = (0..2 * 34).map(|i| i as u8).collect();
+        let mut all = vec![0.0; 64];
+        dequantize(GgmlType::Q8_0, &q8, &mut all).unwrap();
+        let mut one = vec![0.0; 32];
+        dequantize_row(GgmlType::Q8_0, &q8, 2, 1, &mut one).unwrap();
+        assert_eq!(one, all[32..]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod types;
 mod value;
 mod writer;
 
-pub use dequant::{dequantize, DequantError, SUPPORTED as DEQUANT_SUPPORTED};
+pub use dequant::{dequantize, dequantize_row, DequantError, SUPPORTED as DEQUANT_SUPPORTED};
 pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
 pub use residency::huge_page_coverage;

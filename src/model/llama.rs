@@ -43,8 +43,8 @@ mod traffic;
 use attend::{attend, Attention};
 use pool::on_pool;
 pub use prefill::PROMPT_BATCH;
+pub use sparsify::{default_activation_outliers, Sparsity, DEFAULT_ACTIVATION_OUTLIERS};
 use sparsify::{Selection, Sparsifier};
-pub use sparsify::{Sparsity, DEFAULT_ACTIVATION_OUTLIERS};
 use traffic::share;
 pub use traffic::Traffic;
 
@@ -125,7 +125,7 @@ impl RunState {
             sparsifier: Sparsifier {
                 isa: Isa::best(),
                 format,
-                outliers: DEFAULT_ACTIVATION_OUTLIERS,
+                outliers: default_activation_outliers(format),
                 sel: Selection::default(),
             },
             head_input: BlockQ8::default(),

@@ -11,7 +11,7 @@ pub mod weights;
 pub use config::{ConfigError, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic, PROMPT_BATCH};
 pub use profile::{Phase, Profile};
-pub use weights::{HeadInput, LmHead, WeightFormat, Weights, WeightsError};
+pub use weights::{ternary_matrix, HeadInput, LmHead, WeightFormat, Weights, WeightsError};
 
 use std::path::Path;
 

@@ -77,10 +77,15 @@ pub fn is_packed(file: &GgufFile) -> bool {
 /// which loading then reports).
 pub fn weight_format(file: &GgufFile) -> Option<WeightFormat> {
     let name = file.get(KEY_WEIGHTS)?.as_str()?.to_string();
-    [WeightFormat::Int8, WeightFormat::F16, WeightFormat::F32]
-        .into_iter()
-        .find(|f| f.name() == name)
-        .filter(|_| is_packed(file))
+    [
+        WeightFormat::Int8,
+        WeightFormat::Ternary,
+        WeightFormat::F16,
+        WeightFormat::F32,
+    ]
+    .into_iter()
+    .find(|f| f.name() == name)
+    .filter(|_| is_packed(file))
 }
 
 /// The file bytes holding a packed file's matrices and their scales (they follow the source's

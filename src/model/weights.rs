@@ -1,7 +1,7 @@
 //! A llama-family model's weights, converted once at load from the GGUF file's types into the
-//! kernels' tiled column-major formats (`--weights f32|f16|int8`). Norm vectors stay f32; the token
-//! embedding stays in the file (mapped) and one row is dequantized per token. With int8 weights the
-//! lm_head is row-major Q8 (int8 blocks of 32 with a scale each) unless its input is to be
+//! kernels' tiled column-major formats (`--weights f32|f16|int8|t2`). Norm vectors stay f32; the token
+//! embedding stays in the file (mapped) and one row is dequantized per token. With int8 or ternary
+//! weights the lm_head is row-major Q8 (int8 blocks of 32 with a scale each) unless its input is to be
 //! sparsified: see [`LmHead`].
 
 use qsparse_kernels::dense_q8::RowsQ8;
@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::pack::{self, PackError};
-use crate::gguf::{dequantize, DequantError, GgufError, GgufFile, TensorInfo};
+use crate::gguf::{self, dequantize, DequantError, GgufError, GgufFile, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -31,6 +31,11 @@ pub enum WeightsError {
         got: Vec<u64>,
         expected: Vec<u64>,
     },
+    #[error(
+        "tensor `{tensor}` is stored ternary, but row {row} mixes blocks of different scales, \
+         which ternary weights with one scale per row cannot hold: use --weights int8"
+    )]
+    MixedTernaryScales { tensor: String, row: usize },
 }
 
 /// The kernels' weight format to convert linear layers to.
@@ -41,6 +46,10 @@ pub enum WeightFormat {
     F16,
     /// int8 with a per-output-row scale (absmax per row).
     Int8,
+    /// Ternary {−1, 0, +1} with a per-output-row scale (2 bits a weight): a tensor stored ternary
+    /// (TQ1_0, TQ2_0, I2_S) keeps its codes and scale exactly, any other is ternarized as BitNet
+    /// b1.58 does. Activations take the int8 path, as with int8 weights.
+    Ternary,
 }
 
 impl WeightFormat {
@@ -49,7 +58,13 @@ impl WeightFormat {
             WeightFormat::F32 => Format::F32,
             WeightFormat::F16 => Format::F16,
             WeightFormat::Int8 => Format::I8,
+            WeightFormat::Ternary => Format::T2,
         }
+    }
+
+    /// Whether activations are int8-quantized before the products (int8 and ternary weights).
+    pub fn is_integer(self) -> bool {
+        matches!(self, WeightFormat::Int8 | WeightFormat::Ternary)
     }
 
     pub fn name(self) -> &'static str {
@@ -57,6 +72,7 @@ impl WeightFormat {
             WeightFormat::F32 => "f32",
             WeightFormat::F16 => "f16",
             WeightFormat::Int8 => "int8",
+            WeightFormat::Ternary => "t2",
         }
     }
 }
@@ -330,13 +346,19 @@ fn convert_all(
     // The head (the largest matrix) converts beside the blocks' matrices.
     let (lm_head, converted) = rayon::join(
         || -> Result<LmHead, WeightsError> {
-            let head = if format == WeightFormat::Int8 && head_input == HeadInput::Dense {
+            let head = if format.is_integer() && head_input == HeadInput::Dense {
                 let (d_out, d_in) = stacked_shape(head_parts);
                 LmHead::Rows(RowsQ8::from_rows(d_out, d_in, |r, out| {
                     dequantize_row(file, head_parts, r, out)
                 })?)
             } else {
-                LmHead::Columns(convert(file, head_parts, format)?)
+                // The head is not ternarized (BitNet keeps it in higher precision): with ternary
+                // weights and a sparse head input, int8 columns.
+                let head_format = match format {
+                    WeightFormat::Ternary => WeightFormat::Int8,
+                    f => f,
+                };
+                LmHead::Columns(convert(file, head_parts, head_format)?)
             };
             tick();
             Ok(head)
@@ -381,14 +403,12 @@ fn convert(
     format: WeightFormat,
 ) -> Result<Linear, WeightsError> {
     let (d_out, d_in) = stacked_shape(parts);
-    let packed = match format {
-        WeightFormat::F32 => Format::F32,
-        WeightFormat::F16 => Format::F16,
-        WeightFormat::Int8 => Format::I8,
+    let matrix = match format {
+        WeightFormat::Ternary => ternarize(file, parts)?,
+        _ => PackedMatrix::from_rows(format.kernel_format(), d_out, d_in, |r, out| {
+            dequantize_row(file, parts, r, out)
+        })?,
     };
-    let matrix = PackedMatrix::from_rows(packed, d_out, d_in, |r, out| {
-        dequantize_row(file, parts, r, out)
-    })?;
     Ok(Linear {
         name: parts
             .iter()
@@ -397,6 +417,73 @@ fn convert(
             .join("+"),
         matrix,
     })
+}
+
+/// The tensor `name` of `file` ([d_out, d_in]) as ternary weights, as `--weights t2` converts a
+/// projection (see [`WeightFormat::Ternary`]).
+pub fn ternary_matrix(file: &GgufFile, name: &str) -> Result<PackedMatrix, WeightsError> {
+    let info = file.require_tensor(name)?.clone();
+    if info.dims.len() != 2 {
+        return Err(WeightsError::Shape {
+            tensor: name.to_string(),
+            expected: vec![info.dims.first().copied().unwrap_or(0), 0],
+            got: info.dims,
+        });
+    }
+    ternarize(file, &[info])
+}
+
+/// Ternary codes and per-row scales of [d_out, d_in] tensors sharing d_in, stacked by rows. A
+/// tensor stored ternary keeps its own: each row's values are 0 or ±s (one scale per row; a
+/// row mixing blocks of different scales is refused). Any other is ternarized as BitNet b1.58
+/// does, each tensor on its own: α = mean|W| over the tensor, W_t = round(clamp(W/α, −1, 1)),
+/// every row scaled by α.
+fn ternarize(file: &GgufFile, parts: &[TensorInfo]) -> Result<PackedMatrix, WeightsError> {
+    use crate::gguf::GgmlType;
+    let (d_out, d_in) = stacked_shape(parts);
+    let mut codes = vec![0i8; d_out * d_in];
+    let mut scales = Vec::with_capacity(d_out);
+    let mut row = vec![0f32; d_in];
+    let mut r0 = 0;
+    for (k, info) in parts.iter().enumerate() {
+        let rows = info.dims[1] as usize;
+        // This part alone, its rows numbered from 0.
+        let read = |r: usize, out: &mut [f32]| dequantize_row(file, &parts[k..=k], r, out);
+        let part_codes = &mut codes[r0 * d_in..(r0 + rows) * d_in];
+        if matches!(info.ty, GgmlType::TQ1_0 | GgmlType::TQ2_0 | GgmlType::I2_S) {
+            for (r, out) in part_codes.chunks_exact_mut(d_in).enumerate() {
+                read(r, &mut row)?;
+                let s = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if row.iter().any(|v| v.abs() != 0.0 && v.abs() != s) {
+                    return Err(WeightsError::MixedTernaryScales {
+                        tensor: info.name.clone(),
+                        row: r,
+                    });
+                }
+                for (c, &v) in out.iter_mut().zip(&row) {
+                    *c = if v == 0.0 { 0 } else { v.signum() as i8 };
+                }
+                scales.push(s);
+            }
+        } else {
+            let mut sum = 0f64;
+            for r in 0..rows {
+                read(r, &mut row)?;
+                sum += row.iter().map(|v| f64::from(v.abs())).sum::<f64>();
+            }
+            let alpha = (sum / (rows * d_in).max(1) as f64) as f32;
+            let inv = if alpha > 0.0 { 1.0 / alpha } else { 0.0 };
+            for (r, out) in part_codes.chunks_exact_mut(d_in).enumerate() {
+                read(r, &mut row)?;
+                for (c, &v) in out.iter_mut().zip(&row) {
+                    *c = (v * inv).clamp(-1.0, 1.0).round() as i8;
+                }
+            }
+            scales.extend(std::iter::repeat_n(alpha, rows));
+        }
+        r0 += rows;
+    }
+    Ok(PackedMatrix::t2_from_codes(&codes, d_out, d_in, scales))
 }
 
 /// (d_out, d_in) of [d_out, d_in] tensors sharing d_in, stacked by rows.
@@ -415,13 +502,12 @@ fn dequantize_row(
     for info in parts {
         let n = info.dims[1] as usize;
         if r < n {
-            let data = file.tensor_data(info);
-            let row_bytes = data.len() / n;
-            let row = &data[r * row_bytes..(r + 1) * row_bytes];
-            return dequantize(info.ty, row, out).map_err(|source| WeightsError::Dequant {
-                tensor: info.name.clone(),
-                source,
-            });
+            return gguf::dequantize_row(info.ty, file.tensor_data(info), n, r, out).map_err(
+                |source| WeightsError::Dequant {
+                    tensor: info.name.clone(),
+                    source,
+                },
+            );
         }
         r -= n;
     }

@@ -195,7 +195,7 @@ impl Sparsifier {
     ) {
         let view = w.view();
         match (self.format, view.format()) {
-            (WeightFormat::Int8, Format::I8) => {
+            (WeightFormat::Int8 | WeightFormat::Ternary, Format::I8) => {
                 union.build_int(selections, w.d_in());
                 let input = BatchInput::Int {
                     indices: &union.columns,

@@ -81,8 +81,20 @@ pub(super) fn add_outliers(out: &mut Sparse<i16>, d: usize, outliers: &Sparse<f3
     }
 }
 
-/// Default number of activation outliers kept out of int8 quantization.
+/// Default number of activation outliers kept out of int8 quantization with int8 weights.
 pub const DEFAULT_ACTIVATION_OUTLIERS: usize = 32;
+
+/// The activation outliers a run keeps out of int8 quantization unless told: 32 with int8 weights
+/// (SmolLM2 was not trained for int8 activations: +9.2% perplexity with plain absmax); none with
+/// ternary ones, which follow BitNet b1.58's recipe (plain absmax per token, the activations its
+/// models were trained with) and whose kernel takes int8 only (outliers would go through a slow
+/// f32 pass: 231 against 363 tok/s dense on SmolLM2); none with float weights (no quantization).
+pub fn default_activation_outliers(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Int8 => DEFAULT_ACTIVATION_OUTLIERS,
+        WeightFormat::Ternary | WeightFormat::F16 | WeightFormat::F32 => 0,
+    }
+}
 
 /// Chooses K inputs per projection; owns the reusable buffers so no step allocates.
 #[derive(Debug)]
@@ -100,7 +112,7 @@ impl Sparsifier {
         let k = keep_count(x.len(), s);
         let sel = &mut self.sel;
         match self.format {
-            WeightFormat::Int8 => {
+            WeightFormat::Int8 | WeightFormat::Ternary => {
                 // The m largest magnitudes are kept out of the int8 quantization; they are part
                 // of the K kept. The rest is quantized by its own absmax γ (raised only if an
                 // outlier would pass the int16 range below), the outliers' own slots become 0.
@@ -157,7 +169,7 @@ impl Sparsifier {
         let view = w.view();
         let (sel, o) = (&self.sel, &self.sel.outliers);
         match self.format {
-            WeightFormat::Int8 => {
+            WeightFormat::Int8 | WeightFormat::Ternary => {
                 debug_assert_eq!(sel.is_wide, !o.is_empty() && view.format() == Format::I8);
                 let input = if sel.is_wide {
                     // One integer pass, the outliers as int16 at the same scale.
@@ -189,9 +201,11 @@ impl Selection {
     /// The weight bytes and weights a product with `w` reads for this selection.
     pub(super) fn read(&self, format: WeightFormat, w: &Linear) -> (u64, u64) {
         let kept = match format {
-            WeightFormat::Int8 if self.is_wide => self.wide.len(),
+            WeightFormat::Int8 | WeightFormat::Ternary if self.is_wide => self.wide.len(),
             // Dense passes hold the outliers' (zero) int8 slots as well: count them once.
-            WeightFormat::Int8 => (self.int.len() + self.outliers.len()).min(w.d_in()),
+            WeightFormat::Int8 | WeightFormat::Ternary => {
+                (self.int.len() + self.outliers.len()).min(w.d_in())
+            }
             _ => self.float.len(),
         };
         (w.view().bytes_read(kept) as u64, (kept * w.d_out()) as u64)
