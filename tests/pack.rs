@@ -57,6 +57,11 @@ fn packed_models_run_bit_for_bit_like_converted_ones() {
             HeadInput::Dense,
             vec![Sparsity::uniform(0.25)],
         ),
+        (
+            WeightFormat::Ternary,
+            HeadInput::Dense,
+            vec![Sparsity::dense(), Sparsity::uniform(0.5)],
+        ),
     ] {
         let (original, packed, packed_path) = original_and_packed(dir.path(), format, head);
         // Read in place where the OS maps the file with huge pages (`pack::read_in_place`), else
