@@ -19,6 +19,20 @@ pub fn swiglu(isa: Isa, gate: &mut [f32], up: &[f32]) {
     swiglu_scalar(gate, up);
 }
 
+/// `gate[i] ← max(gate[i], 0)²·up[i]`: the squared-ReLU gated FFN of BitNet b1.58 2B4T (no
+/// transcendental, so plain code the compiler vectorizes). Panics if the lengths differ.
+pub fn relu2_glu(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "relu2_glu: gate and up lengths differ"
+    );
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let r = g.max(0.0);
+        *g = r * r * u;
+    }
+}
+
 /// SiLU(x) = x / (1 + e^−x).
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
@@ -47,4 +61,20 @@ unsafe fn avx2(gate: &mut [f32], up: &[f32]) {
         }
     }
     swiglu_scalar(&mut gate[main..], &up[main..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu2_glu_squares_the_positive_part() {
+        let mut gate = vec![-2.0, -0.0, 0.5, 3.0, f32::MIN_POSITIVE];
+        let up = vec![5.0, 1.0, 2.0, -1.0, 1.0];
+        relu2_glu(&mut gate, &up);
+        assert_eq!(
+            gate,
+            [0.0, 0.0, 0.5, -9.0, f32::MIN_POSITIVE * f32::MIN_POSITIVE]
+        );
+    }
 }

@@ -32,7 +32,28 @@ pub struct ModelConfig {
     pub tokenizer_model: Option<String>,
     pub tokenizer_pre: Option<String>,
     pub has_chat_template: bool,
+    /// The feed-forward's gate activation.
+    pub ffn_activation: FfnActivation,
+    /// BitNet's sub-norms: RMSNorm of the attention output before the o projection and of the
+    /// gated FFN activation before the down projection.
+    pub sub_norms: bool,
+    /// RoPE on entries i and i + rope_dim/2 (NeoX), not on consecutive pairs: llama.cpp rotates
+    /// `bitnet` this way.
+    pub rope_neox: bool,
 }
+
+/// The gate activation of the FFN, act(gate)·up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FfnActivation {
+    /// SiLU (llama; llama.cpp's `bitnet` by default).
+    Silu,
+    /// Squared ReLU (BitNet b1.58 2B4T).
+    Relu2,
+}
+
+/// The architectures the executor runs.
+pub const ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
 
 impl ModelConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
@@ -87,6 +108,22 @@ impl ModelConfig {
             f.get_f32(k)
         })?
         .unwrap_or(1e-5);
+        // llama.cpp's `bitnet` (BitNet b1.58): llama with sub-norms; SiLU unless the file
+        // declares another activation (`relu2` for the 2B4T model).
+        let bitnet = arch == "bitnet";
+        let ffn_activation = match file.get(&key("hidden_activation")) {
+            None => FfnActivation::Silu,
+            Some(_) => match file.get_str(&key("hidden_activation"))? {
+                "silu" => FfnActivation::Silu,
+                "relu2" | "relu_sqr" => FfnActivation::Relu2,
+                other => {
+                    return Err(invalid(
+                        key("hidden_activation"),
+                        format!("activation `{other}` is not supported (silu, relu2)"),
+                    ))
+                }
+            },
+        };
         let vocab_size = match file.get(&key("vocab_size")) {
             Some(_) => file.get_usize(&key("vocab_size"))?,
             None => usize::try_from(file.get_array("tokenizer.ggml.tokens")?.len())
@@ -118,6 +155,9 @@ impl ModelConfig {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
             has_chat_template: file.get("tokenizer.chat_template").is_some(),
+            ffn_activation,
+            sub_norms: bitnet,
+            rope_neox: bitnet,
         })
     }
 }

@@ -28,10 +28,10 @@ use qsparse_kernels::attention::store_f16;
 use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8};
 use qsparse_kernels::{Format, Isa, NonFinite};
 
-use super::config::ModelConfig;
-use super::math::rms_norm;
+use super::config::{FfnActivation, ModelConfig};
+use super::math::{rms_norm, rms_norm_in_place};
 use super::profile::{Laps, Phase, Profile};
-use super::weights::{Linear, LmHead, WeightFormat, Weights};
+use super::weights::{Layer, Linear, LmHead, WeightFormat, Weights};
 use crate::gguf::{DequantError, GgufFile};
 
 mod attend;
@@ -284,6 +284,9 @@ impl Model {
             let q = &state.qkv[..q_dim];
             let (scores, out) = (&mut state.scores, &mut state.att_out);
             self.attend_cached(isa, l, q, pos + 1, cache, state.ctx, scores, out);
+            if let Some(w) = &layer.attn_sub_norm {
+                rms_norm_in_place(&mut state.att_out, w, c.rms_eps);
+            }
             traffic.record_input(&[3], &state.att_out);
             laps.mark(&mut state.profile, Phase::Attention);
             state
@@ -315,7 +318,7 @@ impl Model {
             let (gate, up) = state.gate_up.split_at_mut(c.d_ff);
             // One thread: eight lanes at a time it is ~1 µs here, less than a parallel region
             // costs (split over two workers with libm's exp it took 6 µs per SmolLM2 layer).
-            activation::swiglu(state.sparsifier.isa, gate, up);
+            gated_activation(c, layer, state.sparsifier.isa, gate, up);
             traffic.record_input(&[6], &state.gate_up[..c.d_ff]);
             laps.mark(&mut state.profile, Phase::Elementwise);
             state
@@ -469,10 +472,16 @@ impl Model {
         attend(isa, attention, scores, out);
     }
 
-    /// Rotate consecutive pairs of each head's first rope_dim entries by the step's angles.
+    /// Rotate each head's first rope_dim entries by the step's angles: consecutive pairs
+    /// (llama), or entries i and i + rope_dim/2 (llama.cpp's NeoX form, which it uses for
+    /// `bitnet`).
     fn rope(&self, v: &mut [f32], r: &Rope) {
         for head in v.chunks_exact_mut(self.config.head_dim) {
-            r.rotate(&mut head[..r.cos.len()]);
+            if self.config.rope_neox {
+                r.rotate_halves(&mut head[..r.cos.len()]);
+            } else {
+                r.rotate(&mut head[..r.cos.len()]);
+            }
         }
     }
 }
@@ -488,6 +497,17 @@ struct Rope {
 }
 
 impl Rope {
+    /// The NeoX form: frequency i turns the pair (x[i], x[i + n/2]).
+    fn rotate_halves(&self, x: &mut [f32]) {
+        let (lo, hi) = x.split_at_mut(x.len() / 2);
+        for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+            let (c, s) = (self.cos[2 * i], self.sin[2 * i + 1]);
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x1 * c + x0 * s;
+        }
+    }
+
     fn rotate(&self, x: &mut [f32]) {
         let mut chunks = x.chunks_exact_mut(8);
         for ((x, c), s) in (&mut chunks)
@@ -507,6 +527,18 @@ impl Rope {
             pair[0] = a * c - b * s;
             pair[1] = b * c + a * s;
         }
+    }
+}
+
+/// gate ← act(gate)·up, then BitNet's FFN sub-norm if the layer has one: the down
+/// projection's input, in `gate`.
+fn gated_activation(c: &ModelConfig, layer: &Layer, isa: Isa, gate: &mut [f32], up: &[f32]) {
+    match c.ffn_activation {
+        FfnActivation::Silu => activation::swiglu(isa, gate, up),
+        FfnActivation::Relu2 => activation::relu2_glu(gate, up),
+    }
+    if let Some(w) = &layer.ffn_sub_norm {
+        rms_norm_in_place(gate, w, c.rms_eps);
     }
 }
 

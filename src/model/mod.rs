@@ -8,7 +8,7 @@ pub mod pack;
 pub mod profile;
 pub mod weights;
 
-pub use config::{ConfigError, ModelConfig};
+pub use config::{ConfigError, FfnActivation, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic, PROMPT_BATCH};
 pub use profile::{Phase, Profile};
 pub use weights::{ternary_matrix, HeadInput, LmHead, WeightFormat, Weights, WeightsError};
@@ -29,7 +29,7 @@ pub enum LoadError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
-    #[error("architecture `{0}` is not supported (qsparse runs `llama`)")]
+    #[error("architecture `{0}` is not supported (qsparse runs `llama` and `bitnet`)")]
     Architecture(String),
 }
 
@@ -62,7 +62,7 @@ pub fn load_file(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Model, Tokenizer), LoadError> {
     let config = ModelConfig::from_gguf(&file)?;
-    if config.architecture != "llama" {
+    if !config::ARCHITECTURES.contains(&config.architecture.as_str()) {
         return Err(LoadError::Architecture(config.architecture));
     }
     let tokenizer = Tokenizer::from_gguf(&file)?;

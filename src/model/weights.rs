@@ -36,6 +36,8 @@ pub enum WeightsError {
          which ternary weights with one scale per row cannot hold: use --weights int8"
     )]
     MixedTernaryScales { tensor: String, row: usize },
+    #[error("tensor `{tensor}`: {what}")]
+    Unsupported { tensor: String, what: String },
 }
 
 /// The kernels' weight format to convert linear layers to.
@@ -114,6 +116,10 @@ pub struct Layer {
     /// Rows: gate (d_ff), then up (d_ff).
     pub w_gate_up: Linear,
     pub w_down: Linear,
+    /// BitNet: RMSNorm weights of the attention output (before o) and of the gated FFN
+    /// activation (before down).
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_sub_norm: Option<Vec<f32>>,
 }
 
 /// The token embedding table, read from the mapped file one row at a time.
@@ -193,7 +199,7 @@ impl Weights {
             convert_all(file, config, format, head_input, progress)?
         };
         let d = config.d_model as u64;
-        let norm = |name: String| -> Result<Vec<f32>, WeightsError> {
+        let norm_of = |name: String, d: u64| -> Result<Vec<f32>, WeightsError> {
             let info = shape(file, &name, &[d])?;
             let mut v = vec![0f32; d as usize];
             dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
@@ -204,6 +210,9 @@ impl Weights {
             })?;
             Ok(v)
         };
+        let norm = |name: String| norm_of(name, d);
+        let q_dim = (config.n_heads * config.head_dim) as u64;
+        let sub = |name: String, d: u64| config.sub_norms.then(|| norm_of(name, d)).transpose();
         let mut layers = Vec::with_capacity(config.n_layers);
         for (l, [wqkv, wo, w_gate_up, w_down]) in matrices.into_iter().enumerate() {
             layers.push(Layer {
@@ -213,6 +222,8 @@ impl Weights {
                 ffn_norm: norm(format!("blk.{l}.ffn_norm.weight"))?,
                 w_gate_up,
                 w_down,
+                attn_sub_norm: sub(format!("blk.{l}.attn_sub_norm.weight"), q_dim)?,
+                ffn_sub_norm: sub(format!("blk.{l}.ffn_sub_norm.weight"), config.d_ff as u64)?,
             });
         }
         let emb = shape(file, "token_embd.weight", &[d, config.vocab_size as u64])?;
@@ -324,6 +335,19 @@ fn convert_all(
         "token_embd.weight"
     };
     linears.push(vec![(head_name.to_string(), d, vocab)]);
+    // Per-tensor scales beside ternary weights (`blk.N.attn_q.scale`, as llama.cpp's `bitnet`
+    // may load them) would multiply each product: not read yet, so such a file is refused
+    // rather than run without them.
+    if let Some(t) = file
+        .tensors()
+        .iter()
+        .find(|t| t.name.starts_with("blk.") && t.name.ends_with(".scale"))
+    {
+        return Err(WeightsError::Unsupported {
+            tensor: t.name.clone(),
+            what: "per-tensor projection scales are not supported yet".to_string(),
+        });
+    }
     let infos: Vec<Vec<TensorInfo>> = linears
         .iter()
         .map(|parts| {

@@ -408,6 +408,9 @@ impl Model {
                 // Causal: token t sees the positions up to its own.
                 let cache = halves(key_cache, value_cache);
                 self.attend_cached(isa, l, &qkv[..q_dim], pos0 + t + 1, cache, ctx, scores, out);
+                if let Some(w) = &layer.attn_sub_norm {
+                    rms_norm_in_place(out, w, c.rms_eps);
+                }
             }
             let slots = [(3, d)];
             sparsifier
@@ -428,7 +431,7 @@ impl Model {
                 .map_err(nonfinite)?;
             for row in gate_up.chunks_exact_mut(2 * c.d_ff) {
                 let (gate, up) = row.split_at_mut(c.d_ff);
-                activation::swiglu(isa, gate, up);
+                gated_activation(c, layer, isa, gate, up);
             }
             let (slots, s) = ([(6, d)], sparsity.down);
             sparsifier
