@@ -15,12 +15,24 @@ use qsparse::model::{self, FfnActivation, RunState, Sparsity, WeightFormat};
 use qsparse::sample::argmax;
 use sha2::{Digest, Sha256};
 
-const D_MODEL: u64 = 256;
-const D_FF: u64 = 512;
-const HEADS: u32 = 4;
-const KV_HEADS: u32 = 2;
-const HEAD_DIM: u64 = 64;
-const LAYERS: u32 = 2;
+/// A model's shape; head dimension d_model / heads.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    layers: u32,
+    d_model: u64,
+    d_ff: u64,
+    heads: u32,
+    kv_heads: u32,
+}
+
+/// The test model's: small enough to write in a blink.
+const TEST: Shape = Shape {
+    layers: 2,
+    d_model: 256,
+    d_ff: 512,
+    heads: 4,
+    kv_heads: 2,
+};
 
 /// xorshift64*: the same stream on every machine.
 struct Rng(u64);
@@ -60,7 +72,20 @@ fn tq2_0(codes: &[i8], d: f32) -> Vec<u8> {
 /// SmolLM2's vocabulary and tokenizer, random weights from a fixed seed, the projections ternary
 /// as TQ2_0, or as F32 holding the same values (`f32_projections`). `activation` names the FFN
 /// activation in the metadata (llama.cpp's default, SiLU, when None).
-pub fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool) {
+fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool) {
+    write_shaped(path, TEST, activation, f32_projections)
+}
+
+/// [`write_model`] at any shape.
+fn write_shaped(path: &Path, shape: Shape, activation: Option<&str>, f32_projections: bool) {
+    let Shape {
+        layers,
+        d_model,
+        d_ff,
+        heads,
+        kv_heads,
+    } = shape;
+    let head_dim = d_model / u64::from(heads);
     let smollm2 = GgufFile::open(common::smollm2()).unwrap();
     let vocab = smollm2.get_array("tokenizer.ggml.tokens").unwrap().len();
     let mut w = GgufWriter::new();
@@ -70,12 +95,12 @@ pub fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool)
         MetaValue::String("qsparse bitnet test".into()),
     );
     let arch = |k: &str| format!("bitnet.{k}");
-    w.add_kv(arch("block_count"), MetaValue::U32(LAYERS));
+    w.add_kv(arch("block_count"), MetaValue::U32(layers));
     w.add_kv(arch("context_length"), MetaValue::U32(256));
-    w.add_kv(arch("embedding_length"), MetaValue::U32(D_MODEL as u32));
-    w.add_kv(arch("feed_forward_length"), MetaValue::U32(D_FF as u32));
-    w.add_kv(arch("attention.head_count"), MetaValue::U32(HEADS));
-    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(KV_HEADS));
+    w.add_kv(arch("embedding_length"), MetaValue::U32(d_model as u32));
+    w.add_kv(arch("feed_forward_length"), MetaValue::U32(d_ff as u32));
+    w.add_kv(arch("attention.head_count"), MetaValue::U32(heads));
+    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(kv_heads));
     w.add_kv(
         arch("attention.layer_norm_rms_epsilon"),
         MetaValue::F32(1e-5),
@@ -83,7 +108,7 @@ pub fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool)
     w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
     w.add_kv(
         arch("rope.dimension_count"),
-        MetaValue::U32(HEAD_DIM as u32),
+        MetaValue::U32(head_dim as u32),
     );
     if let Some(a) = activation {
         w.add_kv(arch("hidden_activation"), MetaValue::String(a.into()));
@@ -93,29 +118,29 @@ pub fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool)
             w.add_kv(key, value.to_owned_value());
         }
     }
-    let kv = u64::from(KV_HEADS) * HEAD_DIM;
+    let kv = u64::from(kv_heads) * head_dim;
     let mut tensors: Vec<(String, GgmlType, Vec<u64>)> = vec![
         (
             "token_embd.weight".into(),
             GgmlType::F16,
-            vec![D_MODEL, vocab],
+            vec![d_model, vocab],
         ),
-        ("output_norm.weight".into(), GgmlType::F32, vec![D_MODEL]),
+        ("output_norm.weight".into(), GgmlType::F32, vec![d_model]),
     ];
-    for l in 0..LAYERS {
+    for l in 0..layers {
         let t = |n: &str| format!("blk.{l}.{n}.weight");
         tensors.extend([
-            (t("attn_norm"), GgmlType::F32, vec![D_MODEL]),
-            (t("attn_q"), GgmlType::TQ2_0, vec![D_MODEL, D_MODEL]),
-            (t("attn_k"), GgmlType::TQ2_0, vec![D_MODEL, kv]),
-            (t("attn_v"), GgmlType::TQ2_0, vec![D_MODEL, kv]),
-            (t("attn_output"), GgmlType::TQ2_0, vec![D_MODEL, D_MODEL]),
-            (t("attn_sub_norm"), GgmlType::F32, vec![D_MODEL]),
-            (t("ffn_norm"), GgmlType::F32, vec![D_MODEL]),
-            (t("ffn_gate"), GgmlType::TQ2_0, vec![D_MODEL, D_FF]),
-            (t("ffn_up"), GgmlType::TQ2_0, vec![D_MODEL, D_FF]),
-            (t("ffn_down"), GgmlType::TQ2_0, vec![D_FF, D_MODEL]),
-            (t("ffn_sub_norm"), GgmlType::F32, vec![D_FF]),
+            (t("attn_norm"), GgmlType::F32, vec![d_model]),
+            (t("attn_q"), GgmlType::TQ2_0, vec![d_model, d_model]),
+            (t("attn_k"), GgmlType::TQ2_0, vec![d_model, kv]),
+            (t("attn_v"), GgmlType::TQ2_0, vec![d_model, kv]),
+            (t("attn_output"), GgmlType::TQ2_0, vec![d_model, d_model]),
+            (t("attn_sub_norm"), GgmlType::F32, vec![d_model]),
+            (t("ffn_norm"), GgmlType::F32, vec![d_model]),
+            (t("ffn_gate"), GgmlType::TQ2_0, vec![d_model, d_ff]),
+            (t("ffn_up"), GgmlType::TQ2_0, vec![d_model, d_ff]),
+            (t("ffn_down"), GgmlType::TQ2_0, vec![d_ff, d_model]),
+            (t("ffn_sub_norm"), GgmlType::F32, vec![d_ff]),
         ]);
     }
     for (name, ty, dims) in &tensors {
@@ -184,13 +209,31 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// Writes the test model where `QSPARSE_BITNET_MODEL` says, and its F32 form where
 /// `QSPARSE_BITNET_MODEL_F32` says: how the fixture script gets the files it runs llama.cpp on
-/// (`--ignored`, so plain test runs skip it).
+/// (`--ignored`, so plain test runs skip it). With `QSPARSE_BITNET_SHAPE`, one TQ2_0 model at
+/// that shape instead (the speed comparison's, `scripts/bench_bitnet.py`).
 #[test]
 #[ignore]
 fn write_test_model() {
     let env = |k| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
-    write_model(Path::new(&env("QSPARSE_BITNET_MODEL")), None, false);
-    write_model(Path::new(&env("QSPARSE_BITNET_MODEL_F32")), None, true);
+    match std::env::var("QSPARSE_BITNET_SHAPE") {
+        // layers,d_model,d_ff,heads,kv_heads: a model at other shapes, for speed only
+        // (scripts/bench_bitnet.py), TQ2_0 only.
+        Ok(spec) => {
+            let v: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            let shape = Shape {
+                layers: v[0] as u32,
+                d_model: v[1],
+                d_ff: v[2],
+                heads: v[3] as u32,
+                kv_heads: v[4] as u32,
+            };
+            write_shaped(Path::new(&env("QSPARSE_BITNET_MODEL")), shape, None, false);
+        }
+        Err(_) => {
+            write_model(Path::new(&env("QSPARSE_BITNET_MODEL")), None, false);
+            write_model(Path::new(&env("QSPARSE_BITNET_MODEL_F32")), None, true);
+        }
+    }
 }
 
 /// Against llama.cpp on the TQ2_0 file, whose products take activations quantized to 8 bits per
