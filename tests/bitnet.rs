@@ -408,3 +408,24 @@ fn batched_bitnet_steps_equal_single_ones() {
         }
     }
 }
+
+/// A file whose projections are stored ternary runs as t2 unless `--weights` says otherwise.
+#[test]
+fn ternary_files_run_as_t2_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bitnet.gguf");
+    write_model(&path, None, false);
+    let weights = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+            .args(["bench", "-m", path.to_str().unwrap(), "--json"])
+            .args(["--prompt-tokens", "1", "--gen-tokens", "2", "--runs", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["weights"].as_str().unwrap().to_string()
+    };
+    assert_eq!(weights(&[]), "t2");
+    assert_eq!(weights(&["--weights", "int8"]), "int8");
+}

@@ -20,8 +20,9 @@ pub struct LoadArgs {
     /// Weight format the linear layers are converted to at load: f32 (exact reference), f16,
     /// int8 (per-row scale; activations are int8-quantized before Top-K, as in Q-Sparse), or t2
     /// (ternary, 2 bits a weight: a ternary file's weights exactly, any other ternarized as
-    /// BitNet b1.58 does, which only models trained for it survive). Default: int8, or the
-    /// format a packed file (`qsparse pack`) holds.
+    /// BitNet b1.58 does, which only models trained for it survive). Default: the format a packed
+    /// file (`qsparse pack`) holds, t2 for a file whose projections are stored ternary (TQ1_0,
+    /// TQ2_0, I2_S), else int8.
     #[arg(long, value_enum)]
     pub weights: Option<WeightsArg>,
     /// With int8 or t2 weights: how many of each activation vector's largest values skip int8
@@ -168,12 +169,13 @@ impl LoadArgs {
         }
     }
 
-    /// The weight format to load `file` in: `--weights`, else a packed file's, else int8.
+    /// The weight format to load `file` in: `--weights`, else a packed file's, else the file's
+    /// own (t2 when its projections are stored ternary, int8 otherwise).
     fn format_for(&self, file: &GgufFile) -> WeightFormat {
         self.weights
             .map(WeightFormat::from)
             .or_else(|| model::pack::weight_format(file))
-            .unwrap_or(WeightFormat::Int8)
+            .unwrap_or_else(|| model::weights::default_format(file))
     }
 
     /// A run state for this model with the chosen options.

@@ -21,10 +21,11 @@ pub struct Args {
     /// into place, so a failed pack leaves nothing behind).
     #[arg(short, long)]
     output: PathBuf,
-    /// Weight format to pack the linear layers in: f32 (exact reference), f16, or int8
-    /// (per-row scale). Runs of the packed file use it (`--weights` may only repeat it).
-    #[arg(long, value_enum, default_value = "int8")]
-    weights: WeightsArg,
+    /// Weight format to pack the linear layers in: f32 (exact reference), f16, int8 (per-row
+    /// scale) or t2 (ternary). Runs of the packed file use it (`--weights` may only repeat it).
+    /// Default: t2 for a file whose projections are stored ternary, else int8.
+    #[arg(long, value_enum)]
+    weights: Option<WeightsArg>,
     /// Lay the lm_head out in columns, so that runs may sparsify its input
     /// (`--lm-head-sparsity`). By default an int8 head is packed for a dense input (row-major
     /// Q8, as runs without that flag use it).
@@ -35,7 +36,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let load = LoadArgs {
         model: args.model,
-        weights: Some(args.weights),
+        weights: args.weights,
         act_outliers: None,
     };
     let input = load.path()?;

@@ -443,6 +443,21 @@ fn convert(
     })
 }
 
+/// The format a run converts `file` to unless told: t2 when its projections are stored ternary
+/// (TQ1_0, TQ2_0, I2_S: t2 holds them exactly in a quarter of int8's bytes), int8 otherwise.
+pub fn default_format(file: &GgufFile) -> WeightFormat {
+    use crate::gguf::GgmlType;
+    let ternary = file.tensors().iter().any(|t| {
+        t.name.starts_with("blk.")
+            && matches!(t.ty, GgmlType::TQ1_0 | GgmlType::TQ2_0 | GgmlType::I2_S)
+    });
+    if ternary {
+        WeightFormat::Ternary
+    } else {
+        WeightFormat::Int8
+    }
+}
+
 /// The tensor `name` of `file` ([d_out, d_in]) as ternary weights, as `--weights t2` converts a
 /// projection (see [`WeightFormat::Ternary`]).
 pub fn ternary_matrix(file: &GgufFile, name: &str) -> Result<PackedMatrix, WeightsError> {
