@@ -49,28 +49,30 @@ PROMPTS = [
 ]
 
 
-def logits_and_greedy(model_path):
+def logits_and_greedy(model_path, prompts=PROMPTS, greedy=32):
+    """Per prompt: its token ids, the top-10 logits after it, and the greedy continuation of
+    `greedy` tokens (key "greedy<N>")."""
     import numpy as np
     from llama_cpp import Llama
 
     llm = Llama(model_path, n_ctx=512, n_threads=2, logits_all=True, verbose=False)
     out = []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         toks = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         llm.reset()
         llm.eval(toks)
         logits = np.array(llm.scores[len(toks) - 1], dtype=np.float64)
         top = np.argsort(-logits)[:10]
-        greedy = []
-        for _ in range(32):
+        continuation = []
+        for _ in range(greedy):
             nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            greedy.append(nxt)
+            continuation.append(nxt)
             llm.eval([nxt])
         out.append({
             "prompt": prompt,
             "prompt_ids": toks,
             "top10": [[int(i), float(logits[i])] for i in top],
-            "greedy32": greedy,
+            f"greedy{greedy}": continuation,
         })
     return out
 

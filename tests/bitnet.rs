@@ -191,22 +191,6 @@ fn sha256(path: &Path) -> String {
         .collect()
 }
 
-fn fixture() -> serde_json::Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/bitnet_llamacpp.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// Writes the test model where `QSPARSE_BITNET_MODEL` says, and its F32 form where
 /// `QSPARSE_BITNET_MODEL_F32` says: how the fixture script gets the files it runs llama.cpp on
 /// (`--ignored`, so plain test runs skip it). With `QSPARSE_BITNET_SHAPE`, one TQ2_0 model at
@@ -252,7 +236,7 @@ fn the_bitnet_architecture_matches_llama_cpp() {
     );
     write_model(&path, None, false);
     write_model(&path_f32, None, true);
-    let fx = fixture();
+    let fx = common::fixture("bitnet_llamacpp.json");
     for (p, key) in [(&path, "model_sha256"), (&path_f32, "model_f32_sha256")] {
         assert_eq!(
             sha256(p),
@@ -269,7 +253,7 @@ fn the_bitnet_architecture_matches_llama_cpp() {
     let mut worst = [0f32; 3];
     for (key, tolerance) in [("prompts", TQ2_0_TOLERANCE), ("prompts_f32", F32_TOLERANCE)] {
         for case in fx[key].as_array().unwrap() {
-            let prompt = ids(&case["prompt_ids"]);
+            let prompt = common::ids(&case["prompt_ids"]);
             assert_eq!(
                 tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap(),
                 prompt
@@ -315,7 +299,7 @@ fn the_bitnet_architecture_matches_llama_cpp() {
             }
             // Greedy continuation of the f32 path: where it departs from llama.cpp's, the two
             // tokens must have been within the tolerance of each other.
-            for (pos, &want) in (prompt.len()..).zip(&ids(&case["greedy"])) {
+            for (pos, &want) in (prompt.len()..).zip(&common::ids(&case["greedy8"])) {
                 let ours = argmax(&a.logits);
                 if ours != want {
                     let gap = a.logits[ours as usize] - a.logits[want as usize];

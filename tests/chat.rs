@@ -10,12 +10,7 @@ use qsparse::gguf::GgufFile;
 
 #[test]
 fn template_renders_like_jinja2() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2_llamacpp.json"
-    );
-    let fx: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx = common::fixture("smollm2_llamacpp.json");
     let file = GgufFile::open(common::smollm2()).unwrap();
     let template = ChatTemplate::from_gguf(&file, "<|im_start|>", "<|im_end|>").unwrap();
     assert!(!template.fallback);

@@ -18,22 +18,6 @@ const Q4_1_TOLERANCE: f32 = 0.6;
 /// Against llama.cpp on the F32 copy: f32 rounding in a different order only.
 const F32_TOLERANCE: f32 = 0.05;
 
-fn fixture() -> serde_json::Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2_llamacpp.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn f32_logits_and_greedy_tokens_match_llama_cpp() {
     let (_, identical) = compare("prompts", Q4_1_TOLERANCE);
@@ -54,12 +38,12 @@ fn f32_matches_llama_cpp_on_f32_weights() {
 fn compare(key: &str, tolerance: f32) -> (usize, usize) {
     let (model, tokenizer) =
         model::load(&common::smollm2(), WeightFormat::F32, &|_, _| {}).unwrap();
-    let fx = fixture();
+    let fx = common::fixture("smollm2_llamacpp.json");
     let prompts = fx[key].as_array().unwrap();
     let mut worst = 0f32;
     let mut identical = 0;
     for case in prompts {
-        let prompt = ids(&case["prompt_ids"]);
+        let prompt = common::ids(&case["prompt_ids"]);
         assert_eq!(
             tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap(),
             prompt
@@ -93,7 +77,7 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
         }
 
         // Greedy continuation; where it departs from llama.cpp, the two must have been near-tied.
-        let want = ids(&case["greedy32"]);
+        let want = common::ids(&case["greedy32"]);
         let mut same = true;
         for (pos, &w) in (prompt.len()..).zip(&want) {
             let ours = argmax(&state.logits);

@@ -10,12 +10,7 @@ use qsparse::model::{self, RunState, Sparsity, WeightFormat};
 const CTX: usize = 256;
 
 fn window_nlls(key: &str) -> Vec<f64> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2_llamacpp.json"
-    );
-    let fx: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx = common::fixture("smollm2_llamacpp.json");
     assert_eq!(fx[key]["ctx"], CTX);
     fx[key]["window_mean_nll"]
         .as_array()

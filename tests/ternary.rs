@@ -8,18 +8,9 @@ mod common;
 use std::path::Path;
 
 use qsparse::gguf::{dequantize, GgmlType, GgufFile, GgufWriter, MetaValue, TypeDialect};
+use qsparse::model::weights::PROJECTIONS;
 use qsparse::model::{self, HeadInput, RunState, Sparsity, WeightFormat};
 use qsparse_kernels::PackedMatrix;
-
-const PROJECTIONS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
 
 fn is_projection(name: &str) -> bool {
     name.starts_with("blk.")

@@ -6,14 +6,6 @@ mod common;
 use qsparse::gguf::GgufFile;
 use qsparse::tokenizer::{StreamDecoder, Tokenizer};
 
-fn fixture() -> serde_json::Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2_llamacpp.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn smollm2_tokenizer() -> Tokenizer {
     Tokenizer::from_gguf(&GgufFile::open(common::smollm2()).unwrap()).unwrap()
 }
@@ -21,7 +13,7 @@ fn smollm2_tokenizer() -> Tokenizer {
 #[test]
 fn token_ids_equal_llama_cpp() {
     let tok = smollm2_tokenizer();
-    let fx = fixture();
+    let fx = common::fixture("smollm2_llamacpp.json");
     let cases = fx["tokenize"].as_array().unwrap();
     assert!(cases.len() >= 15);
     for case in cases {

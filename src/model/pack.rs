@@ -23,7 +23,7 @@ use qsparse_kernels::memory::AlignedBytes;
 use qsparse_kernels::{Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 
 use super::config::ModelConfig;
-use super::weights::{HeadInput, Layer, Linear, LmHead, WeightFormat, Weights};
+use super::weights::{HeadInput, Layer, Linear, LmHead, WeightFormat, Weights, PROJECTIONS};
 use crate::gguf::{dequantize, GgmlType, GgufError, GgufFile, GgufWriter, TensorInfo};
 
 /// The packed layout's version; a file with another one is refused.
@@ -149,15 +149,6 @@ fn scale_name(matrix: &str) -> String {
 
 /// The source tensors a packed file replaces (layer projections and a separate lm_head).
 fn is_replaced(name: &str) -> bool {
-    const PROJECTIONS: [&str; 7] = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
     if name == "output.weight" {
         return true;
     }

@@ -443,6 +443,18 @@ fn convert(
     })
 }
 
+/// The stems of a block's projection tensors (`blk.N.<stem>.weight`), in the order a layer
+/// reads them.
+pub const PROJECTIONS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
 /// The format a run converts `file` to unless told: t2 when its projections are stored ternary
 /// (TQ1_0, TQ2_0, I2_S: t2 holds them exactly in a quarter of int8's bytes), int8 otherwise.
 pub fn default_format(file: &GgufFile) -> WeightFormat {
