@@ -556,6 +556,7 @@ pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512 {
         vnni: bool,
+        gfni: bool,
     },
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -594,6 +595,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if crate::isa::x86::v4().is_some() => Kernel::Avx512 {
                 vnni: crate::isa::x86::has_vnni(),
+                gfni: crate::isa::x86::has_gfni(),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 if crate::isa::x86::v3().is_some() => Kernel::Avx2,
@@ -615,11 +617,16 @@ impl Kernel {
         scratch: &mut [i16],
     ) {
         // SAFETY (SIMD arms): `select` returned this kernel only after its pulp token proved the
-        // CPU features (AVX-512 implies AVX2, whose T2 kernel it uses); every index is < d_in
-        // (checked in gather_matvec), so every run lies in the tile; acc holds n · 256 rows.
+        // CPU features (AVX-512 implies AVX2, whose T2 kernels it uses; `gfni` was detected);
+        // every index is < d_in (checked in gather_matvec), so every run lies in the tile; acc
+        // holds n · 256 rows.
         let _ = &scratch;
         match self {
             Kernel::Scalar => scalar::t2_runs(l, n, idx, val, acc),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 { gfni: true, .. } => unsafe {
+                avx2::t2_runs_gfni(l, n, idx, val, acc, scratch)
+            },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 { .. } => unsafe {
                 avx2::t2_runs(l, n, idx, val, acc, scratch)
@@ -638,9 +645,11 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::i8_runs::<1, _>(l, n, idx, val, acc) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 { vnni: true } => unsafe { avx512::i8_runs_vnni(l, n, idx, val, acc) },
+            Kernel::Avx512 { vnni: true, .. } => unsafe {
+                avx512::i8_runs_vnni(l, n, idx, val, acc)
+            },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 { vnni: false } => unsafe { avx512::i8_runs(l, n, idx, val, acc) },
+            Kernel::Avx512 { vnni: false, .. } => unsafe { avx512::i8_runs(l, n, idx, val, acc) },
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => unsafe { neon::i8_runs::<1, _>(l, n, idx, val, acc) },
         }

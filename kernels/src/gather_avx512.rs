@@ -1,7 +1,8 @@
 //! AVX-512 run kernels for [`crate::gather`]: the AVX2 kernels' algorithms on 512-bit vectors
 //! (VNNI's fused `vpdpwssd` where present).
 //!
-//! T2 uses the AVX2 kernel (its 512-bit form is not written yet).
+//! T2 uses the AVX2 kernel, with GFNI field extraction where present (`gather_avx2::t2_runs_gfni`;
+//! on Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops).
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
 //! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n

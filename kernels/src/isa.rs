@@ -98,4 +98,9 @@ pub(crate) mod x86 {
     pub fn has_vnni() -> bool {
         std::arch::is_x86_feature_detected!("avx512vnni")
     }
+
+    /// GFNI (`vgf2p8affineqb`), used by the ternary kernel when present.
+    pub fn has_gfni() -> bool {
+        std::arch::is_x86_feature_detected!("gfni")
+    }
 }
