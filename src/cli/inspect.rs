@@ -218,7 +218,19 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
         (Some(m), _) => {
             outln!("layers         {}", m.n_layers);
             outln!("d_model        {}", m.d_model);
-            outln!("d_ff           {}", m.d_ff);
+            outln!(
+                "d_ff           {} ({}-gated{})",
+                m.d_ff,
+                match m.ffn_activation {
+                    crate::model::FfnActivation::Silu => "SiLU",
+                    crate::model::FfnActivation::Relu2 => "squared-ReLU",
+                },
+                if m.sub_norms {
+                    "; sub-norms before o and down"
+                } else {
+                    ""
+                }
+            );
             outln!(
                 "heads          {} query / {} kv, head dim {}",
                 m.n_heads,
@@ -226,7 +238,12 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
                 m.head_dim
             );
             outln!("context        {}", m.context_length);
-            outln!("rope           base {}, dim {}", m.rope_base, m.rope_dim);
+            outln!(
+                "rope           base {}, dim {}{}",
+                m.rope_base,
+                m.rope_dim,
+                if m.rope_neox { ", NeoX pairs" } else { "" }
+            );
             outln!("rms eps        {:e}", m.rms_eps);
             outln!(
                 "vocab          {} ({} tokenizer, pre-tokenizer {})",
