@@ -672,6 +672,37 @@ impl Kernel {
         }
     }
 
+    /// Ternary codes against `batch` int8 activation vectors at once ([`crate::gather_batch`]):
+    /// acc[line][vector][256 rows] of Σ (t + 1)·x, values[p · batch + t] vector t's value at
+    /// column idx[p].
+    pub(crate) fn t2_runs_batch(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[i8],
+        batch: usize,
+        acc: &mut [i32],
+    ) {
+        match self {
+            // SAFETY: as in t2_runs (AVX-512 implies AVX2; `gfni` was detected); acc holds
+            // n · batch · 256 rows; the scratch is sized here.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 { .. } => T2_SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(scratch.len().max(n * batch * MAX_LINE_ROWS), 0);
+                let gfni = matches!(self, Kernel::Avx512 { gfni: true, .. });
+                unsafe {
+                    by_batch!(batch, B => if gfni {
+                        avx2::t2_runs_batch_gfni::<B>(l, n, idx, values, acc, scratch)
+                    } else {
+                        avx2::t2_runs_batch::<B>(l, n, idx, values, acc, scratch)
+                    })
+                }
+            }),
+            _ => scalar::t2_runs_batch(l, n, idx, values, batch, acc),
+        }
+    }
+
     /// As `i8_runs_i16`, for `batch` activation vectors at once ([`crate::gather_batch`]):
     /// acc[line][vector][64 rows], values[p · batch + t] vector t's value at column idx[p].
     pub(crate) fn i8_runs_batch(
@@ -757,12 +788,29 @@ pub(crate) mod scalar {
     use half::f16;
 
     pub fn t2_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-        for (&j, &v) in idx.iter().zip(val) {
-            for (s, a) in acc.chunks_exact_mut(MAX_LINE_ROWS).take(n).enumerate() {
+        t2_runs_batch(l, n, idx, val, 1, acc)
+    }
+
+    /// acc[(s · batch + t) · 256 + r] += code(row r of line s, column idx[p]) · values[p · batch
+    /// + t], codes t + 1 (the caller removes Σx): `batch` activation vectors at once.
+    pub fn t2_runs_batch(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[i8],
+        batch: usize,
+        acc: &mut [i32],
+    ) {
+        for (p, &j) in idx.iter().enumerate() {
+            for s in 0..n {
                 let c = run_line(&l, j, s);
-                for (r, a) in a.iter_mut().enumerate() {
-                    let (byte, shift) = crate::layout::t2_position(r);
-                    *a += i32::from(v) * i32::from((c[byte] >> shift) & 3);
+                for t in 0..batch {
+                    let v = i32::from(values[p * batch + t]);
+                    let a = &mut acc[(s * batch + t) * MAX_LINE_ROWS..][..MAX_LINE_ROWS];
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let (byte, shift) = crate::layout::t2_position(r);
+                        *a += v * i32::from((c[byte] >> shift) & 3);
+                    }
                 }
             }
         }

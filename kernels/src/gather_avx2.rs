@@ -145,6 +145,120 @@ pub unsafe fn t2_runs_gfni(
     t2_runs_body!(l, n, idx, val, acc, scratch, field_by_affine)
 }
 
+/// [`t2_runs`] against `B` int8 activation vectors at once (a batch of prompt tokens,
+/// [`crate::gather_batch`]): each half line's codes are loaded, interleaved and extracted once,
+/// then multiplied by every vector's (x1, x2) pairs. int16 partial sums in `scratch`
+/// [line][vector][256], flushed into `acc` [line][vector][256 rows] every 32 groups, as in the
+/// single-vector kernel (whose sums these equal). `values[p · B + t]` is vector t's value at
+/// column idx[p].
+macro_rules! t2_runs_batch_body {
+    ($l:ident, $n:ident, $idx:ident, $values:ident, $acc:ident, $scratch:ident, $B:ident, $field:ident) => {{
+        let (l, n, idx, values, acc, scratch) = ($l, $n, $idx, $values, $acc, $scratch);
+        let rows = n * $B * 256;
+        assert!(values.len() >= idx.len() * $B && acc.len() >= rows && scratch.len() >= rows);
+        let sp = scratch.as_mut_ptr() as *mut __m256i;
+        let pair = |a: i8, b: i8| {
+            _mm256_set1_epi16(((u16::from(b as u8) << 8) | u16::from(a as u8)) as i16)
+        };
+        scratch[..rows].fill(0);
+        let mut p = 0;
+        let mut groups = 0;
+        while p < idx.len() {
+            // SAFETY: the runs lie in the tile (n lines each); values are read at p + q <
+            // idx.len() only; scratch holds n · B · 256 int16.
+            unsafe {
+                let c = runs4(&l, idx, p);
+                let x: [[__m256i; 2]; $B] = std::array::from_fn(|t| {
+                    let v = |q: usize| {
+                        if p + q < idx.len() {
+                            *values.get_unchecked((p + q) * $B + t)
+                        } else {
+                            0
+                        }
+                    };
+                    [pair(v(0), v(1)), pair(v(2), v(3))]
+                });
+                let next = Prefetch::before(&l, idx, p + 4, n);
+                for s in 0..n {
+                    next.line(s);
+                    for h in 0..2 {
+                        let o = 64 * s + 32 * h;
+                        let load = |q: usize| _mm256_loadu_si256(c[q].add(o) as *const __m256i);
+                        let (w0, w1, w2, w3) = (load(0), load(1), load(2), load(3));
+                        let pairs = [
+                            _mm256_unpacklo_epi8(w0, w1),
+                            _mm256_unpackhi_epi8(w0, w1),
+                            _mm256_unpacklo_epi8(w2, w3),
+                            _mm256_unpackhi_epi8(w2, w3),
+                        ];
+                        macro_rules! field {
+                            ($q:literal) => {{
+                                let f = |v: __m256i| $field!($q, v);
+                                (f(pairs[0]), f(pairs[1]), f(pairs[2]), f(pairs[3]))
+                            }};
+                        }
+                        let fields = [field!(0), field!(1), field!(2), field!(3)];
+                        for (t, [x01, x23]) in x.iter().enumerate() {
+                            for (q, &(lo01, hi01, lo23, hi23)) in fields.iter().enumerate() {
+                                let lo = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(lo01, *x01),
+                                    _mm256_maddubs_epi16(lo23, *x23),
+                                );
+                                let hi = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(hi01, *x01),
+                                    _mm256_maddubs_epi16(hi23, *x23),
+                                );
+                                let at = 16 * (s * $B + t) + 8 * h + 2 * q;
+                                let (pl, ph) = (sp.add(at), sp.add(at + 1));
+                                _mm256_storeu_si256(
+                                    pl,
+                                    _mm256_add_epi16(_mm256_loadu_si256(pl), lo),
+                                );
+                                _mm256_storeu_si256(
+                                    ph,
+                                    _mm256_add_epi16(_mm256_loadu_si256(ph), hi),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            p += 4;
+            groups += 1;
+            if groups == 32 || p >= idx.len() {
+                // SAFETY: both hold n · B blocks of 256 rows, each flushed as one line.
+                unsafe { flush_t2(&mut scratch[..rows], &mut acc[..rows]) };
+                groups = 0;
+            }
+        }
+    }};
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn t2_runs_batch<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[i8],
+    acc: &mut [i32],
+    scratch: &mut [i16],
+) {
+    t2_runs_batch_body!(l, n, idx, values, acc, scratch, B, field_by_shift)
+}
+
+/// [`t2_runs_batch`] with GFNI's field extraction.
+#[target_feature(enable = "avx2,fma,f16c,gfni")]
+pub unsafe fn t2_runs_batch_gfni<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[i8],
+    acc: &mut [i32],
+    scratch: &mut [i16],
+) {
+    t2_runs_batch_body!(l, n, idx, values, acc, scratch, B, field_by_affine)
+}
+
 /// Adds the int16 partial sums of `scratch` into `acc` (natural row order) and clears them.
 /// Scratch vector (line s, half h, field q, part) holds in its 128-bit lane L the 8 rows
 /// 128h + 32(part + 2L) + 8q + 0..8 (`unpacklo` takes code groups 0 and 2, `unpackhi` 1 and 3),

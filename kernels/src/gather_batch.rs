@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::gather::{all_below, for_each_segment, Kernel, PARALLEL_MIN_BYTES};
 use crate::isa::Isa;
-use crate::layout::{ColumnTiles, Format, LINE_BYTES};
+use crate::layout::{ColumnTiles, Format, MAX_LINE_ROWS};
 
 /// The most activation vectors one batched product takes: per token, 8 ran 3-14% faster than 4
 /// on SmolLM2's shapes (`examples/batch_speed.rs`), the shared loading and widening of the weights
@@ -42,6 +42,13 @@ pub enum BatchInput<'a> {
         values: &'a [i16],
         scales: &'a [f32],
     },
+    /// Against ternary (T2) weights: int8 values (plain absmax, no outliers: the ternary kernel
+    /// multiplies int8 only) and each token's γ_t/127.
+    Ternary {
+        indices: &'a [u32],
+        values: &'a [i8],
+        scales: &'a [f32],
+    },
     /// Against f16 or f32 weights: f32 values of B = `batch` tokens.
     Float {
         indices: &'a [u32],
@@ -53,13 +60,15 @@ pub enum BatchInput<'a> {
 impl BatchInput<'_> {
     fn indices(&self) -> &[u32] {
         match self {
-            BatchInput::Int { indices, .. } | BatchInput::Float { indices, .. } => indices,
+            BatchInput::Int { indices, .. }
+            | BatchInput::Ternary { indices, .. }
+            | BatchInput::Float { indices, .. } => indices,
         }
     }
 
     fn batch(&self) -> usize {
         match self {
-            BatchInput::Int { scales, .. } => scales.len(),
+            BatchInput::Int { scales, .. } | BatchInput::Ternary { scales, .. } => scales.len(),
             BatchInput::Float { batch, .. } => *batch,
         }
     }
@@ -67,6 +76,7 @@ impl BatchInput<'_> {
     fn n_values(&self) -> usize {
         match self {
             BatchInput::Int { values, .. } => values.len(),
+            BatchInput::Ternary { values, .. } => values.len(),
             BatchInput::Float { values, .. } => values.len(),
         }
     }
@@ -81,8 +91,8 @@ thread_local! {
 /// ys[t · d_out .. (t + 1) · d_out] = W·x_t for every token t of the batch. Threads: the current
 /// rayon pool.
 ///
-/// Panics when the input kind does not match the weights (int8 values for I8, floats for F16 and
-/// F32; T2 is not batched), when the batch is empty or larger than [`MAX_BATCH`], when the sizes
+/// Panics when the input kind does not match the weights (int8-scale values for I8, int8 for T2,
+/// floats for F16 and F32), when the batch is empty or larger than [`MAX_BATCH`], when the sizes
 /// disagree or when an index is not below d_in (programming errors, checked once so the kernels
 /// can read without bounds checks).
 pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys: &mut [f32]) {
@@ -90,6 +100,7 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
         matches!(
             (w.format(), x),
             (Format::I8, BatchInput::Int { .. })
+                | (Format::T2, BatchInput::Ternary { .. })
                 | (Format::F16 | Format::F32, BatchInput::Float { .. })
         ),
         "gather_matvec_batch: {:?} weights cannot take this input kind",
@@ -162,7 +173,7 @@ fn lines_range(
     let lines = l1 - l0;
     // Line l's rows of token t, from accumulators [line][token][rows].
     let mut emit_lines = |acc_row: &mut dyn FnMut(usize, usize, &mut [f32])| {
-        let mut y = [0.0f32; LINE_BYTES];
+        let mut y = [0.0f32; MAX_LINE_ROWS];
         for l in 0..lines {
             let r0 = (l0 + l) * rpl;
             let rows = rpl.min(d_out - r0);
@@ -191,6 +202,33 @@ fn lines_range(
                 // The single-vector product's formula, so the results agree bit for bit.
                 for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
                     *o = a as f32 * (scale * s);
+                }
+            });
+        }),
+        BatchInput::Ternary {
+            indices,
+            values,
+            scales,
+        } => ACC.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(lines * batch * rpl, 0);
+            for_each_segment(w, l0, lines, |seg, n, at| {
+                let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
+                kernel.t2_runs_batch(seg, n, indices, values, batch, acc);
+            });
+            // Codes are t + 1: each token's Σx comes off every row (as in the single product).
+            let mut bias = [0i32; MAX_BATCH];
+            for column in values.chunks_exact(batch) {
+                for (b, &v) in bias.iter_mut().zip(column) {
+                    *b += i32::from(v);
+                }
+            }
+            let row_scale = w.row_scale();
+            emit_lines(&mut |k, r0, y| {
+                let (scale, bias) = (scales[k % batch], bias[k % batch]);
+                let a = &acc[k * rpl..][..y.len()];
+                for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
+                    *o = (a - bias) as f32 * (scale * s);
                 }
             });
         }),

@@ -567,6 +567,70 @@ fn gather_batch_equals_each_tokens_own_product() {
     }
 }
 
+/// The ternary form: T2 weights against int8 tokens keeping none, some or all columns, the union
+/// in shuffled order with some all-zero columns (each token's Σx comes off as in its own
+/// product): every token's outputs are bit for bit its own product's, at every ISA and 1-3
+/// threads.
+#[test]
+fn gather_batch_of_ternary_equals_each_tokens_own_product() {
+    let mut rng = SmallRng::seed_from_u64(14);
+    for &(d_out, d_in) in SHAPES {
+        let m = integer_matrices(&mut rng, d_out, d_in).t2;
+        let w = m.view();
+        for batch in [1, 2, 3, 5, MAX_BATCH] {
+            let tokens: Vec<(Sparse<i8>, f32)> = (0..batch)
+                .map(|t| {
+                    let k = match t {
+                        0 => d_in,
+                        1 => 0,
+                        _ => rng.random_range(0..=d_in),
+                    };
+                    sparse_input_i8(&mut rng, d_in, k)
+                })
+                .collect();
+            let mut dense = vec![0i8; d_in * batch];
+            for (t, (x, _)) in tokens.iter().enumerate() {
+                for (&j, &v) in x.indices.iter().zip(&x.values) {
+                    dense[j as usize * batch + t] = v;
+                }
+            }
+            let mut columns: Vec<u32> = (0..d_in as u32)
+                .filter(|&j| {
+                    rng.random_range(0..4) > 0
+                        || dense[j as usize * batch..][..batch].iter().any(|&v| v != 0)
+                })
+                .collect();
+            for i in (1..columns.len()).rev() {
+                columns.swap(i, rng.random_range(0..=i));
+            }
+            let values: Vec<i8> = columns
+                .iter()
+                .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
+                .collect();
+            let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
+            let input = BatchInput::Ternary {
+                indices: &columns,
+                values: &values,
+                scales: &scales,
+            };
+            let want: Vec<Vec<f32>> = tokens
+                .iter()
+                .map(|(x, scale)| {
+                    let mut y = vec![0.0; d_out];
+                    gather_matvec(Isa::Scalar, &w, Input::I8 { x, scale: *scale }, &mut y);
+                    y
+                })
+                .collect();
+            check_batch_all_isas(
+                &w,
+                input,
+                &want,
+                &format!("T2 {d_out}x{d_in} batch {batch}"),
+            );
+        }
+    }
+}
+
 /// The float form: f32 and f16 weights, tokens keeping none, some or all columns (a kept 0.0
 /// and −0.0 among them), the union ascending (each token's own order) with extra all-zero
 /// columns: every token's outputs are bit for bit its own product's, at every ISA and 1-3

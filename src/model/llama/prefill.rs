@@ -74,6 +74,9 @@ struct Union {
     /// Column-major [d_in][batch] scratch, 0 where a token did not keep the column.
     dense_ints: Vec<i16>,
     dense_floats: Vec<f32>,
+    /// Plain int8 values (against ternary weights) and their scratch.
+    int8s: Vec<i8>,
+    dense_int8s: Vec<i8>,
 }
 
 impl Union {
@@ -93,6 +96,19 @@ impl Union {
             }
         };
         let (dense, values) = (&mut self.dense_ints, &mut self.ints);
+        union_of(selections, d_in, dense, &mut self.columns, values, scatter);
+    }
+
+    /// From int8-path selections without outliers (plain int8 values, for ternary weights).
+    fn build_int8(&mut self, selections: &[Selection], d_in: usize) {
+        self.scales.clear();
+        self.scales.extend(selections.iter().map(|sel| sel.scale));
+        let scatter = |t: usize, sel: &Selection, dense: &mut [i8], b: usize| {
+            for (&j, &v) in sel.int.indices.iter().zip(&sel.int.values) {
+                dense[j as usize * b + t] = v;
+            }
+        };
+        let (dense, values) = (&mut self.dense_int8s, &mut self.int8s);
         union_of(selections, d_in, dense, &mut self.columns, values, scatter);
     }
 
@@ -213,14 +229,42 @@ impl Sparsifier {
                 };
                 gather_matvec_batch(self.isa, &view, input, ys);
             }
-            // Ternary weights (the batched kernel takes none) one token at a time.
-            _ => {
-                for (sel, y) in selections.iter_mut().zip(ys.chunks_exact_mut(w.d_out())) {
-                    std::mem::swap(&mut self.sel, sel);
-                    self.matvec(w, y);
-                    std::mem::swap(&mut self.sel, sel);
+            // Ternary weights with plain int8 activations (the T2 kernel multiplies int8 only),
+            // when the tokens keep nearly the same columns. The T2 kernel runs near its compute
+            // limit, so a batch pays for every column of the union for every token: on the
+            // 2B4T-shaped model (`bench --prompt-tokens 64`, 2 alternated pairs) prefill went
+            // 57-62 -> 78-81 tok/s dense, but 90-109 -> 73-85 at S = 0.5, whose unions hold
+            // nearly all columns (twice each token's). Batched while the tokens keep on average
+            // at least 1/1.3 of the columns, so that the union (at most all) is within 1.3x of it.
+            (WeightFormat::Ternary, Format::T2)
+                if selections
+                    .iter()
+                    .all(|sel| !sel.is_wide && sel.outliers.is_empty()) =>
+            {
+                let kept: usize = selections.iter().map(|sel| sel.int.len()).sum();
+                if 13 * kept >= 10 * w.d_in() * selections.len() {
+                    union.build_int8(selections, w.d_in());
+                    let input = BatchInput::Ternary {
+                        indices: &union.columns,
+                        values: &union.int8s,
+                        scales: &union.scales,
+                    };
+                    gather_matvec_batch(self.isa, &view, input, ys);
+                } else {
+                    self.matvec_each(w, selections, ys);
                 }
             }
+            // Ternary weights with activation outliers (f32 columns) one token at a time.
+            _ => self.matvec_each(w, selections, ys),
+        }
+    }
+
+    /// ys (token-major rows of d_out) = W·x_t, one token's product at a time.
+    fn matvec_each(&mut self, w: &Linear, selections: &mut [Selection], ys: &mut [f32]) {
+        for (sel, y) in selections.iter_mut().zip(ys.chunks_exact_mut(w.d_out())) {
+            std::mem::swap(&mut self.sel, sel);
+            self.matvec(w, y);
+            std::mem::swap(&mut self.sel, sel);
         }
     }
 }
