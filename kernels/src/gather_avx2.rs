@@ -8,79 +8,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, runs4, Prefetch};
+use crate::gather::runs::{runs4, Prefetch};
 use crate::gather::Lines;
 use crate::layout::Format;
-
-/// The body of [`t2_runs`] and [`t2_runs_gfni`]; `$field!(q, v)` extracts field q (bits
-/// 2q..2q+1) of every byte of v into the byte's low bits.
-macro_rules! t2_runs_body {
-    ($l:ident, $n:ident, $idx:ident, $val:ident, $acc:ident, $scratch:ident, $field:ident) => {{
-        let (l, n, idx, val, acc, scratch) = ($l, $n, $idx, $val, $acc, $scratch);
-
-        assert!(acc.len() >= n * 256 && scratch.len() >= n * 256);
-        let sp = scratch.as_mut_ptr() as *mut __m256i;
-        let pair = |a: i8, b: i8| {
-            _mm256_set1_epi16(((u16::from(b as u8) << 8) | u16::from(a as u8)) as i16)
-        };
-        scratch[..n * 256].fill(0);
-        let mut p = 0;
-        let mut groups = 0;
-        while p < idx.len() {
-            // SAFETY: the runs lie in the tile (n lines each); scratch holds n · 256 int16.
-            unsafe {
-                let (c, v) = group4(&l, idx, val, p);
-                let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
-                let next = Prefetch::before(&l, idx, p + 4, n);
-                for s in 0..n {
-                    next.line(s);
-                    for h in 0..2 {
-                        let o = 64 * s + 32 * h;
-                        let load = |q: usize| _mm256_loadu_si256(c[q].add(o) as *const __m256i);
-                        let (w0, w1, w2, w3) = (load(0), load(1), load(2), load(3));
-                        // Interleave the raw bytes of columns 0 and 1 (2 and 3) first: the field
-                        // extraction works per byte, so it gives the (x1, x2) code pairs directly.
-                        let pairs = [
-                            _mm256_unpacklo_epi8(w0, w1),
-                            _mm256_unpackhi_epi8(w0, w1),
-                            _mm256_unpacklo_epi8(w2, w3),
-                            _mm256_unpackhi_epi8(w2, w3),
-                        ];
-                        // Codes of rows 32g + 8q + k: field q of every byte.
-                        macro_rules! field {
-                            ($q:literal) => {{
-                                let f = |v: __m256i| $field!($q, v);
-                                (f(pairs[0]), f(pairs[1]), f(pairs[2]), f(pairs[3]))
-                            }};
-                        }
-                        let fields = [field!(0), field!(1), field!(2), field!(3)];
-                        for (q, (lo01, hi01, lo23, hi23)) in fields.into_iter().enumerate() {
-                            let lo = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo01, x01),
-                                _mm256_maddubs_epi16(lo23, x23),
-                            );
-                            let hi = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(hi01, x01),
-                                _mm256_maddubs_epi16(hi23, x23),
-                            );
-                            let at = 16 * s + 8 * h + 2 * q;
-                            let (pl, ph) = (sp.add(at), sp.add(at + 1));
-                            _mm256_storeu_si256(pl, _mm256_add_epi16(_mm256_loadu_si256(pl), lo));
-                            _mm256_storeu_si256(ph, _mm256_add_epi16(_mm256_loadu_si256(ph), hi));
-                        }
-                    }
-                }
-            }
-            p += 4;
-            groups += 1;
-            if groups == 32 || p >= idx.len() {
-                // SAFETY: both hold n lines of 256 rows.
-                unsafe { flush_t2(&mut scratch[..n * 256], &mut acc[..n * 256]) };
-                groups = 0;
-            }
-        }
-    }};
-}
 
 /// Field q by an immediate shift of whole 16-bit words and a mask (AVX2).
 macro_rules! field_by_shift {
@@ -111,7 +41,7 @@ macro_rules! field_by_affine {
 /// unpacks per half line instead of 4: 8.1 against 9.0 weights per cycle (`examples/hot_rate.rs`).
 /// int16 partial sums live in `scratch` (L1), one vector per (line, half, q, unpack half), and are
 /// flushed into `acc` every 32 groups of four columns (32 · 4 · 2 · 127 < 2^15). Codes are t + 1:
-/// the caller removes Σx.
+/// the caller removes Σx. (The batch kernel below with one vector.)
 ///
 /// An earlier version decoded 8 code bytes at a time with a variable shift (`vpsrlvq`): on the
 /// development machine that instruction issues once per 4 cycles, and the kernel ran 4.5 weights
@@ -125,7 +55,8 @@ pub unsafe fn t2_runs(
     acc: &mut [i32],
     scratch: &mut [i16],
 ) {
-    t2_runs_body!(l, n, idx, val, acc, scratch, field_by_shift)
+    // SAFETY: the same contract, for one vector.
+    unsafe { t2_runs_batch::<1>(l, n, idx, val, acc, scratch) }
 }
 
 /// [`t2_runs`] with the fields extracted by GFNI's affine transform (one instruction where the
@@ -142,7 +73,8 @@ pub unsafe fn t2_runs_gfni(
     acc: &mut [i32],
     scratch: &mut [i16],
 ) {
-    t2_runs_body!(l, n, idx, val, acc, scratch, field_by_affine)
+    // SAFETY: the same contract, for one vector.
+    unsafe { t2_runs_batch_gfni::<1>(l, n, idx, val, acc, scratch) }
 }
 
 /// [`t2_runs`] against `B` int8 activation vectors at once (a batch of prompt tokens,

@@ -184,54 +184,44 @@ fn lines_range(
         }
     };
     match x {
-        BatchInput::Int {
-            indices,
-            values,
-            scales,
-        } => ACC.with_borrow_mut(|acc| {
-            acc.clear();
-            acc.resize(lines * batch * rpl, 0);
-            for_each_segment(w, l0, lines, |seg, n, at| {
-                let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
-                kernel.i8_runs_batch(seg, n, indices, values, batch, acc);
-            });
-            let row_scale = w.row_scale();
-            emit_lines(&mut |k, r0, y| {
-                let scale = scales[k % batch];
-                let a = &acc[k * rpl..][..y.len()];
-                // The single-vector product's formula, so the results agree bit for bit.
-                for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
-                    *o = a as f32 * (scale * s);
+        BatchInput::Int { scales, .. } | BatchInput::Ternary { scales, .. } => {
+            ACC.with_borrow_mut(|acc| {
+                acc.clear();
+                acc.resize(lines * batch * rpl, 0);
+                let indices = x.indices();
+                for_each_segment(w, l0, lines, |seg, n, at| {
+                    let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
+                    match x {
+                        BatchInput::Int { values, .. } => {
+                            kernel.i8_runs_batch(seg, n, indices, values, batch, acc)
+                        }
+                        BatchInput::Ternary { values, .. } => {
+                            kernel.t2_runs_batch(seg, n, indices, values, batch, acc)
+                        }
+                        BatchInput::Float { .. } => unreachable!("an integer input"),
+                    }
+                });
+                // Ternary codes are t + 1: each token's Σx comes off every row (as in the
+                // single product).
+                let mut bias = [0i32; MAX_BATCH];
+                if let BatchInput::Ternary { values, .. } = x {
+                    for column in values.chunks_exact(batch) {
+                        for (b, &v) in bias.iter_mut().zip(column) {
+                            *b += i32::from(v);
+                        }
+                    }
                 }
-            });
-        }),
-        BatchInput::Ternary {
-            indices,
-            values,
-            scales,
-        } => ACC.with_borrow_mut(|acc| {
-            acc.clear();
-            acc.resize(lines * batch * rpl, 0);
-            for_each_segment(w, l0, lines, |seg, n, at| {
-                let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
-                kernel.t2_runs_batch(seg, n, indices, values, batch, acc);
-            });
-            // Codes are t + 1: each token's Σx comes off every row (as in the single product).
-            let mut bias = [0i32; MAX_BATCH];
-            for column in values.chunks_exact(batch) {
-                for (b, &v) in bias.iter_mut().zip(column) {
-                    *b += i32::from(v);
-                }
-            }
-            let row_scale = w.row_scale();
-            emit_lines(&mut |k, r0, y| {
-                let (scale, bias) = (scales[k % batch], bias[k % batch]);
-                let a = &acc[k * rpl..][..y.len()];
-                for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
-                    *o = (a - bias) as f32 * (scale * s);
-                }
-            });
-        }),
+                let row_scale = w.row_scale();
+                emit_lines(&mut |k, r0, y| {
+                    let (scale, bias) = (scales[k % batch], bias[k % batch]);
+                    let a = &acc[k * rpl..][..y.len()];
+                    // The single-vector product's formula, so the results agree bit for bit.
+                    for ((o, &a), &s) in y.iter_mut().zip(a).zip(&row_scale[r0..]) {
+                        *o = (a - bias) as f32 * (scale * s);
+                    }
+                });
+            })
+        }
         BatchInput::Float {
             indices, values, ..
         } => ACC_FLOAT.with_borrow_mut(|acc| {

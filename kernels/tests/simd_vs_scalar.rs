@@ -499,6 +499,33 @@ fn gather_integer_formats_equal_the_naive_product() {
     }
 }
 
+/// A batch's union in shuffled order from its column-major [d_in][batch] values: every column
+/// some token keeps, and a random 3/4 of the others (all-zero columns add nothing); and the
+/// columns' values, `batch` each.
+fn shuffled_union<T: Copy + Default + PartialEq>(
+    rng: &mut SmallRng,
+    dense: &[T],
+    batch: usize,
+) -> (Vec<u32>, Vec<T>) {
+    let d_in = dense.len() / batch;
+    let mut columns: Vec<u32> = (0..d_in as u32)
+        .filter(|&j| {
+            rng.random_range(0..4) > 0
+                || dense[j as usize * batch..][..batch]
+                    .iter()
+                    .any(|&v| v != T::default())
+        })
+        .collect();
+    for i in (1..columns.len()).rev() {
+        columns.swap(i, rng.random_range(0..=i));
+    }
+    let values = columns
+        .iter()
+        .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
+        .collect();
+    (columns, values)
+}
+
 /// A batched product gives every token, bit for bit, its own single-vector product: tokens with
 /// different kept sets (none, some, all), int16 outliers, the union in shuffled order with some
 /// all-zero columns, at every ISA and 1-3 threads.
@@ -535,19 +562,7 @@ fn gather_batch_equals_each_tokens_own_product() {
                     dense[j as usize * batch + t] = v;
                 }
             }
-            let mut columns: Vec<u32> = (0..d_in as u32)
-                .filter(|&j| {
-                    rng.random_range(0..4) > 0
-                        || dense[j as usize * batch..][..batch].iter().any(|&v| v != 0)
-                })
-                .collect();
-            for i in (1..columns.len()).rev() {
-                columns.swap(i, rng.random_range(0..=i));
-            }
-            let values: Vec<i16> = columns
-                .iter()
-                .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
-                .collect();
+            let (columns, values) = shuffled_union(&mut rng, &dense, batch);
             let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
             let input = BatchInput::Int {
                 indices: &columns,
@@ -594,19 +609,7 @@ fn gather_batch_of_ternary_equals_each_tokens_own_product() {
                     dense[j as usize * batch + t] = v;
                 }
             }
-            let mut columns: Vec<u32> = (0..d_in as u32)
-                .filter(|&j| {
-                    rng.random_range(0..4) > 0
-                        || dense[j as usize * batch..][..batch].iter().any(|&v| v != 0)
-                })
-                .collect();
-            for i in (1..columns.len()).rev() {
-                columns.swap(i, rng.random_range(0..=i));
-            }
-            let values: Vec<i8> = columns
-                .iter()
-                .flat_map(|&j| dense[j as usize * batch..][..batch].to_vec())
-                .collect();
+            let (columns, values) = shuffled_union(&mut rng, &dense, batch);
             let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
             let input = BatchInput::Ternary {
                 indices: &columns,
