@@ -499,15 +499,22 @@ fn gather_integer_formats_equal_the_naive_product() {
     }
 }
 
-/// A batch's union in shuffled order from its column-major [d_in][batch] values: every column
-/// some token keeps, and a random 3/4 of the others (all-zero columns add nothing); and the
-/// columns' values, `batch` each.
+/// A batch's union in shuffled order: every column some token keeps, and a random 3/4 of the
+/// others (all-zero columns add nothing); and the columns' values, `batch` each, 0 where a token
+/// did not keep the column.
 fn shuffled_union<T: Copy + Default + PartialEq>(
     rng: &mut SmallRng,
-    dense: &[T],
-    batch: usize,
+    tokens: &[(Sparse<T>, f32)],
+    d_in: usize,
 ) -> (Vec<u32>, Vec<T>) {
-    let d_in = dense.len() / batch;
+    let batch = tokens.len();
+    // Column-major [d_in][batch].
+    let mut dense = vec![T::default(); d_in * batch];
+    for (t, (x, _)) in tokens.iter().enumerate() {
+        for (&j, &v) in x.indices.iter().zip(&x.values) {
+            dense[j as usize * batch + t] = v;
+        }
+    }
     let mut columns: Vec<u32> = (0..d_in as u32)
         .filter(|&j| {
             rng.random_range(0..4) > 0
@@ -555,14 +562,7 @@ fn gather_batch_equals_each_tokens_own_product() {
                 };
                 tokens.push((x16, scale));
             }
-            // Column-major union: each column's batch values, 0 where a token did not keep it.
-            let mut dense = vec![0i16; d_in * batch];
-            for (t, (x, _)) in tokens.iter().enumerate() {
-                for (&j, &v) in x.indices.iter().zip(&x.values) {
-                    dense[j as usize * batch + t] = v;
-                }
-            }
-            let (columns, values) = shuffled_union(&mut rng, &dense, batch);
+            let (columns, values) = shuffled_union(&mut rng, &tokens, d_in);
             let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
             let input = BatchInput::Int {
                 indices: &columns,
@@ -603,13 +603,7 @@ fn gather_batch_of_ternary_equals_each_tokens_own_product() {
                     sparse_input_i8(&mut rng, d_in, k)
                 })
                 .collect();
-            let mut dense = vec![0i8; d_in * batch];
-            for (t, (x, _)) in tokens.iter().enumerate() {
-                for (&j, &v) in x.indices.iter().zip(&x.values) {
-                    dense[j as usize * batch + t] = v;
-                }
-            }
-            let (columns, values) = shuffled_union(&mut rng, &dense, batch);
+            let (columns, values) = shuffled_union(&mut rng, &tokens, d_in);
             let scales: Vec<f32> = tokens.iter().map(|(_, s)| *s).collect();
             let input = BatchInput::Ternary {
                 indices: &columns,
