@@ -6,7 +6,8 @@ No real ternary model can be fetched, so the model is written here with random t
 architecture `bitnet`, 30 blocks, d_model 2560, FFN 6912, 20 heads sharing 5 kv heads, SiLU (the
 only activation llama-cpp-python's llama.cpp reads for `bitnet`), SmolLM2's tokenizer (vocab
 49152; 2B4T's Llama-3 vocabulary of 128256 would make the head 2.6x larger). The writer is
-tests/bitnet.rs's, whose small model is checked against llama.cpp's logits.
+`qsparse::synthetic` (`--example bitnet_model`), whose small model tests/bitnet.rs checks
+against llama.cpp's logits.
 
     scripts/bench_bitnet.py [--rounds 5] [--gen 32] [--json]
 
@@ -24,7 +25,6 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "bitnet-2b4t-shaped.tq2_0.gguf")
 QSPARSE = os.path.join(ROOT, "target", "release", "qsparse")
-SHAPE = "30,2560,6912,20,5"
 PROMPT = "The Declaration of Independence was signed in"
 
 try:
@@ -38,10 +38,8 @@ def write_model():
     if os.path.exists(MODEL):
         return
     subprocess.check_call(["cargo", "run", "--release", "--quiet", "--", "pull"], cwd=ROOT)
-    env = dict(os.environ, QSPARSE_BITNET_MODEL=MODEL + ".tmp", QSPARSE_BITNET_SHAPE=SHAPE)
-    subprocess.check_call(
-        ["cargo", "test", "--release", "--quiet", "--test", "bitnet", "--",
-         "--ignored", "--exact", "write_test_model"], cwd=ROOT, env=env)
+    subprocess.check_call(["cargo", "run", "--release", "--quiet", "--example", "bitnet_model", "--",
+                           MODEL + ".tmp", "--shape", "2b4t"], cwd=ROOT)
     os.replace(MODEL + ".tmp", MODEL)
 
 

@@ -4,8 +4,8 @@ writes, saved as tests/fixtures/bitnet_llamacpp.json so the test suite runs with
 
     python3 scripts/make_bitnet_fixture.py     # installs llama-cpp-python (compiles llama.cpp) if needed
 
-The model file comes from the test itself (`write_test_model`, an ignored test run with
-QSPARSE_BITNET_MODEL set), so both sides use the same bytes; its sha256 goes into the fixture and
+The model files come from the same writer the test uses (`qsparse::synthetic`, through
+`--example bitnet_model`), so both sides use the same bytes; their sha256 go into the fixture and
 the test checks the files it writes against them. Holds, for the model (TQ2_0 projections) and
 its F32 form (the same values), per prompt: the prompt's token ids, the top-10 logits after it and
 the greedy 8-token continuation (llama.cpp's CPU backend, 2 threads; make_fixtures.py's probe).
@@ -42,11 +42,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "bitnet.gguf")
         model_f32 = os.path.join(tmp, "bitnet-f32.gguf")
-        env = dict(os.environ, QSPARSE_BITNET_MODEL=model, QSPARSE_BITNET_MODEL_F32=model_f32)
-        subprocess.check_call(
-            ["cargo", "test", "--release", "--quiet", "--test", "bitnet", "--",
-             "--ignored", "--exact", "write_test_model"],
-            cwd=ROOT, env=env)
+        for path, extra in [(model, []), (model_f32, ["--f32"])]:
+            subprocess.check_call(["cargo", "run", "--release", "--quiet", "--example", "bitnet_model",
+                                   "--", path, *extra], cwd=ROOT)
         out = {"llama_cpp_python": llama_cpp.__version__}
         for path, sha_key, key in [(model, "model_sha256", "prompts"),
                                    (model_f32, "model_f32_sha256", "prompts_f32")]:

@@ -16,4 +16,5 @@ pub mod server;
 pub mod session;
 pub mod speed;
 pub mod sweep;
+pub mod synthetic;
 pub mod tokenizer;

@@ -2,186 +2,30 @@
 //! the attention output before the o projection and on the gated FFN activation before down,
 //! ternary projections, tied embeddings) against llama.cpp, on a small model this test writes:
 //! random ternary TQ2_0 projections at 256 x 512 shapes, SmolLM2's tokenizer. The fixture
-//! tests/fixtures/bitnet_llamacpp.json (scripts/make_bitnet_fixture.py, which has this test
-//! write the model and runs llama.cpp on it) holds llama.cpp's logits and greedy tokens, and the
+//! tests/fixtures/bitnet_llamacpp.json (scripts/make_bitnet_fixture.py, which writes the same
+//! model with `--example bitnet_model` and runs llama.cpp on it) holds llama.cpp's logits and greedy tokens, and the
 //! sha256 of the file llama.cpp ran, which the file written here must match.
 
 mod common;
 
 use std::path::Path;
 
-use qsparse::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+use qsparse::gguf::GgufFile;
 use qsparse::model::{self, FfnActivation, RunState, Sparsity, WeightFormat};
 use qsparse::sample::argmax;
+use qsparse::synthetic::{write_bitnet, BitnetOptions, BitnetShape};
 use sha2::{Digest, Sha256};
 
-/// A model's shape; head dimension d_model / heads.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    layers: u32,
-    d_model: u64,
-    d_ff: u64,
-    heads: u32,
-    kv_heads: u32,
-}
-
-/// The test model's: small enough to write in a blink.
-const TEST: Shape = Shape {
-    layers: 2,
-    d_model: 256,
-    d_ff: 512,
-    heads: 4,
-    kv_heads: 2,
-};
-
-/// xorshift64*: the same stream on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [−1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-/// TQ2_0 bytes of ternary `codes` (a whole number of 256-value blocks), every block scaled by
-/// `d`: per block qs[64] then f16 d; in each 32-byte half, byte m holds elements m, m+32, m+64,
-/// m+96 of that half at bits 1:0, 3:2, 5:4, 7:6, as t + 1.
-fn tq2_0(codes: &[i8], d: f32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(codes.len() / 256 * 66);
-    for block in codes.chunks_exact(256) {
-        let mut qs = [0u8; 64];
-        for (e, &c) in block.iter().enumerate() {
-            let (j, l, m) = (e / 128, (e % 128) / 32, e % 32);
-            qs[32 * j + m] |= ((c + 1) as u8) << (2 * l);
-        }
-        out.extend_from_slice(&qs);
-        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
-    }
-    out
-}
-
-/// The test model: `bitnet`, 2 blocks, d_model 256, FFN 512, 4 heads sharing 2 kv heads of 64,
-/// SmolLM2's vocabulary and tokenizer, random weights from a fixed seed, the projections ternary
-/// as TQ2_0, or as F32 holding the same values (`f32_projections`). `activation` names the FFN
-/// activation in the metadata (llama.cpp's default, SiLU, when None).
+/// The test model (`qsparse::synthetic`): `bitnet`, 2 blocks, d_model 256, FFN 512, 4 heads
+/// sharing 2 kv heads, random ternary projections (TQ2_0, or F32 holding the same values),
+/// SmolLM2's tokenizer; `activation` names the FFN activation in the metadata.
 fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool) {
-    write_shaped(path, TEST, activation, f32_projections)
-}
-
-/// [`write_model`] at any shape.
-fn write_shaped(path: &Path, shape: Shape, activation: Option<&str>, f32_projections: bool) {
-    let Shape {
-        layers,
-        d_model,
-        d_ff,
-        heads,
-        kv_heads,
-    } = shape;
-    let head_dim = d_model / u64::from(heads);
-    let smollm2 = GgufFile::open(common::smollm2()).unwrap();
-    let vocab = smollm2.get_array("tokenizer.ggml.tokens").unwrap().len();
-    let mut w = GgufWriter::new();
-    w.add_kv("general.architecture", MetaValue::String("bitnet".into()));
-    w.add_kv(
-        "general.name",
-        MetaValue::String("qsparse bitnet test".into()),
-    );
-    let arch = |k: &str| format!("bitnet.{k}");
-    w.add_kv(arch("block_count"), MetaValue::U32(layers));
-    w.add_kv(arch("context_length"), MetaValue::U32(256));
-    w.add_kv(arch("embedding_length"), MetaValue::U32(d_model as u32));
-    w.add_kv(arch("feed_forward_length"), MetaValue::U32(d_ff as u32));
-    w.add_kv(arch("attention.head_count"), MetaValue::U32(heads));
-    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(kv_heads));
-    w.add_kv(
-        arch("attention.layer_norm_rms_epsilon"),
-        MetaValue::F32(1e-5),
-    );
-    w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
-    w.add_kv(
-        arch("rope.dimension_count"),
-        MetaValue::U32(head_dim as u32),
-    );
-    if let Some(a) = activation {
-        w.add_kv(arch("hidden_activation"), MetaValue::String(a.into()));
-    }
-    for (key, value) in smollm2.metadata() {
-        if key.starts_with("tokenizer.") {
-            w.add_kv(key, value.to_owned_value());
-        }
-    }
-    let kv = u64::from(kv_heads) * head_dim;
-    let mut tensors: Vec<(String, GgmlType, Vec<u64>)> = vec![
-        (
-            "token_embd.weight".into(),
-            GgmlType::F16,
-            vec![d_model, vocab],
-        ),
-        ("output_norm.weight".into(), GgmlType::F32, vec![d_model]),
-    ];
-    for l in 0..layers {
-        let t = |n: &str| format!("blk.{l}.{n}.weight");
-        tensors.extend([
-            (t("attn_norm"), GgmlType::F32, vec![d_model]),
-            (t("attn_q"), GgmlType::TQ2_0, vec![d_model, d_model]),
-            (t("attn_k"), GgmlType::TQ2_0, vec![d_model, kv]),
-            (t("attn_v"), GgmlType::TQ2_0, vec![d_model, kv]),
-            (t("attn_output"), GgmlType::TQ2_0, vec![d_model, d_model]),
-            (t("attn_sub_norm"), GgmlType::F32, vec![d_model]),
-            (t("ffn_norm"), GgmlType::F32, vec![d_model]),
-            (t("ffn_gate"), GgmlType::TQ2_0, vec![d_model, d_ff]),
-            (t("ffn_up"), GgmlType::TQ2_0, vec![d_model, d_ff]),
-            (t("ffn_down"), GgmlType::TQ2_0, vec![d_ff, d_model]),
-            (t("ffn_sub_norm"), GgmlType::F32, vec![d_ff]),
-        ]);
-    }
-    for (name, ty, dims) in &tensors {
-        let ty = match ty {
-            GgmlType::TQ2_0 if f32_projections => GgmlType::F32,
-            t => *t,
-        };
-        w.add_tensor(name.clone(), ty, dims);
-    }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let data: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, ty, dims)| {
-            let n = dims.iter().product::<u64>() as usize;
-            match ty {
-                GgmlType::F16 => (0..n)
-                    .flat_map(|_| half::f16::from_f32(rng.unit()).to_le_bytes())
-                    .collect(),
-                // Norm weights around 1.
-                GgmlType::F32 => (0..n)
-                    .flat_map(|_| (1.0 + 0.2 * rng.unit()).to_le_bytes())
-                    .collect(),
-                _ => {
-                    let codes: Vec<i8> = (0..n).map(|_| (rng.next() % 3) as i8 - 1).collect();
-                    // Scaled so each product keeps its input's magnitude (2/3 of the weights
-                    // are nonzero).
-                    let d = half::f16::from_f32(1.2 / (dims[0] as f32 * 2.0 / 3.0).sqrt());
-                    if f32_projections {
-                        codes
-                            .iter()
-                            .flat_map(|&c| (f32::from(c) * d.to_f32()).to_le_bytes())
-                            .collect()
-                    } else {
-                        tq2_0(&codes, d.to_f32())
-                    }
-                }
-            }
-        })
-        .collect();
-    w.write_file(path, |i, _, sink| sink.write_all(&data[i]))
-        .unwrap();
+    let tokenizer = GgufFile::open(common::smollm2()).unwrap();
+    let options = BitnetOptions {
+        activation: activation.map(str::to_string),
+        f32_projections,
+    };
+    write_bitnet(path, BitnetShape::SMALL, &tokenizer, &options).unwrap();
 }
 
 fn sha256(path: &Path) -> String {
@@ -189,35 +33,6 @@ fn sha256(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Writes the test model where `QSPARSE_BITNET_MODEL` says, and its F32 form where
-/// `QSPARSE_BITNET_MODEL_F32` says: how the fixture script gets the files it runs llama.cpp on
-/// (`--ignored`, so plain test runs skip it). With `QSPARSE_BITNET_SHAPE`, one TQ2_0 model at
-/// that shape instead (the speed comparison's, `scripts/bench_bitnet.py`).
-#[test]
-#[ignore]
-fn write_test_model() {
-    let env = |k| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
-    match std::env::var("QSPARSE_BITNET_SHAPE") {
-        // layers,d_model,d_ff,heads,kv_heads: a model at other shapes, for speed only
-        // (scripts/bench_bitnet.py), TQ2_0 only.
-        Ok(spec) => {
-            let v: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
-            let shape = Shape {
-                layers: v[0] as u32,
-                d_model: v[1],
-                d_ff: v[2],
-                heads: v[3] as u32,
-                kv_heads: v[4] as u32,
-            };
-            write_shaped(Path::new(&env("QSPARSE_BITNET_MODEL")), shape, None, false);
-        }
-        Err(_) => {
-            write_model(Path::new(&env("QSPARSE_BITNET_MODEL")), None, false);
-            write_model(Path::new(&env("QSPARSE_BITNET_MODEL_F32")), None, true);
-        }
-    }
 }
 
 /// Against llama.cpp on the TQ2_0 file, whose products take activations quantized to 8 bits per

@@ -451,7 +451,7 @@ pub(crate) mod runs {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA, _MM_HINT_T1};
 
     use super::Lines;
-    use crate::layout::LINE_BYTES;
+    use crate::layout::{LINES_PER_TILE, LINE_BYTES};
 
     /// The start of each kept column's run for the group of four at position p (p < idx.len());
     /// past the end, the group repeats the first column.
@@ -505,6 +505,19 @@ pub(crate) mod runs {
     /// dense 82 µs with no lead, 32 into L2, 78 into L1, 56 as NTA).
     const FAR_BYTES: usize = 8192;
 
+    /// Kept columns from a group to the one it requests into L2, by run length in lines: whole
+    /// groups of four, about [`FAR_BYTES`] of runs.
+    const FAR_LEAD: [usize; LINES_PER_TILE + 1] = {
+        let mut t = [0; LINES_PER_TILE + 1];
+        let mut n = 0;
+        while n <= LINES_PER_TILE {
+            let n1 = if n == 0 { 1 } else { n };
+            t[n] = 4 * FAR_BYTES.div_ceil(4 * n1 * LINE_BYTES);
+            n += 1;
+        }
+        t
+    };
+
     /// What the group being computed prefetches, line by line as it sweeps its own runs: the next
     /// group's lines (non-temporal, so they arrive in L1 just in time without displacing the
     /// step's reused data from L2) and the lines of the group about [`FAR_BYTES`] further on
@@ -518,12 +531,13 @@ pub(crate) mod runs {
         /// For the group computed just before position `p`, in a segment of `n` lines a run.
         #[inline(always)]
         pub unsafe fn before(l: &Lines<'_>, idx: &[u32], p: usize, n: usize) -> Prefetch {
-            let groups = FAR_BYTES.div_ceil(4 * n.max(1) * LINE_BYTES);
+            // A table, not a division per group: runs are at most LINES_PER_TILE lines.
+            let lead = FAR_LEAD[n.min(LINES_PER_TILE)];
             // SAFETY: next_runs checks its position against idx.len().
             unsafe {
                 Prefetch {
                     next: next_runs(l, idx, p),
-                    far: next_runs(l, idx, p + 4 * groups),
+                    far: next_runs(l, idx, p + lead),
                 }
             }
         }
@@ -801,15 +815,33 @@ pub(crate) mod scalar {
         batch: usize,
         acc: &mut [i32],
     ) {
+        integer_runs_batch(l, n, idx, values, batch, acc, MAX_LINE_ROWS, |line, r| {
+            let (byte, shift) = crate::layout::t2_position(r);
+            i32::from((line[byte] >> shift) & 3)
+        })
+    }
+
+    /// acc[(s · batch + t) · rows + r] += weight(line s of column idx[p], r) · values[p · batch
+    /// + t]: the integer formats' reference, `weight` decoding row r of a line.
+    #[allow(clippy::too_many_arguments)]
+    fn integer_runs_batch<V: Copy + Into<i16>>(
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[V],
+        batch: usize,
+        acc: &mut [i32],
+        rows: usize,
+        weight: impl Fn(&[u8], usize) -> i32,
+    ) {
         for (p, &j) in idx.iter().enumerate() {
             for s in 0..n {
-                let c = run_line(&l, j, s);
+                let line = run_line(&l, j, s);
                 for t in 0..batch {
-                    let v = i32::from(values[p * batch + t]);
-                    let a = &mut acc[(s * batch + t) * MAX_LINE_ROWS..][..MAX_LINE_ROWS];
+                    let v = i32::from(values[p * batch + t].into());
+                    let a = &mut acc[(s * batch + t) * rows..][..rows];
                     for (r, a) in a.iter_mut().enumerate() {
-                        let (byte, shift) = crate::layout::t2_position(r);
-                        *a += v * i32::from((c[byte] >> shift) & 3);
+                        *a += v * weight(line, r);
                     }
                 }
             }
@@ -842,18 +874,9 @@ pub(crate) mod scalar {
         batch: usize,
         acc: &mut [i32],
     ) {
-        for (p, &j) in idx.iter().enumerate() {
-            for s in 0..n {
-                let line = run_line(&l, j, s);
-                for t in 0..batch {
-                    let v = i32::from(values[p * batch + t].into());
-                    let a = &mut acc[(s * batch + t) * 64..][..64];
-                    for (a, &w) in a.iter_mut().zip(line) {
-                        *a += v * i32::from(w as i8);
-                    }
-                }
-            }
-        }
+        integer_runs_batch(l, n, idx, values, batch, acc, 64, |line, r| {
+            i32::from(line[r] as i8)
+        })
     }
 
     /// acc[(s · batch + t) · rows + r] = fma(w(row r of line s, column idx[p]), values[p · batch

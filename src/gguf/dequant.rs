@@ -132,15 +132,7 @@ pub fn dequantize_row(
         if tensor.len() != expected || r >= rows {
             return Err(size_error(expected));
         }
-        let at = n / 4;
-        let scale =
-            f32::from_le_bytes([tensor[at], tensor[at + 1], tensor[at + 2], tensor[at + 3]]);
-        for (k, o) in out.iter_mut().enumerate() {
-            let e = r * d + k;
-            let (blk, pos) = (e / 128, e % 128);
-            let q = (tensor[32 * blk + pos % 32] >> (6 - 2 * (pos / 32))) & 3;
-            *o = (i32::from(q) - 1) as f32 * scale;
-        }
+        i2_s_range(tensor, n, r * d, out);
         return Ok(());
     }
     if rows == 0 || !tensor.len().is_multiple_of(rows) || r >= rows {
@@ -378,16 +370,18 @@ fn tq2_0(b: &[u8], y: &mut [f32]) {
 /// holding elements j, j+32, j+64, j+96 in bits 7:6, 5:4, 3:2, 1:0; one f32 scale for the whole
 /// tensor right after the n/4 code bytes (then padding to 32 bytes).
 fn i2_s(data: &[u8], out: &mut [f32]) {
-    let n = out.len();
+    i2_s_range(data, out.len(), 0, out)
+}
+
+/// Elements start.. (out.len() of them) of an I2_S tensor of n elements (`data` is all of it,
+/// sizes checked by the caller).
+fn i2_s_range(data: &[u8], n: usize, start: usize, out: &mut [f32]) {
     let at = n / 4;
     let scale = f32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-    for (blk, y) in out.chunks_mut(128).enumerate() {
-        let codes = &data[32 * blk..];
-        for (e, o) in y.iter_mut().enumerate() {
-            let (j, group) = (e % 32, e / 32);
-            let q = (codes[j] >> (6 - 2 * group)) & 3;
-            *o = (i32::from(q) - 1) as f32 * scale;
-        }
+    for (k, o) in out.iter_mut().enumerate() {
+        let (blk, pos) = ((start + k) / 128, (start + k) % 128);
+        let q = (data[32 * blk + pos % 32] >> (6 - 2 * (pos / 32))) & 3;
+        *o = (i32::from(q) - 1) as f32 * scale;
     }
 }
 

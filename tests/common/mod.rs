@@ -82,27 +82,9 @@ pub fn gguf_interop(mode: &str, path: &std::path::Path) -> serde_json::Value {
     )
 }
 
-/// A small deterministic PRNG (xorshift64*), so corruption tests are reproducible without deps.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-}
+/// The tests' seeded generator.
+#[allow(unused_imports)]
+pub use qsparse::synthetic::Rng;
 
 use qsparse::gguf::{GgmlType, GgufWriter, MetaValue, ValueType};
 
