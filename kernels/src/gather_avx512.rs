@@ -1,5 +1,5 @@
-//! AVX-512 run kernels for [`crate::gather`]: the AVX2 kernels' algorithms on 512-bit vectors
-//! (VNNI's fused `vpdpwssd` where present).
+//! AVX-512 run kernels for [`crate::gather`] and [`crate::gather_batch`]: the AVX2 kernels'
+//! algorithms on 512-bit vectors (VNNI's fused `vpdpwssd` where present).
 //!
 //! T2 uses the AVX2 kernel, with GFNI field extraction where present (`gather_avx2::t2_runs_gfni`;
 //! on Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops).
@@ -10,29 +10,42 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, Prefetch};
+use crate::gather::runs::{group4, runs4, Prefetch};
 use crate::gather::Lines;
 
-/// int8 weights (64 rows per line) as the AVX2 kernel: four kept columns at a time, runs swept
-/// line by line, 32-row halves widened to int16, interleaved pairwise, multiplied by the (x1, x2)
-/// pairs with `vpmaddwd` (or VNNI's fused `vpdpwssd`) into int32 accumulators in L1, kept in the
-/// interleaved row order (lane L of "lo": rows 8L..8L+3 of a 32-row block, "hi": 8L+4..8L+7)
-/// until the end.
+/// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
+/// product; more: a batch of prompt tokens, [`crate::gather_batch`]), as the AVX2 kernel: four
+/// kept columns at a time, runs swept line by line, 32-row halves widened to int16 and
+/// interleaved pairwise once for all vectors, each vector's (x1, x2) pairs multiplied in with
+/// `vpmaddwd` (or VNNI's fused `vpdpwssd`) into int32 accumulators `acc[line][vector][64 rows]`,
+/// kept in the interleaved row order (lane L of "lo": rows 8L..8L+3 of a 32-row block, "hi":
+/// 8L+4..8L+7) until the end. `values[p · B + t]` is vector t's value at column idx[p]: int8, or
+/// int16 (the activation outliers at the int8 scale), which both instructions take as readily.
 macro_rules! i8_runs {
-    ($l:ident, $n:ident, $idx:ident, $val:ident, $acc:ident, $dot:expr) => {{
-        assert!($acc.len() >= $n * 64);
+    ($B:ident, $V:ident, $l:ident, $n:ident, $idx:ident, $val:ident, $acc:ident, $dot:expr) => {{
+        assert!($B >= 1 && $val.len() >= $idx.len() * $B && $acc.len() >= $n * $B * 64);
         let ap = $acc.as_mut_ptr() as *mut __m512i;
-        let pair = |a: i8, b: i8| {
-            _mm512_set1_epi32(
-                ((u32::from(b as i16 as u16) << 16) | u32::from(a as i16 as u16)) as i32,
-            )
+        let pair = |a: $V, b: $V| {
+            let (a, b): (i16, i16) = (a.into(), b.into());
+            _mm512_set1_epi32(((u32::from(b as u16) << 16) | u32::from(a as u16)) as i32)
         };
         let mut p = 0;
         while p < $idx.len() {
-            // SAFETY: the runs lie in the tile (n lines each); acc holds n · 64 int32.
+            // SAFETY: the runs lie in the tile (n lines each); acc holds n · B · 64 int32; values
+            // are read at p + q < idx.len() only (past the end, the padding column counts as 0).
             unsafe {
-                let (c, v) = group4(&$l, $idx, $val, p);
-                let (x01, x23) = (pair(v[0], v[1]), pair(v[2], v[3]));
+                let c = runs4(&$l, $idx, p);
+                let mut x = [[_mm512_setzero_si512(); 2]; $B];
+                for (t, x) in x.iter_mut().enumerate() {
+                    let v = |q: usize| {
+                        if p + q < $idx.len() {
+                            *$val.get_unchecked((p + q) * $B + t)
+                        } else {
+                            $V::default()
+                        }
+                    };
+                    *x = [pair(v(0), v(1)), pair(v(2), v(3))];
+                }
                 let next = Prefetch::before(&$l, $idx, p + 4, $n);
                 for s in 0..$n {
                     next.line(s);
@@ -42,21 +55,20 @@ macro_rules! i8_runs {
                             _mm512_cvtepi8_epi16(_mm256_loadu_si256(c[q].add(o) as *const __m256i))
                         };
                         let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-                        let (pl, ph) = (ap.add(4 * s + 2 * b), ap.add(4 * s + 2 * b + 1));
-                        let lo = $dot(
-                            _mm512_loadu_si512(pl as *const _),
-                            _mm512_unpacklo_epi16(w0, w1),
-                            x01,
-                        );
-                        let lo = $dot(lo, _mm512_unpacklo_epi16(w2, w3), x23);
-                        let hi = $dot(
-                            _mm512_loadu_si512(ph as *const _),
-                            _mm512_unpackhi_epi16(w0, w1),
-                            x01,
-                        );
-                        let hi = $dot(hi, _mm512_unpackhi_epi16(w2, w3), x23);
-                        _mm512_storeu_si512(pl as *mut _, lo);
-                        _mm512_storeu_si512(ph as *mut _, hi);
+                        let (lo01, lo23) =
+                            (_mm512_unpacklo_epi16(w0, w1), _mm512_unpacklo_epi16(w2, w3));
+                        let (hi01, hi23) =
+                            (_mm512_unpackhi_epi16(w0, w1), _mm512_unpackhi_epi16(w2, w3));
+                        for (t, &[x01, x23]) in x.iter().enumerate() {
+                            let at = 4 * (s * $B + t) + 2 * b;
+                            let (pl, ph) = (ap.add(at), ap.add(at + 1));
+                            let lo = $dot(_mm512_loadu_si512(pl as *const _), lo01, x01);
+                            let lo = $dot(lo, lo23, x23);
+                            let hi = $dot(_mm512_loadu_si512(ph as *const _), hi01, x01);
+                            let hi = $dot(hi, hi23, x23);
+                            _mm512_storeu_si512(pl as *mut _, lo);
+                            _mm512_storeu_si512(ph as *mut _, hi);
+                        }
                     }
                 }
             }
@@ -65,8 +77,8 @@ macro_rules! i8_runs {
         let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
         let second =
             _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-        for q in 0..$n * 2 {
-            // SAFETY: acc holds n · 64 int32 = 4n vectors.
+        for q in 0..$n * $B * 2 {
+            // SAFETY: acc holds n · B · 64 int32 = 4 n B vectors.
             unsafe {
                 let (lo, hi) = (
                     _mm512_loadu_si512(ap.add(2 * q) as *const _),
@@ -86,18 +98,37 @@ macro_rules! i8_runs {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn i8_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-    i8_runs!(l, n, idx, val, acc, |s, w, xp| _mm512_add_epi32(
+pub unsafe fn i8_runs<const B: usize, V: Copy + Default + Into<i16>>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[V],
+    acc: &mut [i32],
+) {
+    i8_runs!(B, V, l, n, idx, values, acc, |s, w, xp| _mm512_add_epi32(
         s,
         _mm512_madd_epi16(w, xp)
     ))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn i8_runs_vnni(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut [i32]) {
-    i8_runs!(l, n, idx, val, acc, |s, w, xp| _mm512_dpwssd_epi32(
-        s, w, xp
-    ))
+pub unsafe fn i8_runs_vnni<const B: usize, V: Copy + Default + Into<i16>>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[V],
+    acc: &mut [i32],
+) {
+    i8_runs!(
+        B,
+        V,
+        l,
+        n,
+        idx,
+        values,
+        acc,
+        |s, w, xp| _mm512_dpwssd_epi32(s, w, xp)
+    )
 }
 
 /// f32 / f16 weights: four kept columns at a time, each run swept line by line, one FMA chain per
