@@ -2,7 +2,12 @@
 //! algorithms on 512-bit vectors (VNNI's fused `vpdpwssd` where present).
 //!
 //! T2 uses the AVX2 kernel, with GFNI field extraction where present (`gather_avx2::t2_runs_gfni`;
-//! on Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops).
+//! on Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops). A VNNI form
+//! (`vpdpbusd`: each line interleaved bytewise across four columns, GFNI's fields of the quads
+//! as the unsigned side, int32 sums with no int16 stage) was slower on Zen4: 28 against 32
+//! weights a cycle on one core (`examples/hot_rate.rs`, 2560 x 2560), and the 2B4T-shaped
+//! model's prompts at 51-62 against 71-79 tok/s, with the sums' lines in L1 or not: each dot
+//! carries its own accumulator load and store, as many µops as the int16 form's two.
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
 //! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n
