@@ -321,6 +321,8 @@ thread_local! {
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    /// int32 sums of the four-column int8 kernel, in its interleaved row order.
+    static I8_SCRATCH: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's per-worker accumulators of [`split_columns`],
     /// and the f32 sums of its mixed input's f32 columns (taken for a call, then put back).
     static PARTIALS: RefCell<(Vec<i32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -676,7 +678,14 @@ impl Kernel {
     /// does NEON's `vmlal`. AVX-512 machines use the AVX2 kernel too: the AVX-512 one (VNNI)
     /// decoded SmolLM2 dense at 210-224 tok/s against 216-239 (4 alternated pairs; S = 0.5
     /// alike), a memory-bound product where the wider form only adds µops on Zen4.
-    fn i8_runs_i16(self, l: Lines<'_>, n: usize, idx: &[u32], val: &[i16], acc: &mut [i32]) {
+    pub(crate) fn i8_runs_i16(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        val: &[i16],
+        acc: &mut [i32],
+    ) {
         match self {
             // SAFETY: as in i8_runs (AVX-512 implies AVX2).
             #[cfg(target_arch = "x86_64")]
@@ -753,6 +762,43 @@ impl Kernel {
             },
             Kernel::Scalar => scalar::i8_runs_batch(l, n, idx, values, batch, acc),
         }
+    }
+
+    /// Whether [`Kernel::i8_runs_batch_int8`] runs here: AVX-512 with VNNI's `vpdpbusd`.
+    pub(crate) fn has_int8_dot(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Kernel::Avx512 { vnni: true, .. } = self {
+            return true;
+        }
+        false
+    }
+
+    /// As `i8_runs_batch` for int8 values, four columns a multiply (`vpdpbusd`), where
+    /// [`Kernel::has_int8_dot`]: acc[line][vector][64 rows] += Σ_p (w + 128)·x_p, the sums in
+    /// row order (added to what acc holds), each row carrying 128·Σ_p x_p for the caller to
+    /// remove.
+    pub(crate) fn i8_runs_batch_int8(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[u32],
+        values: &[i8],
+        batch: usize,
+        acc: &mut [i32],
+    ) {
+        assert!(self.has_int8_dot(), "i8_runs_batch_int8 needs AVX-512 VNNI");
+        #[cfg(target_arch = "x86_64")]
+        I8_SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(scratch.len().max(n * batch * 64), 0);
+            // SAFETY: `has_int8_dot` means `select` found AVX-512 F/BW/VL and VNNI; every
+            // index is < d_in, so every run lies in the tile; acc and scratch hold n · batch ·
+            // 64 rows.
+            unsafe {
+                by_batch!(batch, B => avx512::i8_runs_dpbusd::<B>(l, n, idx, values, acc, scratch))
+            }
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (l, n, idx, values, batch, acc);
     }
 
     /// acc[row] = fma(w(row, idx[p]), x_p, acc[row]) in order of p, over `n` lines of a float

@@ -31,7 +31,8 @@ use crate::gather::Lines;
 /// 512-bit multiply a cycle. LLVM compiles every second `vpdpwssd` of a chain as `vpmaddwd` +
 /// `vpaddd`; forcing `vpdpwssd` through inline asm was slower (74-81 against 84-91 billion a
 /// second, 8 tokens in L2), and sweeping eight columns per group, to load and store each
-/// accumulator half as often, slower too (74-80).
+/// accumulator half as often, slower too (74-80). Batches of int8 values take
+/// [`i8_runs_dpbusd`] there, four columns a multiply.
 macro_rules! i8_runs {
     ($B:ident, $V:ident, $l:ident, $n:ident, $idx:ident, $val:ident, $acc:ident, $dot:expr) => {{
         assert!($B >= 1 && $val.len() >= $idx.len() * $B && $acc.len() >= $n * $B * 64);
@@ -194,4 +195,117 @@ pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
     float_runs!(l, n, idx, val, acc, 32, 32, |c: *const u8, o: usize| {
         _mm512_cvtph_ps(_mm256_loadu_si256(c.add(o) as *const __m256i))
     })
+}
+
+/// int8 weights against `B` int8 activation vectors with VNNI's `vpdpbusd`, which multiplies
+/// four unsigned bytes by four signed ones and adds the four products into an int32 lane: four
+/// kept columns per instruction, twice `vpdpwssd`'s two. The weights are the unsigned side,
+/// offset by 128 (w XOR 0x80 = w + 128 as a byte), so each row's sum carries 128·Σx, which the
+/// caller removes per vector (as it removes Σx from ternary codes). Each run swept line by line:
+/// a line (64 rows) of each of four columns is interleaved bytewise with the
+/// others' (each int32 lane then holds row r of the four columns); two such groups (eight
+/// columns) go into each accumulator between its load and store, which keeps the sums' traffic
+/// per multiply that of the pairwise kernel (with four columns a group it was slower than that
+/// kernel: SmolLM2's q/k/v 9.3 and 5.5 against 7.4 and 4.9 µs a token, two alternated runs of
+/// `examples/batch_speed.rs`). Int32 sums in `scratch`
+/// `[line][vector][64]` kept in the interleaved order (vector v, element 4L + i: row 16L + 4v +
+/// i), then put in row order by a 4 x 4 transpose of 128-bit lanes and *added* into `acc`
+/// `[line][vector][64 rows]`. Values must be int8 (the batch driver sends columns with int16
+/// outliers to `i8_runs_vnni`); `values[p · B + t]` is vector t's value at column idx[p].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn i8_runs_dpbusd<const B: usize>(
+    l: Lines<'_>,
+    n: usize,
+    idx: &[u32],
+    values: &[i8],
+    acc: &mut [i32],
+    scratch: &mut [i32],
+) {
+    let rows = n * B * 64;
+    assert!(B >= 1 && values.len() >= idx.len() * B && acc.len() >= rows && scratch.len() >= rows);
+    scratch[..rows].fill(0);
+    let sp = scratch.as_mut_ptr() as *mut __m512i;
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let len = idx.len();
+    let mut p = 0;
+    while p < len {
+        // SAFETY: the runs lie in the tile (n lines each); scratch holds n · B · 64 int32; values
+        // are read at p + q < idx.len() only (past the end, padding columns count as 0).
+        unsafe {
+            let c0 = runs4(&l, idx, p);
+            let c1 = if p + 4 < len {
+                runs4(&l, idx, p + 4)
+            } else {
+                c0
+            };
+            let quad = |t: usize, p: usize| {
+                let v = |q: usize| -> u32 {
+                    if p + q < len {
+                        u32::from(*values.get_unchecked((p + q) * B + t) as u8)
+                    } else {
+                        0
+                    }
+                };
+                _mm512_set1_epi32((v(0) | v(1) << 8 | v(2) << 16 | v(3) << 24) as i32)
+            };
+            let x: [[__m512i; 2]; B] = std::array::from_fn(|t| [quad(t, p), quad(t, p + 4)]);
+            let next = Prefetch::before(&l, idx, p + 8, n);
+            let next2 = Prefetch::before(&l, idx, p + 12, n);
+            for s in 0..n {
+                next.line(s);
+                next2.line(s);
+                let interleave = |c: &[*const u8; 4]| {
+                    let w = |q: usize| {
+                        _mm512_xor_si512(_mm512_loadu_si512(c[q].add(64 * s) as *const _), flip)
+                    };
+                    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+                    let (lo01, hi01) = (_mm512_unpacklo_epi8(w0, w1), _mm512_unpackhi_epi8(w0, w1));
+                    let (lo23, hi23) = (_mm512_unpacklo_epi8(w2, w3), _mm512_unpackhi_epi8(w2, w3));
+                    [
+                        _mm512_unpacklo_epi16(lo01, lo23),
+                        _mm512_unpackhi_epi16(lo01, lo23),
+                        _mm512_unpacklo_epi16(hi01, hi23),
+                        _mm512_unpackhi_epi16(hi01, hi23),
+                    ]
+                };
+                let (q0, q1) = (interleave(&c0), interleave(&c1));
+                for (t, &[x0, x1]) in x.iter().enumerate() {
+                    let block = sp.add(4 * (s * B + t));
+                    for v in 0..4 {
+                        let a = block.add(v);
+                        let sum = _mm512_dpbusd_epi32(_mm512_loadu_si512(a as *const _), q0[v], x0);
+                        _mm512_storeu_si512(a as *mut _, _mm512_dpbusd_epi32(sum, q1[v], x1));
+                    }
+                }
+            }
+        }
+        p += 8;
+    }
+    // Row order: output vector L (rows 16L .. 16L + 16) is lane L of vectors 0, 1, 2, 3.
+    let ap = acc.as_mut_ptr() as *mut __m512i;
+    for block in 0..n * B {
+        // SAFETY: scratch and acc hold n · B blocks of 4 vectors.
+        unsafe {
+            let (s4, a4) = (sp.add(4 * block), ap.add(4 * block));
+            let v = |i: usize| _mm512_loadu_si512(s4.add(i) as *const _);
+            let (a, b, c, d) = (v(0), v(1), v(2), v(3));
+            let t0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+            let t1 = _mm512_shuffle_i32x4::<0xEE>(a, b);
+            let t2 = _mm512_shuffle_i32x4::<0x44>(c, d);
+            let t3 = _mm512_shuffle_i32x4::<0xEE>(c, d);
+            let out = [
+                _mm512_shuffle_i32x4::<0x88>(t0, t2),
+                _mm512_shuffle_i32x4::<0xDD>(t0, t2),
+                _mm512_shuffle_i32x4::<0x88>(t1, t3),
+                _mm512_shuffle_i32x4::<0xDD>(t1, t3),
+            ];
+            for (lane, o) in out.into_iter().enumerate() {
+                let dst = a4.add(lane);
+                _mm512_storeu_si512(
+                    dst as *mut _,
+                    _mm512_add_epi32(_mm512_loadu_si512(dst as *const _), o),
+                );
+            }
+        }
+    }
 }

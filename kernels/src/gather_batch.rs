@@ -19,9 +19,14 @@
 //! AVX-512 form with VNNI's `vpdpwssd` runs 82-89 billion token-weights a second on one core with
 //! the weights in L2 (~24 a cycle; the AVX2 kernel there: 68-72), and prompts of 128 tokens
 //! evaluate 1.12x faster than with the AVX2 kernel (662-706 against 596-677 tok/s, 6 alternated
-//! pairs). Splitting the union's columns across the workers instead of the lines (whole runs,
-//! partial sums added after) was slower: 6.3 against 4.2 µs a token on q/k/v, the reduction
-//! unshared.
+//! pairs). With VNNI the batch goes four columns a multiply instead (`vpdpbusd`, int8 values
+//! only): every value clamped to ±127 through that kernel, and each token's few activation
+//! outliers' remainders (v − clamp(v)) through the single-vector kernel (`Int8Split`): 94-118
+//! billion a second in L2, and 256-token prompts 1.16x faster than with `vpdpwssd` (540-557
+//! against 467-479 tok/s, 6 alternated pairs in a slow stretch of the machine). Sending whole
+//! outlier columns to the pairwise kernel instead gave 1.11x. Splitting the union's columns
+//! across the workers instead of the lines (whole runs, partial sums added after) was slower:
+//! 6.3 against 4.2 µs a token on q/k/v, the reduction unshared.
 
 use std::cell::RefCell;
 
@@ -92,6 +97,60 @@ thread_local! {
     /// Per-thread accumulators, reused across calls.
     static ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One vector's sums over its activation outliers' columns ([`Int8Split`]).
+    static RESIDUAL: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's [`Int8Split`] (taken for a call, then put back).
+    static SPLIT: RefCell<Int8Split> = RefCell::new(Int8Split::default());
+}
+
+/// An int8-scale batch for the four-column int8 kernel (`vpdpbusd`, AVX-512 VNNI), which
+/// multiplies int8 values only: every value clamped to ±127 (`narrow`, all the union's columns),
+/// and per vector the rest, v − clamp(v), nonzero only at its int16 activation outliers
+/// (`residual_idx`, `residual`: a few columns a vector, summed one vector at a time by the
+/// single-vector kernel); and per vector the 128·Σ clamp(v) the four-column kernel's sums carry
+/// (its weights are offset by 128).
+#[derive(Debug, Default)]
+struct Int8Split {
+    narrow: Vec<i8>,
+    offset: [i32; MAX_BATCH],
+    residual_idx: [Vec<u32>; MAX_BATCH],
+    residual: [Vec<i16>; MAX_BATCH],
+}
+
+impl Int8Split {
+    fn build(&mut self, indices: &[u32], values: &[i16], batch: usize) {
+        self.narrow.clear();
+        self.narrow.resize(values.len(), 0);
+        self.offset = [0; MAX_BATCH];
+        for (i, r) in self.residual_idx.iter_mut().zip(&mut self.residual) {
+            i.clear();
+            r.clear();
+        }
+        let columns = values
+            .chunks_exact(batch)
+            .zip(self.narrow.chunks_exact_mut(batch));
+        for (&j, (column, narrow)) in indices.iter().zip(columns) {
+            let mut wide = false;
+            for ((n, &v), o) in narrow.iter_mut().zip(column).zip(&mut self.offset) {
+                let c = v.clamp(-127, 127);
+                *n = c as i8;
+                *o += i32::from(c);
+                wide |= v != c;
+            }
+            if wide {
+                for (t, &v) in column.iter().enumerate() {
+                    let c = v.clamp(-127, 127);
+                    if v != c {
+                        self.residual_idx[t].push(j);
+                        self.residual[t].push(v - c);
+                    }
+                }
+            }
+        }
+        for o in &mut self.offset {
+            *o *= 128;
+        }
+    }
 }
 
 /// ys[t · d_out .. (t + 1) · d_out] = W·x_t for every token t of the batch. Threads: the current
@@ -135,28 +194,45 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
         "gather_matvec_batch: an input index is >= d_in = {d_in}"
     );
     let kernel = Kernel::select(isa);
+    // Taken out of the thread-local for the call, not borrowed: while this thread waits for the
+    // workers it may run other pool work, another batched product included.
+    let split = match x {
+        BatchInput::Int {
+            indices, values, ..
+        } if kernel.has_int8_dot() => {
+            let mut split = SPLIT.take();
+            split.build(indices, values, batch);
+            Some(split)
+        }
+        _ => None,
+    };
     let n_lines = w.n_lines();
     let d_out = w.d_out();
     let threads = rayon::current_num_threads();
     if threads <= 1 || n_lines <= 1 || w.bytes_read(x.indices().len()) < PARALLEL_MIN_BYTES {
-        lines_range(kernel, w, x, 0, n_lines, |t, r0, y| {
+        lines_range(kernel, w, x, split.as_ref(), 0, n_lines, |t, r0, y| {
             ys[t * d_out + r0..][..y.len()].copy_from_slice(y)
         });
-        return;
-    }
-    // One contiguous range of output lines per worker, for every token.
-    let per = n_lines.div_ceil(threads);
-    let out = SharedRows(ys.as_mut_ptr());
-    (0..n_lines.div_ceil(per)).into_par_iter().for_each(|c| {
-        let out = &out;
-        let (l0, l1) = (c * per, ((c + 1) * per).min(n_lines));
-        lines_range(kernel, w, x, l0, l1, |t, r0, y| {
-            // SAFETY: rows r0 .. r0 + y.len() of token t lie in ys (t < batch, r0 + y.len() <=
-            // d_out) and belong to this worker's lines only: no other worker writes them.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * d_out + r0), y.len()) };
-            dst.copy_from_slice(y);
+    } else {
+        // One contiguous range of output lines per worker, for every token.
+        let per = n_lines.div_ceil(threads);
+        let out = SharedRows(ys.as_mut_ptr());
+        let split = split.as_ref();
+        (0..n_lines.div_ceil(per)).into_par_iter().for_each(|c| {
+            let out = &out;
+            let (l0, l1) = (c * per, ((c + 1) * per).min(n_lines));
+            lines_range(kernel, w, x, split, l0, l1, |t, r0, y| {
+                // SAFETY: rows r0 .. r0 + y.len() of token t lie in ys (t < batch, r0 + y.len()
+                // <= d_out) and belong to this worker's lines only: no other worker writes them.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.0.add(t * d_out + r0), y.len()) };
+                dst.copy_from_slice(y);
+            });
         });
-    });
+    }
+    if let Some(split) = split {
+        SPLIT.set(split);
+    }
 }
 
 /// The output's base pointer, shared by workers that write disjoint rows of it.
@@ -169,6 +245,7 @@ fn lines_range(
     kernel: Kernel,
     w: &ColumnTiles<'_>,
     x: BatchInput<'_>,
+    split: Option<&Int8Split>,
     l0: usize,
     l1: usize,
     mut emit: impl FnMut(usize, usize, &[f32]),
@@ -198,6 +275,30 @@ fn lines_range(
                 for_each_segment(w, l0, lines, |seg, n, at| {
                     let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
                     match x {
+                        // The pairwise kernel first: it leaves its sums in row order at the end
+                        // of the call over everything acc holds; the four-column one adds.
+                        BatchInput::Int { .. } if split.is_some() => {
+                            let sp = split.expect("checked");
+                            kernel.i8_runs_batch_int8(seg, n, indices, &sp.narrow, batch, acc);
+                            for (t, (idx, res)) in
+                                sp.residual_idx.iter().zip(&sp.residual).enumerate()
+                            {
+                                if idx.is_empty() {
+                                    continue;
+                                }
+                                RESIDUAL.with_borrow_mut(|sums| {
+                                    sums.clear();
+                                    sums.resize(n * rpl, 0);
+                                    kernel.i8_runs_i16(seg, n, idx, res, sums);
+                                    for (s, line) in sums.chunks_exact(rpl).enumerate() {
+                                        let at = (s * batch + t) * rpl;
+                                        for (a, &v) in acc[at..at + rpl].iter_mut().zip(line) {
+                                            *a += v;
+                                        }
+                                    }
+                                });
+                            }
+                        }
                         BatchInput::Int { values, .. } => {
                             kernel.i8_runs_batch(seg, n, indices, values, batch, acc)
                         }
@@ -208,8 +309,9 @@ fn lines_range(
                     }
                 });
                 // Ternary codes are t + 1: each token's Σx comes off every row (as in the
-                // single product).
-                let mut bias = [0i32; MAX_BATCH];
+                // single product); the four-column int8 kernel's weights are w + 128: 128·Σx
+                // over its columns.
+                let mut bias = split.map_or([0i32; MAX_BATCH], |sp| sp.offset);
                 if let BatchInput::Ternary { values, .. } = x {
                     for column in values.chunks_exact(batch) {
                         for (b, &v) in bias.iter_mut().zip(column) {
