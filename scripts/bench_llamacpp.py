@@ -120,11 +120,15 @@ def main():
     # median: steadier than a ratio of medians when the machine's speed drifts between rounds.
     round_ratios = {k: [x / y for x, y in zip(results[a_], results[b])] for k, (a_, b) in pairs.items()}
     med_round_ratios = {k: statistics.median(v) for k, v in round_ratios.items()}
+    # Prompt evaluation, qsparse dense against llama.cpp Q8_0, round by round (with a prompt).
+    prompt_rounds = [x / y for x, y in zip(prefill["qsparse int8 S=0"], prefill["llama.cpp Q8_0"])]
     if a.json:
         print(json.dumps({"prompt_tokens": q_prompt, "median_decode_tok_s": med,
                           "median_prompt_tok_s": med_prefill, "runs": results,
-                          "ratios": ratios, "round_ratios": round_ratios,
-                          "median_round_ratios": med_round_ratios}, indent=2))
+                          "prompt_runs": prefill, "ratios": ratios, "round_ratios": round_ratios,
+                          "median_round_ratios": med_round_ratios,
+                          "prompt_round_ratios": prompt_rounds if a.prompt_tokens else None},
+                         indent=2))
     else:
         for k, v in med.items():
             extra = f", prompt {med_prefill[k]:.1f} tok/s" if a.prompt_tokens else ""
@@ -132,6 +136,10 @@ def main():
         for k, v in ratios.items():
             spread = ", ".join(f"{x:.2f}" for x in sorted(round_ratios[k]))
             print(f"{k:<38} {v:5.2f}x of medians, {med_round_ratios[k]:.2f}x median of rounds ({spread})")
+        if a.prompt_tokens:
+            spread = ", ".join(f"{x:.2f}" for x in sorted(prompt_rounds))
+            print(f"{'prompt: qsparse int8 dense vs Q8_0':<38} "
+                  f"{statistics.median(prompt_rounds):.2f}x median of rounds ({spread})")
 
 
 if __name__ == "__main__":
