@@ -7,7 +7,10 @@
 //! as the unsigned side, int32 sums with no int16 stage) was slower on Zen4: 28 against 32
 //! weights a cycle on one core (`examples/hot_rate.rs`, 2560 x 2560), and the 2B4T-shaped
 //! model's prompts at 51-62 against 71-79 tok/s, with the sums' lines in L1 or not: each dot
-//! carries its own accumulator load and store, as many µops as the int16 form's two.
+//! carries its own accumulator load and store, as many µops as the int16 form's two. With eight
+//! columns a group (two dots per load and store, as [`i8_runs_dpbusd`]) a batch of 8 ran
+//! -13% to +16% against the AVX2 kernel by shape (one core, 2B4T shapes) and the model's prompts
+//! alike (78-88 against 78-86 tok/s, 4 alternated pairs): left out.
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
 //! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n
