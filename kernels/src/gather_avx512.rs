@@ -213,8 +213,9 @@ pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
 /// `examples/batch_speed.rs`). Int32 sums in `scratch`
 /// `[line][vector][64]` kept in the interleaved order (vector v, element 4L + i: row 16L + 4v +
 /// i), then put in row order by a 4 x 4 transpose of 128-bit lanes and *added* into `acc`
-/// `[line][vector][64 rows]`. Values must be int8 (the batch driver sends columns with int16
-/// outliers to `i8_runs_vnni`); `values[p · B + t]` is vector t's value at column idx[p].
+/// `[line][vector][64 rows]`. Values are int8 (the batch driver clamps int16 activation outliers
+/// to ±127 for this kernel and sends the remainders through the single-vector one);
+/// `values[p · B + t]` is vector t's value at column idx[p].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn i8_runs_dpbusd<const B: usize>(
     l: Lines<'_>,
