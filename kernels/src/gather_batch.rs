@@ -274,11 +274,10 @@ fn lines_range(
                 let indices = x.indices();
                 for_each_segment(w, l0, lines, |seg, n, at| {
                     let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
-                    match x {
-                        // The pairwise kernel first: it leaves its sums in row order at the end
-                        // of the call over everything acc holds; the four-column one adds.
-                        BatchInput::Int { .. } if split.is_some() => {
-                            let sp = split.expect("checked");
+                    match (x, split) {
+                        // The four-column kernel adds its sums in row order; each token's outlier
+                        // remainders, summed apart by the single-vector kernel, go onto its rows.
+                        (BatchInput::Int { .. }, Some(sp)) => {
                             kernel.i8_runs_batch_int8(seg, n, indices, &sp.narrow, batch, acc);
                             for (t, (idx, res)) in
                                 sp.residual_idx.iter().zip(&sp.residual).enumerate()
@@ -299,13 +298,13 @@ fn lines_range(
                                 });
                             }
                         }
-                        BatchInput::Int { values, .. } => {
+                        (BatchInput::Int { values, .. }, None) => {
                             kernel.i8_runs_batch(seg, n, indices, values, batch, acc)
                         }
-                        BatchInput::Ternary { values, .. } => {
+                        (BatchInput::Ternary { values, .. }, _) => {
                             kernel.t2_runs_batch(seg, n, indices, values, batch, acc)
                         }
-                        BatchInput::Float { .. } => unreachable!("an integer input"),
+                        (BatchInput::Float { .. }, _) => unreachable!("an integer input"),
                     }
                 });
                 // Ternary codes are t + 1: each token's Σx comes off every row (as in the
