@@ -533,6 +533,31 @@ fn shuffled_union<T: Copy + Default + PartialEq>(
     (columns, values)
 }
 
+/// How many columns token t of a test batch keeps: all (t = 0), none (t = 1), or any number.
+fn kept_by_token(rng: &mut SmallRng, t: usize, d_in: usize) -> usize {
+    match t {
+        0 => d_in,
+        1 => 0,
+        _ => rng.random_range(0..=d_in),
+    }
+}
+
+/// Each token's own single-vector product (scalar reference), what a batch must give it.
+fn own_products<'a, T: 'a>(
+    w: &ColumnTiles<'_>,
+    tokens: &'a [T],
+    input: impl Fn(&'a T) -> Input<'a>,
+) -> Vec<Vec<f32>> {
+    tokens
+        .iter()
+        .map(|x| {
+            let mut y = vec![0.0; w.d_out()];
+            gather_matvec(Isa::Scalar, w, input(x), &mut y);
+            y
+        })
+        .collect()
+}
+
 /// A batched product gives every token, bit for bit, its own single-vector product: tokens with
 /// different kept sets (none, some, all), int16 outliers, the union in shuffled order with some
 /// all-zero columns, at every ISA and 1-3 threads.
@@ -545,11 +570,7 @@ fn gather_batch_equals_each_tokens_own_product() {
         for batch in [1, 2, 3, 5, MAX_BATCH] {
             let mut tokens = Vec::new();
             for t in 0..batch {
-                let k = match t {
-                    0 => d_in,
-                    1 => 0,
-                    _ => rng.random_range(0..=d_in),
-                };
+                let k = kept_by_token(&mut rng, t, d_in);
                 let (x, scale) = sparse_input_i8(&mut rng, d_in, k);
                 let x16 = Sparse {
                     indices: x.indices.clone(),
@@ -569,14 +590,7 @@ fn gather_batch_equals_each_tokens_own_product() {
                 values: &values,
                 scales: &scales,
             };
-            let want: Vec<Vec<f32>> = tokens
-                .iter()
-                .map(|(x, scale)| {
-                    let mut y = vec![0.0; d_out];
-                    gather_matvec(Isa::Scalar, &w, Input::I16 { x, scale: *scale }, &mut y);
-                    y
-                })
-                .collect();
+            let want = own_products(&w, &tokens, |(x, scale)| Input::I16 { x, scale: *scale });
             check_batch_all_isas(&w, input, &want, &format!("{d_out}x{d_in} batch {batch}"));
         }
     }
@@ -595,11 +609,7 @@ fn gather_batch_of_ternary_equals_each_tokens_own_product() {
         for batch in [1, 2, 3, 5, MAX_BATCH] {
             let tokens: Vec<(Sparse<i8>, f32)> = (0..batch)
                 .map(|t| {
-                    let k = match t {
-                        0 => d_in,
-                        1 => 0,
-                        _ => rng.random_range(0..=d_in),
-                    };
+                    let k = kept_by_token(&mut rng, t, d_in);
                     sparse_input_i8(&mut rng, d_in, k)
                 })
                 .collect();
@@ -610,14 +620,7 @@ fn gather_batch_of_ternary_equals_each_tokens_own_product() {
                 values: &values,
                 scales: &scales,
             };
-            let want: Vec<Vec<f32>> = tokens
-                .iter()
-                .map(|(x, scale)| {
-                    let mut y = vec![0.0; d_out];
-                    gather_matvec(Isa::Scalar, &w, Input::I8 { x, scale: *scale }, &mut y);
-                    y
-                })
-                .collect();
+            let want = own_products(&w, &tokens, |(x, scale)| Input::I8 { x, scale: *scale });
             check_batch_all_isas(
                 &w,
                 input,
@@ -644,11 +647,7 @@ fn gather_batch_of_floats_equals_each_tokens_own_product() {
         for batch in [1, 2, 3, 6, MAX_BATCH] {
             let tokens: Vec<Sparse<f32>> = (0..batch)
                 .map(|t| {
-                    let k = match t {
-                        0 => d_in,
-                        1 => 0,
-                        _ => rng.random_range(0..=d_in),
-                    };
+                    let k = kept_by_token(&mut rng, t, d_in);
                     let mut x = sparse_input_f32(&mut rng, d_in, k);
                     for (i, v) in x.values.iter_mut().enumerate() {
                         match i % 13 {
@@ -682,14 +681,7 @@ fn gather_batch_of_floats_equals_each_tokens_own_product() {
             };
             for m in [&f32m, &f16m] {
                 let w = m.view();
-                let want: Vec<Vec<f32>> = tokens
-                    .iter()
-                    .map(|x| {
-                        let mut y = vec![0.0; d_out];
-                        gather_matvec(Isa::Scalar, &w, Input::F32(x), &mut y);
-                        y
-                    })
-                    .collect();
+                let want = own_products(&w, &tokens, Input::F32);
                 let what = format!("{:?} {d_out}x{d_in} batch {batch}", m.format);
                 check_batch_all_isas(&w, input, &want, &what);
             }
