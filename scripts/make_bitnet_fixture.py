@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import import_llama_cpp  # noqa: E402
 from make_fixtures import logits_and_greedy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,11 +33,7 @@ PROMPTS = [
 
 
 def main():
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "llama-cpp-python==0.3.36"])
-    import llama_cpp
+    llama_cpp = import_llama_cpp()
 
     subprocess.check_call(["cargo", "run", "--release", "--quiet", "--", "pull"], cwd=ROOT)
     with tempfile.TemporaryDirectory() as tmp:

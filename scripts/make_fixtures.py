@@ -10,7 +10,8 @@ the greedy 32-token continuation (llama.cpp's CPU backend, 2 threads).
 import json
 import os
 import subprocess
-import sys
+
+from benchlib import import_llama_cpp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -155,17 +156,13 @@ def chat_renders(model_path):
 
 
 def main():
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "llama-cpp-python"])
+    llama_cpp = import_llama_cpp()
     from llama_cpp import Llama
 
     if not os.path.exists(MODEL):
         subprocess.check_call(["cargo", "run", "--release", "--quiet", "--", "pull"], cwd=ROOT)
     vocab = Llama(MODEL, vocab_only=True, verbose=False)
     tokens = [{"text": t, "ids": vocab.tokenize(t.encode(), add_bos=False, special=True)} for t in TOKENIZE]
-    import llama_cpp
     out = {
         "llama_cpp_python": llama_cpp.__version__,
         "model": os.path.basename(MODEL),
