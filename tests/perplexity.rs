@@ -1,6 +1,6 @@
 //! Perplexity on data/english.txt (ctx 256): the f32 path against llama.cpp (fixture made by
-//! scripts/make_fixtures.py), and int8 weights against f32. A window of 256 tokens takes the f32
-//! path ~13 s here, so these use the first windows only; the full-text figures are in the README.
+//! scripts/make_fixtures.py), and int8 weights against f32, over the whole text (7 windows of 256
+//! tokens, evaluated 8 positions at a time).
 
 mod common;
 
@@ -9,15 +9,12 @@ use qsparse::model::{self, RunState, Sparsity, WeightFormat};
 
 const CTX: usize = 256;
 
-fn window_nlls(key: &str) -> Vec<f64> {
+/// llama.cpp's mean NLL over the whole text (7 windows of 256, 1785 predictions).
+fn llama_cpp_nll(key: &str) -> f64 {
     let fx = common::fixture("smollm2_llamacpp.json");
     assert_eq!(fx[key]["ctx"], CTX);
-    fx[key]["window_mean_nll"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect()
+    assert_eq!(fx[key]["n_predictions"], 7 * (CTX - 1));
+    fx[key]["mean_nll"].as_f64().unwrap()
 }
 
 fn ours(format: WeightFormat, windows: usize) -> f64 {
@@ -40,24 +37,25 @@ fn ours(format: WeightFormat, windows: usize) -> f64 {
     nll
 }
 
+/// The criterion, on the whole text: llama.cpp on the F32 copy computes what the f32
+/// path does up to rounding order (0.01% in perplexity observed): 0.3%; on the Q4_1 file it
+/// quantizes activations to 8 bits for its dot products: within 1% (0.68% against the fixture,
+/// made on the AVX2 machine; 0.18% against llama.cpp's AVX-512 build on Zen4, whose first window
+/// alone differs by 1.08%, why the check is on the whole text).
 #[test]
 fn f32_perplexity_matches_llama_cpp() {
-    let nll = ours(WeightFormat::F32, 1);
-    let on_f32 = window_nlls("perplexity_f32")[0];
-    let on_q4_1 = window_nlls("perplexity")[0];
+    let nll = ours(WeightFormat::F32, 7);
+    let (on_f32, on_q4_1) = (llama_cpp_nll("perplexity_f32"), llama_cpp_nll("perplexity"));
     eprintln!(
-        "window 0 ppl: ours {:.4}, llama.cpp F32 {:.4}, llama.cpp Q4_1 {:.4}",
+        "whole text ppl: ours {:.4}, llama.cpp F32 {:.4}, llama.cpp Q4_1 {:.4}",
         nll.exp(),
         on_f32.exp(),
         on_q4_1.exp()
     );
-    // Same arithmetic up to f32 rounding order (0.09% in perplexity observed on this window,
-    // 0.01% over the whole text): 0.3%.
     assert!(
         (nll - on_f32).abs() < 1.003f64.ln(),
         "vs llama.cpp on F32 weights: {nll} vs {on_f32}"
     );
-    // llama.cpp's 8-bit activations on the Q4_1 file: within 1% in perplexity.
     assert!(
         (nll - on_q4_1).abs() < 1.01f64.ln(),
         "vs llama.cpp on Q4_1: {nll} vs {on_q4_1}"
