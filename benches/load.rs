@@ -11,7 +11,7 @@ fn first_logits(path: &std::path::Path) -> f32 {
     let mut state = RunState::new(&m.config, WeightFormat::Int8, 16);
     m.forward(&mut state, 1, 0, Sparsity::dense())
         .expect("forward");
-    state.logits[0]
+    state.logits()[0]
 }
 
 fn load(c: &mut Criterion) {

@@ -1,7 +1,7 @@
 //! Scoring a model on text: the next-token predictions over non-overlapping windows, and their
 //! mean negative log-likelihood — what `perplexity` and `sweep` report, computed the same way.
 
-use crate::model::{ForwardError, Model, RunState, Sparsity, PROMPT_BATCH};
+use crate::model::{ForwardError, Model, RunState, Sparsity};
 use crate::sample::log_prob;
 
 /// Number of whole windows of `ctx` tokens in `n_tokens`, at most `chunks`.
@@ -40,16 +40,11 @@ pub fn for_each_prediction(
         let window = &windows.tokens[w * ctx..(w + 1) * ctx];
         // A few positions at a time: each weight is read once per batch, and every position's
         // logits come out as a token-by-token forward gives them.
-        for (c, chunk) in window.chunks(PROMPT_BATCH).enumerate() {
-            let pos0 = c * PROMPT_BATCH;
-            model.forward_batch(state, chunk, pos0, sparsity)?;
-            for t in 0..chunk.len() {
-                if let Some(&next) = window.get(pos0 + t + 1) {
-                    state.use_batch_token(t);
-                    on_prediction(state, next);
-                }
+        model.forward_each(state, window, 0, sparsity, &mut |i, state| {
+            if let Some(&next) = window.get(i + 1) {
+                on_prediction(state, next);
             }
-        }
+        })?;
         on_window(w + 1, n);
     }
     Ok(())
@@ -79,7 +74,7 @@ pub fn mean_nll(
         sparsity,
         on_window,
         &mut |s, next| {
-            nll -= log_prob(&s.logits, next as usize);
+            nll -= log_prob(s.logits(), next as usize);
             n += 1;
         },
     )?;

@@ -263,6 +263,36 @@ pub fn log_prob(logits: &[f32], index: usize) -> f64 {
     logits[index] as f64 - log_sum_exp(logits)
 }
 
+/// One of the most likely next tokens, as `--logprobs` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Candidate {
+    pub id: u32,
+    pub logit: f32,
+    /// Its log-probability (log-softmax of the logits, in f64).
+    pub logprob: f64,
+}
+
+/// The `n` most likely next tokens, most likely first (ties by id).
+pub fn top_candidates(logits: &[f32], n: usize) -> Vec<Candidate> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let order = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+    idx.select_nth_unstable_by(n - 1, order);
+    idx.truncate(n);
+    idx.sort_by(order);
+    let norm = log_sum_exp(logits);
+    idx.iter()
+        .map(|&i| Candidate {
+            id: i as u32,
+            logit: logits[i],
+            logprob: logits[i] as f64 - norm,
+        })
+        .collect()
+}
+
 /// ln Σ exp(logits), in f64 after subtracting the maximum (the log-softmax normalizer).
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;

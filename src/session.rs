@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use crate::model::{ForwardError, Model, RunState, Sparsity, PROMPT_BATCH};
-use crate::sample::{Sampler, SamplerConfig};
+use crate::model::{ForwardError, Model, RunState, Sparsity};
+use crate::sample::{top_candidates, Candidate, Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What to generate.
@@ -17,6 +17,8 @@ pub struct GenerateParams {
     /// Generation ends before the first occurrence of any of these strings (which is not
     /// returned).
     pub stop: Vec<String>,
+    /// How many of the most likely tokens to report at each step (0: none).
+    pub logprobs: usize,
 }
 
 /// Why a generation ended.
@@ -56,6 +58,8 @@ pub struct Generation {
     /// Weight bytes and active parameters of one decoded token.
     pub weight_bytes_per_token: u64,
     pub active_params_per_token: u64,
+    /// For each generated token, the `logprobs` most likely candidates at its step.
+    pub top_logprobs: Vec<Vec<Candidate>>,
 }
 
 impl Generation {
@@ -154,12 +158,16 @@ impl<'m> Session<'m> {
         let mut tokens = Vec::new();
         let mut finish = Finish::Length;
         let (mut bytes, mut active) = (
-            self.state.traffic.total_bytes(),
-            self.state.traffic.total_active_params(),
+            self.state.traffic().total_bytes(),
+            self.state.traffic().total_active_params(),
         );
+        let mut top_logprobs = Vec::new();
         let t = Instant::now();
         while tokens.len() < params.max_tokens {
-            let next = sampler.sample(&self.state.logits, &self.cached);
+            if params.logprobs > 0 {
+                top_logprobs.push(top_candidates(self.state.logits(), params.logprobs));
+            }
+            let next = sampler.sample(self.state.logits(), &self.cached);
             tokens.push(next);
             if self.tokenizer.is_end(next) {
                 finish = Finish::Stop;
@@ -182,8 +190,8 @@ impl<'m> Session<'m> {
                 break; // context full
             }
             self.forward(next, params.sparsity)?;
-            bytes = self.state.traffic.total_bytes();
-            active = self.state.traffic.total_active_params();
+            bytes = self.state.traffic().total_bytes();
+            active = self.state.traffic().total_active_params();
         }
         let generate_s = t.elapsed().as_secs_f64();
         if !stops.stopped {
@@ -208,6 +216,7 @@ impl<'m> Session<'m> {
             generate_s,
             weight_bytes_per_token: bytes,
             active_params_per_token: active,
+            top_logprobs,
         })
     }
 
@@ -219,14 +228,12 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// As `forward`, for prompt tokens whose logits nobody reads (batched, no lm_head).
+    /// As `forward`, for prompt tokens whose logits nobody reads (batched, no lm_head). After a
+    /// failure the cache holds what was evaluated before these tokens.
     fn feed(&mut self, tokens: &[u32], sparsity: Sparsity) -> Result<(), ForwardError> {
-        // Batch by batch, so that after a failure the cache holds what was evaluated before it.
-        for chunk in tokens.chunks(PROMPT_BATCH) {
-            let pos = self.cached.len();
-            self.model.feed(&mut self.state, chunk, pos, sparsity)?;
-            self.cached.extend_from_slice(chunk);
-        }
+        let pos = self.cached.len();
+        self.model.feed(&mut self.state, tokens, pos, sparsity)?;
+        self.cached.extend_from_slice(tokens);
         Ok(())
     }
 }

@@ -27,14 +27,14 @@ pub fn time_decode(
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..gen_tokens {
-        let next = argmax(&state.logits);
+        let next = argmax(state.logits());
         model.forward(state, next, prompt.len() + i, sparsity)?;
     }
     let decode = t.elapsed().as_secs_f64();
     Ok(DecodeRun {
         prefill_tok_s: prompt.len() as f64 / prefill,
         decode_tok_s: gen_tokens as f64 / decode,
-        traffic: state.traffic,
+        traffic: *state.traffic(),
     })
 }
 

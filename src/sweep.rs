@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::eval::{for_each_prediction, window_count, Windows};
-use crate::model::{ForwardError, Model, RunState, Sparsity, Traffic};
+use crate::model::{ForwardError, Model, Proj, RunState, Sparsity, Traffic};
 use crate::sample::{argmax, log_sum_exp};
 use crate::speed::{median, time_decode};
 use qsparse_kernels::{bandwidth, Isa};
@@ -188,9 +188,9 @@ pub fn run(
             &mut |_, _| {},
             &mut |st, next| {
                 if r == 0.0 {
-                    reference.store(i, &st.logits);
+                    reference.store(i, st.logits());
                 }
-                q.add(&reference, i, &st.logits, next, &st.traffic);
+                q.add(&reference, i, st.logits(), next, st.traffic());
                 i += 1;
                 done += 1;
                 if i % 16 == 0 {
@@ -262,10 +262,10 @@ pub fn run(
                 top1_agreement: q.agree as f64 / q.n as f64,
                 kl: q.kl / q.n as f64,
                 natural_sparsity: q.traffic.natural_sparsity(),
-                projections: Traffic::NAMES
+                projections: Proj::ALL
                     .iter()
-                    .enumerate()
-                    .map(|(p, &name)| Projection {
+                    .map(|&proj| (proj as usize, proj.name()))
+                    .map(|(p, name)| Projection {
                         name,
                         weight_bytes_per_token: traffic[j].bytes[p],
                         active_params: traffic[j].active_params[p],

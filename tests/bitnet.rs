@@ -90,21 +90,21 @@ fn the_bitnet_architecture_matches_llama_cpp() {
                     entry[0].as_u64().unwrap() as usize,
                     entry[1].as_f64().unwrap() as f32,
                 );
-                let ours = (a.logits[id] - logit).abs();
+                let ours = (a.logits()[id] - logit).abs();
                 assert!(
                     ours <= tol,
                     "{key} {:?} token {id}: f32 {} llama.cpp {logit}",
                     case["prompt"],
-                    a.logits[id]
+                    a.logits()[id]
                 );
                 if key == "prompts" {
                     // The t2 path (int8 activations) against llama.cpp's quantized products.
-                    let t2_diff = (b.logits[id] - logit).abs();
+                    let t2_diff = (b.logits()[id] - logit).abs();
                     assert!(
                         t2_diff <= tol,
                         "t2 {:?} token {id}: {}",
                         case["prompt"],
-                        b.logits[id]
+                        b.logits()[id]
                     );
                     worst[0] = worst[0].max(ours / size);
                     worst[1] = worst[1].max(t2_diff / size);
@@ -115,9 +115,9 @@ fn the_bitnet_architecture_matches_llama_cpp() {
             // Greedy continuation of the f32 path: where it departs from llama.cpp's, the two
             // tokens must have been within the tolerance of each other.
             for (pos, &want) in (prompt.len()..).zip(&common::ids(&case["greedy8"])) {
-                let ours = argmax(&a.logits);
+                let ours = argmax(a.logits());
                 if ours != want {
-                    let gap = a.logits[ours as usize] - a.logits[want as usize];
+                    let gap = a.logits()[ours as usize] - a.logits()[want as usize];
                     assert!(
                         gap <= tol,
                         "{key} {:?}: departure at {pos}, gap {gap}",
@@ -155,7 +155,8 @@ fn squared_relu_is_read_from_the_metadata() {
     a.forward(&mut sa, 504, 0, Sparsity::dense()).unwrap();
     b.forward(&mut sb, 504, 0, Sparsity::dense()).unwrap();
     assert_ne!(
-        sa.logits, sb.logits,
+        sa.logits(),
+        sb.logits(),
         "the activation must change the result"
     );
     let err = match model::load(&bad, WeightFormat::F32, &|_, _| {}) {
@@ -168,7 +169,7 @@ fn squared_relu_is_read_from_the_metadata() {
     );
 }
 
-/// Prompts run in batches (`forward_batch`: sub-norms and squared ReLU per token there too) give
+/// Prompts run in batches (`forward_each`: sub-norms and squared ReLU per token there too) give
 /// bit for bit the logits and traffic of token-by-token steps, in every weight format, dense and
 /// sparse.
 #[test]
@@ -187,23 +188,19 @@ fn batched_bitnet_steps_equal_single_ones() {
         for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
             let mut a = RunState::new(&m.config, format, 64);
             let mut b = RunState::new(&m.config, format, 64);
-            for (c, chunk) in tokens.chunks(model::PROMPT_BATCH).enumerate() {
-                let pos0 = c * model::PROMPT_BATCH;
-                m.forward_batch(&mut b, chunk, pos0, sparsity).unwrap();
-                for (t, &token) in chunk.iter().enumerate() {
-                    m.forward(&mut a, token, pos0 + t, sparsity).unwrap();
-                    b.use_batch_token(t);
-                    let what = format!("{} {sparsity:?}, position {}", format.name(), pos0 + t);
-                    assert!(
-                        a.logits
-                            .iter()
-                            .zip(&b.logits)
-                            .all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "logits differ: {what}"
-                    );
-                    assert_eq!(a.traffic, b.traffic, "traffic differs: {what}");
-                }
-            }
+            m.forward_each(&mut b, &tokens, 0, sparsity, &mut |i, b| {
+                m.forward(&mut a, tokens[i], i, sparsity).unwrap();
+                let what = format!("{} {sparsity:?}, position {i}", format.name());
+                assert!(
+                    a.logits()
+                        .iter()
+                        .zip(b.logits())
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "logits differ: {what}"
+                );
+                assert_eq!(a.traffic(), b.traffic(), "traffic differs: {what}");
+            })
+            .unwrap();
         }
     }
 }

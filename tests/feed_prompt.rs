@@ -45,14 +45,17 @@ fn feeding_a_prompt_equals_forwarding_every_token() {
                 .feed_prompt(&mut b, &prompt[cut..], cut, sparsity)
                 .unwrap();
             let what = format!("{} outliers {outliers} {sparsity:?}", format.name());
-            assert!(same_bits(&a.logits, &b.logits), "logits differ: {what}");
+            assert!(same_bits(a.logits(), b.logits()), "logits differ: {what}");
             // The caches agree too: the next steps match.
             for pos in prompt.len()..prompt.len() + 4 {
-                let next = argmax(&a.logits);
-                assert_eq!(next, argmax(&b.logits), "{what}");
+                let next = argmax(a.logits());
+                assert_eq!(next, argmax(b.logits()), "{what}");
                 model.forward(&mut a, next, pos, sparsity).unwrap();
                 model.forward(&mut b, next, pos, sparsity).unwrap();
-                assert!(same_bits(&a.logits, &b.logits), "{what} at position {pos}");
+                assert!(
+                    same_bits(a.logits(), b.logits()),
+                    "{what} at position {pos}"
+                );
             }
         }
     }
@@ -116,17 +119,14 @@ fn batched_forward_matches(
     for sparsity in sparsities {
         let mut a = RunState::new(&model.config, format, 64);
         let mut b = RunState::new(&model.config, format, 64);
-        for (c, chunk) in tokens.chunks(model::PROMPT_BATCH).enumerate() {
-            let pos0 = c * model::PROMPT_BATCH;
-            model.forward_batch(&mut b, chunk, pos0, sparsity).unwrap();
-            for (t, &token) in chunk.iter().enumerate() {
-                model.forward(&mut a, token, pos0 + t, sparsity).unwrap();
-                b.use_batch_token(t);
-                let what = format!("{} {sparsity:?}, position {}", format.name(), pos0 + t);
-                assert!(same_bits(&a.logits, &b.logits), "logits differ: {what}");
-                assert_eq!(a.traffic, b.traffic, "traffic differs: {what}");
-            }
-        }
+        model
+            .forward_each(&mut b, &tokens, 0, sparsity, &mut |i, b| {
+                model.forward(&mut a, tokens[i], i, sparsity).unwrap();
+                let what = format!("{} {sparsity:?}, position {i}", format.name());
+                assert!(same_bits(a.logits(), b.logits()), "logits differ: {what}");
+                assert_eq!(a.traffic(), b.traffic(), "traffic differs: {what}");
+            })
+            .unwrap();
     }
 }
 

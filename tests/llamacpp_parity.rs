@@ -57,7 +57,7 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
         let top10 = case["top10"].as_array().unwrap();
         let want_top1 = top10[0][0].as_u64().unwrap() as u32;
         assert_eq!(
-            argmax(&state.logits),
+            argmax(state.logits()),
             want_top1,
             "first token after {:?}",
             case["prompt"]
@@ -67,12 +67,12 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
                 entry[0].as_u64().unwrap() as usize,
                 entry[1].as_f64().unwrap() as f32,
             );
-            let diff = (state.logits[id] - logit).abs();
+            let diff = (state.logits()[id] - logit).abs();
             worst = worst.max(diff);
             assert!(
                 diff <= tolerance,
                 "token {id}: ours {} llama.cpp {logit}",
-                state.logits[id]
+                state.logits()[id]
             );
         }
 
@@ -80,9 +80,9 @@ fn compare(key: &str, tolerance: f32) -> (usize, usize) {
         let want = common::ids(&case["greedy32"]);
         let mut same = true;
         for (pos, &w) in (prompt.len()..).zip(&want) {
-            let ours = argmax(&state.logits);
+            let ours = argmax(state.logits());
             if ours != w {
-                let gap = state.logits[ours as usize] - state.logits[w as usize];
+                let gap = state.logits()[ours as usize] - state.logits()[w as usize];
                 assert!(
                     gap <= tolerance,
                     "departure at {pos} with gap {gap} ({:?})",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use qsparse::model::{self, ForwardError, HeadInput, RunState, Sparsity, WeightFormat};
+use qsparse::model::{self, ForwardError, HeadInput, Proj, RunState, Sparsity, WeightFormat};
 use qsparse::sample::argmax;
 
 #[test]
@@ -21,16 +21,16 @@ fn the_int8_head_layouts_agree_and_only_columns_take_a_sparse_input() {
     };
     let dense = Sparsity::dense();
     let (a, b) = (run(&rows, dense).unwrap(), run(&cols, dense).unwrap());
-    assert_eq!(argmax(&a.logits), argmax(&b.logits));
+    assert_eq!(argmax(a.logits()), argmax(b.logits()));
     // Two int8 roundings of the same head (per-32 blocks against per-row scales): close logits
     // (measured: 0.51 at most, the largest |logit| being 19.4).
     let worst = a
-        .logits
+        .logits()
         .iter()
-        .zip(&b.logits)
+        .zip(b.logits())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
-    let spread = a.logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let spread = a.logits().iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(
         worst < 0.05 * spread,
         "logits differ by {worst} (largest |logit| {spread})"
@@ -45,13 +45,13 @@ fn the_int8_head_layouts_agree_and_only_columns_take_a_sparse_input() {
         Err(ForwardError::DenseHead)
     ));
     let c = run(&cols, sparse_head).unwrap();
-    let head = 7;
+    let head = Proj::LmHead;
     assert!(
-        c.traffic.bytes[head] * 10 < b.traffic.bytes[head] * 6,
+        c.traffic().bytes_of(head) * 10 < b.traffic().bytes_of(head) * 6,
         "a half-kept head input read {} of {} bytes",
-        c.traffic.bytes[head],
-        b.traffic.bytes[head]
+        c.traffic().bytes_of(head),
+        b.traffic().bytes_of(head)
     );
     // The row-major head reads its codes and scales, more than the per-row column tiles.
-    assert!(a.traffic.bytes[head] > b.traffic.bytes[head]);
+    assert!(a.traffic().bytes_of(head) > b.traffic().bytes_of(head));
 }

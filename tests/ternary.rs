@@ -8,14 +8,14 @@ mod common;
 use std::path::Path;
 
 use qsparse::gguf::{dequantize, GgmlType, GgufFile, GgufWriter, MetaValue, TypeDialect};
-use qsparse::model::weights::PROJECTIONS;
-use qsparse::model::{self, HeadInput, RunState, Sparsity, WeightFormat};
+use qsparse::model::{self, HeadInput, Proj, RunState, Sparsity, WeightFormat};
 use qsparse_kernels::PackedMatrix;
 
 fn is_projection(name: &str) -> bool {
     name.starts_with("blk.")
-        && PROJECTIONS
+        && Proj::ALL
             .iter()
+            .filter_map(|p| p.stem())
             .any(|p| name.ends_with(&format!(".{p}.weight")))
 }
 
@@ -179,18 +179,18 @@ fn ternary_files_run_through_the_t2_kernels_as_their_exact_int8_form() {
             for (pos, &token) in prompt.iter().enumerate() {
                 t2.forward(&mut a, token, pos, sparsity).unwrap();
                 i8.forward(&mut b, token, pos, sparsity).unwrap();
-                let scale = b.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = b.logits().iter().fold(0f32, |m, v| m.max(v.abs()));
                 let diff = a
-                    .logits
+                    .logits()
                     .iter()
-                    .zip(&b.logits)
+                    .zip(b.logits())
                     .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                 diffs.push(diff / scale);
                 let argmax =
                     |l: &[f32]| (0..l.len()).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
                 assert_eq!(
-                    argmax(&a.logits),
-                    argmax(&b.logits),
+                    argmax(a.logits()),
+                    argmax(b.logits()),
                     "{layers} blocks, {sparsity:?}, position {pos}"
                 );
             }

@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::common::{ModelArgs, SamplingArgs};
-use crate::chat::{ChatTemplate, Message};
-use crate::sample::{log_prob, Sampler};
-use crate::tokenizer::StreamDecoder;
+use super::common::{context_length, ModelArgs, SamplingArgs};
+use crate::chat::Message;
+use crate::conversation::Conversation;
+use crate::session::{GenerateParams, Session};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,9 @@ pub struct Args {
     /// Context length (prompt + generated tokens); default: the model's, at most 4096.
     #[arg(long)]
     ctx: Option<usize>,
+    /// Stop before this text (not printed); repeat the flag for several.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Print one JSON object (token ids, text, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -42,20 +45,12 @@ pub fn run(args: Args) -> Result<()> {
     let t_load = Instant::now();
     let (model, tokenizer) = args.model.load()?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let ctx = args.ctx.unwrap_or(model.config.context_length.min(4096));
+    let ctx = context_length(args.ctx, &model)?;
     if args.prompt.is_empty() {
         bail!("the prompt is empty");
     }
     let text = if args.chat {
-        let bos = tokenizer
-            .bos()
-            .map(|t| tokenizer.piece(t))
-            .unwrap_or_default();
-        let eos = tokenizer
-            .eos()
-            .map(|t| tokenizer.piece(t))
-            .unwrap_or_default();
-        let template = ChatTemplate::from_gguf(&model.file, &bos, &eos)?;
+        let template = Conversation::template_for(&model, &tokenizer)?;
         template.render(&[Message::new("user", &args.prompt)], true)?
     } else {
         args.prompt.clone()
@@ -71,102 +66,70 @@ pub fn run(args: Args) -> Result<()> {
             args.n_predict
         );
     }
-    let sparsity = args.model.sparsity();
-    let mut state = args.model.run_state(&model, ctx);
-    let mut sampler = Sampler::new(args.sampling.config());
-
-    let t_prompt = Instant::now();
-    model.feed_prompt(&mut state, &prompt, 0, sparsity)?;
-    let prompt_s = t_prompt.elapsed().as_secs_f64();
-
-    let mut history = prompt.clone();
-    let mut generated = Vec::new();
-    let mut steps = Vec::new();
-    let mut stream = StreamDecoder::new();
+    let params = GenerateParams {
+        max_tokens: args.n_predict,
+        sampler: args.sampling.config(),
+        sparsity: args.model.sparsity(),
+        stop: args.stop.clone(),
+        logprobs: if args.json { args.logprobs } else { 0 },
+    };
+    let mut session = Session::new(&model, &tokenizer, args.model.run_state(&model, ctx));
     let mut stdout = std::io::stdout().lock();
-    let mut bytes_read = 0u64;
-    let t_gen = Instant::now();
-    for i in 0..args.n_predict {
-        if args.logprobs > 0 {
-            steps.push(top_candidates(&state.logits, args.logprobs, &tokenizer));
+    let mut write_error = None;
+    let generation = session.generate(&prompt, &params, &mut |text| {
+        if args.json || text.is_empty() {
+            return true;
         }
-        let next = sampler.sample(&state.logits, &history);
-        history.push(next);
-        generated.push(next);
-        if tokenizer.is_end(next) {
-            break;
-        }
-        if !args.json {
-            stdout.write_all(stream.push(tokenizer.token_bytes(next)).as_bytes())?;
-            stdout.flush()?;
-        }
-        if i + 1 < args.n_predict {
-            model.forward(&mut state, next, prompt.len() + i, sparsity)?;
-            bytes_read += state.traffic.total_bytes();
-        }
+        let written = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+        // A closed stdout (`| head`) ends the generation; the error is reported below.
+        written.map_err(|e| write_error = Some(e)).is_ok()
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
     }
-    let gen_s = t_gen.elapsed().as_secs_f64();
-    let decode_steps = generated.len().saturating_sub(1).max(1);
-    let text = tokenizer.decode(
-        generated
-            .iter()
-            .copied()
-            .filter(|&t| !tokenizer.is_end(t))
-            .collect::<Vec<_>>()
-            .as_slice(),
-    );
-
+    let g = &generation;
+    let weights = model.weights.format.name();
     if args.json {
+        let steps: Vec<serde_json::Value> = g
+            .top_logprobs
+            .iter()
+            .map(|step| {
+                step.iter()
+                    .map(|c| json!({"id": c.id, "piece": tokenizer.piece(c.id), "logit": c.logit, "logprob": c.logprob}))
+                    .collect()
+            })
+            .collect();
         let out = json!({
             "prompt_tokens": prompt,
-            "generated_tokens": generated,
-            "text": text,
+            "generated_tokens": g.tokens,
+            "text": g.text,
+            "finish_reason": g.finish.reason(),
             "sparsity": args.model.sparsity,
-            "weights": model.weights.format.name(),
+            "weights": weights,
             "timings": {
                 "load_s": load_s,
-                "prompt_s": prompt_s,
-                "prompt_tok_s": prompt.len() as f64 / prompt_s,
-                "generate_s": gen_s,
-                "decode_tok_s": decode_steps as f64 / gen_s,
+                "prompt_s": g.prompt_s,
+                "prompt_tok_s": g.prompt_tok_s(),
+                "generate_s": g.generate_s,
+                "decode_tok_s": g.decode_tok_s(),
             },
-            "weight_bytes_per_token": bytes_read as f64 / decode_steps as f64,
+            "weight_bytes_per_token": g.weight_bytes_per_token,
             "logprobs": if args.logprobs > 0 { serde_json::Value::from(steps) } else { serde_json::Value::Null },
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        stdout.write_all(stream.finish().as_bytes())?;
         writeln!(stdout)?;
         eprintln!(
-            "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | weights read: {:.1} MB/token (S={}, {})",
-            prompt.len(),
-            prompt.len() as f64 / prompt_s,
-            generated.len(),
-            decode_steps as f64 / gen_s,
-            bytes_read as f64 / decode_steps as f64 / 1e6,
+            "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | weights read: {:.1} MB/token (S={}, {weights})",
+            g.prompt_tokens,
+            g.prompt_tok_s(),
+            g.tokens.len(),
+            g.decode_tok_s(),
+            g.weight_bytes_per_token as f64 / 1e6,
             args.model.sparsity,
-            model.weights.format.name(),
         );
     }
     Ok(())
-}
-
-/// The `n` most likely next tokens with their logits and log-probabilities.
-fn top_candidates(
-    logits: &[f32],
-    n: usize,
-    tokenizer: &crate::tokenizer::Tokenizer,
-) -> serde_json::Value {
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-    idx.truncate(n);
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    serde_json::Value::from(
-        idx.iter()
-            .map(|&i| {
-                json!({"id": i, "piece": tokenizer.piece(i as u32), "logit": logits[i], "logprob": log_prob(logits, i)})
-            })
-            .collect::<Vec<_>>(),
-    )
 }

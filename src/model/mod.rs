@@ -6,11 +6,13 @@ pub mod llama;
 mod math;
 pub mod pack;
 pub mod profile;
+pub mod proj;
 pub mod weights;
 
 pub use config::{ConfigError, FfnActivation, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic, PROMPT_BATCH};
 pub use profile::{Phase, Profile};
+pub use proj::{Proj, Stack};
 pub use weights::{ternary_matrix, HeadInput, LmHead, WeightFormat, Weights, WeightsError};
 
 use std::path::Path;

@@ -23,7 +23,8 @@ use qsparse_kernels::memory::AlignedBytes;
 use qsparse_kernels::{Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 
 use super::config::ModelConfig;
-use super::weights::{HeadInput, Layer, Linear, LmHead, WeightFormat, Weights, PROJECTIONS};
+use super::proj::{Proj, Stack};
+use super::weights::{HeadInput, Linear, LmHead, WeightFormat, Weights};
 use crate::gguf::{dequantize, GgmlType, GgufError, GgufFile, GgufWriter, TensorInfo};
 
 /// The packed layout's version; a file with another one is refused.
@@ -134,13 +135,17 @@ pub fn info(file: &GgufFile) -> Option<PackInfo> {
     })
 }
 
-/// The name of the packed matrix replacing layer `l`'s `what` (`attn_qkv`, `attn_output`,
-/// `ffn_gate_up`, `ffn_down`), or the head's (`l` = None).
-fn matrix_name(l: Option<usize>, what: &str) -> String {
-    match l {
-        Some(l) => format!("blk.{l}.{what}.packed"),
-        None => "output.packed".to_string(),
-    }
+/// The name of the packed matrix of layer `l`'s `stack` (`blk.N.attn_qkv.packed`,
+/// `attn_output`, `ffn_gate_up`, `ffn_down`), or the head's (`output.packed`).
+fn matrix_name(l: usize, stack: Stack) -> String {
+    let what = match stack {
+        Stack::Qkv => "attn_qkv",
+        Stack::O => "attn_output",
+        Stack::GateUp => "ffn_gate_up",
+        Stack::Down => "ffn_down",
+        Stack::LmHead => return "output.packed".to_string(),
+    };
+    format!("blk.{l}.{what}.packed")
 }
 
 fn scale_name(matrix: &str) -> String {
@@ -161,7 +166,7 @@ fn is_replaced(name: &str) -> bool {
     layer.parse::<usize>().is_ok()
         && tail
             .strip_suffix(".weight")
-            .is_some_and(|p| PROJECTIONS.contains(&p))
+            .is_some_and(|stem| Proj::ALL.iter().any(|p| p.stem() == Some(stem)))
 }
 
 /// The bytes one tensor of the packed file is written from.
@@ -210,11 +215,11 @@ pub fn write(
         blobs.push(Blob::Bytes(source.tensor_data(info)));
     }
     for (l, layer) in weights.layers.iter().enumerate() {
-        for (what, m) in layer_matrices(layer) {
-            add_matrix(&mut w, &mut blobs, matrix_name(Some(l), what), &m.matrix);
+        for (stack, m) in Stack::LAYER.into_iter().zip(layer.matrices()) {
+            add_matrix(&mut w, &mut blobs, matrix_name(l, stack), &m.matrix);
         }
     }
-    let head = matrix_name(None, "");
+    let head = matrix_name(0, Stack::LmHead);
     match &weights.lm_head {
         LmHead::Columns(l) => add_matrix(&mut w, &mut blobs, head, &l.matrix),
         LmHead::Rows(r) => {
@@ -262,16 +267,6 @@ fn add_matrix<'a>(
         );
         blobs.push(Blob::Floats(&m.row_scale));
     }
-}
-
-/// A layer's packed matrices in file order, with the names of the projections they hold.
-fn layer_matrices(layer: &Layer) -> [(&'static str, &Linear); 4] {
-    [
-        ("attn_qkv", &layer.wqkv),
-        ("attn_output", &layer.wo),
-        ("ffn_gate_up", &layer.w_gate_up),
-        ("ffn_down", &layer.w_down),
-    ]
 }
 
 /// The packed matrices of `file`, read in place: each layer's four (q/k/v, o, gate/up, down)
@@ -322,26 +317,18 @@ pub(super) fn matrices(
 
     let reader = Reader { file };
     let kernel = format.kernel_format();
-    let (d, ff) = (config.d_model, config.d_ff);
-    let q_dim = config.n_heads * config.head_dim;
-    let kv = config.n_kv_heads * config.head_dim;
     let mut layers = Vec::with_capacity(config.n_layers);
     for l in 0..config.n_layers {
-        let shapes = [
-            ("attn_qkv", q_dim + 2 * kv, d),
-            ("attn_output", d, q_dim),
-            ("ffn_gate_up", 2 * ff, d),
-            ("ffn_down", d, ff),
-        ];
-        let mats = shapes
+        let mats = Stack::LAYER
             .iter()
-            .map(|&(what, d_out, d_in)| {
-                reader.matrix(&matrix_name(Some(l), what), kernel, d_out, d_in)
+            .map(|&stack| {
+                let (d_in, d_out) = stack.shape(config);
+                reader.matrix(&matrix_name(l, stack), kernel, d_out, d_in)
             })
             .collect::<Result<Vec<Linear>, PackError>>()?;
         layers.push(mats.try_into().expect("four shapes"));
     }
-    let head = matrix_name(None, "");
+    let head = matrix_name(0, Stack::LmHead);
     let lm_head = if rows_head {
         let codes = reader.bytes(&head)?;
         let scales = reader.floats(&scale_name(&head))?;

@@ -71,24 +71,34 @@ impl Profile {
     }
 }
 
-/// A stopwatch that charges the time since its last mark to a phase (a no-op when off).
-pub(crate) struct Laps {
+/// A stopwatch that charges the time since its last mark to a phase of `profile` (a no-op
+/// without one).
+pub(crate) struct Laps<'a> {
     last: Option<Instant>,
+    profile: Option<&'a mut Profile>,
 }
 
-impl Laps {
-    pub(crate) fn start(on: bool) -> Laps {
+impl<'a> Laps<'a> {
+    pub(crate) fn start(profile: Option<&'a mut Profile>) -> Laps<'a> {
         Laps {
-            last: on.then(Instant::now),
+            last: profile.is_some().then(Instant::now),
+            profile,
         }
     }
 
     #[inline]
-    pub(crate) fn mark(&mut self, profile: &mut Option<Profile>, phase: Phase) {
-        if let (Some(last), Some(p)) = (self.last, profile.as_mut()) {
+    pub(crate) fn mark(&mut self, phase: Phase) {
+        if let (Some(last), Some(p)) = (self.last, self.profile.as_mut()) {
             let now = Instant::now();
             p.time[phase as usize] += now - last;
             self.last = Some(now);
+        }
+    }
+
+    /// Count one more timed pass.
+    pub(crate) fn finish(self) {
+        if let Some(p) = self.profile {
+            p.passes += 1;
         }
     }
 }

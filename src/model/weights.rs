@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::pack::{self, PackError};
+use super::proj::{Proj, Stack};
 use crate::gguf::{self, dequantize, DequantError, GgufError, GgufFile, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,23 @@ pub struct Layer {
     /// activation (before down).
     pub attn_sub_norm: Option<Vec<f32>>,
     pub ffn_sub_norm: Option<Vec<f32>>,
+}
+
+impl Layer {
+    /// The block's matrices in the order a layer reads them ([`Stack::LAYER`]).
+    pub fn matrices(&self) -> [&Linear; 4] {
+        [&self.wqkv, &self.wo, &self.w_gate_up, &self.w_down]
+    }
+
+    /// The block's matrices in the order a layer reads them ([`Stack::LAYER`]).
+    pub fn matrices_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.wqkv,
+            &mut self.wo,
+            &mut self.w_gate_up,
+            &mut self.w_down,
+        ]
+    }
 }
 
 /// The token embedding table, read from the mapped file one row at a time.
@@ -270,7 +288,7 @@ impl Weights {
         let mut data: Vec<&mut AlignedBytes> = self
             .layers
             .iter_mut()
-            .flat_map(|l| [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down])
+            .flat_map(|l| l.matrices_mut())
             .map(|m| &mut m.matrix.data)
             .chain([head])
             .collect();
@@ -288,12 +306,7 @@ impl Weights {
         let layer: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.view().data().len())
-                    .sum::<usize>()
-            })
+            .flat_map(|l| l.matrices().map(|m| m.view().data().len()))
             .sum();
         layer + self.lm_head.bytes()
     }
@@ -308,33 +321,24 @@ fn convert_all(
     head_input: HeadInput,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Vec<[Linear; 4]>, LmHead), WeightsError> {
-    let (d, ff, kv) = (
-        config.d_model as u64,
-        config.d_ff as u64,
-        (config.n_kv_heads * config.head_dim) as u64,
-    );
-    let q_dim = (config.n_heads * config.head_dim) as u64;
-    let vocab = config.vocab_size as u64;
-
     // Every matrix to convert: its tensors (stacked by rows), each (name, d_in, d_out).
     let mut linears: Vec<Vec<(String, u64, u64)>> = Vec::new();
+    let part = |name: String, (d_in, d_out): (usize, usize)| (name, d_in as u64, d_out as u64);
     for l in 0..config.n_layers {
-        let p = |s: &str| format!("blk.{l}.{s}.weight");
-        linears.push(vec![
-            (p("attn_q"), d, q_dim),
-            (p("attn_k"), d, kv),
-            (p("attn_v"), d, kv),
-        ]);
-        linears.push(vec![(p("attn_output"), q_dim, d)]);
-        linears.push(vec![(p("ffn_gate"), d, ff), (p("ffn_up"), d, ff)]);
-        linears.push(vec![(p("ffn_down"), ff, d)]);
+        for stack in Stack::LAYER {
+            let parts = stack.projections().iter();
+            linears.push(parts.map(|p| part(p.tensor(l), p.shape(config))).collect());
+        }
     }
     let head_name = if file.tensor("output.weight").is_some() {
         "output.weight"
     } else {
         "token_embd.weight"
     };
-    linears.push(vec![(head_name.to_string(), d, vocab)]);
+    linears.push(vec![part(
+        head_name.to_string(),
+        Proj::LmHead.shape(config),
+    )]);
     // Per-tensor scales beside ternary weights (`blk.N.attn_q.scale`, as llama.cpp's `bitnet`
     // may load them) would multiply each product: not read yet, so such a file is refused
     // rather than run without them.
@@ -442,18 +446,6 @@ fn convert(
         matrix,
     })
 }
-
-/// The stems of a block's projection tensors (`blk.N.<stem>.weight`), in the order a layer
-/// reads them.
-pub const PROJECTIONS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
 
 /// The format a run converts `file` to unless told: t2 when its projections are stored ternary
 /// (TQ1_0, TQ2_0, I2_S: t2 holds them exactly in a quarter of int8's bytes), int8 otherwise.

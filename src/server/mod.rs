@@ -254,6 +254,7 @@ fn complete(
             ..defaults
         },
         sparsity: Sparsity::uniform(settings.sparsity),
+        logprobs: 0,
         stop: settings.stop.clone(),
     };
     let (tx, rx) = mpsc::channel();

@@ -8,6 +8,7 @@ use qsparse_kernels::{
     topk_i8, Format, Input, Isa, NonFinite, Sparse,
 };
 
+use crate::model::proj::Stack;
 use crate::model::weights::{Linear, WeightFormat};
 
 /// Sparsity ratio S per projection input (K = round((1−S)·d) entries kept).
@@ -35,6 +36,17 @@ impl Sparsity {
 
     pub fn dense() -> Sparsity {
         Sparsity::uniform(0.0)
+    }
+
+    /// The ratio of the input that `stack` reads.
+    pub fn of(&self, stack: Stack) -> f32 {
+        match stack {
+            Stack::Qkv => self.qkv,
+            Stack::O => self.o,
+            Stack::GateUp => self.gate_up,
+            Stack::Down => self.down,
+            Stack::LmHead => self.lm_head,
+        }
     }
 }
 
@@ -96,21 +108,27 @@ pub fn default_activation_outliers(format: WeightFormat) -> usize {
     }
 }
 
-/// Chooses K inputs per projection; owns the reusable buffers so no step allocates.
-#[derive(Debug)]
+/// How a run chooses and multiplies K inputs per projection: the kernels' ISA, the weights'
+/// format, and how many activation outliers skip int8 quantization. The chosen inputs live in a
+/// [`Selection`] per token, reused so that no step allocates.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Sparsifier {
     pub(super) isa: Isa,
     pub(super) format: WeightFormat,
     pub(super) outliers: usize,
-    pub(super) sel: Selection,
 }
 
 impl Sparsifier {
     /// Select the inputs of `x` to keep at sparsity `s`, for a product with `target` weights
     /// (int8 activations take their outliers as int16 against int8 weights, in f32 against others).
-    pub(super) fn select(&mut self, x: &[f32], s: f32, target: Format) -> Result<(), NonFinite> {
+    pub(super) fn select(
+        &self,
+        sel: &mut Selection,
+        x: &[f32],
+        s: f32,
+        target: Format,
+    ) -> Result<(), NonFinite> {
         let k = keep_count(x.len(), s);
-        let sel = &mut self.sel;
         match self.format {
             WeightFormat::Int8 | WeightFormat::Ternary => {
                 // The m largest magnitudes are kept out of the int8 quantization; they are part
@@ -175,10 +193,11 @@ impl Sparsifier {
         Ok(())
     }
 
-    /// y = W·x_selected; returns the bytes of weights read.
-    pub(super) fn matvec(&self, w: &Linear, y: &mut [f32]) -> (u64, u64) {
+    /// y = W·x for the selected inputs `sel`; returns the bytes of weights read and the weights
+    /// used.
+    pub(super) fn matvec(&self, sel: &Selection, w: &Linear, y: &mut [f32]) -> (u64, u64) {
         let view = w.view();
-        let (sel, o) = (&self.sel, &self.sel.outliers);
+        let o = &sel.outliers;
         match self.format {
             WeightFormat::Int8 | WeightFormat::Ternary => {
                 debug_assert_eq!(sel.is_wide, !o.is_empty() && view.format() == Format::I8);
@@ -235,26 +254,26 @@ mod tests {
             (WeightFormat::F32, 0),
         ] {
             for isa in qsparse_kernels::Isa::available() {
-                let mut sp = Sparsifier {
+                let sp = Sparsifier {
                     isa,
                     format,
                     outliers,
-                    sel: Selection::default(),
                 };
+                let mut sel = Selection::default();
                 let mut x: Vec<f32> = (0..576).map(|i| (i as f32 * 0.37).sin()).collect();
                 for s in [0.0, 0.5] {
                     for target in [Format::I8, Format::T2] {
-                        assert!(sp.select(&x, s, target).is_ok());
+                        assert!(sp.select(&mut sel, &x, s, target).is_ok());
                     }
                 }
                 x[500] = f32::NEG_INFINITY;
                 x[501] = f32::NAN;
                 for s in [0.0, 0.5] {
-                    let e = sp.select(&x, s, Format::I8).unwrap_err();
+                    let e = sp.select(&mut sel, &x, s, Format::I8).unwrap_err();
                     assert_eq!(e.index, 500, "{format:?} outliers {outliers} {isa:?} S={s}");
                 }
                 x[7] = f32::NAN;
-                let e = sp.select(&x, 0.5, Format::T2).unwrap_err();
+                let e = sp.select(&mut sel, &x, 0.5, Format::T2).unwrap_err();
                 assert_eq!((e.index, e.value.is_nan()), (7, true));
             }
         }
@@ -262,18 +281,17 @@ mod tests {
 
     #[test]
     pub(super) fn a_reused_selection_equals_a_fresh_one_whatever_came_before() {
-        let fresh = || Sparsifier {
+        let sp = Sparsifier {
             isa: Isa::best(),
             format: WeightFormat::Int8,
             outliers: 4,
-            sel: Selection::default(),
         };
         let x = |d: usize, seed: f32| -> Vec<f32> {
             (0..d)
                 .map(|i| (i as f32 * 0.37 + seed).sin() * (1.0 + (i % 7) as f32))
                 .collect()
         };
-        let mut reused = fresh();
+        let mut reused = Selection::default();
         // Dense and sparse passes of two widths, into the int16 input (I8 weights) and the int8
         // one (T2 weights), in an order where each buffer holds something else before.
         for (d, s, target, seed) in [
@@ -287,24 +305,20 @@ mod tests {
             (17, 0.5, Format::T2, 0.8),
         ] {
             let x = x(d, seed);
-            let mut new = fresh();
-            new.select(&x, s, target).unwrap();
-            reused.select(&x, s, target).unwrap();
+            let mut new = Selection::default();
+            sp.select(&mut new, &x, s, target).unwrap();
+            sp.select(&mut reused, &x, s, target).unwrap();
             let what = format!("d={d} S={s} {target:?}");
-            assert_eq!(reused.sel.is_wide, new.sel.is_wide, "{what}");
-            assert_eq!(reused.sel.is_wide, target == Format::I8, "{what}");
-            assert_eq!(
-                reused.sel.scale.to_bits(),
-                new.sel.scale.to_bits(),
-                "{what}"
-            );
-            assert_eq!(reused.sel.outliers, new.sel.outliers, "{what}");
-            if new.sel.is_wide {
-                assert_eq!(reused.sel.wide, new.sel.wide, "{what}");
+            assert_eq!(reused.is_wide, new.is_wide, "{what}");
+            assert_eq!(reused.is_wide, target == Format::I8, "{what}");
+            assert_eq!(reused.scale.to_bits(), new.scale.to_bits(), "{what}");
+            assert_eq!(reused.outliers, new.outliers, "{what}");
+            if new.is_wide {
+                assert_eq!(reused.wide, new.wide, "{what}");
                 let want = if s == 0.0 { d } else { keep_count(d, s) };
-                assert_eq!(new.sel.wide.len(), want, "{what}");
+                assert_eq!(new.wide.len(), want, "{what}");
             } else {
-                assert_eq!(reused.sel.int, new.sel.int, "{what}");
+                assert_eq!(reused.int, new.int, "{what}");
             }
         }
     }

@@ -1,8 +1,12 @@
 //! What a forward pass read: weight bytes and active weights per projection, and how many of
 //! each projection's inputs were zero before Top-K (the counters `bench` and `sweep` report).
 
-/// Weight bytes read and weights used by one forward pass, per projection kind, and how sparse
-/// the projections' inputs already were (exact zeros, e.g. after a ReLU) before any Top-K.
+use crate::model::config::ModelConfig;
+use crate::model::proj::{Proj, Stack};
+
+/// Weight bytes read and weights used by one token's forward pass, per projection (indexed by
+/// `Proj as usize`), and how sparse the projections' inputs already were (exact zeros, e.g.
+/// after a ReLU) before any Top-K.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
     pub bytes: [u64; 8],
@@ -13,8 +17,6 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub const NAMES: [&'static str; 8] = ["q", "k", "v", "o", "gate", "up", "down", "lm_head"];
-
     pub fn total_bytes(&self) -> u64 {
         self.bytes.iter().sum()
     }
@@ -23,19 +25,30 @@ impl Traffic {
         self.active_params.iter().sum()
     }
 
-    pub(super) fn count(&mut self, slot: usize, (bytes, params): (u64, u64)) {
-        self.bytes[slot] += bytes;
-        self.active_params[slot] += params;
+    /// Weight bytes read by projection `p`.
+    pub fn bytes_of(&self, p: Proj) -> u64 {
+        self.bytes[p as usize]
     }
 
-    /// Count the exact zeros of `x`, the input of projection kinds `slots`.
-    pub(super) fn record_input(&mut self, slots: &[usize], x: &[f32]) {
+    /// Count a product of `stack` that read `(bytes, params)`, shared among its projections by
+    /// their rows.
+    pub(super) fn count(&mut self, c: &ModelConfig, stack: Stack, (bytes, params): (u64, u64)) {
+        let total = stack.shape(c).1 as u64;
+        for &p in stack.projections() {
+            let rows = p.shape(c).1 as u64;
+            self.bytes[p as usize] += bytes * rows / total;
+            self.active_params[p as usize] += params * rows / total;
+        }
+    }
+
+    /// Count the exact zeros of `x`, the input of `stack`.
+    pub(super) fn record_input(&mut self, stack: Stack, x: &[f32]) {
         // As a sum of 0/1, which vectorizes (a filtered count did not: 169 against 69 ns for 576
         // entries, hot).
         let zeros = u64::from(x.iter().map(|&v| u32::from(v == 0.0)).sum::<u32>());
-        for &s in slots {
-            self.zero_inputs[s] += zeros;
-            self.inputs[s] += x.len() as u64;
+        for &p in stack.projections() {
+            self.zero_inputs[p as usize] += zeros;
+            self.inputs[p as usize] += x.len() as u64;
         }
     }
 
@@ -52,12 +65,4 @@ impl Traffic {
         let n: u64 = self.inputs.iter().sum();
         self.zero_inputs.iter().sum::<u64>() as f64 / n.max(1) as f64
     }
-}
-
-/// The part of a stacked product's traffic that belongs to `rows` of its `total` rows.
-pub(super) fn share((bytes, params): (u64, u64), rows: usize, total: usize) -> (u64, u64) {
-    (
-        bytes * rows as u64 / total as u64,
-        params * rows as u64 / total as u64,
-    )
 }

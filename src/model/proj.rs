@@ -1,0 +1,161 @@
+//! The projections of a transformer block, named once: loading, packing, the forward pass, its
+//! traffic counters, its profile and its sparsity ratios all speak of them through [`Proj`] (one
+//! linear layer) and [`Stack`] (the projections that read one input, stacked by rows into one
+//! matrix, so that they take one selection and one product per token).
+
+use super::config::ModelConfig;
+use super::profile::Phase;
+
+/// One linear layer of a block, or the lm_head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    LmHead,
+}
+
+impl Proj {
+    /// Every projection, in the order a forward pass runs them.
+    pub const ALL: [Proj; 8] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+        Proj::LmHead,
+    ];
+
+    /// The name reports use: `q`, `k`, `v`, `o`, `gate`, `up`, `down`, `lm_head`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q",
+            Proj::K => "k",
+            Proj::V => "v",
+            Proj::O => "o",
+            Proj::Gate => "gate",
+            Proj::Up => "up",
+            Proj::Down => "down",
+            Proj::LmHead => "lm_head",
+        }
+    }
+
+    /// The GGUF tensor of this projection in layer `l` (`blk.N.attn_q.weight`, ...); the head's
+    /// is `output.weight` (or the token embedding, when the file ties them).
+    pub fn tensor(self, l: usize) -> String {
+        match self.stem() {
+            Some(stem) => format!("blk.{l}.{stem}.weight"),
+            None => "output.weight".to_string(),
+        }
+    }
+
+    /// The stem of a block's projection tensor (`blk.N.<stem>.weight`); None for the head.
+    pub fn stem(self) -> Option<&'static str> {
+        Some(match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+            Proj::LmHead => return None,
+        })
+    }
+
+    /// (d_in, d_out) of this projection in a model of `config`.
+    pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        match self {
+            Proj::Q => (c.d_model, q),
+            Proj::K | Proj::V => (c.d_model, kv),
+            Proj::O => (q, c.d_model),
+            Proj::Gate | Proj::Up => (c.d_model, c.d_ff),
+            Proj::Down => (c.d_ff, c.d_model),
+            Proj::LmHead => (c.d_model, c.vocab_size),
+        }
+    }
+}
+
+/// The projections that read one input, stacked by rows into one matrix: each is one selection
+/// (Top-K) and one product per token, with its own sparsity ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stack {
+    /// q, k, v: the attention block's normed input.
+    Qkv,
+    /// o: the attention output.
+    O,
+    /// gate, up: the feed-forward block's normed input.
+    GateUp,
+    /// down: the gated activation.
+    Down,
+    /// The lm_head: the final normed state (dense unless asked otherwise).
+    LmHead,
+}
+
+impl Stack {
+    /// A block's matrices, in the order a layer reads them.
+    pub const LAYER: [Stack; 4] = [Stack::Qkv, Stack::O, Stack::GateUp, Stack::Down];
+
+    /// Its projections, in row order.
+    pub fn projections(self) -> &'static [Proj] {
+        match self {
+            Stack::Qkv => &[Proj::Q, Proj::K, Proj::V],
+            Stack::O => &[Proj::O],
+            Stack::GateUp => &[Proj::Gate, Proj::Up],
+            Stack::Down => &[Proj::Down],
+            Stack::LmHead => &[Proj::LmHead],
+        }
+    }
+
+    /// The name reports and packed files use (`qkv`, `o`, `gate_up`, `down`, `lm_head`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stack::Qkv => "qkv",
+            Stack::O => "o",
+            Stack::GateUp => "gate_up",
+            Stack::Down => "down",
+            Stack::LmHead => "lm_head",
+        }
+    }
+
+    /// The profile phase its products are timed in.
+    pub fn phase(self) -> Phase {
+        match self {
+            Stack::Qkv => Phase::Qkv,
+            Stack::O => Phase::O,
+            Stack::GateUp => Phase::GateUp,
+            Stack::Down => Phase::Down,
+            Stack::LmHead => Phase::LmHead,
+        }
+    }
+
+    /// (d_in, d_out) of the stacked matrix in a model of `config`.
+    pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let parts = self.projections().iter().map(|p| p.shape(c));
+        parts.fold((0, 0), |(_, rows), (d_in, d_out)| (d_in, rows + d_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_projection_is_in_exactly_one_stack() {
+        let mut seen: Vec<Proj> = Stack::LAYER
+            .iter()
+            .chain(&[Stack::LmHead])
+            .flat_map(|s| s.projections().iter().copied())
+            .collect();
+        assert_eq!(seen, Proj::ALL, "stacks in forward order");
+        seen.dedup();
+        assert_eq!(seen.len(), Proj::ALL.len());
+    }
+}
