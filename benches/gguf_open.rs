@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use qsparse::gguf::GgufFile;
 
 fn open_real_model(c: &mut Criterion) {
-    let path = match qsparse::models::resolve("smollm2-135m-instruct") {
+    let path = match qsparse::hub::resolve("smollm2-135m-instruct", &qsparse::cli::models_dir()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("skipping gguf_open: {e}");

@@ -125,7 +125,7 @@ struct Prepared {
 }
 
 fn prepare(x: &[f32], s: f32) -> Prepared {
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut q = vec![0i8; x.len()];
     let gamma = quantize_absmax(isa, x, &mut q).expect("finite");
     let k = keep_count(x.len(), s);
@@ -149,7 +149,12 @@ fn run(m: &ColumnTiles<'_>, p: &Prepared, y: &mut [f32]) {
     } else {
         Input::F32(&p.xf)
     };
-    gather_matvec(Isa::best(), m, input, y);
+    gather_matvec(
+        Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref()),
+        m,
+        input,
+        y,
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -159,7 +164,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn benches(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(7);
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let threads = rayon::current_num_threads();
 
     // The ceiling: a streaming read of 512 MiB (16x the 32 MB L3), 1 thread and all threads.

@@ -15,7 +15,7 @@ fn first_logits(path: &std::path::Path) -> f32 {
 }
 
 fn load(c: &mut Criterion) {
-    let source = match qsparse::models::resolve("smollm2-135m-instruct") {
+    let source = match qsparse::hub::resolve("smollm2-135m-instruct", &qsparse::cli::models_dir()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("skipping load: {e}");

@@ -29,7 +29,10 @@ fn main() -> Result<()> {
         }
     }
     let out = out.context("usage: bitnet_model OUT [--shape small|2b4t] [--f32]")?;
-    let tokenizer = GgufFile::open(qsparse::models::resolve("smollm2-135m-instruct")?)?;
+    let tokenizer = GgufFile::open(qsparse::hub::resolve(
+        "smollm2-135m-instruct",
+        &qsparse::cli::models_dir(),
+    )?)?;
     write_bitnet(&out, shape, &tokenizer, &options)?;
     Ok(())
 }

@@ -1,20 +1,16 @@
 //! qsparse: a CPU-first SIMD inference runtime for Q-Sparse (top-K activation sparsity) LLMs.
 //!
 //! Data flows one way: file -> mmap tensors ([`gguf`]) -> kernels (`qsparse-kernels`) ->
-//! executor ([`model`]) -> sampler -> CLI ([`cli`]).
+//! executor ([`model`]) -> sampler ([`sample`]) -> generation ([`runtime`]) -> CLI ([`cli`]) and
+//! server ([`server`]). [`measure`] scores and times models; [`hub`] fetches them.
 
-pub mod chat;
 pub mod cli;
-pub mod conversation;
-pub mod eval;
 pub mod gguf;
+pub mod hub;
+pub mod measure;
 pub mod model;
-pub mod models;
+pub mod runtime;
 pub mod sample;
-pub mod scaling;
 pub mod server;
-pub mod session;
-pub mod speed;
-pub mod sweep;
 pub mod synthetic;
 pub mod tokenizer;

@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use qsparse::chat::{ChatTemplate, Message};
 use qsparse::gguf::GgufFile;
+use qsparse::runtime::template::{ChatTemplate, Message};
 
 #[test]
 fn template_renders_like_jinja2() {

@@ -84,7 +84,7 @@ fn packed_models_run_bit_for_bit_like_converted_ones() {
         let mut copied = model::load_for(&packed_path, format, head, &|_, _| {})
             .unwrap()
             .0;
-        copied.weights.place_in_memory();
+        copied.weights.place_in_memory(true);
         assert!(!in_place(&copied));
         for (packed, sparsity) in sparsities
             .iter()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use qsparse::eval::mean_nll;
+use qsparse::measure::eval::mean_nll;
 use qsparse::model::{self, RunState, Sparsity, WeightFormat};
 
 const CTX: usize = 256;

@@ -22,7 +22,7 @@ fn main() {
         args.first().copied().unwrap_or(576),
         args.get(1).copied().unwrap_or(3072),
     );
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let bytes = d_in * d_out;
     let n = (256 << 20) / bytes + 1;
     let mut seed = 1u64;

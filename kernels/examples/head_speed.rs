@@ -22,7 +22,7 @@ fn main() {
         args.first().copied().unwrap_or(576),
         args.get(1).copied().unwrap_or(49152),
     );
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(1);
     let mut rnd = || rng.random_range(-1.0f32..1.0);
     let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();

@@ -18,7 +18,7 @@ fn main() {
     let d_in: usize = a.first().map_or(512, |s| s.parse().unwrap());
     let d_out: usize = a.get(1).map_or(512, |s| s.parse().unwrap());
     let ghz: f64 = a.get(2).map_or(2.46, |s| s.parse().unwrap());
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(7);
     let mut rnd = || rng.random_range(-1.0f32..1.0);
     let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();

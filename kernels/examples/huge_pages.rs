@@ -17,7 +17,7 @@ fn main() {
     let d_in: usize = a.first().map_or(576, |v| v.parse().unwrap());
     let d_out: usize = a.get(1).map_or(3072, |v| v.parse().unwrap());
     let sparsity: f32 = a.get(2).map_or(0.5, |v| v.parse().unwrap());
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let n = (160 << 20) / (d_in * d_out) + 1;
     let mut rng = SmallRng::seed_from_u64(1);
     let w: Vec<f32> = (0..d_in * d_out)

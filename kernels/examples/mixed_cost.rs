@@ -9,7 +9,7 @@ use std::time::Instant;
 use qsparse_kernels::{gather_matvec, Input, Isa, PackedMatrix, Sparse};
 
 fn main() {
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     for (d_in, d_out) in [(576usize, 3072usize), (576, 49152)] {
         let w: Vec<f32> = (0..d_in * d_out)
             .map(|i| ((i * 7919) % 255) as f32 - 127.0)

@@ -29,7 +29,7 @@ fn read_runs(isa: Isa, b: &[u8], run: usize, kept: &[usize], ahead: usize) -> u6
 }
 
 fn main() {
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let buf = buffer(256 << 20);
     let b = buf.as_slice();
     println!(

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use qsparse_kernels::{largest_f32, quantize_absmax, topk_f32, topk_i8, Isa, Sparse};
 
 fn main() {
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(9);
     for d in [576usize, 1536] {
         // Heavy-tailed, like activations: a few large values among many small ones.

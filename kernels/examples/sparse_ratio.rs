@@ -18,7 +18,7 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().unwrap())
         .unwrap_or(0.5);
-    let isa = Isa::best();
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(7);
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: the step runs on a pool worker while the other one spins, looking for

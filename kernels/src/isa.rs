@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+/// The environment variable the command line, the benchmarks and the examples read a forced level
+/// from (`QSPARSE_ISA=avx2 qsparse bench`): see [`Isa::choose`].
+pub const ISA_VARIABLE: &str = "QSPARSE_ISA";
+
 /// An instruction-set level a kernel can be run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -21,22 +25,21 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The level kernels run at: the best this CPU supports, unless the environment variable
-    /// `QSPARSE_ISA` names another available level (`scalar`, `avx2`, `avx512`, `neon`), which is
-    /// how the levels are compared end to end (`QSPARSE_ISA=avx2 qsparse bench`). A value that
-    /// names no available level is ignored: the best level runs, and the measuring commands
-    /// report the level they ran with.
+    /// The best level this CPU supports.
     pub fn best() -> Isa {
-        let available = Self::available();
-        let forced = std::env::var("QSPARSE_ISA").ok().and_then(|v| {
-            available
-                .iter()
-                .copied()
+        Self::available().last().copied().unwrap_or(Isa::Scalar)
+    }
+
+    /// The level `name` (`scalar`, `avx2`, `avx512`, `neon`) if this CPU has it, else the best:
+    /// how the levels are compared end to end (the command line reads the name from
+    /// [`ISA_VARIABLE`]; the measuring commands report the level they ran with).
+    pub fn choose(name: Option<&str>) -> Isa {
+        let named = name.and_then(|v| {
+            Self::available()
+                .into_iter()
                 .find(|isa| isa.name().eq_ignore_ascii_case(v.trim()))
         });
-        forced
-            .or_else(|| available.last().copied())
-            .unwrap_or(Isa::Scalar)
+        named.unwrap_or_else(Self::best)
     }
 
     /// Every level this CPU supports, from scalar up.

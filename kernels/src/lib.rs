@@ -37,7 +37,7 @@ pub mod topk;
 
 pub use gather::{gather_matvec, Input};
 pub use gather_batch::{gather_matvec_batch, BatchInput, MAX_BATCH};
-pub use isa::Isa;
+pub use isa::{Isa, ISA_VARIABLE};
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use outliers::largest_f32;
 pub use quant::{check_finite, quantize_absmax, quantize_with, NonFinite};

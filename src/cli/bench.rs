@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::common::ModelArgs;
-use crate::speed::{median, time_decode};
+use crate::measure::speed::{median, time_decode};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (prefill_tok_s, decode_tok_s) = (median(prefill), median(decode));
     let threads = rayon::current_num_threads();
-    let isa = qsparse_kernels::Isa::best();
+    let isa = state.isa();
     let profile = state.profile.as_ref().map(|p| {
         p.breakdown()
             .into_iter()

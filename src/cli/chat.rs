@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 
 use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
-use crate::conversation::{Conversation, Transcript};
 use crate::model::Sparsity;
-use crate::session::{Finish, GenerateParams, Session};
+use crate::runtime::conversation::{Conversation, Transcript};
+use crate::runtime::session::{Finish, GenerateParams, Session};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

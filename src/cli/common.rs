@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::gguf::GgufFile;
-use crate::model::{self, HeadInput, Model, Sparsity, WeightFormat};
-use crate::models;
+use crate::hub;
+use crate::model::{self, HeadInput, LoadOptions, Model, Sparsity, WeightFormat};
 use crate::tokenizer::Tokenizer;
 
 /// Model selection and weight format: what every command that runs a model needs.
@@ -143,27 +143,25 @@ impl ModelArgs {
 
 impl LoadArgs {
     pub fn path(&self) -> Result<PathBuf> {
-        Ok(models::resolve(&self.model)?)
+        Ok(hub::resolve(&self.model, &models_dir())?)
     }
 
     /// Like [`LoadArgs::path`], but a manifest model that is not here yet is fetched first
     /// (saying so on stderr).
     pub fn path_or_pull(&self) -> Result<PathBuf> {
-        match models::resolve(&self.model) {
-            Err(models::ModelError::NotDownloaded { name, .. }) => {
-                let manifest = models::Manifest::builtin();
+        match hub::resolve(&self.model, &models_dir()) {
+            Err(hub::ModelError::NotDownloaded { name, .. }) => {
+                let manifest = hub::Manifest::builtin();
                 let entry = manifest
                     .find(&name)
                     .ok_or_else(|| anyhow::anyhow!("`{name}` vanished from the manifest"))?;
                 eprintln!(
                     "{name} is not here yet: fetching it ({} MB, once) into {}",
                     entry.size / 1_000_000,
-                    models::models_dir().display()
+                    models_dir().display()
                 );
-                models::pull(entry, &models::models_dir(), &mut |line| {
-                    eprintln!("{line}")
-                })?;
-                Ok(models::resolve(&self.model)?)
+                hub::pull(entry, &models_dir(), &mut |line| eprintln!("{line}"))?;
+                Ok(hub::resolve(&self.model, &models_dir())?)
             }
             other => Ok(other?),
         }
@@ -181,6 +179,7 @@ impl LoadArgs {
     /// A run state for this model with the chosen options.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         let mut state = crate::model::RunState::new(&model.config, model.weights.format, ctx);
+        state.set_isa(forced_isa());
         if let Some(n) = self.act_outliers {
             state.set_activation_outliers(n);
         }
@@ -220,12 +219,47 @@ impl LoadArgs {
                 b.set_position(done as u64);
             }
         };
-        let loaded = model::load_file(file, format, head_input, &progress).with_context(cannot)?;
+        let options = LoadOptions {
+            format,
+            head_input,
+            // `QSPARSE_NO_HUGE_PAGES=1` keeps the weights on ordinary pages, to measure what
+            // huge pages bring.
+            huge_pages: std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_none_or(|v| v == "0"),
+        };
+        let loaded = model::load_file(file, &options, &progress).with_context(cannot)?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         Ok(loaded)
     }
+}
+
+/// Where model files live: `$QSPARSE_MODELS`; else `models/` of the qsparse checkout the command
+/// runs in (found by walking up from the current directory); else the per-user cache directory.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QSPARSE_MODELS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            if dir.join("models/manifest.json").is_file() && dir.join("Cargo.toml").is_file() {
+                return dir.join("models");
+            }
+        }
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("qsparse").join("models")
+}
+
+/// The kernels' instruction-set level: the best this CPU has, unless `QSPARSE_ISA` names
+/// another it has (`scalar`, `avx2`, `avx512`, `neon`), to compare levels end to end.
+pub fn forced_isa() -> qsparse_kernels::Isa {
+    let name = std::env::var(qsparse_kernels::ISA_VARIABLE).ok();
+    qsparse_kernels::Isa::choose(name.as_deref())
 }
 
 /// Read a UTF-8 text file, naming the file and the first bad byte when it is not UTF-8.

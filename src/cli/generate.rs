@@ -8,9 +8,9 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::common::{context_length, ModelArgs, SamplingArgs};
-use crate::chat::Message;
-use crate::conversation::Conversation;
-use crate::session::{GenerateParams, Session};
+use crate::runtime::conversation::Conversation;
+use crate::runtime::session::{GenerateParams, Session};
+use crate::runtime::template::Message;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

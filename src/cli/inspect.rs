@@ -7,9 +7,9 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::gguf::{GgufFile, TypeDialect, Value};
+use crate::hub;
 use crate::model::pack::{self, PackInfo};
 use crate::model::ModelConfig;
-use crate::models;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,7 +71,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let path = models::resolve(&args.model)?;
+    let path = hub::resolve(&args.model, &super::common::models_dir())?;
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
 
     if let Some(key) = &args.meta {

@@ -21,6 +21,7 @@ macro_rules! out {
 mod bench;
 mod chat;
 mod common;
+pub use common::models_dir;
 mod generate;
 mod inspect;
 mod pack;

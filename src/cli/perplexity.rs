@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::common::{read_text, ModelArgs};
-use crate::eval::mean_nll;
+use crate::measure::eval::mean_nll;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let tokens = tokenizer.encode(&text)?;
-    let windows = crate::eval::window_count(tokens.len(), args.ctx, args.chunks);
+    let windows = crate::measure::eval::window_count(tokens.len(), args.ctx, args.chunks);
     if windows == 0 {
         bail!(
             "the text has {} tokens, fewer than one window of --ctx {}",

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Result};
 use plotters::prelude::*;
 
-use crate::sweep::Sweep;
+use crate::measure::sweep::Sweep;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -151,7 +151,7 @@ where
     let ideal = RGBColor(120, 120, 120);
     let measured = RGBColor(31, 119, 180);
     let quality = RGBColor(214, 39, 40);
-    let points = |f: &dyn Fn(&crate::sweep::Row) -> f64| -> Vec<(f64, f64)> {
+    let points = |f: &dyn Fn(&crate::measure::sweep::Row) -> f64| -> Vec<(f64, f64)> {
         rows.iter().map(|r| (r.sparsity as f64, f(r))).collect()
     };
     let ideal_pts = points(&|r| r.ideal_speedup);

@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Result};
 
-use crate::models::{self, Manifest, PullOutcome};
+use crate::hub::{self, Manifest, PullOutcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,7 +15,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let manifest = Manifest::builtin();
-    let dir = models::models_dir();
+    let dir = super::common::models_dir();
     if args.list {
         for m in &manifest.models {
             let present = if dir.join(&m.file).is_file() {
@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
             known.join(", ")
         )
     })?;
-    match models::pull(entry, &dir, &mut |line| eprintln!("{line}"))? {
+    match hub::pull(entry, &dir, &mut |line| eprintln!("{line}"))? {
         PullOutcome::AlreadyPresent(p) => {
             eprintln!("{} is present and verified: {}", entry.name, p.display())
         }

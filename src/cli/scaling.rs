@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::gguf::{GgmlType, GgufFile};
-use crate::models;
-use crate::scaling::{self, Law, Precision, ALPHA_ESTIMATE, BETA_ESTIMATE};
+use crate::hub;
+use crate::measure::scaling::{self, Law, Precision, ALPHA_ESTIMATE, BETA_ESTIMATE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,7 +60,7 @@ const TERNARY: [GgmlType; 5] = [
 ];
 
 fn facts(model: &str) -> Result<ModelFacts> {
-    let path = models::resolve(model)?;
+    let path = hub::resolve(model, &super::common::models_dir())?;
     let file = GgufFile::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut facts = ModelFacts {
         name: model.to_owned(),

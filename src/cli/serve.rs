@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 
 use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
-use crate::conversation::Conversation;
+use crate::runtime::conversation::Conversation;
 use crate::server::{self, api::Limits, Config, SHUTDOWN};
 
 #[derive(Debug, clap::Args)]

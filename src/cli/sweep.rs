@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::common::{head_input, parse_sparsity, read_text, LoadArgs};
 use super::plot;
-use crate::sweep::{self, Settings, Sweep};
+use crate::measure::sweep::{self, Settings, Sweep};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

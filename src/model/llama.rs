@@ -140,6 +140,18 @@ impl RunState {
         self.kv.ctx
     }
 
+    /// Run the kernels at `isa` (if this CPU has it) instead of the best level.
+    pub fn set_isa(&mut self, isa: Isa) {
+        if isa.is_available() {
+            self.sparsifier.isa = isa;
+        }
+    }
+
+    /// The instruction-set level the kernels run at.
+    pub fn isa(&self) -> Isa {
+        self.sparsifier.isa
+    }
+
     /// How many of each vector's largest activations skip int8 quantization (int8 weights only;
     /// 0 is Q-Sparse's plain absmax).
     pub fn set_activation_outliers(&mut self, n: usize) {

@@ -113,7 +113,7 @@ pub(super) fn read_in_place(file: &GgufFile, matrices: std::ops::Range<usize>) -
         return false;
     };
     file.populate(matrices);
-    crate::gguf::huge_page_coverage(map).is_none_or(|c| c >= 0.75)
+    super::residency::huge_page_coverage(map).is_none_or(|c| c >= 0.75)
 }
 
 /// What a packed file says of itself (`inspect` shows it); None for a plain GGUF file.

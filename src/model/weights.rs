@@ -10,7 +10,6 @@ use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
-use super::pack::{self, PackError};
 use super::proj::{Proj, Stack};
 use crate::gguf::{self, dequantize, DequantError, GgufError, GgufFile, TensorInfo};
 
@@ -24,8 +23,6 @@ pub enum WeightsError {
         #[source]
         source: DequantError,
     },
-    #[error(transparent)]
-    Pack(#[from] PackError),
     #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
     Shape {
         tensor: String,
@@ -148,6 +145,19 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// The table `info` ([d_model, vocab]), read a row at a time.
+    pub fn new(info: TensorInfo) -> Result<Embedding, GgufError> {
+        let d = info.dims[0];
+        let row_bytes = info
+            .ty
+            .tensor_bytes(&[d])
+            .map_err(|what| GgufError::BadTensor {
+                tensor: info.name.clone(),
+                what,
+            })? as usize;
+        Ok(Embedding { info, row_bytes })
+    }
+
     /// Dequantize the row of `token` into `out` (d_model values).
     pub fn row(&self, file: &GgufFile, token: u32, out: &mut [f32]) -> Result<(), DequantError> {
         let data = file.tensor_data(&self.info);
@@ -199,88 +209,11 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Convert every weight of `file` (parallel over tensors), or for a packed file (`qsparse
-    /// pack`) read its matrices in place. `progress(done, total)` is called as tensors finish.
-    pub fn load(
-        file: &GgufFile,
-        config: &ModelConfig,
-        format: WeightFormat,
-        head_input: HeadInput,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Weights, WeightsError> {
-        let packed = pack::is_packed(file);
-        let (matrices, lm_head) = if packed {
-            let read = pack::matrices(file, config, format, head_input)?;
-            progress(1, 1);
-            read
-        } else {
-            convert_all(file, config, format, head_input, progress)?
-        };
-        let d = config.d_model as u64;
-        let norm_of = |name: String, d: u64| -> Result<Vec<f32>, WeightsError> {
-            let info = shape(file, &name, &[d])?;
-            let mut v = vec![0f32; d as usize];
-            dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
-                WeightsError::Dequant {
-                    tensor: name.clone(),
-                    source,
-                }
-            })?;
-            Ok(v)
-        };
-        let norm = |name: String| norm_of(name, d);
-        let q_dim = (config.n_heads * config.head_dim) as u64;
-        let sub = |name: String, d: u64| config.sub_norms.then(|| norm_of(name, d)).transpose();
-        let mut layers = Vec::with_capacity(config.n_layers);
-        for (l, [wqkv, wo, w_gate_up, w_down]) in matrices.into_iter().enumerate() {
-            layers.push(Layer {
-                attn_norm: norm(format!("blk.{l}.attn_norm.weight"))?,
-                wqkv,
-                wo,
-                ffn_norm: norm(format!("blk.{l}.ffn_norm.weight"))?,
-                w_gate_up,
-                w_down,
-                attn_sub_norm: sub(format!("blk.{l}.attn_sub_norm.weight"), q_dim)?,
-                ffn_sub_norm: sub(format!("blk.{l}.ffn_sub_norm.weight"), config.d_ff as u64)?,
-            });
-        }
-        let emb = shape(file, "token_embd.weight", &[d, config.vocab_size as u64])?;
-        let row_bytes = (emb
-            .ty
-            .tensor_bytes(&[d])
-            .map_err(|what| GgufError::BadTensor {
-                tensor: emb.name.clone(),
-                what,
-            })?) as usize;
-        let mut weights = Weights {
-            format,
-            embedding: Embedding {
-                info: emb,
-                row_bytes,
-            },
-            layers,
-            output_norm: norm("output_norm.weight".to_string())?,
-            lm_head,
-        };
-        // A packed file's matrices are read in place where the OS maps the file with huge pages
-        // (advised from its opening, `GgufFile::open`), else copied like converted ones.
-        if !packed {
-            weights.place_in_memory();
-        } else {
-            let matrices = pack::matrix_bytes(file);
-            if !pack::read_in_place(file, matrices.clone()) {
-                weights.place_in_memory();
-                file.release(matrices);
-            }
-        }
-        Ok(weights)
-    }
-
     /// All matrices into one huge-page mapping of this process, in the order a forward pass
     /// reads them (see `qsparse_kernels::memory`: SmolLM2 decodes 5% faster dense and 13% at S =
-    /// 0.5), copied out of a packed file if read from one. Setting `QSPARSE_NO_HUGE_PAGES=1` keeps
-    /// them on ordinary pages, to measure the difference. Loading does this (see [`Weights::load`]).
-    pub fn place_in_memory(&mut self) {
+    /// 0.5), copied out of a packed file if read from one; with `huge_pages` false, on ordinary pages
+    /// (to measure the difference). Loading does this (see [`LoadOptions`](super::LoadOptions)).
+    pub fn place_in_memory(&mut self, huge_pages: bool) {
         let head = match &mut self.lm_head {
             LmHead::Columns(l) => &mut l.matrix.data,
             LmHead::Rows(r) => r.storage_mut(),
@@ -292,7 +225,7 @@ impl Weights {
             .map(|m| &mut m.matrix.data)
             .chain([head])
             .collect();
-        if std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
+        if !huge_pages {
             data.iter_mut().for_each(|d| d.move_to_small_pages());
         } else {
             // Declined (no such mapping on this OS): the buffers stay on small pages, equally
@@ -314,7 +247,7 @@ impl Weights {
 
 /// Every linear layer of `file` converted to `format` (parallel over matrices; the lm_head, the
 /// largest, beside the others): each layer's q/k/v, o, gate/up and down, and the head.
-fn convert_all(
+pub(super) fn convert_all(
     file: &GgufFile,
     config: &ModelConfig,
     format: WeightFormat,
@@ -411,7 +344,11 @@ fn convert_all(
 }
 
 /// The tensor `name` of `file`, checked to have the shape `expected`.
-fn shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<TensorInfo, WeightsError> {
+pub(super) fn shape(
+    file: &GgufFile,
+    name: &str,
+    expected: &[u64],
+) -> Result<TensorInfo, WeightsError> {
     let info = file.require_tensor(name)?.clone();
     if info.dims != expected {
         return Err(WeightsError::Shape {

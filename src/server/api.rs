@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::chat::Message;
+use crate::runtime::template::Message;
 
 /// A 4xx answer: status, OpenAI error type, message, and the offending field.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
-use crate::session::{Finish, GenerateParams, Generation, Session};
+use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
 
 /// What a request's handler hears from the engine.
 #[derive(Debug)]

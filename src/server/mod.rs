@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tiny_http::{Method, Request};
 
-use crate::chat::ChatTemplate;
 use crate::model::{Model, RunState, Sparsity};
+use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
+use crate::runtime::template::ChatTemplate;
 use crate::sample::SamplerConfig;
-use crate::session::{Finish, GenerateParams, Generation, Session};
 use crate::tokenizer::Tokenizer;
 use api::{ApiError, Limits, Settings};
 use engine::{Event, Job, Queue};

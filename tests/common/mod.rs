@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// The real SmolLM2 file. The README's test command pulls it first; a missing model is a failure
 /// with instructions, never a silent skip.
 pub fn smollm2() -> PathBuf {
-    match qsparse::models::resolve("smollm2-135m-instruct") {
+    match qsparse::hub::resolve("smollm2-135m-instruct", &qsparse::cli::models_dir()) {
         Ok(p) => p,
         Err(e) => {
             panic!("{e}\n(the test suite needs the real model: run `cargo run --release -- pull`)")

@@ -8,10 +8,10 @@
 
 use serde::Serialize;
 
-use crate::eval::{for_each_prediction, window_count, Windows};
+use crate::measure::eval::{for_each_prediction, window_count, Windows};
+use crate::measure::speed::{median, time_decode};
 use crate::model::{ForwardError, Model, Proj, RunState, Sparsity, Traffic};
 use crate::sample::{argmax, log_sum_exp};
-use crate::speed::{median, time_decode};
 use qsparse_kernels::{bandwidth, Isa};
 
 /// What to measure.
@@ -165,12 +165,12 @@ pub fn run(
     let total = quality_steps + speed_steps + 1;
 
     progress(0, total, "measuring the machine's read bandwidth");
-    let machine = measure_machine();
+    let mut state = new_state(s.ctx);
+    let machine = measure_machine(state.isa());
 
     // Quality: the dense pass stores its log-distributions; every ratio is compared to them.
     let mut reference = Reference::new(predictions, vocab);
     let mut quality = Vec::with_capacity(ratios.len());
-    let mut state = new_state(s.ctx);
     let mut done = 1u64;
     for &r in &ratios {
         let label = format!("quality at S={r}");
@@ -283,8 +283,7 @@ pub fn run(
     })
 }
 
-fn measure_machine() -> Machine {
-    let isa = Isa::best();
+fn measure_machine(isa: Isa) -> Machine {
     let buf = bandwidth::buffer(BANDWIDTH_BUFFER);
     let read = bandwidth::read_bandwidth(isa, buf.as_slice(), 5);
     Machine {

@@ -91,30 +91,9 @@ impl Manifest {
     }
 }
 
-/// Where model files live: `$QSPARSE_MODELS`; else `models/` of the qsparse checkout the command
-/// runs in (found by walking up from the current directory); else the per-user cache directory.
-pub fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("QSPARSE_MODELS").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            if dir.join("models/manifest.json").is_file() && dir.join("Cargo.toml").is_file() {
-                return dir.join("models");
-            }
-        }
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("qsparse").join("models")
-}
-
 /// Resolve a `-m/--model` argument: an existing path, or the name of a manifest model that has
-/// been pulled.
-pub fn resolve(model: &str) -> Result<PathBuf, ModelError> {
+/// been pulled into `dir`.
+pub fn resolve(model: &str, dir: &Path) -> Result<PathBuf, ModelError> {
     let as_path = Path::new(model);
     if as_path.is_file() {
         return Ok(as_path.to_path_buf());
@@ -124,7 +103,7 @@ pub fn resolve(model: &str) -> Result<PathBuf, ModelError> {
         name: model.to_string(),
         known: manifest.known_names(),
     })?;
-    let path = models_dir().join(&entry.file);
+    let path = dir.join(&entry.file);
     if path.is_file() {
         Ok(path)
     } else {
@@ -307,7 +286,9 @@ mod tests {
 
     #[test]
     fn unknown_model_names_the_known_ones() {
-        let err = resolve("no-such-model-xyz").unwrap_err().to_string();
+        let err = resolve("no-such-model-xyz", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("smollm2-135m-instruct"), "{err}");
     }
 

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use crate::chat::{ChatTemplate, Message, TemplateError};
 use crate::model::Model;
-use crate::session::{GenerateParams, Generation, Session, SessionError};
+use crate::runtime::session::{GenerateParams, Generation, Session, SessionError};
+use crate::runtime::template::{ChatTemplate, Message, TemplateError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
