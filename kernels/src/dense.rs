@@ -100,7 +100,8 @@ pub(crate) mod avx2 {
 
     #[inline(always)]
     unsafe fn hsum(a: [__m256; 4]) -> f32 {
-        let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        // SAFETY: AVX, which this function's caller runs with.
+        let s = unsafe { _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])) };
         let mut lanes = [0f32; 8];
         // SAFETY: lanes holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };

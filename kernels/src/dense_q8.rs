@@ -386,7 +386,7 @@ mod avx2 {
         let n = ys.first().map_or(0, |y| y.len());
         let full = n / 4 * 4;
         let end = wp.wrapping_add(n * stride);
-        // SAFETY (all blocks below): rows r < n have `stride` bytes at wp + r·stride and `blocks`
+        // SAFETY: (all blocks below) rows r < n have `stride` bytes at wp + r·stride and `blocks`
         // scales at sp + r·blocks; every activation has `blocks` blocks of 32 values and scales,
         // every y n values. Prefetches are hints, issued only for addresses inside the rows.
         unsafe {

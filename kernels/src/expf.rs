@@ -37,37 +37,40 @@ pub(crate) mod avx2 {
     /// Safety: the caller runs with AVX2 and FMA enabled.
     #[inline(always)]
     pub unsafe fn exp8(x: __m256) -> __m256 {
-        let c = |v: f32| _mm256_set1_ps(v);
-        let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.3)), c(88.7));
-        let n = _mm256_sub_ps(
-            _mm256_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(12_582_912.0)),
-            c(12_582_912.0),
-        );
-        let r = _mm256_fnmadd_ps(
-            n,
-            c(1.428_606_8e-6),
-            _mm256_fnmadd_ps(n, c(0.693_145_75), x),
-        );
-        let mut q = c(1.0 / 5040.0);
-        for k in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
-            q = _mm256_fmadd_ps(q, r, c(k));
+        // SAFETY: the intrinsics need AVX2 and FMA, which this function's caller runs with.
+        unsafe {
+            let c = |v: f32| _mm256_set1_ps(v);
+            let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.3)), c(88.7));
+            let n = _mm256_sub_ps(
+                _mm256_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(12_582_912.0)),
+                c(12_582_912.0),
+            );
+            let r = _mm256_fnmadd_ps(
+                n,
+                c(1.428_606_8e-6),
+                _mm256_fnmadd_ps(n, c(0.693_145_75), x),
+            );
+            let mut q = c(1.0 / 5040.0);
+            for k in [
+                1.0 / 720.0,
+                1.0 / 120.0,
+                1.0 / 24.0,
+                1.0 / 6.0,
+                0.5,
+                1.0,
+                1.0,
+            ] {
+                q = _mm256_fmadd_ps(q, r, c(k));
+            }
+            // 2^n with n clamped to 127; the top lane (n = 128) gets a second factor of 2.
+            let top = _mm256_cmp_ps::<_CMP_GT_OQ>(n, c(127.0));
+            let ni = _mm256_cvtps_epi32(_mm256_min_ps(n, c(127.0)));
+            let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                ni,
+                _mm256_set1_epi32(127),
+            )));
+            _mm256_mul_ps(_mm256_mul_ps(q, pow), _mm256_blendv_ps(c(1.0), c(2.0), top))
         }
-        // 2^n with n clamped to 127; the top lane (n = 128) gets a second factor of 2.
-        let top = _mm256_cmp_ps::<_CMP_GT_OQ>(n, c(127.0));
-        let ni = _mm256_cvtps_epi32(_mm256_min_ps(n, c(127.0)));
-        let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            ni,
-            _mm256_set1_epi32(127),
-        )));
-        _mm256_mul_ps(_mm256_mul_ps(q, pow), _mm256_blendv_ps(c(1.0), c(2.0), top))
     }
 }
 

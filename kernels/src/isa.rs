@@ -97,13 +97,25 @@ pub(crate) mod x86 {
         V4::try_new()
     }
 
-    /// AVX-512 VNNI (`vpdpwssd`), used by the int8 kernels when present.
-    pub fn has_vnni() -> bool {
-        std::arch::is_x86_feature_detected!("avx512vnni")
+    /// Proof that this CPU has AVX-512 VNNI (`vpdpwssd`, `vpdpbusd`), used by the int8 kernels:
+    /// only [`Vnni::detect`] makes one.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Vnni(());
+
+    impl Vnni {
+        pub fn detect() -> Option<Vnni> {
+            std::arch::is_x86_feature_detected!("avx512vnni").then_some(Vnni(()))
+        }
     }
 
-    /// GFNI (`vgf2p8affineqb`), used by the ternary kernel when present.
-    pub fn has_gfni() -> bool {
-        std::arch::is_x86_feature_detected!("gfni")
+    /// Proof that this CPU has GFNI (`vgf2p8affineqb`), used by the ternary kernels: only
+    /// [`Gfni::detect`] makes one.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Gfni(());
+
+    impl Gfni {
+        pub fn detect() -> Option<Gfni> {
+            std::arch::is_x86_feature_detected!("gfni").then_some(Gfni(()))
+        }
     }
 }

@@ -6,7 +6,7 @@
 //!    [`outliers`]: the few largest activations, kept out of int8 quantization.
 //! 3. [`gather`]: y = W·x_sparse over the weight columns of the kept inputs, for ternary (T2),
 //!    int8, f16 and f32 weights in the tiled column-major [`layout`]; dense = every column kept.
-//!    [`gather_batch`]: the same for up to 8 activation vectors (a prompt's tokens) at once.
+//!    [`gather_matvec_batch`]: the same for up to 8 activation vectors (a prompt's tokens) at once.
 //! 4. [`dense`], [`dense_q8`]: row-major f32/f16 and Q8 (int8 blocks) matvec for the lm_head
 //!    (Q8 batched too).
 //! 5. [`attention`]: one key/value head's decode-step attention over the KV cache.
@@ -21,13 +21,6 @@ pub mod dense;
 pub mod dense_q8;
 pub mod expf;
 pub mod gather;
-#[cfg(target_arch = "x86_64")]
-mod gather_avx2;
-#[cfg(target_arch = "x86_64")]
-mod gather_avx512;
-pub mod gather_batch;
-#[cfg(target_arch = "aarch64")]
-mod gather_neon;
 pub mod isa;
 pub mod layout;
 pub mod memory;
@@ -35,8 +28,7 @@ pub mod outliers;
 pub mod quant;
 pub mod topk;
 
-pub use gather::{gather_matvec, Input};
-pub use gather_batch::{gather_matvec_batch, BatchInput, MAX_BATCH};
+pub use gather::{gather_matvec, gather_matvec_batch, BatchInput, Input, MAX_BATCH};
 pub use isa::{Isa, ISA_VARIABLE};
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use outliers::largest_f32;

@@ -114,14 +114,17 @@ mod avx2 {
     /// How many entries of `v` (a multiple of 8 long) are >= c (c >= 1: c − 1 does not wrap).
     #[inline(always)]
     unsafe fn count_at_least(v: &[i32], c: i32) -> usize {
-        let cv = _mm256_set1_epi32(c - 1);
+        // SAFETY: the caller's target features include AVX2.
+        let cv = unsafe { _mm256_set1_epi32(c - 1) };
         v.chunks_exact(8)
             .map(|r| {
                 // SAFETY: r holds 8 values; the caller's target features include AVX2.
-                let gt = unsafe {
-                    _mm256_cmpgt_epi32(_mm256_loadu_si256(r.as_ptr() as *const __m256i), cv)
+                let mask = unsafe {
+                    let gt =
+                        _mm256_cmpgt_epi32(_mm256_loadu_si256(r.as_ptr() as *const __m256i), cv);
+                    _mm256_movemask_ps(_mm256_castsi256_ps(gt))
                 };
-                (_mm256_movemask_ps(_mm256_castsi256_ps(gt)) as u32).count_ones() as usize
+                (mask as u32).count_ones() as usize
             })
             .sum()
     }

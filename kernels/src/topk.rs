@@ -424,7 +424,7 @@ pub(crate) mod avx2 {
         out.values.reserve(n + 8);
         let (ip, vp) = (out.indices.as_mut_ptr(), out.values.as_mut_ptr() as *mut u8);
         let mut len = start;
-        // SAFETY (the stores): len − start <= i, so a 16-byte index store and an 8-byte value
+        // SAFETY: (the stores) len − start <= i, so a 16-byte index store and an 8-byte value
         // store at len end within the reserved n + 4 indices and n + 8 values. Loads read
         // x[i..i + 16] with i + 16 <= n, and the 16-byte tables.
         unsafe {
@@ -501,7 +501,7 @@ pub(crate) mod avx2 {
         out.values.reserve(n + 4);
         let (ip, vp) = (out.indices.as_mut_ptr(), out.values.as_mut_ptr());
         let mut len = start;
-        // SAFETY (the stores): len − start <= i, so 16-byte stores at len end within the reserved
+        // SAFETY: (the stores) len − start <= i, so 16-byte stores at len end within the reserved
         // n + 4 entries. Loads read x[i..i + 4] with i + 4 <= n, and the 16-byte table rows.
         unsafe {
             let tv = _mm_set1_ps(t);

@@ -1,4 +1,4 @@
-//! NEON run kernels for [`crate::gather`] (aarch64, where NEON is baseline).
+//! NEON run kernels for [`super`] (aarch64, where NEON is baseline).
 //!
 //! Callers guarantee what the x86 kernels' callers do (see `gather_avx2`). Tested under
 //! qemu-user in CI; performance has not been measured on real ARM hardware.
@@ -8,7 +8,7 @@ use std::arch::aarch64::*;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::gather::Lines;
+use super::runs::Lines;
 use crate::layout::Format;
 
 /// Ternary 2-bit codes (256 rows per line): each kept column's run swept line by line; each
@@ -46,7 +46,7 @@ pub unsafe fn t2_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[i8], acc: &mut
 }
 
 /// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
-/// product; more: a batch of prompt tokens, [`crate::gather_batch`]): each kept column's run swept
+/// product; more: a batch of prompt tokens, [`super::batch`]): each kept column's run swept
 /// line by line, widened to int16 once for all vectors, and multiply-accumulated by each vector's
 /// value into int32 accumulators `acc[line][vector][64 rows]` in L1 (`vmlal`). Values are int8,
 /// or int16 (the activation outliers at the int8 scale), which `vmlal` takes as readily.

@@ -1,4 +1,4 @@
-//! AVX2 run kernels for [`crate::gather`], the fast path on CPUs without AVX-512 (including the
+//! AVX2 run kernels for [`super`], the fast path on CPUs without AVX-512 (including the
 //! machines qsparse is developed on). Each call sweeps the runs of all kept columns over `n`
 //! lines of one tile, four columns at a time, adding into per-row accumulators (`acc`, L1).
 //!
@@ -8,8 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{runs4, Prefetch};
-use crate::gather::Lines;
+use super::runs::{runs4, Lines, Prefetch};
 use crate::layout::Format;
 
 /// Field q by an immediate shift of whole 16-bit words and a mask (AVX2).
@@ -78,7 +77,7 @@ pub unsafe fn t2_runs_gfni(
 }
 
 /// [`t2_runs`] against `B` int8 activation vectors at once (a batch of prompt tokens,
-/// [`crate::gather_batch`]): each half line's codes are loaded, interleaved and extracted once,
+/// [`super::batch`]): each half line's codes are loaded, interleaved and extracted once,
 /// then multiplied by every vector's (x1, x2) pairs. int16 partial sums in `scratch`
 /// [line][vector][256], flushed into `acc` [line][vector][256 rows] every 32 groups, as in the
 /// single-vector kernel (whose sums these equal). `values[p · B + t]` is vector t's value at
@@ -230,7 +229,7 @@ unsafe fn flush_t2(scratch: &mut [i16], acc: &mut [i32]) {
 }
 
 /// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
-/// product; more: a batch of prompt tokens, [`crate::gather_batch`]): four kept columns at a
+/// product; more: a batch of prompt tokens, [`super::batch`]): four kept columns at a
 /// time, each run swept line by line (four sequential streams). Per 16-row slice, the bytes of
 /// columns 0 and 1 (and 2 and 3) are interleaved with 128-bit unpacks (one µop each on cores that
 /// split 256-bit ops) and widened to int16 (row, column) pairs, once for all vectors; each

@@ -1,4 +1,4 @@
-//! AVX-512 run kernels for [`crate::gather`] and [`crate::gather_batch`]: the AVX2 kernels'
+//! AVX-512 run kernels for [`super`] and [`super::batch`]: the AVX2 kernels'
 //! algorithms on 512-bit vectors (VNNI's fused `vpdpwssd` where present).
 //!
 //! T2 uses the AVX2 kernel, with GFNI field extraction where present (`gather_avx2::t2_runs_gfni`;
@@ -18,11 +18,10 @@
 
 use std::arch::x86_64::*;
 
-use crate::gather::runs::{group4, runs4, Prefetch};
-use crate::gather::Lines;
+use super::runs::{group4, runs4, Lines, Prefetch};
 
 /// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
-/// product; more: a batch of prompt tokens, [`crate::gather_batch`]), as the AVX2 kernel: four
+/// product; more: a batch of prompt tokens, [`super::batch`]), as the AVX2 kernel: four
 /// kept columns at a time, runs swept line by line, 32-row halves widened to int16 and
 /// interleaved pairwise once for all vectors, each vector's (x1, x2) pairs multiplied in with
 /// `vpmaddwd` (or VNNI's fused `vpdpwssd`) into int32 accumulators `acc[line][vector][64 rows]`,

@@ -32,14 +32,13 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::gather::{all_below, for_each_segment, Kernel, PARALLEL_MIN_BYTES};
+use super::dispatch::Kernel;
+use super::driver::{all_below, PARALLEL_MIN_BYTES};
+use super::runs::for_each_segment;
 use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, MAX_LINE_ROWS};
 
-/// The most activation vectors one batched product takes: per token, 8 ran 3-14% faster than 4
-/// on SmolLM2's shapes (`examples/batch_speed.rs`), the shared loading and widening of the weights
-/// spread over more tokens.
-pub const MAX_BATCH: usize = 8;
+pub use super::dispatch::MAX_BATCH;
 
 /// The activations of a batch of B tokens: the union of their kept columns (`indices`, any order
 /// for int8, ascending for floats as each token's own selection is) and, per column, every
