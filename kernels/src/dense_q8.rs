@@ -40,7 +40,9 @@ const PREFETCH_ROWS: usize = 16;
 /// (`vpsignb` cannot negate −128). Quantizing reuses the buffers (no allocation once sized).
 #[derive(Debug, Default, Clone)]
 pub struct BlockQ8 {
+    /// The quantized values, in blocks of 32.
     pub values: Vec<i8>,
+    /// One scale per block of 32.
     pub scales: Vec<f32>,
 }
 
@@ -67,6 +69,7 @@ impl BlockQ8 {
         self.values.len()
     }
 
+    /// Whether it holds no values.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -184,10 +187,12 @@ impl RowsQ8 {
         Self::stride_of(self.d_in)
     }
 
+    /// Rows (outputs).
     pub fn d_out(&self) -> usize {
         self.d_out
     }
 
+    /// Columns (inputs).
     pub fn d_in(&self) -> usize {
         self.d_in
     }

@@ -66,6 +66,7 @@ impl Isa {
         Self::available().contains(&self)
     }
 
+    /// The level's name (`scalar`, `avx2`, `avx512`, `neon`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",

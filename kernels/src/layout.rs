@@ -55,9 +55,13 @@ pub const MAX_LINE_ROWS: usize = 256;
 /// How weights are encoded in the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// Ternary codes, 2 bits a weight, with a scale per row.
     T2,
+    /// int8 with a scale per row.
     I8,
+    /// Half precision.
     F16,
+    /// Single precision.
     F32,
 }
 
@@ -92,6 +96,7 @@ impl Format {
         matches!(self, Format::T2 | Format::I8)
     }
 
+    /// The format's name (`t2`, `i8`, `f16`, `f32`).
     pub fn name(self) -> &'static str {
         match self {
             Format::T2 => "T2",
@@ -119,6 +124,8 @@ pub struct ColumnTiles<'a> {
 }
 
 /// Why bytes cannot be viewed as a [`ColumnTiles`] matrix.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     #[error("{format:?} [{d_out} x {d_in}] needs {expected} bytes of weights, got {got}")]
@@ -183,14 +190,17 @@ impl<'a> ColumnTiles<'a> {
         })
     }
 
+    /// The weights' format.
     pub fn format(&self) -> Format {
         self.format
     }
 
+    /// Rows (outputs).
     pub fn d_out(&self) -> usize {
         self.d_out
     }
 
+    /// Columns (inputs).
     pub fn d_in(&self) -> usize {
         self.d_in
     }
@@ -200,14 +210,17 @@ impl<'a> ColumnTiles<'a> {
         self.format.padded_rows(self.d_out) / self.format.rows_per_line()
     }
 
+    /// Tiles of rows.
     pub fn n_tiles(&self) -> usize {
         self.n_lines().div_ceil(LINES_PER_TILE)
     }
 
+    /// Per-row scales (integer formats; empty otherwise).
     pub fn row_scale(&self) -> &'a [f32] {
         self.row_scale
     }
 
+    /// The tiles' bytes.
     pub fn data(&self) -> &'a [u8] {
         self.data
     }
@@ -270,14 +283,20 @@ pub fn t2_position(r: usize) -> (usize, u32) {
 /// An owned matrix in the tiled layout (made by the packers below).
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
+    /// The weights' format.
     pub format: Format,
+    /// Rows (outputs).
     pub d_out: usize,
+    /// Columns (inputs).
     pub d_in: usize,
+    /// The tiles' bytes.
     pub data: AlignedBytes,
+    /// Per-row scales (integer formats; empty otherwise).
     pub row_scale: Vec<f32>,
 }
 
 impl PackedMatrix {
+    /// A view for the kernels.
     pub fn view(&self) -> ColumnTiles<'_> {
         ColumnTiles {
             format: self.format,
@@ -390,6 +409,7 @@ impl PackedMatrix {
         m
     }
 
+    /// A row-major [d_out, d_in] f32 matrix `w` packed as f16 tiles.
     pub fn f16_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
         assert_eq!(
             w.len(),
@@ -399,6 +419,7 @@ impl PackedMatrix {
         infallible(Self::from_rows(Format::F16, d_out, d_in, copy_row(w, d_in)))
     }
 
+    /// A row-major [d_out, d_in] f32 matrix `w` packed as f32 tiles.
     pub fn f32_from_f32(w: &[f32], d_out: usize, d_in: usize) -> Self {
         assert_eq!(
             w.len(),

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! qsparse-kernels: the SIMD kernels of one Q-Sparse decode step, with no I/O and no model
 //! knowledge.
 //!

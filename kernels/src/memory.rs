@@ -114,10 +114,12 @@ impl AlignedBytes {
         }
     }
 
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -137,6 +139,7 @@ impl AlignedBytes {
         }
     }
 
+    /// Its bytes.
     pub fn as_slice(&self) -> &[u8] {
         match &self.storage {
             // SAFETY: `blocks` is a contiguous, initialized allocation of at least `len` bytes,
@@ -149,6 +152,7 @@ impl AlignedBytes {
         }
     }
 
+    /// Its bytes, to write (a buffer read in place from a file is copied first).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let own = match &mut self.storage {
             Storage::Mapped { map, .. } => Arc::get_mut(map).is_some(),

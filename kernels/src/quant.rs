@@ -10,7 +10,9 @@ use crate::isa::Isa;
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 #[error("activation {index} is {value}, not a finite number")]
 pub struct NonFinite {
+    /// The position of the first non-finite entry.
     pub index: usize,
+    /// Its value.
     pub value: f32,
 }
 

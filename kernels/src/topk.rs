@@ -24,11 +24,14 @@ pub fn keep_count(d: usize, sparsity: f32) -> usize {
 /// The kept entries of one activation vector, in ascending index order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sparse<T> {
+    /// The kept positions.
     pub indices: Vec<u32>,
+    /// Their values.
     pub values: Vec<T>,
 }
 
 impl<T: Copy> Sparse<T> {
+    /// An empty list with room for `d` entries.
     pub fn with_capacity(d: usize) -> Self {
         Sparse {
             indices: Vec::with_capacity(d),
@@ -36,10 +39,12 @@ impl<T: Copy> Sparse<T> {
         }
     }
 
+    /// The number of kept entries.
     pub fn len(&self) -> usize {
         self.indices.len()
     }
 
+    /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
 use crate::runtime::conversation::Conversation;
-use crate::server::{self, api::Limits, Config, SHUTDOWN};
+use crate::server::{self, Config, Limits, SHUTDOWN};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,6 +8,8 @@ use half::{bf16, f16};
 use super::types::GgmlType;
 
 /// Why a buffer cannot be dequantized.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DequantError {
     #[error("dequantizing {ty} is not supported")]

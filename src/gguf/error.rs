@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use super::types::TypeDialect;
 
+/// Why a GGUF file could not be read or written: each error names the byte offset, key or tensor.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: {source}")]

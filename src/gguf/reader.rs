@@ -30,9 +30,11 @@ const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
 /// One tensor's description, validated against the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name (`blk.0.attn_q.weight`).
     pub name: String,
     /// Shape; `dims[0]` is the row length (fastest-varying).
     pub dims: Vec<u64>,
+    /// Its element type.
     pub ty: GgmlType,
     /// The type id as stored (its meaning depends on the file's [`TypeDialect`]).
     pub raw_type_id: u32,
@@ -40,10 +42,12 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Absolute byte offset of the data in the file.
     pub file_offset: u64,
+    /// Its data's size in bytes.
     pub n_bytes: u64,
 }
 
 impl TensorInfo {
+    /// Its number of elements (the product of its dimensions).
     pub fn n_elements(&self) -> u64 {
         // Checked at open: the product does not overflow.
         self.dims.iter().product()
@@ -151,18 +155,22 @@ impl GgufFile {
         })
     }
 
+    /// The path it was opened from (None for a file held in memory).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
 
+    /// The GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// The alignment of tensor data in bytes.
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
 
+    /// Which numbering of tensor types the file uses (upstream ggml or bitnet.cpp's).
     pub fn dialect(&self) -> TypeDialect {
         self.dialect
     }
@@ -172,10 +180,12 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// The file's size in bytes.
     pub fn file_size(&self) -> u64 {
         self.source.len() as u64
     }
 
+    /// The number of metadata keys.
     pub fn kv_count(&self) -> usize {
         self.kvs.len()
     }
@@ -208,6 +218,7 @@ impl GgufFile {
         }
     }
 
+    /// The string at `key`; an error naming the key when it is missing or not a string.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         let v = self.require(key)?;
         v.as_str()
@@ -231,32 +242,38 @@ impl GgufFile {
         })
     }
 
+    /// The f32 at `key` (any float type, converted); an error naming the key otherwise.
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         let v = self.require(key)?;
         v.as_f32()
             .ok_or_else(|| Self::wrong_type(key, "a float", &v))
     }
 
+    /// The boolean at `key`; an error naming the key otherwise.
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         let v = self.require(key)?;
         v.as_bool()
             .ok_or_else(|| Self::wrong_type(key, "a bool", &v))
     }
 
+    /// The array at `key`; an error naming the key otherwise.
     pub fn get_array(&self, key: &str) -> Result<Array<'_>, GgufError> {
         let v = self.require(key)?;
         v.as_array()
             .ok_or_else(|| Self::wrong_type(key, "an array", &v))
     }
 
+    /// Every tensor, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
 
+    /// The tensor `name`, if the file has it.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The tensor `name`; an error naming it when the file lacks it.
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.tensor(name).ok_or_else(|| GgufError::MissingTensor {
             name: name.to_string(),

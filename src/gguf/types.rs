@@ -44,8 +44,8 @@ enum SizeRule {
 
 macro_rules! ggml_types {
     ($( $variant:ident = $name:literal, ggml $gid:expr, bitnet $bid:expr, $rule:expr; )*) => {
-        /// A ggml tensor element type.
-        #[allow(non_camel_case_types)]
+        /// A ggml tensor element type (the variants are ggml's type names).
+        #[allow(non_camel_case_types, missing_docs)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum GgmlType { $( $variant, )* }
 

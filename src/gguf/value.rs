@@ -8,6 +8,8 @@ use super::cursor::Cursor;
 use super::error::GgufError;
 
 /// The type tag of a metadata value, as numbered in the GGUF spec.
+// The variants are GGUF's value types, named as its specification names them.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ValueType {
     U8 = 0,
@@ -26,6 +28,7 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    /// The type of tag `tag`, if it is one of the specification's.
     pub fn from_u32(tag: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match tag {
@@ -67,6 +70,7 @@ impl ValueType {
         }
     }
 
+    /// The specification's name of the type (`u8`, `string`, ...).
     pub fn name(self) -> &'static str {
         use ValueType::*;
         match self {
@@ -91,6 +95,8 @@ impl ValueType {
 pub(crate) const MAX_ARRAY_DEPTH: u32 = 4;
 
 /// A metadata value borrowed from the file.
+// The variants are GGUF's value types, named as its specification names them.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
     U8(u8),
@@ -109,6 +115,7 @@ pub enum Value<'a> {
 }
 
 impl<'a> Value<'a> {
+    /// Its type tag.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -171,6 +178,7 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The string, if this is one.
     pub fn as_str(&self) -> Option<&'a str> {
         match *self {
             Value::String(s) => Some(s),
@@ -178,6 +186,7 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The boolean, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -185,6 +194,7 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The array, if this is one.
     pub fn as_array(&self) -> Option<Array<'a>> {
         match *self {
             Value::Array(a) => Some(a),
@@ -279,14 +289,17 @@ pub struct Array<'a> {
 }
 
 impl<'a> Array<'a> {
+    /// The type of every element.
     pub fn elem_type(&self) -> ValueType {
         self.elem
     }
 
+    /// The number of elements.
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -396,6 +409,8 @@ fn read_array<'a>(c: &mut Cursor<'a>, depth: u32) -> Result<Array<'a>, GgufError
 }
 
 /// An owned metadata value, for writing.
+// The variants are GGUF's value types, named as its specification names them.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
     U8(u8),
@@ -415,6 +430,7 @@ pub enum MetaValue {
 }
 
 impl MetaValue {
+    /// Its type tag.
     pub fn value_type(&self) -> ValueType {
         match self {
             MetaValue::U8(_) => ValueType::U8,

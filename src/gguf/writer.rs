@@ -15,12 +15,16 @@ use super::value::{MetaValue, MAX_ARRAY_DEPTH};
 /// A tensor to be written: its name, type and shape (`dims[0]` is the row length).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
+    /// The tensor's name.
     pub name: String,
+    /// Its element type.
     pub ty: GgmlType,
+    /// Its dimensions, innermost first (GGUF's order).
     pub dims: Vec<u64>,
 }
 
 impl TensorSpec {
+    /// The bytes its data takes; an error for a shape the type cannot hold.
     pub fn n_bytes(&self) -> Result<u64, GgufError> {
         self.ty
             .tensor_bytes(&self.dims)
@@ -83,11 +87,13 @@ impl GgufWriter {
         self
     }
 
+    /// Add a metadata key (written in the order added).
     pub fn add_kv(&mut self, key: impl Into<String>, value: impl Into<MetaValue>) -> &mut Self {
         self.kvs.push((key.into(), value.into()));
         self
     }
 
+    /// Add a tensor's description; its data is written by `write_file`'s callback, in the order added.
     pub fn add_tensor(&mut self, name: impl Into<String>, ty: GgmlType, dims: &[u64]) -> &mut Self {
         self.tensors.push(TensorSpec {
             name: name.into(),
@@ -97,6 +103,7 @@ impl GgufWriter {
         self
     }
 
+    /// The tensors added so far.
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
     }

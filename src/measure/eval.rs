@@ -13,12 +13,16 @@ pub fn window_count(n_tokens: usize, ctx: usize, chunks: Option<usize>) -> usize
 /// whole windows when `None`).
 #[derive(Debug, Clone, Copy)]
 pub struct Windows<'a> {
+    /// The text's tokens.
     pub tokens: &'a [u32],
+    /// Tokens per window.
     pub ctx: usize,
+    /// At most this many windows (None: every whole window).
     pub chunks: Option<usize>,
 }
 
 impl Windows<'_> {
+    /// The number of windows scored.
     pub fn count(&self) -> usize {
         window_count(self.tokens.len(), self.ctx, self.chunks)
     }

@@ -32,6 +32,7 @@ impl Precision {
         }
     }
 
+    /// The weight type's name as the paper's fit names it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::FullPrecision => "full precision",
@@ -48,7 +49,9 @@ pub const BETA_ESTIMATE: f64 = 1.0;
 /// A(S) up to the constant factor C, with B/C chosen so that A(S)·(1−S)^α is smallest at S*.
 #[derive(Debug, Clone, Copy)]
 pub struct Law {
+    /// The fit's α.
     pub alpha: f64,
+    /// The fit's β.
     pub beta: f64,
     /// B / C.
     pub b_over_c: f64,
@@ -104,8 +107,11 @@ impl Law {
 /// `sparsity`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SizeOption {
+    /// The sparsity S.
     pub sparsity: f64,
+    /// Total parameters a model may have at this S.
     pub total_params: f64,
+    /// Its active parameters per token.
     pub active_params: f64,
     /// Estimated reducible loss relative to the dense model of the same active parameters.
     pub relative_loss_estimate: f64,

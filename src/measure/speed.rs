@@ -8,7 +8,9 @@ use crate::sample::argmax;
 /// One timed run: `prompt` evaluated token by token, then `gen_tokens` greedy tokens decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeRun {
+    /// Prompt tokens evaluated per second.
     pub prefill_tok_s: f64,
+    /// Tokens decoded per second.
     pub decode_tok_s: f64,
     /// What one decoded token read (every decode step reads the same at a fixed sparsity).
     pub traffic: Traffic,

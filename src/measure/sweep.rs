@@ -23,26 +23,35 @@ pub struct Settings {
     pub lm_head_sparsity: f32,
     /// Quality: windows of `ctx` tokens, the first `windows` of the text.
     pub ctx: usize,
+    /// How many windows to score.
     pub windows: usize,
     /// Speed: a prompt of this many tokens, then `gen_tokens` greedy tokens, `runs` times.
     pub prompt_tokens: usize,
+    /// Greedy tokens decoded after the prompt.
     pub gen_tokens: usize,
+    /// Timed rounds (after a warm-up round).
     pub runs: usize,
 }
 
 /// The machine's streaming read rate, measured in the same run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// Its read rate in GB/s.
     pub read_gb_s: f64,
+    /// Worker threads.
     pub threads: usize,
+    /// The kernels' instruction-set level.
     pub isa: String,
 }
 
 /// Weight traffic and input sparsity of one projection kind, per decoded token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Projection {
+    /// The projection (`q`, ..., `lm_head`).
     pub name: &'static str,
+    /// Weight bytes it reads per decoded token.
     pub weight_bytes_per_token: u64,
+    /// Weights it uses per decoded token.
     pub active_params: u64,
     /// Fraction of this projection's inputs that were exactly zero before Top-K.
     pub natural_sparsity: f64,
@@ -51,11 +60,17 @@ pub struct Projection {
 /// One sparsity ratio's measurements.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// The sparsity S (0: the dense reference).
     pub sparsity: f32,
+    /// Weight bytes one decoded token reads.
     pub weight_bytes_per_token: u64,
+    /// Those bytes over dense's.
     pub fraction_of_dense: f64,
+    /// Weights used per decoded token.
     pub active_params: u64,
+    /// Median decode speed, tok/s.
     pub decode_tok_s: f64,
+    /// Median prompt speed, tok/s.
     pub prefill_tok_s: f64,
     /// Measured decode speed over the dense reference's: the median of the rounds' ratios (each
     /// round times every ratio within seconds, so the machine's drifting speed cancels better
@@ -65,24 +80,32 @@ pub struct Row {
     pub speedup_of_medians: f64,
     /// Dense bytes over these bytes: the speedup if decoding were only weight reads.
     pub ideal_speedup: f64,
+    /// Weight bytes read per second while decoding, GB/s.
     pub effective_gb_s: f64,
     /// effective_gb_s over the machine's read bandwidth.
     pub roofline_fraction: f64,
+    /// Perplexity on the scored windows.
     pub ppl: f64,
+    /// Mean negative log-likelihood (ln ppl).
     pub mean_nll: f64,
     /// Fraction of positions whose most likely next token equals the dense model's.
     pub top1_agreement: f64,
     /// Mean KL(dense ‖ sparse) of the next-token distributions, in nats.
     pub kl: f64,
+    /// Fraction of the projections' inputs exactly zero before Top-K.
     pub natural_sparsity: f64,
+    /// Per projection, summed over layers.
     pub projections: Vec<Projection>,
 }
 
 /// A finished sweep.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sweep {
+    /// The machine, measured in the same run.
     pub machine: Machine,
+    /// Next-token predictions scored per ratio.
     pub n_predictions: usize,
+    /// One row per ratio, dense first.
     pub rows: Vec<Row>,
 }
 
@@ -95,6 +118,9 @@ const BANDWIDTH_BUFFER: usize = 256 << 20;
 /// Memory the stored dense next-token distributions may take.
 const MAX_REFERENCE_BYTES: usize = 2 << 30;
 
+/// Why a sweep could not run.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error(transparent)]

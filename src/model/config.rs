@@ -5,6 +5,9 @@ use serde::Serialize;
 
 use crate::gguf::{GgufError, GgufFile, Value};
 
+/// Why a model's configuration could not be read from its metadata.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -16,21 +19,37 @@ pub enum ConfigError {
 /// Shape and numerics of a transformer, as the file declares them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
+    /// `general.architecture` (`llama`, `bitnet`).
     pub architecture: String,
+    /// `general.name`, if given.
     pub name: Option<String>,
+    /// Transformer blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: usize,
+    /// Width of the feed-forward hidden layer.
     pub d_ff: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (fewer than query heads: grouped-query attention).
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// The context length the model was trained for.
     pub context_length: usize,
+    /// RoPE's frequency base.
     pub rope_base: f32,
+    /// Entries of each head RoPE rotates.
     pub rope_dim: usize,
+    /// RMSNorm's ε.
     pub rms_eps: f32,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// `tokenizer.ggml.model` (`gpt2`, `llama`).
     pub tokenizer_model: Option<String>,
+    /// `tokenizer.ggml.pre`, the pre-tokenizer.
     pub tokenizer_pre: Option<String>,
+    /// Whether the file carries a chat template.
     pub has_chat_template: bool,
     /// The feed-forward's gate activation.
     pub ffn_activation: FfnActivation,
@@ -56,6 +75,7 @@ pub enum FfnActivation {
 pub const ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
 
 impl ModelConfig {
+    /// Read the configuration from `file`'s metadata; an error names a missing or invalid key.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
         let arch = file.get_str("general.architecture")?.to_string();
         let key = |k: &str| format!("{arch}.{k}");

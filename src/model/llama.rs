@@ -49,6 +49,9 @@ pub use sparsify::{default_activation_outliers, Sparsity, DEFAULT_ACTIVATION_OUT
 use sparsify::{Selection, Sparsifier};
 pub use traffic::Traffic;
 
+/// Why a forward pass could not run (nothing is written to the KV cache past the failing batch).
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("token id {token} is outside the vocabulary ({vocab} tokens)")]
@@ -97,6 +100,7 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// A run state for up to `ctx` positions of `config`'s model with `format` weights.
     pub fn new(config: &ModelConfig, format: WeightFormat, ctx: usize) -> RunState {
         let b = PROMPT_BATCH;
         RunState {
@@ -136,6 +140,7 @@ impl RunState {
         self.profile = Some(Profile::default());
     }
 
+    /// The positions its KV cache holds.
     pub fn context_length(&self) -> usize {
         self.kv.ctx
     }
@@ -163,14 +168,18 @@ impl RunState {
 /// token embedding).
 #[derive(Debug)]
 pub struct Model {
+    /// Its configuration.
     pub config: ModelConfig,
+    /// Its weights.
     pub weights: Weights,
+    /// The file, mapped (the token embedding is read from it).
     pub file: GgufFile,
     /// θ_i = base^(−2i/rope_dim) of each rotated pair.
     rope_freqs: Vec<f32>,
 }
 
 impl Model {
+    /// A model of `config` with `weights`, from `file`.
     pub fn new(file: GgufFile, config: ModelConfig, weights: Weights) -> Model {
         // llama.cpp's "normal" RoPE rotates consecutive pairs (x[2i], x[2i+1]); the GGUF
         // converter permuted q/k rows to match it.

@@ -12,6 +12,8 @@ use crate::gguf::{dequantize, GgufError, GgufFile};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Why a model could not be loaded.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]

@@ -45,6 +45,8 @@ const HEAD_COLUMNS: &str = "columns";
 const ALIGNMENT: u64 = 64;
 
 /// Why a packed file cannot be read (or a model cannot be packed).
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error(transparent)]
@@ -119,6 +121,7 @@ pub(super) fn read_in_place(file: &GgufFile, matrices: std::ops::Range<usize>) -
 /// What a packed file says of itself (`inspect` shows it); None for a plain GGUF file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PackInfo {
+    /// The packed layout's version.
     pub version: Option<u64>,
     /// The linear layers' weight format (`int8`, `f16`, `f32`).
     pub weights: Option<String>,
@@ -126,6 +129,7 @@ pub struct PackInfo {
     pub lm_head: Option<String>,
 }
 
+/// What `file` says of itself as a packed model (None for a plain GGUF file).
 pub fn info(file: &GgufFile) -> Option<PackInfo> {
     let text = |k: &str| file.get(k).and_then(|v| v.as_str().map(str::to_string));
     is_packed(file).then(|| PackInfo {

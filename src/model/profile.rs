@@ -6,21 +6,28 @@ use std::time::{Duration, Instant};
 /// The phases of one forward pass, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The token embedding and the step's RoPE angles.
     Embed,
     /// RMSNorm, residual adds, SiLU·up: the element-wise work.
     Elementwise,
     /// Quantization and Top-K selection of a projection's input.
     Select,
+    /// The q/k/v product.
     Qkv,
     /// RoPE, KV-cache store, scores, softmax, weighted values.
     Attention,
+    /// The o product.
     O,
+    /// The gate/up product.
     GateUp,
+    /// The down product.
     Down,
+    /// The lm_head product.
     LmHead,
 }
 
 impl Phase {
+    /// Every phase, in the order they run.
     pub const ALL: [Phase; 9] = [
         Phase::Embed,
         Phase::Elementwise,
@@ -33,6 +40,7 @@ impl Phase {
         Phase::LmHead,
     ];
 
+    /// The phase's name in `bench --profile`.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Embed => "embed",
@@ -51,7 +59,9 @@ impl Phase {
 /// Time per phase summed over the profiled forward passes.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
+    /// Time per phase (indexed by `Phase as usize`).
     pub time: [Duration; 9],
+    /// Profiled passes.
     pub passes: u64,
 }
 

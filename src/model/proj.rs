@@ -9,13 +9,21 @@ use super::profile::Phase;
 /// One linear layer of a block, or the lm_head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proj {
+    /// The query projection.
     Q,
+    /// The key projection.
     K,
+    /// The value projection.
     V,
+    /// The attention output projection.
     O,
+    /// The feed-forward gate.
     Gate,
+    /// The feed-forward up projection.
     Up,
+    /// The feed-forward down projection.
     Down,
+    /// The vocabulary head.
     LmHead,
 }
 

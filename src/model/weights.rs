@@ -13,6 +13,9 @@ use super::config::ModelConfig;
 use super::proj::{Proj, Stack};
 use crate::gguf::{self, dequantize, DequantError, GgufError, GgufFile, TensorInfo};
 
+/// Why a model's weights could not be converted.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error(transparent)]
@@ -43,6 +46,7 @@ pub enum WeightsError {
 pub enum WeightFormat {
     /// f32: exact dequantized values, the reference.
     F32,
+    /// Half precision.
     F16,
     /// int8 with a per-output-row scale (absmax per row).
     Int8,
@@ -53,6 +57,7 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// The kernels' format for these weights.
     pub fn kernel_format(self) -> Format {
         match self {
             WeightFormat::F32 => Format::F32,
@@ -67,6 +72,7 @@ impl WeightFormat {
         matches!(self, WeightFormat::Int8 | WeightFormat::Ternary)
     }
 
+    /// The name `--weights` takes (`f32`, `f16`, `int8`, `t2`).
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -80,23 +86,29 @@ impl WeightFormat {
 /// One linear layer y = W·x, W of shape [d_out, d_in].
 #[derive(Debug)]
 pub struct Linear {
+    /// The GGUF tensors it holds, joined by `+`.
     pub name: String,
+    /// The weights in the kernels' layout.
     pub matrix: PackedMatrix,
 }
 
 impl Linear {
+    /// A view of the tiles the kernels read.
     pub fn view(&self) -> ColumnTiles<'_> {
         self.matrix.view()
     }
 
+    /// Its input width.
     pub fn d_in(&self) -> usize {
         self.matrix.d_in
     }
 
+    /// Its output width.
     pub fn d_out(&self) -> usize {
         self.matrix.d_out
     }
 
+    /// The kernels' format of its weights.
     pub fn format(&self) -> Format {
         self.matrix.format
     }
@@ -106,17 +118,22 @@ impl Linear {
 /// matrix (q/k/v; gate/up), so each takes one selection and one parallel product per token.
 #[derive(Debug)]
 pub struct Layer {
+    /// RMSNorm weights of the attention block's input.
     pub attn_norm: Vec<f32>,
     /// Rows: q (n_heads·head_dim), then k, then v (n_kv_heads·head_dim each).
     pub wqkv: Linear,
+    /// The attention output projection.
     pub wo: Linear,
+    /// RMSNorm weights of the feed-forward block's input.
     pub ffn_norm: Vec<f32>,
     /// Rows: gate (d_ff), then up (d_ff).
     pub w_gate_up: Linear,
+    /// The down projection.
     pub w_down: Linear,
     /// BitNet: RMSNorm weights of the attention output (before o) and of the gated FFN
     /// activation (before down).
     pub attn_sub_norm: Option<Vec<f32>>,
+    /// BitNet: RMSNorm weights of the gated activation (before down).
     pub ffn_sub_norm: Option<Vec<f32>>,
 }
 
@@ -140,6 +157,7 @@ impl Layer {
 /// The token embedding table, read from the mapped file one row at a time.
 #[derive(Debug, Clone)]
 pub struct Embedding {
+    /// The table's tensor.
     pub info: TensorInfo,
     row_bytes: usize,
 }
@@ -198,11 +216,16 @@ impl LmHead {
     }
 }
 
+/// A model's weights, in the kernels' formats.
 #[derive(Debug)]
 pub struct Weights {
+    /// The format of the projections.
     pub format: WeightFormat,
+    /// The token embedding.
     pub embedding: Embedding,
+    /// The transformer blocks.
     pub layers: Vec<Layer>,
+    /// RMSNorm weights before the lm_head.
     pub output_norm: Vec<f32>,
     /// The lm_head ([vocab, d_model]); the token embedding when the file ties them.
     pub lm_head: LmHead,

@@ -9,6 +9,9 @@ use crate::runtime::session::{GenerateParams, Generation, Session, SessionError}
 use crate::runtime::template::{ChatTemplate, Message, TemplateError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
+/// Why a chat turn failed.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error(transparent)]
@@ -22,6 +25,7 @@ pub enum ChatError {
 /// One reply and what it took.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The generation.
     pub generation: Generation,
     /// Earlier turns (user + assistant messages) dropped to make room.
     pub dropped_messages: usize,
@@ -32,9 +36,11 @@ pub struct Reply {
 pub struct Conversation<'m> {
     session: Session<'m>,
     template: ChatTemplate,
+    /// The system message, if any.
     pub system: Option<String>,
     /// User and assistant messages, oldest first.
     pub turns: Vec<Message>,
+    /// How replies are generated.
     pub params: GenerateParams,
     /// The last reply's figures (for `/stats`).
     pub last: Option<Generation>,
@@ -43,12 +49,16 @@ pub struct Conversation<'m> {
 /// A transcript as `/save` writes it.
 #[derive(Debug, Serialize)]
 pub struct Transcript<'a> {
+    /// The model's name.
     pub model: &'a str,
+    /// The sparsity the chat ran at.
     pub sparsity: f32,
+    /// Every message, the system message first.
     pub messages: Vec<Message>,
 }
 
 impl<'m> Conversation<'m> {
+    /// A conversation on `session` with `template`, starting with `system`.
     pub fn new(
         session: Session<'m>,
         template: ChatTemplate,
@@ -90,6 +100,7 @@ impl<'m> Conversation<'m> {
         self.session.reset();
     }
 
+    /// The positions the session's KV cache holds.
     pub fn context_length(&self) -> usize {
         self.session.context_length()
     }

@@ -11,8 +11,11 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
+    /// Tokens to generate at most.
     pub max_tokens: usize,
+    /// How tokens are sampled.
     pub sampler: SamplerConfig,
+    /// The Q-Sparse ratios.
     pub sparsity: Sparsity,
     /// Generation ends before the first occurrence of any of these strings (which is not
     /// returned).
@@ -46,32 +49,43 @@ impl Finish {
 /// A finished generation.
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The generated text (without a stop string).
     pub text: String,
     /// Generated tokens (an end token included when it ended the generation).
     pub tokens: Vec<u32>,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
     /// Prompt tokens actually evaluated (the rest were already in the cache).
     pub evaluated_prompt_tokens: usize,
+    /// Why it ended.
     pub finish: Finish,
+    /// Seconds spent on the prompt.
     pub prompt_s: f64,
+    /// Seconds spent generating.
     pub generate_s: f64,
     /// Weight bytes and active parameters of one decoded token.
     pub weight_bytes_per_token: u64,
+    /// Active parameters of one decoded token.
     pub active_params_per_token: u64,
     /// For each generated token, the `logprobs` most likely candidates at its step.
     pub top_logprobs: Vec<Vec<Candidate>>,
 }
 
 impl Generation {
+    /// Decoding speed (tokens after the first per second).
     pub fn decode_tok_s(&self) -> f64 {
         self.tokens.len().saturating_sub(1).max(1) as f64 / self.generate_s.max(1e-9)
     }
 
+    /// Prompt evaluation speed (evaluated tokens per second).
     pub fn prompt_tok_s(&self) -> f64 {
         self.evaluated_prompt_tokens as f64 / self.prompt_s.max(1e-9)
     }
 }
 
+/// Why a generation failed.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("the prompt is empty")]
@@ -95,6 +109,7 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
+    /// A session on `model` with an empty KV cache in `state`.
     pub fn new(model: &'m Model, tokenizer: &'m Tokenizer, state: RunState) -> Session<'m> {
         Session {
             model,
@@ -105,10 +120,12 @@ impl<'m> Session<'m> {
         }
     }
 
+    /// The positions its KV cache holds.
     pub fn context_length(&self) -> usize {
         self.state.context_length()
     }
 
+    /// The model's tokenizer.
     pub fn tokenizer(&self) -> &'m Tokenizer {
         self.tokenizer
     }

@@ -12,11 +12,14 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant`.
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 
 impl Message {
+    /// A message from `role`.
     pub fn new(role: &str, content: &str) -> Message {
         Message {
             role: role.to_string(),
@@ -25,6 +28,7 @@ impl Message {
     }
 }
 
+/// A chat template that cannot be read or rendered, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("chat template: {0}")]
 pub struct TemplateError(String);

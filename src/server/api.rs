@@ -133,7 +133,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 /// Server-side limits and defaults for a request's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The longest reply a request may ask for.
     pub max_tokens: usize,
+    /// The sparsity when a request names none.
     pub default_sparsity: f32,
 }
 

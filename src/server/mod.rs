@@ -1,12 +1,12 @@
 //! `qsparse serve`: an OpenAI-compatible HTTP server for one loaded model.
 //!
-//! Handler threads take requests from tiny_http, validate them ([`api`]), render and tokenize the
-//! prompt, and queue the work for the single engine thread ([`engine`]); streamed replies are
+//! Handler threads take requests from tiny_http, validate them (`api`), render and tokenize the
+//! prompt, and queue the work for the single engine thread (`engine`); streamed replies are
 //! written as server-sent events in HTTP chunks, one per token, so a client that disconnects is
 //! noticed at the next token and its generation stops.
 
-pub mod api;
-pub mod engine;
+mod api;
+mod engine;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,17 +21,20 @@ use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
 use crate::runtime::template::ChatTemplate;
 use crate::sample::SamplerConfig;
 use crate::tokenizer::Tokenizer;
-use api::{ApiError, Limits, Settings};
+pub use api::Limits;
+use api::{ApiError, Settings};
 use engine::{Event, Job, Queue};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The address to listen on (`127.0.0.1:8080`).
     pub addr: String,
     /// The model id reported by `/v1/models` and in responses.
     pub model_id: String,
     /// Requests that may wait while one runs; more get 503.
     pub queue: usize,
+    /// Request limits and defaults.
     pub limits: Limits,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
@@ -42,6 +45,9 @@ pub struct Config {
 /// Set when the server should stop accepting requests.
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
+/// Why the server could not start or run.
+// Each variant's `#[error]` message is its documentation.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {message}")]

@@ -48,21 +48,33 @@ pub enum BatchInput<'a> {
     /// Against int8 weights: int8-scale values held as int16 (outliers may exceed ±127) and each
     /// token's dequantization factor γ_t/127 (B = `scales.len()`).
     Int {
+        /// The union of the tokens' kept columns.
         indices: &'a [u32],
+        /// `values[p · batch + t]`: token t's int8-scale value at column `indices[p]` (int16 for
+        /// outliers), 0 where it did not keep it.
         values: &'a [i16],
+        /// Each token's scale γ/127.
         scales: &'a [f32],
     },
     /// Against ternary (T2) weights: int8 values (plain absmax, no outliers: the ternary kernel
     /// multiplies int8 only) and each token's γ_t/127.
     Ternary {
+        /// The union of the tokens' kept columns.
         indices: &'a [u32],
+        /// `values[p · batch + t]`: token t's int8 value at column `indices[p]`, 0 where it did not
+        /// keep it.
         values: &'a [i8],
+        /// Each token's scale γ/127.
         scales: &'a [f32],
     },
     /// Against f16 or f32 weights: f32 values of B = `batch` tokens.
     Float {
+        /// The union of the tokens' kept columns.
         indices: &'a [u32],
+        /// `values[p · batch + t]`: token t's value at column `indices[p]`, 0 where it did not keep
+        /// it.
         values: &'a [f32],
+        /// The number of tokens.
         batch: usize,
     },
 }

@@ -20,14 +20,22 @@ pub const PARALLEL_MIN_BYTES: usize = 96 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub enum Input<'a> {
     /// int8 activations (for T2 and I8 weights) with their dequantization factor γ/127.
-    I8 { x: &'a Sparse<i8>, scale: f32 },
+    I8 {
+        /// The activations.
+        x: &'a Sparse<i8>,
+        /// Their dequantization factor γ/127.
+        scale: f32,
+    },
     /// int8 activations plus a few columns whose activations are kept out of the int8 quantization
     /// (T2 and I8 weights): the executor's massive outliers, which would otherwise flatten
     /// everything else to a handful of levels. Row r gets s_r·(scale·Σ q·w + f_r), f_r = Σ v·w over
     /// `exact` summed in f32 in its order. With I8 weights [`Input::I16`] is the fast form.
     Mixed {
+        /// The int8 activations.
         x: &'a Sparse<i8>,
+        /// Their dequantization factor γ/127.
         scale: f32,
+        /// The columns kept out of the quantization, in f32.
         exact: &'a Sparse<f32>,
     },
     /// int8-scale activations held as int16 (I8 weights only): a few entries beyond ±127 (the
@@ -35,7 +43,12 @@ pub enum Input<'a> {
     /// one integer pass, whose `vpmaddwd` takes int16 as readily as int8. 32 outliers cost within
     /// ±5% this way and +16-31% as f32 columns (`Mixed`) on SmolLM2's gate/up and lm_head shapes
     /// (`examples/mixed_cost.rs`, 2 threads, 4 runs).
-    I16 { x: &'a Sparse<i16>, scale: f32 },
+    I16 {
+        /// The activations.
+        x: &'a Sparse<i16>,
+        /// Their dequantization factor γ/127.
+        scale: f32,
+    },
     /// f32 activations (for F16 and F32 weights).
     F32(&'a Sparse<f32>),
 }

@@ -14,9 +14,13 @@ use crate::model::weights::{Linear, WeightFormat};
 /// Sparsity ratio S per projection input (K = round((1−S)·d) entries kept).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sparsity {
+    /// The q/k/v projections' input.
     pub qkv: f32,
+    /// The o projection's input.
     pub o: f32,
+    /// The gate/up projections' input.
     pub gate_up: f32,
+    /// The down projection's input.
     pub down: f32,
     /// The lm_head input; 0 (dense) unless asked for.
     pub lm_head: f32,
@@ -34,6 +38,7 @@ impl Sparsity {
         }
     }
 
+    /// Every input kept.
     pub fn dense() -> Sparsity {
         Sparsity::uniform(0.0)
     }

@@ -9,18 +9,23 @@ use crate::model::proj::{Proj, Stack};
 /// after a ReLU) before any Top-K.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
+    /// Weight bytes read.
     pub bytes: [u64; 8],
+    /// Weights used.
     pub active_params: [u64; 8],
     /// Entries of the projection inputs that were exactly zero, and entries in all.
     pub zero_inputs: [u64; 8],
+    /// Entries of the projections' inputs.
     pub inputs: [u64; 8],
 }
 
 impl Traffic {
+    /// Weight bytes read by every projection.
     pub fn total_bytes(&self) -> u64 {
         self.bytes.iter().sum()
     }
 
+    /// Weights used by every projection.
     pub fn total_active_params(&self) -> u64 {
         self.active_params.iter().sum()
     }
