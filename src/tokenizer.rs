@@ -131,91 +131,8 @@ impl Tokenizer {
         }
 
         let (mut inner, bytes) = match kind {
-            "gpt2" => {
-                let merges: Vec<(String, String)> = file
-                    .get_array("tokenizer.ggml.merges")?
-                    .strings()
-                    .ok_or_else(|| {
-                        TokenizerError::Invalid(
-                            "tokenizer.ggml.merges is not an array of strings".into(),
-                        )
-                    })?
-                    .map(|m| {
-                        m.split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| {
-                                TokenizerError::Invalid(format!("merge `{m}` has no space"))
-                            })
-                    })
-                    .collect::<Result<_, _>>()?;
-                let bpe = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
-                    .build()
-                    .map_err(lib)?;
-                let mut t = tokenizers::Tokenizer::new(bpe);
-                let pre = file
-                    .get("tokenizer.ggml.pre")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
-                t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(pre)?));
-                t.with_decoder(Some(ByteLevelDecoder::default()));
-                let unicode_to_byte = byte_level_inverse();
-                let bytes = tokens
-                    .iter()
-                    .zip(&types)
-                    .map(|(t, &ty)| match ty {
-                        TYPE_CONTROL | TYPE_USER_DEFINED => t.as_bytes().to_vec(),
-                        _ => t
-                            .chars()
-                            .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
-                            .collect(),
-                    })
-                    .collect();
-                (t, bytes)
-            }
-            "llama" => {
-                let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
-                    Some(v) => v
-                        .as_array()
-                        .map(|a| a.iter().map(|s| s.as_f32().unwrap_or(0.0)).collect())
-                        .unwrap_or_default(),
-                    None => vec![0.0; n],
-                };
-                if scores.len() != n {
-                    return Err(TokenizerError::Invalid(format!(
-                        "{n} tokens but {} scores",
-                        scores.len()
-                    )));
-                }
-                let merges = spm_merges(&tokens, &scores, &types);
-                let bpe = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
-                    .byte_fallback(true)
-                    .fuse_unk(true)
-                    .build()
-                    .map_err(lib)?;
-                let mut t = tokenizers::Tokenizer::new(bpe);
-                let add_space = file
-                    .get("tokenizer.ggml.add_space_prefix")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(true);
-                let mut norms: Vec<NormalizerWrapper> = Vec::new();
-                if add_space {
-                    norms.push(Prepend::new("▁".into()).into());
-                }
-                norms.push(Replace::new(" ", "▁").map_err(lib)?.into());
-                t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)));
-                let bytes = tokens
-                    .iter()
-                    .zip(&types)
-                    .map(|(t, &ty)| match ty {
-                        TYPE_BYTE => parse_byte_token(t).map(|b| vec![b]).unwrap_or_default(),
-                        TYPE_CONTROL => Vec::new(),
-                        _ => t.replace('▁', " ").into_bytes(),
-                    })
-                    .collect();
-                (t, bytes)
-            }
+            "gpt2" => bpe_tokenizer(file, vocab, &tokens, &types)?,
+            "llama" => spm_tokenizer(file, vocab, &tokens, &types)?,
             other => {
                 return Err(TokenizerError::Unsupported(format!(
                     "tokenizer.ggml.model = `{other}` (qsparse reads `gpt2` and `llama`)"
@@ -437,4 +354,103 @@ fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(String, St
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
     ranked.into_iter().map(|(_, _, _, a, b)| (a, b)).collect()
+}
+/// A tokenizer and every token's bytes.
+type Built = (tokenizers::Tokenizer, Vec<Vec<u8>>);
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE with the merges and pre-tokenizer of the file.
+fn bpe_tokenizer(
+    file: &GgufFile,
+    vocab: tokenizers::models::bpe::Vocab,
+    tokens: &[&str],
+    types: &[i32],
+) -> Result<Built, TokenizerError> {
+    let merges: Vec<(String, String)> = file
+        .get_array("tokenizer.ggml.merges")?
+        .strings()
+        .ok_or_else(|| {
+            TokenizerError::Invalid("tokenizer.ggml.merges is not an array of strings".into())
+        })?
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| TokenizerError::Invalid(format!("merge `{m}` has no space")))
+        })
+        .collect::<Result<_, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(lib)?;
+    let mut t = tokenizers::Tokenizer::new(bpe);
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(pre)?));
+    t.with_decoder(Some(ByteLevelDecoder::default()));
+    let unicode_to_byte = byte_level_inverse();
+    let bytes = tokens
+        .iter()
+        .zip(types)
+        .map(|(t, &ty)| match ty {
+            TYPE_CONTROL | TYPE_USER_DEFINED => t.as_bytes().to_vec(),
+            _ => t
+                .chars()
+                .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
+                .collect(),
+        })
+        .collect();
+    Ok((t, bytes))
+}
+
+/// `tokenizer.ggml.model = llama`: SentencePiece BPE from the tokens' scores, with byte fallback
+/// and the leading-space rule.
+fn spm_tokenizer(
+    file: &GgufFile,
+    vocab: tokenizers::models::bpe::Vocab,
+    tokens: &[&str],
+    types: &[i32],
+) -> Result<Built, TokenizerError> {
+    let n = tokens.len();
+    let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
+        Some(v) => v
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_f32().unwrap_or(0.0)).collect())
+            .unwrap_or_default(),
+        None => vec![0.0; n],
+    };
+    if scores.len() != n {
+        return Err(TokenizerError::Invalid(format!(
+            "{n} tokens but {} scores",
+            scores.len()
+        )));
+    }
+    let merges = spm_merges(tokens, &scores, types);
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true)
+        .build()
+        .map_err(lib)?;
+    let mut t = tokenizers::Tokenizer::new(bpe);
+    let add_space = file
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let mut norms: Vec<NormalizerWrapper> = Vec::new();
+    if add_space {
+        norms.push(Prepend::new("▁".into()).into());
+    }
+    norms.push(Replace::new(" ", "▁").map_err(lib)?.into());
+    t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)));
+    let bytes = tokens
+        .iter()
+        .zip(types)
+        .map(|(t, &ty)| match ty {
+            TYPE_BYTE => parse_byte_token(t).map(|b| vec![b]).unwrap_or_default(),
+            TYPE_CONTROL => Vec::new(),
+            _ => t.replace('▁', " ").into_bytes(),
+        })
+        .collect();
+    Ok((t, bytes))
 }

@@ -285,10 +285,8 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
 const SUB_GROUP: usize = 3;
 
 /// scores[(g0 + g)·row + t] = q·k_t · scale for G query heads from g0 and positions 0..full
-/// (a multiple of 4). Against widening blocks of 32 keys (values) into an f32 scratch that every
-/// query then read (stores and reloads), and eight positions of one query at a time: one SmolLM2
-/// key/value head went from 27.7 to 17.1 µs at 380 positions and from 143 to 94 at 2000
-/// (`examples/attention_speed.rs`, with `weighted_sum_avx2`).
+/// (a multiple of 4). Each cached chunk is widened once for all G heads, in registers: an f32
+/// scratch that every query re-read was a third slower (`examples/attention_speed.rs`).
 ///
 /// Safety: AVX2, FMA and F16C present; positions 0..full hold keys at `offset`; G query heads
 /// from g0 exist; scores holds `row` >= full floats for each of them; head_dim % 8 == 0.

@@ -8,9 +8,8 @@
 //! layout re-rounded them: +0.44% perplexity from the head alone on SmolLM2), a block-scaled
 //! activation keeps an outlier from flattening more than its own 31 neighbours, and both operands
 //! stay int8: `vpsignb` moves the activation's signs onto the weights and `vpmaddubsw` multiplies
-//! |q| by them. SmolLM2's head runs 1.04-1.10x the column product's speed (2 threads, interleaved,
-//! `examples/head_speed.rs`; 1387 against 1478 µs in the kernel bench, 88% of a plain read's rate
-//! against 73%). Llama-7B's 4096 x 32000 head runs 0.83-0.92x: see [`RowsQ8`] on its scales.
+//! |q| by them. On SmolLM2's head it is a little faster than the column product, on Llama-7B's
+//! 4096 x 32000 head a little slower (`examples/head_speed.rs`; see [`RowsQ8`] on its scales).
 //!
 //! Block sums are exact integers; their scaled sum is f32 in lane order, so SIMD differs from the
 //! scalar reference by rounding only: tests bound |y − y_ref| by 1e-5 · Σ_b |s_rb·d_b|·Σ|W·q|.
@@ -30,9 +29,8 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
 /// Rows ahead of the current group of four whose bytes are prefetched: a group is one contiguous
 /// stretch (4 x 576 bytes for SmolLM2) read as four interleaved 9-line streams, too short for the
-/// hardware prefetchers to ramp up; without it the head took 2.6 ms instead of 1.3. 8, 16 and 32
-/// rows ahead measured alike, 4 slower. Non-temporal, as the gather's runs (read once a token):
-/// the decode step ran 1.3% faster than with `T0` (S = 0.5, 9 interleaved rounds).
+/// hardware prefetchers to ramp up (without it the head takes twice as long,
+/// `examples/head_speed.rs`). Non-temporal, as the gather's runs: they are read once a token.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 16;
 

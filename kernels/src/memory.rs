@@ -3,10 +3,8 @@
 //!
 //! Why huge pages: a decode step reads every weight once, and a sparse gather jumps from column
 //! run to column run. On 4 KB pages each jump tends to land on a page the TLB has not seen, and
-//! the hardware prefetchers stop at every page boundary. Measured side by side in one process
-//! (`examples/huge_pages.rs`, 2 threads, medians of 9 interleaved rounds), huge-page-backed int8
-//! weights took 0.97 of the heap time dense and 0.88-0.89 at S = 0.75 on the 7B shapes; SmolLM2's
-//! decode went from 138 to 156 tok/s at S = 0.5 and from 101 to 106 dense (`qsparse bench`).
+//! the hardware prefetchers stop at every page boundary (`examples/huge_pages.rs` compares the
+//! two side by side; `QSPARSE_NO_HUGE_PAGES=1 qsparse bench` end to end).
 //!
 //! Linux gives transparent huge pages to anonymous mappings advised `MADV_HUGEPAGE` (the default
 //! THP mode is "madvise") whose length is a multiple of 2 MB (then it also aligns them). A matrix

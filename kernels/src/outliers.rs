@@ -31,10 +31,9 @@ pub struct Scratch {
 /// 64 interleaved groups, so that only a few dozen candidates (on activations) go through the exact
 /// selection. The generic path (every ISA; the AVX2 one's reference) takes the bar as the maxima's
 /// (m+1)-th largest and selects among candidate keys with `select_nth_unstable`; on AVX2, for
-/// finite x and m < 64, the bar and the exact threshold are found by counting compares. On
-/// SmolLM2's activations (one decode step's 120 vectors, m = 32, 67 candidates on average) a call
-/// took 1.7-2.0 µs before, 1.0 after, hot in a loop; 2.6-3.1 before and 1.4-1.6 after inside a
-/// decode step (timed in place, one run each).
+/// finite x and m < 64, the bar and the exact threshold are found by counting compares, about
+/// twice as fast on SmolLM2's activations (67 candidates on average at m = 32;
+/// `examples/select_cost.rs`).
 pub fn largest_f32(
     isa: Isa,
     x: &[f32],

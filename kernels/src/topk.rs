@@ -170,8 +170,7 @@ pub fn topk_f32(isa: Isa, x: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut
 /// The k-th largest of `mags` (0 < k < len) and how many entries exceed it.
 ///
 /// Small k (high sparsity): only the entries at or above [`group_bar`] (copied after the
-/// magnitudes) go through introselect. Top 16 of d = 576 went from 2.8 µs (a bar found by halving
-/// the maximum, one counting pass per halving) to 1.75, of 1536 from 7.0 to 3.5
+/// magnitudes) go through introselect, about twice as fast as a bar found by halving the maximum
 /// (`examples/select_cost.rs`). Larger k
 /// and non-finite magnitudes (total order: NaN above +inf) take introselect over everything.
 fn f32_threshold(mags: &mut Vec<f32>, k: usize, finite: bool) -> (f32, usize) {
@@ -201,8 +200,8 @@ pub(crate) const GROUPS: usize = 64;
 /// floats order like their bit patterns).
 ///
 /// Also says whether x is finite, from the same pass: the maxima are taken on the magnitudes' bit
-/// patterns (as i32, all non-negative), where NaN and ±inf rank above every finite value. (A
-/// separate finiteness pass cost ~0.3 µs of every activation selection in a decode step.) The bar
+/// patterns (as i32, all non-negative), where NaN and ±inf rank above every finite value, which
+/// spares every activation selection a finiteness pass. The bar
 /// means nothing when x is not finite.
 pub(crate) fn group_bar(x: &[f32], m: usize) -> Option<(f32, bool)> {
     if m >= GROUPS || x.len() < 2 * GROUPS {
@@ -552,9 +551,8 @@ mod avx512 {
 
     /// Compaction with `vpcompressd`: 16 entries per step, ties taken lowest index first. The
     /// kept entries are compressed in a register and stored whole (16 slots, past the length
-    /// into the reserved capacity): Zen4 microcodes `vpcompressd` with a memory destination, and
-    /// that form made the int8 Top-K 10x slower than the AVX2 one (2.9 against 0.27 µs at d =
-    /// 576, `examples/select_cost.rs`).
+    /// into the reserved capacity): Zen4 microcodes `vpcompressd` with a memory destination, which
+    /// is 10x slower (`examples/select_cost.rs`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,bmi2,popcnt")]
     pub unsafe fn compact_i8(x: &[i8], t: u8, mut ties: usize, out: &mut Sparse<i8>) {
         let n = x.len();

@@ -191,6 +191,51 @@ fn human_count(n: u64) -> String {
     }
 }
 
+/// The model's shape, as `inspect` prints it.
+fn print_model(m: &crate::model::ModelConfig) -> Result<()> {
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    outln!("layers         {}", m.n_layers);
+    outln!("d_model        {}", m.d_model);
+    outln!(
+        "d_ff           {} ({}-gated{})",
+        m.d_ff,
+        match m.ffn_activation {
+            crate::model::FfnActivation::Silu => "SiLU",
+            crate::model::FfnActivation::Relu2 => "squared-ReLU",
+        },
+        if m.sub_norms {
+            "; sub-norms before o and down"
+        } else {
+            ""
+        }
+    );
+    outln!(
+        "heads          {} query / {} kv, head dim {}",
+        m.n_heads,
+        m.n_kv_heads,
+        m.head_dim
+    );
+    outln!("context        {}", m.context_length);
+    outln!(
+        "rope           base {}, dim {}{}",
+        m.rope_base,
+        m.rope_dim,
+        if m.rope_neox { ", NeoX pairs" } else { "" }
+    );
+    outln!("rms eps        {:e}", m.rms_eps);
+    outln!(
+        "vocab          {} ({} tokenizer, pre-tokenizer {})",
+        m.vocab_size,
+        opt(&m.tokenizer_model),
+        opt(&m.tokenizer_pre)
+    );
+    outln!(
+        "chat template  {}",
+        if m.has_chat_template { "yes" } else { "no" }
+    );
+    Ok(())
+}
+
 fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     outln!("file           {}", r.path);
@@ -215,47 +260,7 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
         r.kv_count
     );
     match (&r.model, &r.model_error) {
-        (Some(m), _) => {
-            outln!("layers         {}", m.n_layers);
-            outln!("d_model        {}", m.d_model);
-            outln!(
-                "d_ff           {} ({}-gated{})",
-                m.d_ff,
-                match m.ffn_activation {
-                    crate::model::FfnActivation::Silu => "SiLU",
-                    crate::model::FfnActivation::Relu2 => "squared-ReLU",
-                },
-                if m.sub_norms {
-                    "; sub-norms before o and down"
-                } else {
-                    ""
-                }
-            );
-            outln!(
-                "heads          {} query / {} kv, head dim {}",
-                m.n_heads,
-                m.n_kv_heads,
-                m.head_dim
-            );
-            outln!("context        {}", m.context_length);
-            outln!(
-                "rope           base {}, dim {}{}",
-                m.rope_base,
-                m.rope_dim,
-                if m.rope_neox { ", NeoX pairs" } else { "" }
-            );
-            outln!("rms eps        {:e}", m.rms_eps);
-            outln!(
-                "vocab          {} ({} tokenizer, pre-tokenizer {})",
-                m.vocab_size,
-                opt(&m.tokenizer_model),
-                opt(&m.tokenizer_pre)
-            );
-            outln!(
-                "chat template  {}",
-                if m.has_chat_template { "yes" } else { "no" }
-            );
-        }
+        (Some(m), _) => print_model(m)?,
         (None, Some(e)) => outln!("model shape    unavailable: {e}"),
         (None, None) => {}
     }

@@ -117,10 +117,9 @@ impl GgufFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::io(path, e))?;
         // Before the first byte is touched: the page cache then reads the file in 2 MB folios
         // where the file system allows (ext4 on Linux 6.16+), and a packed model's weights, read
-        // in place, get huge pages as converted ones do (see `qsparse_kernels::memory`). Advised
-        // after the header's pages were read, most of a packed SmolLM2 stayed in small folios
-        // (47 of 166 MB mapped huge; one unpaired `bench`: 94 tok/s, converted weights 110-122).
-        // A refused advice changes nothing else.
+        // in place, get huge pages as converted ones do (see `qsparse_kernels::memory`); advised
+        // after the header's pages were read, most of the file stays in small folios. A refused
+        // advice changes nothing else.
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
         let mut parsed = Self::parse(Source::Mapped(Arc::new(map)))?;
@@ -363,6 +362,47 @@ struct RawTensorInfo {
 
 fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     let mut c = Cursor::new(buf);
+    let (version, n_tensors, n_kv) = read_preamble(&mut c, buf)?;
+    let metadata = read_metadata(&mut c, n_kv)?;
+    let alignment = metadata.alignment;
+    let raw = read_tensor_infos(&mut c, n_tensors)?;
+    let dialect = TypeDialect::detect(metadata.architecture, raw.iter().map(|t| t.type_id));
+
+    let header_end = c.offset();
+    let data_offset = header_end.div_ceil(alignment) * alignment;
+    let file_len = buf.len() as u64;
+    if !raw.is_empty() && data_offset > file_len {
+        return Err(GgufError::Truncated {
+            offset: header_end,
+            what: "padding before the tensor data".into(),
+            needed: data_offset - header_end,
+            available: file_len - header_end,
+        });
+    }
+    let layout = DataLayout {
+        dialect,
+        alignment,
+        data_offset,
+        file_len,
+    };
+    let (tensors, tensor_index) = resolve_tensors(raw, &layout)?;
+    check_no_overlap(&tensors)?;
+
+    Ok(Header {
+        version,
+        alignment,
+        dialect,
+        data_offset,
+        kvs: metadata.kvs,
+        kv_index: metadata.kv_index,
+        tensors,
+        tensor_index,
+    })
+}
+
+/// The magic, the version and the two counts, checked against the bytes that follow: (version,
+/// tensors, metadata entries).
+fn read_preamble(c: &mut Cursor<'_>, buf: &[u8]) -> Result<(u32, u64, u64), GgufError> {
     let magic = buf.get(..4).unwrap_or(buf);
     if magic != b"GGUF" {
         return Err(GgufError::NotGguf {
@@ -390,8 +430,20 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             ),
         ));
     }
+    Ok((version, n_tensors, n_kv))
+}
 
-    // Metadata.
+/// The metadata entries as read, with the two keys the rest of the header needs.
+struct Metadata<'a> {
+    kvs: Vec<KvEntry>,
+    kv_index: HashMap<String, usize>,
+    alignment: u64,
+    architecture: Option<&'a str>,
+}
+
+/// The `n_kv` metadata entries: where each key and value lies, checked (value types, nesting,
+/// duplicates, the alignment).
+fn read_metadata<'a>(c: &mut Cursor<'a>, n_kv: u64) -> Result<Metadata<'a>, GgufError> {
     let mut kvs = Vec::with_capacity(n_kv as usize);
     let mut kv_index = HashMap::with_capacity(n_kv as usize);
     let mut alignment = DEFAULT_ALIGNMENT;
@@ -409,7 +461,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             )
         })?;
         let value_start = c.position();
-        let value = read_value(&mut c, ty, 0)?;
+        let value = read_value(c, ty, 0)?;
         if kv_index.insert(key.to_string(), kvs.len()).is_some() {
             return Err(c.malformed(entry_at, format!("metadata key `{key}` appears twice")));
         }
@@ -435,8 +487,17 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             value_start,
         });
     }
+    Ok(Metadata {
+        kvs,
+        kv_index,
+        alignment,
+        architecture,
+    })
+}
 
-    // Tensor infos, with type ids still raw: their meaning depends on the whole file.
+/// The `n_tensors` tensor infos, with type ids still raw: their meaning depends on the whole
+/// file.
+fn read_tensor_infos(c: &mut Cursor<'_>, n_tensors: u64) -> Result<Vec<RawTensorInfo>, GgufError> {
     let mut raw = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
         let info_offset = c.offset();
@@ -463,20 +524,29 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             offset,
         });
     }
-    let dialect = TypeDialect::detect(architecture, raw.iter().map(|t| t.type_id));
+    Ok(raw)
+}
 
-    let header_end = c.offset();
-    let data_offset = header_end.div_ceil(alignment) * alignment;
-    let file_len = buf.len() as u64;
-    if !raw.is_empty() && data_offset > file_len {
-        return Err(GgufError::Truncated {
-            offset: header_end,
-            what: "padding before the tensor data".into(),
-            needed: data_offset - header_end,
-            available: file_len - header_end,
-        });
-    }
+/// Where tensor data lies in a file, and how its type ids are numbered.
+struct DataLayout {
+    dialect: TypeDialect,
+    alignment: u64,
+    data_offset: u64,
+    file_len: u64,
+}
 
+/// Each raw tensor info resolved (type, size, place in the file, all checked), and the index by
+/// name.
+fn resolve_tensors(
+    raw: Vec<RawTensorInfo>,
+    layout: &DataLayout,
+) -> Result<(Vec<TensorInfo>, HashMap<String, usize>), GgufError> {
+    let DataLayout {
+        dialect,
+        alignment,
+        data_offset,
+        file_len,
+    } = *layout;
     let mut tensors = Vec::with_capacity(raw.len());
     let mut tensor_index = HashMap::with_capacity(raw.len());
     for r in raw {
@@ -523,18 +593,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             n_bytes,
         });
     }
-    check_no_overlap(&tensors)?;
-
-    Ok(Header {
-        version,
-        alignment,
-        dialect,
-        data_offset,
-        kvs,
-        kv_index,
-        tensors,
-        tensor_index,
-    })
+    Ok((tensors, tensor_index))
 }
 
 /// Two tensors sharing bytes would let a write through one corrupt the other; real files never

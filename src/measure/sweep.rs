@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::measure::eval::{for_each_prediction, window_count, Windows};
-use crate::measure::speed::{median, time_decode};
+use crate::measure::speed::{median, time_decode, DecodeRun};
 use crate::model::{ForwardError, Model, Proj, RunState, Sparsity, Traffic};
 use crate::sample::{argmax, log_sum_exp};
 use qsparse_kernels::{bandwidth, Isa};
@@ -153,6 +153,42 @@ pub fn run(
     progress: Progress,
 ) -> Result<Sweep, SweepError> {
     let s = settings;
+    let predictions = check(model, tokens, s)?;
+    let ratios = ratios(&s.sparsities);
+    let quality_steps = (ratios.len() * s.windows * s.ctx) as u64;
+    let speed_steps = (ratios.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
+    let mut steps = Steps {
+        done: 0,
+        total: quality_steps + speed_steps + 1,
+        progress,
+    };
+
+    steps.report("measuring the machine's read bandwidth");
+    let mut state = new_state(s.ctx);
+    let machine = measure_machine(state.isa());
+    steps.done = 1;
+    let quality = measure_quality(model, &mut state, tokens, s, &ratios, &mut steps)?;
+    let mut state = new_state(s.prompt_tokens + s.gen_tokens);
+    let speed = measure_speed(model, &mut state, tokens, s, &ratios, &mut steps)?;
+    steps.done = steps.total;
+    steps.report("done");
+
+    let dense = &speed[0];
+    let rows = ratios
+        .iter()
+        .zip(&quality)
+        .zip(&speed)
+        .map(|((&r, q), sp)| row(r, q, sp, dense, &machine))
+        .collect();
+    Ok(Sweep {
+        machine,
+        n_predictions: predictions,
+        rows,
+    })
+}
+
+/// Whether the settings fit the text and memory; the number of predictions scored per ratio.
+fn check(model: &Model, tokens: &[u32], s: &Settings) -> Result<usize, SweepError> {
     if s.windows == 0 || window_count(tokens.len(), s.ctx, Some(s.windows)) < s.windows {
         return Err(SweepError::Settings(format!(
             "the text has {} tokens, fewer than {} windows of {}",
@@ -166,51 +202,69 @@ pub fn run(
             "prompt tokens, generated tokens and runs must each be at least 1".into(),
         ));
     }
-    let ratios = ratios(&s.sparsities);
-    let sparsity_at = |r: f32| {
-        if r == 0.0 {
-            Sparsity::dense()
-        } else {
-            Sparsity {
-                lm_head: s.lm_head_sparsity,
-                ..Sparsity::uniform(r)
-            }
-        }
-    };
-    let vocab = model.config.vocab_size;
     let predictions = s.windows * (s.ctx - 1);
-    let reference_bytes = predictions * vocab * 4;
+    let reference_bytes = predictions * model.config.vocab_size * 4;
     if reference_bytes > MAX_REFERENCE_BYTES {
         return Err(SweepError::TooManyTokens {
             predictions,
             gib: reference_bytes as f64 / (1u64 << 30) as f64,
         });
     }
-    let quality_steps = (ratios.len() * s.windows * s.ctx) as u64;
-    let speed_steps = (ratios.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
-    let total = quality_steps + speed_steps + 1;
+    Ok(predictions)
+}
 
-    progress(0, total, "measuring the machine's read bandwidth");
-    let mut state = new_state(s.ctx);
-    let machine = measure_machine(state.isa());
+/// The sparsity of ratio r: uniform, the lm_head at the settings' ratio (dense for r = 0).
+fn sparsity_at(r: f32, s: &Settings) -> Sparsity {
+    if r == 0.0 {
+        Sparsity::dense()
+    } else {
+        Sparsity {
+            lm_head: s.lm_head_sparsity,
+            ..Sparsity::uniform(r)
+        }
+    }
+}
 
-    // Quality: the dense pass stores its log-distributions; every ratio is compared to them.
-    let mut reference = Reference::new(predictions, vocab);
+/// The sweep's progress: forward passes done of all it will run.
+struct Steps<'a> {
+    done: u64,
+    total: u64,
+    progress: Progress<'a>,
+}
+
+impl Steps<'_> {
+    fn report(&mut self, what: &str) {
+        (self.progress)(self.done, self.total, what);
+    }
+}
+
+/// Each ratio's quality against dense (dense first: its pass stores the log-distributions every
+/// ratio is compared to).
+fn measure_quality(
+    model: &Model,
+    state: &mut RunState,
+    tokens: &[u32],
+    s: &Settings,
+    ratios: &[f32],
+    steps: &mut Steps,
+) -> Result<Vec<Quality>, SweepError> {
+    let vocab = model.config.vocab_size;
+    let mut reference = Reference::new(s.windows * (s.ctx - 1), vocab);
     let mut quality = Vec::with_capacity(ratios.len());
-    let mut done = 1u64;
-    for &r in &ratios {
+    for &r in ratios {
         let label = format!("quality at S={r}");
         let mut q = Quality::default();
         let mut i = 0;
+        let windows = Windows {
+            tokens,
+            ctx: s.ctx,
+            chunks: Some(s.windows),
+        };
         for_each_prediction(
             model,
-            &mut state,
-            Windows {
-                tokens,
-                ctx: s.ctx,
-                chunks: Some(s.windows),
-            },
-            sparsity_at(r),
+            state,
+            windows,
+            sparsity_at(r, s),
             &mut |_, _| {},
             &mut |st, next| {
                 if r == 0.0 {
@@ -218,95 +272,104 @@ pub fn run(
                 }
                 q.add(&reference, i, st.logits(), next, st.traffic());
                 i += 1;
-                done += 1;
+                steps.done += 1;
                 if i % 16 == 0 {
-                    progress(done, total, &label);
+                    steps.report(&label);
                 }
             },
         )?;
         // The last token of each window makes no prediction but was still a forward pass.
-        done += s.windows as u64;
+        steps.done += s.windows as u64;
         quality.push(q);
     }
+    Ok(quality)
+}
 
-    // Speed: interleaved rounds, the first a warm-up.
+/// One ratio's timed runs, and what one of its decoded tokens read.
+struct Speed {
+    runs: Vec<DecodeRun>,
+    traffic: Traffic,
+}
+
+impl Speed {
+    fn decode(&self) -> Vec<f64> {
+        self.runs.iter().map(|r| r.decode_tok_s).collect()
+    }
+}
+
+/// Each ratio's decode speed: interleaved rounds, the first a warm-up.
+fn measure_speed(
+    model: &Model,
+    state: &mut RunState,
+    tokens: &[u32],
+    s: &Settings,
+    ratios: &[f32],
+    steps: &mut Steps,
+) -> Result<Vec<Speed>, SweepError> {
     let prompt: Vec<u32> = tokens
         .iter()
         .copied()
         .cycle()
         .take(s.prompt_tokens)
         .collect();
-    let mut state = new_state(s.prompt_tokens + s.gen_tokens);
-    let mut runs = vec![Vec::new(); ratios.len()];
-    let mut traffic = vec![Traffic::default(); ratios.len()];
-    for round in 0..=s.runs {
-        for (j, &r) in ratios.iter().enumerate() {
-            progress(
-                done,
-                total,
-                &format!("speed at S={r}, round {round}/{}", s.runs),
-            );
-            let run = time_decode(model, &mut state, &prompt, s.gen_tokens, sparsity_at(r))?;
-            done += (s.prompt_tokens + s.gen_tokens) as u64;
-            if round > 0 {
-                runs[j].push(run);
-            }
-            traffic[j] = run.traffic;
-        }
-    }
-    progress(total, total, "done");
-
-    let dense_bytes = traffic[0].total_bytes();
-    let dense_tok_s = median(runs[0].iter().map(|r| r.decode_tok_s).collect());
-    let rows = ratios
+    let mut speed: Vec<Speed> = ratios
         .iter()
-        .enumerate()
-        .map(|(j, &r)| {
-            let bytes = traffic[j].total_bytes();
-            let decode = median(runs[j].iter().map(|r| r.decode_tok_s).collect());
-            let paired = paired_speedup(
-                &runs[j].iter().map(|r| r.decode_tok_s).collect::<Vec<_>>(),
-                &runs[0].iter().map(|r| r.decode_tok_s).collect::<Vec<_>>(),
-            );
-            let prefill = median(runs[j].iter().map(|r| r.prefill_tok_s).collect());
-            let q = &quality[j];
-            let effective_gb_s = bytes as f64 * decode / 1e9;
-            Row {
-                sparsity: r,
-                weight_bytes_per_token: bytes,
-                fraction_of_dense: bytes as f64 / dense_bytes as f64,
-                active_params: traffic[j].total_active_params(),
-                decode_tok_s: decode,
-                prefill_tok_s: prefill,
-                speedup: paired,
-                speedup_of_medians: decode / dense_tok_s,
-                ideal_speedup: dense_bytes as f64 / bytes as f64,
-                effective_gb_s,
-                roofline_fraction: effective_gb_s / machine.read_gb_s,
-                ppl: q.mean_nll().exp(),
-                mean_nll: q.mean_nll(),
-                top1_agreement: q.agree as f64 / q.n as f64,
-                kl: q.kl / q.n as f64,
-                natural_sparsity: q.traffic.natural_sparsity(),
-                projections: Proj::ALL
-                    .iter()
-                    .map(|&proj| (proj as usize, proj.name()))
-                    .map(|(p, name)| Projection {
-                        name,
-                        weight_bytes_per_token: traffic[j].bytes[p],
-                        active_params: traffic[j].active_params[p],
-                        natural_sparsity: q.traffic.zero_inputs[p] as f64
-                            / q.traffic.inputs[p].max(1) as f64,
-                    })
-                    .collect(),
-            }
+        .map(|_| Speed {
+            runs: Vec::new(),
+            traffic: Traffic::default(),
         })
         .collect();
-    Ok(Sweep {
-        machine,
-        n_predictions: predictions,
-        rows,
-    })
+    for round in 0..=s.runs {
+        for (sp, &r) in speed.iter_mut().zip(ratios) {
+            steps.report(&format!("speed at S={r}, round {round}/{}", s.runs));
+            let run = time_decode(model, state, &prompt, s.gen_tokens, sparsity_at(r, s))?;
+            steps.done += (s.prompt_tokens + s.gen_tokens) as u64;
+            if round > 0 {
+                sp.runs.push(run);
+            }
+            sp.traffic = run.traffic;
+        }
+    }
+    Ok(speed)
+}
+
+/// The row of ratio r, next to the dense reference's speed.
+fn row(r: f32, q: &Quality, sp: &Speed, dense: &Speed, machine: &Machine) -> Row {
+    let (traffic, dense_bytes) = (&sp.traffic, dense.traffic.total_bytes());
+    let bytes = traffic.total_bytes();
+    let decode = median(sp.decode());
+    let effective_gb_s = bytes as f64 * decode / 1e9;
+    Row {
+        sparsity: r,
+        weight_bytes_per_token: bytes,
+        fraction_of_dense: bytes as f64 / dense_bytes as f64,
+        active_params: traffic.total_active_params(),
+        decode_tok_s: decode,
+        prefill_tok_s: median(sp.runs.iter().map(|r| r.prefill_tok_s).collect()),
+        speedup: paired_speedup(&sp.decode(), &dense.decode()),
+        speedup_of_medians: decode / median(dense.decode()),
+        ideal_speedup: dense_bytes as f64 / bytes as f64,
+        effective_gb_s,
+        roofline_fraction: effective_gb_s / machine.read_gb_s,
+        ppl: q.mean_nll().exp(),
+        mean_nll: q.mean_nll(),
+        top1_agreement: q.agree as f64 / q.n as f64,
+        kl: q.kl / q.n as f64,
+        natural_sparsity: q.traffic.natural_sparsity(),
+        projections: Proj::ALL
+            .iter()
+            .map(|&proj| {
+                let p = proj as usize;
+                Projection {
+                    name: proj.name(),
+                    weight_bytes_per_token: traffic.bytes[p],
+                    active_params: traffic.active_params[p],
+                    natural_sparsity: q.traffic.zero_inputs[p] as f64
+                        / q.traffic.inputs[p].max(1) as f64,
+                }
+            })
+            .collect(),
+    }
 }
 
 fn measure_machine(isa: Isa) -> Machine {

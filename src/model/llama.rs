@@ -1,20 +1,18 @@
-//! The llama forward pass for one token, with Q-Sparse before every projection.
+//! The llama forward pass, with Q-Sparse before every projection.
 //!
-//! Reads top to bottom like the architecture: embed → for each layer (RMSNorm → q/k/v → RoPE →
-//! grouped-query attention over the KV cache → o → residual; RMSNorm → gate/up → SiLU·up → down →
-//! residual) → final norm → lm_head. Each projection's input goes through `Sparsifier::select`:
-//! int8 absmax quantization for int8 weights, then Top-K by magnitude; q/k/v share one selection
-//! (same input), gate/up share one. Attention scores and the lm_head stay dense by default.
+//! Reads top to bottom like the architecture (`forward`): embed → for each layer (RMSNorm →
+//! q/k/v → RoPE → grouped-query attention over the KV cache → o → residual; RMSNorm → gate/up →
+//! act(gate)·up → down → residual) → final norm → lm_head. Each projection's input goes through
+//! `Sparsifier::select`: int8 absmax quantization for integer weights, then Top-K by magnitude;
+//! q/k/v share one selection (same input), gate/up share one. Attention scores and the lm_head
+//! stay dense by default.
 //!
 //! One deviation from plain absmax: the few largest activations of a vector (by default 32) are
 //! kept out of the int8 quantization: as int16 at the same scale against I8 weights (one integer
 //! pass), as f32 columns against T2 weights. Models trained without int8 activations have a
 //! handful of massive outliers per vector; letting them set γ leaves everything else a few
-//! levels. On SmolLM2 (data/english.txt, ctx 256) int8 weights cost +9.2% perplexity over f32
-//! with plain absmax and +1.66% with 32 outliers; with every activation in f32 it is also +1.66%,
-//! the int8 weights' own share. Builds that only reordered float sums elsewhere moved the figure
-//! by a few tenths (16 outliers: +1.60% and +2.10%; 32 with f32 outlier sums: +1.48%): a
-//! different rounding realization of the quantized activations.
+//! levels. On SmolLM2 with int8 weights, 32 outliers bring the activations' cost to about nothing
+//! (`qsparse perplexity --weights int8 --act-outliers 0` against the default; docs/quality.md).
 //!
 //! Here: the model, its run state and the calls that run tokens. Beside it: `forward` (the
 //! pass itself), `project` (a projection for every token of a pass, and what it measures),

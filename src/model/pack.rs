@@ -107,9 +107,9 @@ pub(super) fn matrix_bytes(file: &GgufFile) -> std::ops::Range<usize> {
 /// Whether a packed file's matrices (`matrix_bytes`) should be read in place: mapped now (as
 /// the first token would fault them), at least 3/4 of them got 2 MB pages. The page cache holds
 /// a file in 2 MB folios only on some systems (ext4 with large folios, Linux 6.16+) and only
-/// when it read the file that way; with small pages one decode ran at 94 tok/s where the
-/// converted weights' own huge pages gave 110-122, so there the matrices are better copied into
-/// the process's huge-page memory (still no conversion). Where the OS does not say, in place.
+/// when it read the file that way; on small pages a sparse gather is slower (`qsparse bench`
+/// against `QSPARSE_NO_HUGE_PAGES=1`), so there the matrices are better copied into the
+/// process's huge-page memory (still no conversion). Where the OS does not say, in place.
 pub(super) fn read_in_place(file: &GgufFile, matrices: std::ops::Range<usize>) -> bool {
     let Some(map) = file.mapping() else {
         return false;

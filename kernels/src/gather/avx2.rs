@@ -59,10 +59,8 @@ pub unsafe fn t2_runs(
 }
 
 /// [`t2_runs`] with the fields extracted by GFNI's affine transform (one instruction where the
-/// shift-and-mask takes two), used at the AVX-512 level where the CPU has GFNI. On the Zen4
-/// machine, one core in L2 (`examples/hot_rate.rs`, 512 x 512): 25.4-26.0 against 24.4-24.5
-/// weights a cycle (at a nominal 3 GHz); a 2B4T-shaped model decoded within the noise of the
-/// shift form (4 alternated pairs: medians ~41 against ~38 tok/s, each side 28-43).
+/// shift-and-mask takes two), used at the AVX-512 level where the CPU has GFNI: a few percent
+/// more weights a cycle in L2 (`examples/hot_rate.rs`), end to end within the noise.
 #[target_feature(enable = "avx2,fma,f16c,gfni")]
 pub unsafe fn t2_runs_gfni(
     l: Lines<'_>,

@@ -1,16 +1,10 @@
 //! AVX-512 run kernels for [`super`] and [`super::batch`]: the AVX2 kernels'
 //! algorithms on 512-bit vectors (VNNI's fused `vpdpwssd` where present).
 //!
-//! T2 uses the AVX2 kernel, with GFNI field extraction where present (`gather_avx2::t2_runs_gfni`;
-//! on Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops). A VNNI form
-//! (`vpdpbusd`: each line interleaved bytewise across four columns, GFNI's fields of the quads
-//! as the unsigned side, int32 sums with no int16 stage) was slower on Zen4: 28 against 32
-//! weights a cycle on one core (`examples/hot_rate.rs`, 2560 x 2560), and the 2B4T-shaped
-//! model's prompts at 51-62 against 71-79 tok/s, with the sums' lines in L1 or not: each dot
-//! carries its own accumulator load and store, as many µops as the int16 form's two. With eight
-//! columns a group (two dots per load and store, as [`i8_runs_dpbusd`]) a batch of 8 ran
-//! -13% to +16% against the AVX2 kernel by shape (one core, 2B4T shapes) and the model's prompts
-//! alike (78-88 against 78-86 tok/s, 4 alternated pairs): left out.
+//! T2 uses the AVX2 kernel, with GFNI field extraction where present (`avx2::t2_runs_gfni`; on
+//! Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops). A VNNI form
+//! (`vpdpbusd` on quads of columns, no int16 stage) was slower there (`examples/hot_rate.rs`):
+//! each dot carries its own accumulator load and store, as many µops as the int16 form's two.
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
 //! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n
@@ -208,8 +202,7 @@ pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
 /// others' (each int32 lane then holds row r of the four columns); two such groups (eight
 /// columns) go into each accumulator between its load and store, which keeps the sums' traffic
 /// per multiply that of the pairwise kernel (with four columns a group it was slower than that
-/// kernel: SmolLM2's q/k/v 9.3 and 5.5 against 7.4 and 4.9 µs a token, two alternated runs of
-/// `examples/batch_speed.rs`). Int32 sums in `scratch`
+/// kernel, `examples/batch_speed.rs`). Int32 sums in `scratch`
 /// `[line][vector][64]` kept in the interleaved order (vector v, element 4L + i: row 16L + 4v +
 /// i), then put in row order by a 4 x 4 transpose of 128-bit lanes and *added* into `acc`
 /// `[line][vector][64 rows]`. Values are int8 (the batch driver clamps int16 activation outliers

@@ -12,21 +12,12 @@
 //!
 //! Work splits across the rayon workers by output lines (as sparse single-vector products do),
 //! each worker sweeping its lines of every kept column's run into accumulators
-//! `[line][token][rows]` (the B tokens' sums of one line side by side). On the AVX2 development
-//! machine the int8 kernel is bound by `vpmaddwd` (~6 token-weights a cycle per core): 8 tokens
-//! take 1.33-1.57x less time per token than one at a time on SmolLM2's shapes
-//! (`examples/batch_speed.rs`); on the executor's prompts, 1.48x (`qsparse bench`). On Zen4 the
-//! AVX-512 form with VNNI's `vpdpwssd` runs 82-89 billion token-weights a second on one core with
-//! the weights in L2 (~24 a cycle; the AVX2 kernel there: 68-72), and prompts of 128 tokens
-//! evaluate 1.12x faster than with the AVX2 kernel (662-706 against 596-677 tok/s, 6 alternated
-//! pairs). With VNNI the batch goes four columns a multiply instead (`vpdpbusd`, int8 values
-//! only): every value clamped to ±127 through that kernel, and each token's few activation
-//! outliers' remainders (v − clamp(v)) through the single-vector kernel (`Int8Split`): 94-118
-//! billion a second in L2, and 256-token prompts 1.16x faster than with `vpdpwssd` (540-557
-//! against 467-479 tok/s, 6 alternated pairs in a slow stretch of the machine). Sending whole
-//! outlier columns to the pairwise kernel instead gave 1.11x. Splitting the union's columns
-//! across the workers instead of the lines (whole runs, partial sums added after) was slower:
-//! 6.3 against 4.2 µs a token on q/k/v, the reduction unshared.
+//! `[line][token][rows]` (the B tokens' sums of one line side by side): compute-bound, so the
+//! widest multiply the CPU has pays (`examples/batch_speed.rs`, `qsparse bench --prompt-tokens
+//! 256`). With VNNI the batch goes four columns a multiply (`vpdpbusd`, int8 values only): every
+//! value clamped to ±127 through that kernel, and each token's few activation outliers'
+//! remainders (v − clamp(v)) through the single-vector kernel (`Int8Split`). The lines, not the
+//! union's columns, are split across the workers: a column split's reduction would not be shared.
 
 use std::cell::RefCell;
 

@@ -11,9 +11,8 @@ use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, LINES_PER_TILE, LINE_BYTES};
 use crate::topk::Sparse;
 
-/// Below this many weight bytes per product, threading costs more than it saves. (Lowered from
-/// 256 KB: a cold 576 x 576 int8 product at S = 0.5, 166 KB, took 24.3 µs on two threads against
-/// 25.7 on one, `examples/cold_matvec.rs`; a small gain, and the executor's workers are awake.)
+/// Below this many weight bytes per product, threading costs more than it saves
+/// (`examples/cold_matvec.rs`; the executor's workers are awake, see `qsparse` `pool.rs`).
 pub const PARALLEL_MIN_BYTES: usize = 96 * 1024;
 
 /// The sparse activation a product consumes.
@@ -151,10 +150,8 @@ pub fn gather_matvec(isa: Isa, w: &ColumnTiles<'_>, input: Input<'_>, y: &mut [f
         // Integer products split the kept columns: each worker streams whole runs, a contiguous
         // share of every tile, and the int32 partial sums are added after. Splitting the rows
         // instead cuts every kept run in two (288-byte pieces on 576-row outputs), which DRAM
-        // serves worse than the reduction costs. On the AVX2 development machine the rows won at
-        // S = 0.5; on the Zen4 machines the columns win (SmolLM2 int8 at S = 0.5, `qsparse bench
-        // --profile`, 3 interleaved pairs: down 600-640 µs a token against 833-869, q/k/v 462-479
-        // against 482-509, o 303-329 against 336-354; decode 260-272 tok/s against 221-234).
+        // serves worse than the reduction costs (`qsparse bench --profile`, the products'
+        // phases).
         Input::I8 { .. } | Input::Mixed { .. } | Input::I16 { .. }
             if n_lines < ROW_SPLIT_MIN_LINES =>
         {
@@ -226,10 +223,9 @@ fn split_columns(
         let bias = t2_bias(format, vals);
         let scales = w.row_scale();
         let (parts, floats) = (&part_buf[..threads * rows], &float_buf[..]);
-        // Block by block, so that every loop below is a plain zip the compiler vectorizes. A
+        // Block by block, so that every loop below is a plain zip the compiler vectorizes: a
         // per-row sum over the workers' strided parts ran 6-7 cycles a row after the workers had
-        // finished (SmolLM2 dense: 2.3 µs per 576-row product, 9.3 per 3072-row one, ~0.5 ms a
-        // token); the blocked form made dense decode 2.7% faster (11 interleaved rounds).
+        // finished.
         let reduce = |r0: usize, ys: &mut [f32]| {
             const BLOCK: usize = 256;
             let mut sums = [0i32; BLOCK];
@@ -266,9 +262,9 @@ fn split_columns(
     PARTIALS.set((part_buf, float_buf));
 }
 
-/// From this many output lines (8 full tiles) integer products always split the rows:
-/// SmolLM2's lm_head (576 x 49152 int8) took 1.61-1.71 ms per token against 1.69-1.94 split by
-/// columns (3 interleaved pairs of `qsparse bench --profile`).
+/// From this many output lines (8 full tiles) integer products always split the rows: a tall
+/// product (an int8 lm_head with a sparse input) has rows enough for both workers, and no
+/// reduction (`qsparse bench --profile --lm-head-sparsity`).
 const ROW_SPLIT_MIN_LINES: usize = 8 * LINES_PER_TILE;
 
 /// From this many output rows the partial sums of a column split are added in parallel.

@@ -94,11 +94,8 @@ mod x86 {
     /// How far ahead of the group being computed its runs are requested into L2: about this many
     /// bytes of kept runs. The hardware prefetchers do not keep up with four interleaved run
     /// streams that start and stop, and a one-group lead (under 2.5 KB on 576-row outputs) leaves
-    /// most of each DRAM latency exposed. On the Zen4 machines (SmolLM2 int8, `qsparse bench`, 2
-    /// threads, two alternated rounds) an 8 KB lead took decode from 137 to 190-204 tok/s dense
-    /// and from 170-196 to 245-260 at S = 0.5; 4-24 KB all measured within the noise of it, and
-    /// the lead into L1 (`T0`) or as `NTA` gained far less (`examples/cold_matvec.rs`: 1536 x 576
-    /// dense 82 µs with no lead, 32 into L2, 78 into L1, 56 as NTA).
+    /// most of each DRAM latency exposed; leads of 4-24 KB measure alike, and into L1 (`T0`) or as
+    /// `NTA` far worse (`examples/cold_matvec.rs`, with and without the lead).
     const FAR_BYTES: usize = 8192;
 
     /// Kept columns from a group to the one it requests into L2, by run length in lines: whole

@@ -8,11 +8,8 @@ use qsparse_kernels::Isa;
 /// One layer's attention inputs for the current token: its rotated queries and the layer's key
 /// and value cache, head-major (each key/value head's positions one after another, `keys.len() /
 /// n_kv` values per head), of which positions 0..`positions` are filled. Head-major, a head's keys
-/// are one sequential stream: position-major (all heads of a position together), each head read
-/// 128 of every 384 bytes, and as the weights streaming between two layers' attention evict the
-/// cache, the kernel waited on strided misses. SmolLM2's attention phase (`bench --profile`, S =
-/// 0.5, two interleaved pairs) went from 358-364 to 326-328 µs per token at ~33 positions and
-/// from 738-896 to 641-658 at ~190.
+/// are one sequential stream, where position-major a head read 128 of every 384 bytes in strided
+/// misses (the attention phase of `qsparse bench --profile` shows it).
 pub(super) struct Attention<'a> {
     pub(super) q: &'a [f32],
     pub(super) keys: &'a [f16],
@@ -25,9 +22,8 @@ pub(super) struct Attention<'a> {
 }
 
 /// Below this many multiply-adds per layer (heads × positions × head_dim), attention stays on one
-/// thread (SmolLM2: below 15 positions). With the query heads split evenly, 8 Ki against 64 Ki:
-/// the attention phase took 337-418 µs per token against 419-440 at 16 + 64 positions (3 pairs
-/// of `qsparse bench --profile`); 0 and 8 Ki were alike, 32 Ki slower.
+/// thread (SmolLM2: below 15 positions): below it a parallel region costs more than it saves
+/// (`qsparse bench --profile`, attention phase).
 pub(super) const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
 
 /// Scaled dot-product attention of every query head over the cache, into `out`; `scores` holds
@@ -70,9 +66,8 @@ pub(super) fn attend(isa: Isa, a: Attention, scores: &mut [f32], out: &mut [f32]
     if a.q.len() * positions < PARALLEL_ATTENTION_MIN || threads == 1 {
         heads(0, scores, out);
     } else {
-        // Split by key/value heads (3 on 2 workers for SmolLM2), one worker did two thirds of
-        // the work: at ~1000 positions the attention phase took 3.6-3.7 ms per token against
-        // 2.9-3.3 split evenly by query heads (3 interleaved pairs of `qsparse bench --profile`).
+        // Split evenly by query heads: split by key/value heads (3 on 2 workers for SmolLM2),
+        // one worker did two thirds of the work.
         use rayon::prelude::*;
         let per = n_q.div_ceil(threads);
         out.par_chunks_mut(per * hd)

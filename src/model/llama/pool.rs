@@ -6,17 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Runs `f` (a forward step) on a rayon pool worker, with the pool's other workers looking for
 /// its parallel work meanwhile.
 ///
-/// A step has ~150 parallel regions. Started from outside the rayon pool, each one hands its work
-/// to sleeping workers and waits (10-25 µs here, `region_cost` example); run on a pool worker, a
-/// region keeps one half on the calling thread and wakes one helper (~2 µs after a gap of 20 µs
-/// or more). So the whole step moves into the pool once. Measured: int8 dense decode 66-83 tok/s
-/// (median 77) against 61-71 (median 66), 6 pairs.
-///
-/// On the worker, the pool's other workers stay awake for the step's length, looking for its
-/// parallel work (`keep_stealing`): between two regions (the serial stretches of norms, selection
-/// and attention) a worker would otherwise fall asleep and take ~2 µs to wake for the next one.
-/// Measured: dense decode faster in 6 of 6 interleaved pairs (median 72 against 62 tok/s), S =
-/// 0.5 in 4 of 6.
+/// A step has ~150 parallel regions: started from outside the pool each one waits 10-25 µs for
+/// sleeping workers, from a pool worker ~2 µs; and between two regions (the serial norms,
+/// selection and attention) a sleeping worker takes ~2 µs to wake, so the others keep looking for
+/// work until the step ends (`keep_stealing`). Both show in `qsparse bench` decode speed.
 pub(super) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_none() {
         return rayon::scope(|_| on_pool(f));

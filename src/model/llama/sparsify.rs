@@ -105,7 +105,7 @@ pub const DEFAULT_ACTIVATION_OUTLIERS: usize = 32;
 /// (SmolLM2 was not trained for int8 activations: +9.2% perplexity with plain absmax); none with
 /// ternary ones, which follow BitNet b1.58's recipe (plain absmax per token, the activations its
 /// models were trained with) and whose kernel takes int8 only (outliers would go through a slow
-/// f32 pass: 231 against 363 tok/s dense on SmolLM2); none with float weights (no quantization).
+/// f32 pass, `qsparse bench --weights t2 --act-outliers 32`); none with float weights.
 pub fn default_activation_outliers(format: WeightFormat) -> usize {
     match format {
         WeightFormat::Int8 => DEFAULT_ACTIVATION_OUTLIERS,
@@ -143,11 +143,8 @@ impl Sparsifier {
                 sel.quantized.resize(x.len(), 0);
                 let gamma = if m == 0 {
                     // Plain absmax (BitNet's recipe, the ternary default): one pass finds γ and
-                    // any non-finite entry, one quantizes. (The outlier path with m = 0 took
-                    // three passes: 4.0 µs against 1.0 on a 6912-long vector, 0.39 against
-                    // 0.09 on a 576-long one, one core in a loop; `bench --profile` at S = 0.5,
-                    // quantize+top-k per token: 2B4T-shaped 1105 -> 390 µs, SmolLM2 t2 156 ->
-                    // 108-115.)
+                    // any non-finite entry, one quantizes, where the outlier path takes four
+                    // (`examples/select_cost.rs`; the quantize+top-k phase of `bench --profile`).
                     sel.outliers.indices.clear();
                     sel.outliers.values.clear();
                     quantize_absmax(self.isa, x, &mut sel.quantized)?
