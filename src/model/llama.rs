@@ -228,10 +228,11 @@ impl Model {
     }
 
     /// Run prompt tokens at positions pos0.. through the model only to fill their KV cache
-    /// entries; [`RunState::logits`] is left as it was ([`RunState::traffic`] is not). Nobody reads their next-token
-    /// distributions, so they skip the final norm and the lm_head (SmolLM2 int8: 32 of the 138
-    /// MB a step reads), and they go [`PROMPT_BATCH`] at a time, each weight read once per
-    /// batch. On an error, the entries of the batches before the failing one are filled.
+    /// entries; [`RunState::logits`] is left as it was ([`RunState::traffic`] is not). Nobody
+    /// reads their next-token distributions, so they skip the final norm and the lm_head
+    /// (SmolLM2 int8: 32 of the 138 MB a step reads), and they go [`PROMPT_BATCH`] at a time,
+    /// each weight read once per batch. On an error, the entries of the batches before the
+    /// failing one are filled.
     pub fn feed(
         &self,
         state: &mut RunState,
