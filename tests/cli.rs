@@ -36,6 +36,40 @@ fn generate_json_starts_like_llama_cpp() {
     assert!(j["timings"]["decode_tok_s"].as_f64().unwrap() > 0.0);
 }
 
+/// `--select weighted` reaches the forward pass: at S = 0.5 the first step's log-probabilities
+/// differ from magnitude selection's, and dense (S = 0, every input kept) they are the same.
+#[test]
+fn the_selection_flag_changes_the_sparse_products_only() {
+    let first_step = |select: &str, sparsity: &str| -> serde_json::Value {
+        let o = qsparse(&[
+            "generate",
+            "-p",
+            "The capital of France is",
+            "-n",
+            "1",
+            "--temp",
+            "0",
+            "--json",
+            "--logprobs",
+            "5",
+            "--sparsity",
+            sparsity,
+            "--select",
+            select,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        j["logprobs"][0].clone()
+    };
+    assert_ne!(
+        first_step("magnitude", "0.5"),
+        first_step("weighted", "0.5")
+    );
+    assert_eq!(first_step("magnitude", "0"), first_step("weighted", "0"));
+    let o = qsparse(&["generate", "-p", "Hi", "--select", "largest"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 #[test]
 fn generate_streams_only_the_text_to_stdout() {
     let o = qsparse(&[

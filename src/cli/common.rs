@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::gguf::GgufFile;
 use crate::hub;
-use crate::model::{self, HeadInput, LoadOptions, Model, Sparsity, WeightFormat};
+use crate::model::{self, HeadInput, LoadOptions, Model, Select, Sparsity, WeightFormat};
 use crate::tokenizer::Tokenizer;
 
 /// Model selection and weight format: what every command that runs a model needs.
@@ -31,6 +31,27 @@ pub struct LoadArgs {
     /// Default: 32 with int8 weights, 0 with t2.
     #[arg(long)]
     pub act_outliers: Option<usize>,
+    /// How each projection's kept inputs are chosen at --sparsity S: `magnitude` keeps the K
+    /// largest |x_j| (Q-Sparse); `weighted` keeps the K largest |x_j|·‖W[:, j]‖ (the input's
+    /// magnitude times its weight column's norm). The same K either way.
+    #[arg(long, value_enum, default_value_t = SelectArg::Magnitude)]
+    pub select: SelectArg,
+}
+
+/// `--select`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SelectArg {
+    Magnitude,
+    Weighted,
+}
+
+impl From<SelectArg> for Select {
+    fn from(s: SelectArg) -> Self {
+        match s {
+            SelectArg::Magnitude => Select::Magnitude,
+            SelectArg::Weighted => Select::Weighted,
+        }
+    }
 }
 
 /// Sampling flags (llama.cpp's defaults).
@@ -180,6 +201,7 @@ impl LoadArgs {
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         let mut state = crate::model::RunState::new(&model.config, model.weights.format, ctx);
         state.set_isa(forced_isa());
+        state.set_select(self.select.into());
         if let Some(n) = self.act_outliers {
             state.set_activation_outliers(n);
         }

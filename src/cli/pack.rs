@@ -38,6 +38,7 @@ pub fn run(args: Args) -> Result<()> {
         model: args.model,
         weights: args.weights,
         act_outliers: None,
+        select: super::common::SelectArg::Magnitude,
     };
     let input = load.path()?;
     if same_file(&input, &args.output) {

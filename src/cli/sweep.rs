@@ -97,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         runs: args.runs,
+        select: args.model.select.into(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(1);
@@ -165,7 +166,7 @@ fn model_name(arg: &str) -> String {
         .map_or_else(|| arg.to_owned(), |f| f.to_string_lossy().into_owned())
 }
 
-const CSV_COLUMNS: &str = "sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
+const CSV_COLUMNS: &str = "method,sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
 decode_tok_s,prefill_tok_s,speedup,speedup_of_medians,ideal_speedup,effective_gb_s,roofline_fraction,ppl,mean_nll,\
 top1_agreement,kl,natural_sparsity";
 
@@ -173,7 +174,8 @@ fn csv(s: &Sweep) -> String {
     let mut out = format!("{CSV_COLUMNS}\n");
     for r in &s.rows {
         out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.method,
             r.sparsity,
             r.weight_bytes_per_token,
             r.fraction_of_dense,
@@ -198,8 +200,12 @@ fn csv(s: &Sweep) -> String {
 fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
     let m = &s.machine;
     let mut out = format!(
-        "{title}: {} predictions scored per ratio; machine read bandwidth {:.1} GB/s ({} threads, {})\n\n",
-        s.n_predictions, m.read_gb_s, m.threads, m.isa
+        "{title}: {} predictions scored per ratio, {} selection; machine read bandwidth {:.1} GB/s ({} threads, {})\n\n",
+        s.n_predictions,
+        s.rows.first().map_or("magnitude", |r| r.method),
+        m.read_gb_s,
+        m.threads,
+        m.isa
     );
     out += &format!(
         "{:>5} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>6} {:>7}\n",

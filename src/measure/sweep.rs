@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::measure::eval::{for_each_prediction, window_count, Windows};
 use crate::measure::speed::{median, time_decode, DecodeRun};
-use crate::model::{ForwardError, Model, Proj, RunState, Sparsity, Traffic};
+use crate::model::{ForwardError, Model, Proj, RunState, Select, Sparsity, Traffic};
 use crate::sample::{argmax, log_sum_exp};
 use qsparse_kernels::{bandwidth, Isa};
 
@@ -31,6 +31,8 @@ pub struct Settings {
     pub gen_tokens: usize,
     /// Timed rounds (after a warm-up round).
     pub runs: usize,
+    /// How the run states it is given select inputs (reported on every row).
+    pub select: Select,
 }
 
 /// The machine's streaming read rate, measured in the same run.
@@ -60,6 +62,8 @@ pub struct Projection {
 /// One sparsity ratio's measurements.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// How inputs were selected: `magnitude` or `weighted` (the dense row too).
+    pub method: &'static str,
     /// The sparsity S (0: the dense reference).
     pub sparsity: f32,
     /// Weight bytes one decoded token reads.
@@ -178,7 +182,7 @@ pub fn run(
         .iter()
         .zip(&quality)
         .zip(&speed)
-        .map(|((&r, q), sp)| row(r, q, sp, dense, &machine))
+        .map(|((&r, q), sp)| row(r, s.select, q, sp, dense, &machine))
         .collect();
     Ok(Sweep {
         machine,
@@ -334,12 +338,13 @@ fn measure_speed(
 }
 
 /// The row of ratio r, next to the dense reference's speed.
-fn row(r: f32, q: &Quality, sp: &Speed, dense: &Speed, machine: &Machine) -> Row {
+fn row(r: f32, select: Select, q: &Quality, sp: &Speed, dense: &Speed, machine: &Machine) -> Row {
     let (traffic, dense_bytes) = (&sp.traffic, dense.traffic.total_bytes());
     let bytes = traffic.total_bytes();
     let decode = median(sp.decode());
     let effective_gb_s = bytes as f64 * decode / 1e9;
     Row {
+        method: select.name(),
         sparsity: r,
         weight_bytes_per_token: bytes,
         fraction_of_dense: bytes as f64 / dense_bytes as f64,

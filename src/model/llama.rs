@@ -43,7 +43,7 @@ use pool::on_pool;
 use project::Union;
 pub use project::PROMPT_BATCH;
 use rope::Rope;
-pub use sparsify::{default_activation_outliers, Sparsity, DEFAULT_ACTIVATION_OUTLIERS};
+pub use sparsify::{default_activation_outliers, Select, Sparsity, DEFAULT_ACTIVATION_OUTLIERS};
 use sparsify::{Selection, Sparsifier};
 pub use traffic::Traffic;
 
@@ -110,6 +110,7 @@ impl RunState {
                 isa: Isa::best(),
                 format,
                 outliers: default_activation_outliers(format),
+                select: Select::Magnitude,
             },
             selections: (0..b).map(|_| Selection::default()).collect(),
             union: Union::default(),
@@ -141,6 +142,11 @@ impl RunState {
     /// The positions its KV cache holds.
     pub fn context_length(&self) -> usize {
         self.kv.ctx
+    }
+
+    /// Choose each projection's kept inputs by `select` (magnitude unless told).
+    pub fn set_select(&mut self, select: Select) {
+        self.sparsifier.select = select;
     }
 
     /// Run the kernels at `isa` (if this CPU has it) instead of the best level.

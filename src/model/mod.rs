@@ -12,7 +12,7 @@ mod residency;
 pub mod weights;
 
 pub use config::{ConfigError, FfnActivation, ModelConfig};
-pub use llama::{ForwardError, Model, RunState, Sparsity, Traffic, PROMPT_BATCH};
+pub use llama::{ForwardError, Model, RunState, Select, Sparsity, Traffic, PROMPT_BATCH};
 pub use load::{load, load_file, load_for, LoadError, LoadOptions};
 pub use profile::{Phase, Profile};
 pub use proj::{Proj, Stack};

@@ -426,9 +426,6 @@ impl Reader<'_> {
                 what: e.to_string(),
             }
         })?;
-        Ok(Linear {
-            name: name.to_string(),
-            matrix,
-        })
+        Ok(Linear::new(name.to_string(), matrix))
     }
 }

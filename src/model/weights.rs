@@ -6,7 +6,9 @@
 
 use qsparse_kernels::dense_q8::RowsQ8;
 use qsparse_kernels::memory::{share_huge_pages, AlignedBytes};
-use qsparse_kernels::{ColumnTiles, Format, PackedMatrix};
+use std::sync::OnceLock;
+
+use qsparse_kernels::{column_norms, ColumnTiles, Format, PackedMatrix};
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
@@ -90,9 +92,26 @@ pub struct Linear {
     pub name: String,
     /// The weights in the kernels' layout.
     pub matrix: PackedMatrix,
+    /// ‖W[:, j]‖₂ of every input column, computed the first time weighted selection asks.
+    norms: OnceLock<Vec<f32>>,
 }
 
 impl Linear {
+    /// The layer `name` with weights `matrix`.
+    pub fn new(name: String, matrix: PackedMatrix) -> Linear {
+        Linear {
+            name,
+            matrix,
+            norms: OnceLock::new(),
+        }
+    }
+
+    /// ‖W[:, j]‖₂ of every input column j (over every row of the stacked matrix: projections
+    /// that share an input share the norm), decoded once from the packed weights.
+    pub fn column_norms(&self) -> &[f32] {
+        self.norms.get_or_init(|| column_norms(&self.view()))
+    }
+
     /// A view of the tiles the kernels read.
     pub fn view(&self) -> ColumnTiles<'_> {
         self.matrix.view()
@@ -397,14 +416,8 @@ fn convert(
             dequantize_row(file, parts, r, out)
         })?,
     };
-    Ok(Linear {
-        name: parts
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+"),
-        matrix,
-    })
+    let name = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>();
+    Ok(Linear::new(name.join("+"), matrix))
 }
 
 /// The format a run converts `file` to unless told: t2 when its projections are stored ternary

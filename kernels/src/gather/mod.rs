@@ -15,8 +15,8 @@
 //!
 //! Modules: `batch` (up to 8 vectors at once), `driver` (single-vector products), `dispatch`
 //! (which run kernels, with the proof that the CPU has them), the run kernels `scalar` (the
-//! reference), `avx2`, `avx512` and `neon`, and `runs` (walking column runs; x86 prefetch). Each
-//! depends only on those after it in this list; none on this module.
+//! reference), `avx2`, `avx512` and `neon`, `norms` (column norms) and `runs` (walking column
+//! runs; x86 prefetch). Each depends only on those after it in this list; none on this module.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -27,6 +27,7 @@ mod dispatch;
 mod driver;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod norms;
 mod runs;
 mod scalar;
 #[cfg(test)]
@@ -34,3 +35,4 @@ mod tests;
 
 pub use batch::{gather_matvec_batch, BatchInput, MAX_BATCH};
 pub use driver::{gather_matvec, Input, PARALLEL_MIN_BYTES};
+pub use norms::column_norms;

@@ -54,7 +54,7 @@ fn integer_runs_batch<V: Copy + Into<i16>>(
 }
 
 /// Line s of column j's run.
-fn run_line<'t>(l: &Lines<'t>, j: u32, s: usize) -> &'t [u8] {
+pub(super) fn run_line<'t>(l: &Lines<'t>, j: u32, s: usize) -> &'t [u8] {
     let at = l.first + j as usize * l.stride + s * LINE_BYTES;
     &l.tile[at..at + LINE_BYTES]
 }

@@ -14,7 +14,7 @@
 
 use qsparse_kernels::{gather_matvec_batch, BatchInput, Format, NonFinite, MAX_BATCH};
 
-use super::sparsify::{Selection, Sparsifier};
+use super::sparsify::{Select, Selection, Sparsifier};
 use super::traffic::Traffic;
 use crate::model::config::ModelConfig;
 use crate::model::profile::{Laps, Phase};
@@ -74,10 +74,14 @@ impl Projector<'_> {
     ) -> Result<(), NonFinite> {
         self.meter.lap(Phase::Elementwise);
         let d = w.d_in();
+        let norms = match self.sparsifier.select {
+            Select::Weighted => w.column_norms(),
+            Select::Magnitude => &[],
+        };
         let tokens = xs.chunks_exact(stride).zip(self.selections.iter_mut());
         for ((x, sel), traffic) in tokens.zip(self.meter.traffic.iter_mut()) {
             traffic.record_input(stack, &x[..d]);
-            self.sparsifier.select(sel, &x[..d], s, w.format())?;
+            self.sparsifier.select(sel, &x[..d], s, w.format(), norms)?;
         }
         self.meter.lap(Phase::Select);
         match &mut *self.selections {

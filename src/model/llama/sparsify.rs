@@ -55,6 +55,28 @@ impl Sparsity {
     }
 }
 
+/// How a projection's K kept inputs are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Select {
+    /// The K largest |x_j| (Q-Sparse's Top-K).
+    #[default]
+    Magnitude,
+    /// The K largest |x_j|·‖W[:, j]‖₂, the norm over every output that reads input j (WINA's
+    /// score, without its orthogonalizing transform): an input that meets large weights counts
+    /// for more. With int8 activations, |x_j| is the quantized magnitude.
+    Weighted,
+}
+
+impl Select {
+    /// The name `--select` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Select::Magnitude => "magnitude",
+            Select::Weighted => "weighted",
+        }
+    }
+}
+
 /// The selected (and for int8 weights, quantized) input of a projection.
 #[derive(Debug, Default)]
 pub(super) struct Selection {
@@ -72,6 +94,9 @@ pub(super) struct Selection {
     pub(super) wide: Sparse<i16>,
     /// Whether the last selection filled `wide`.
     pub(super) is_wide: bool,
+    /// Weighted selection: each input's score, and the kept ones (index, score).
+    pub(super) scores: Vec<f32>,
+    pub(super) picked: Sparse<f32>,
 }
 
 /// The outliers of an int16 input at the int8 scale γ/127: round(127·v/γ), within the range
@@ -121,19 +146,23 @@ pub(super) struct Sparsifier {
     pub(super) isa: Isa,
     pub(super) format: WeightFormat,
     pub(super) outliers: usize,
+    pub(super) select: Select,
 }
 
 impl Sparsifier {
     /// Select the inputs of `x` to keep at sparsity `s`, for a product with `target` weights
-    /// (int8 activations take their outliers as int16 against int8 weights, in f32 against others).
+    /// (int8 activations take their outliers as int16 against int8 weights, in f32 against
+    /// others); `norms` are the weights' column norms, read by weighted selection only.
     pub(super) fn select(
         &self,
         sel: &mut Selection,
         x: &[f32],
         s: f32,
         target: Format,
+        norms: &[f32],
     ) -> Result<(), NonFinite> {
         let k = keep_count(x.len(), s);
+        let weighted = self.select == Select::Weighted && k < x.len();
         match self.format {
             WeightFormat::Int8 | WeightFormat::Ternary => {
                 // The m largest magnitudes are kept out of the int8 quantization; they are part
@@ -178,7 +207,17 @@ impl Sparsifier {
                 // all d without a threshold pass). Int16 inputs are written straight from the
                 // int8 ones (no int8 list in between).
                 let kept = if k == x.len() { k } else { k - m };
-                if sel.is_wide {
+                if weighted {
+                    let magnitudes = sel.quantized.iter().map(|&q| f32::from(q).abs());
+                    let buffers = (&mut sel.scores, &mut sel.scratch);
+                    pick_weighted(self.isa, magnitudes, norms, kept, buffers, &mut sel.picked);
+                    let quantized = &sel.quantized;
+                    if sel.is_wide {
+                        gather_into(&sel.picked.indices, |j| quantized[j].into(), &mut sel.wide);
+                    } else {
+                        gather_into(&sel.picked.indices, |j| quantized[j], &mut sel.int);
+                    }
+                } else if sel.is_wide {
                     topk_i8(self.isa, &sel.quantized, kept, &mut sel.wide);
                 } else {
                     topk_i8(self.isa, &sel.quantized, kept, &mut sel.int);
@@ -189,7 +228,14 @@ impl Sparsifier {
             }
             WeightFormat::F32 | WeightFormat::F16 => {
                 check_finite(x)?;
-                topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
+                if weighted {
+                    let buffers = (&mut sel.scores, &mut sel.scratch);
+                    let magnitudes = x.iter().map(|v| v.abs());
+                    pick_weighted(self.isa, magnitudes, norms, k, buffers, &mut sel.picked);
+                    gather_into(&sel.picked.indices, |j| x[j], &mut sel.float);
+                } else {
+                    topk_f32(self.isa, x, k, &mut sel.scratch, &mut sel.float);
+                }
             }
         }
         Ok(())
@@ -229,6 +275,30 @@ impl Sparsifier {
     }
 }
 
+/// `picked` = the `k` inputs with the largest magnitude·norm (ties: the lowest index), in
+/// ascending order, their scores as values.
+fn pick_weighted(
+    isa: Isa,
+    magnitudes: impl Iterator<Item = f32>,
+    norms: &[f32],
+    k: usize,
+    (scores, scratch): (&mut Vec<f32>, &mut Vec<f32>),
+    picked: &mut Sparse<f32>,
+) {
+    scores.clear();
+    scores.extend(magnitudes.zip(norms).map(|(m, &c)| m * c));
+    topk_f32(isa, scores, k, scratch, picked);
+}
+
+/// `out` = the entries at `indices` (ascending), their values from `value(j)`.
+fn gather_into<T>(indices: &[u32], value: impl Fn(usize) -> T, out: &mut Sparse<T>) {
+    out.indices.clear();
+    out.indices.extend_from_slice(indices);
+    out.values.clear();
+    out.values
+        .extend(indices.iter().map(|&j| value(j as usize)));
+}
+
 impl Selection {
     /// The weight bytes and weights a product with `w` reads for this selection.
     pub(super) fn read(&self, format: WeightFormat, w: &Linear) -> (u64, u64) {
@@ -260,22 +330,23 @@ mod tests {
                     isa,
                     format,
                     outliers,
+                    select: Select::Magnitude,
                 };
                 let mut sel = Selection::default();
                 let mut x: Vec<f32> = (0..576).map(|i| (i as f32 * 0.37).sin()).collect();
                 for s in [0.0, 0.5] {
                     for target in [Format::I8, Format::T2] {
-                        assert!(sp.select(&mut sel, &x, s, target).is_ok());
+                        assert!(sp.select(&mut sel, &x, s, target, &[]).is_ok());
                     }
                 }
                 x[500] = f32::NEG_INFINITY;
                 x[501] = f32::NAN;
                 for s in [0.0, 0.5] {
-                    let e = sp.select(&mut sel, &x, s, Format::I8).unwrap_err();
+                    let e = sp.select(&mut sel, &x, s, Format::I8, &[]).unwrap_err();
                     assert_eq!(e.index, 500, "{format:?} outliers {outliers} {isa:?} S={s}");
                 }
                 x[7] = f32::NAN;
-                let e = sp.select(&mut sel, &x, 0.5, Format::T2).unwrap_err();
+                let e = sp.select(&mut sel, &x, 0.5, Format::T2, &[]).unwrap_err();
                 assert_eq!((e.index, e.value.is_nan()), (7, true));
             }
         }
@@ -287,6 +358,7 @@ mod tests {
             isa: Isa::best(),
             format: WeightFormat::Int8,
             outliers: 4,
+            select: Select::Magnitude,
         };
         let x = |d: usize, seed: f32| -> Vec<f32> {
             (0..d)
@@ -308,8 +380,8 @@ mod tests {
         ] {
             let x = x(d, seed);
             let mut new = Selection::default();
-            sp.select(&mut new, &x, s, target).unwrap();
-            sp.select(&mut reused, &x, s, target).unwrap();
+            sp.select(&mut new, &x, s, target, &[]).unwrap();
+            sp.select(&mut reused, &x, s, target, &[]).unwrap();
             let what = format!("d={d} S={s} {target:?}");
             assert_eq!(reused.is_wide, new.is_wide, "{what}");
             assert_eq!(reused.is_wide, target == Format::I8, "{what}");
@@ -393,6 +465,80 @@ mod tests {
             widen(&int, 6, &outliers, gamma, &mut out);
             assert_eq!(out.indices, want_idx);
             assert_eq!(out.values, want_val);
+        }
+    }
+
+    /// Weighted selection keeps the K inputs a plain sort of |x|·norm keeps (ties to the lowest
+    /// index), at every ISA, for float and int8 activations (with and without outliers, into
+    /// int8 and int16 inputs); non-finite input is refused as with magnitude selection.
+    #[test]
+    pub(super) fn weighted_selection_equals_a_sort_by_score() {
+        let d = 200;
+        // Repeated magnitudes and norms, so that scores tie.
+        let x: Vec<f32> = (0..d)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25)
+            .collect();
+        let norms: Vec<f32> = (0..d).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
+        let reference = |mags: &[f32], k: usize| -> Vec<u32> {
+            let mut order: Vec<u32> = (0..mags.len() as u32).collect();
+            let score = |j: u32| mags[j as usize] * norms[j as usize];
+            order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+            let mut kept = order[..k].to_vec();
+            kept.sort_unstable();
+            kept
+        };
+        for isa in Isa::available() {
+            for (format, outliers, target) in [
+                (WeightFormat::F32, 0, Format::F32),
+                (WeightFormat::Int8, 0, Format::I8),
+                (WeightFormat::Int8, 6, Format::I8),
+                (WeightFormat::Ternary, 0, Format::T2),
+            ] {
+                let sp = Sparsifier {
+                    isa,
+                    format,
+                    outliers,
+                    select: Select::Weighted,
+                };
+                for s in [0.3f32, 0.5, 0.9] {
+                    let what = format!("{isa:?} {format:?} outliers {outliers} S={s}");
+                    let mut sel = Selection::default();
+                    sp.select(&mut sel, &x, s, target, &norms).unwrap();
+                    let k = keep_count(d, s);
+                    match format {
+                        WeightFormat::F32 => {
+                            let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+                            assert_eq!(sel.float.indices, reference(&mags, k), "{what}");
+                            let want: Vec<f32> =
+                                sel.float.indices.iter().map(|&j| x[j as usize]).collect();
+                            assert_eq!(sel.float.values, want, "{what}");
+                        }
+                        _ => {
+                            // The non-outlier inputs are scored by their quantized magnitudes.
+                            let mags: Vec<f32> =
+                                sel.quantized.iter().map(|&q| f32::from(q).abs()).collect();
+                            let want = reference(&mags, k - outliers);
+                            let got = if sel.is_wide {
+                                &sel.wide.indices[..k - outliers]
+                            } else {
+                                &sel.int.indices[..]
+                            };
+                            assert_eq!(got, &want[..], "{what}");
+                            if sel.is_wide {
+                                assert_eq!(
+                                    &sel.wide.indices[k - outliers..],
+                                    &sel.outliers.indices[..]
+                                );
+                            }
+                        }
+                    }
+                }
+                let mut bad = x.clone();
+                bad[150] = f32::NAN;
+                let mut sel = Selection::default();
+                let e = sp.select(&mut sel, &bad, 0.5, target, &norms).unwrap_err();
+                assert_eq!(e.index, 150, "{isa:?} {format:?}");
+            }
         }
     }
 }
