@@ -225,3 +225,60 @@ fn ternary_files_run_as_t2_unless_told() {
     assert_eq!(weights(&[]), "t2");
     assert_eq!(weights(&["--weights", "int8"]), "int8");
 }
+
+/// A file may claim any context length: a `--ctx` whose KV cache would not fit in memory is
+/// refused with the bytes it needs, before anything is allocated (no abort).
+#[test]
+fn a_kv_cache_beyond_memory_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, huge) = (dir.path().join("small.gguf"), dir.path().join("huge.gguf"));
+    write_model(&small, None, false);
+    // The same model, its context length claimed as u32::MAX.
+    let file = GgufFile::open(&small).unwrap();
+    let mut w = qsparse::gguf::GgufWriter::new().with_dialect(file.dialect());
+    for (key, value) in file.metadata() {
+        let value = match key {
+            "bitnet.context_length" => qsparse::gguf::MetaValue::U32(u32::MAX),
+            _ => value.to_owned_value(),
+        };
+        w.add_kv(key, value);
+    }
+    for t in file.tensors() {
+        w.add_tensor(t.name.clone(), t.ty, &t.dims);
+    }
+    w.write_file(&huge, |i, _, sink| {
+        sink.write_all(file.tensor_data(&file.tensors()[i]))
+    })
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args([
+            "generate",
+            "-m",
+            huge.to_str().unwrap(),
+            "-p",
+            "Hi",
+            "-n",
+            "2",
+        ])
+        .args(["--ctx", &u32::MAX.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("GB of KV cache"), "{err}");
+    // A context that fits still runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args([
+            "generate",
+            "-m",
+            huge.to_str().unwrap(),
+            "-p",
+            "Hi",
+            "-n",
+            "2",
+        ])
+        .args(["--ctx", "64"])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+}

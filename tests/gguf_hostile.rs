@@ -149,6 +149,22 @@ fn malformed_metadata() {
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(9).u32(77).u64(0);
     assert!(err_text(&r).contains("unknown array element type 77"));
+
+    // A bool is one byte, 0 or 1: anything else is refused, naming the key.
+    let mut r = Raw::header(3, 0, 1);
+    r.str("tokenizer.ggml.add_bos_token").u32(7).bytes(&[2]);
+    let e = err_text(&r);
+    assert!(
+        e.contains("add_bos_token") && e.contains("bool value is 2"),
+        "{e}"
+    );
+    let mut r = Raw::header(3, 0, 1);
+    r.str("flags").u32(9).u32(7).u64(3).bytes(&[1, 0, 255]);
+    let e = err_text(&r);
+    assert!(
+        e.contains("flags") && e.contains("bool element 2 is 255"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -385,4 +401,19 @@ fn absurd_model_shapes_are_refused_by_name() {
     assert!(e.contains("head dimension 0"), "{e}");
     let e = config(64, 0);
     assert!(e.contains("head_count"), "{e}");
+
+    // RoPE on more entries than a head has, or on an odd number, is refused at load.
+    for rope in [40u32, 7, 0] {
+        let mut r = Raw::header(3, 0, 7);
+        r.str("general.architecture").u32(8).str("llama");
+        r.kv_u32("llama.block_count", 1)
+            .kv_u32("llama.embedding_length", 64)
+            .kv_u32("llama.feed_forward_length", 64)
+            .kv_u32("llama.attention.head_count", 2)
+            .kv_u32("llama.context_length", 16)
+            .kv_u32("llama.rope.dimension_count", rope);
+        let file = r.open().expect("a well-formed header");
+        let e = ModelConfig::from_gguf(&file).unwrap_err().to_string();
+        assert!(e.contains("rope.dimension_count"), "rope {rope}: {e}");
+    }
 }

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         .take(args.prompt_tokens)
         .collect();
     let sparsity = args.model.sparsity();
+    super::common::check_kv_cache(&model, ctx)?;
     let mut state = args.model.run_state(&model, ctx);
     if args.profile {
         state.enable_profile();

@@ -304,5 +304,32 @@ pub fn context_length(asked: Option<usize>, model: &Model) -> Result<usize> {
     if ctx < 2 || ctx > max {
         anyhow::bail!("--ctx {ctx} is outside 2..={max} (the model's context length)");
     }
+    check_kv_cache(model, ctx)?;
     Ok(ctx)
+}
+
+/// Refuse a context whose KV cache (keys and values in half precision, every layer) would not
+/// fit in this machine's memory, before allocating it: a file may claim any context length.
+pub fn check_kv_cache(model: &Model, ctx: usize) -> Result<()> {
+    let c = &model.config;
+    let bytes = 2 * 2 * (c.n_layers * c.n_kv_heads * c.head_dim) as u128 * ctx as u128;
+    if let Some(total) = physical_memory() {
+        if bytes > u128::from(total) {
+            anyhow::bail!(
+                "a context of {ctx} tokens needs {:.1} GB of KV cache, more than this machine's \
+                 {:.1} GB of memory: use a smaller --ctx",
+                bytes as f64 / 1e9,
+                total as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// This machine's memory in bytes (`MemTotal` of /proc/meminfo), where the OS says.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
 }

@@ -54,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             args.ctx
         );
     }
+    super::common::check_kv_cache(&model, args.ctx)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(windows as u64);
         b.set_style(

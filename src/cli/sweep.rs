@@ -88,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             model.config.context_length
         );
     }
+    super::common::check_kv_cache(&model, longest)?;
     let tokens = tokenizer.encode(&text)?;
     let settings = Settings {
         sparsities: args.sparsity.clone(),

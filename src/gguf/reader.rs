@@ -461,7 +461,13 @@ fn read_metadata<'a>(c: &mut Cursor<'a>, n_kv: u64) -> Result<Metadata<'a>, Gguf
             )
         })?;
         let value_start = c.position();
-        let value = read_value(c, ty, 0)?;
+        let value = read_value(c, ty, 0).map_err(|e| match e {
+            GgufError::Malformed { offset, what } => GgufError::Malformed {
+                offset,
+                what: format!("metadata key `{key}`: {what}"),
+            },
+            e => e,
+        })?;
         if kv_index.insert(key.to_string(), kvs.len()).is_some() {
             return Err(c.malformed(entry_at, format!("metadata key `{key}` appears twice")));
         }

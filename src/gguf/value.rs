@@ -360,7 +360,14 @@ pub(crate) fn read_value<'a>(
         ValueType::U32 => Value::U32(c.u32("u32 value")?),
         ValueType::I32 => Value::I32(i32::from_le_bytes(c.array("i32 value")?)),
         ValueType::F32 => Value::F32(f32::from_le_bytes(c.array("f32 value")?)),
-        ValueType::Bool => Value::Bool(c.u8("bool value")? != 0),
+        ValueType::Bool => {
+            let at = c.offset();
+            match c.u8("bool value")? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(c.malformed(at, format!("bool value is {b}, not 0 or 1"))),
+            }
+        }
         ValueType::String => Value::String(c.string("string value")?),
         ValueType::U64 => Value::U64(c.u64("u64 value")?),
         ValueType::I64 => Value::I64(i64::from_le_bytes(c.array("i64 value")?)),
@@ -393,7 +400,14 @@ fn read_array<'a>(c: &mut Cursor<'a>, depth: u32) -> Result<Array<'a>, GgufError
     let start = c.position();
     match elem.fixed_size() {
         Some(size) => {
-            c.take(len * size, "array elements")?;
+            let elements_at = c.offset();
+            let bytes = c.take(len * size, "array elements")?;
+            if elem == ValueType::Bool {
+                if let Some(p) = bytes.iter().position(|&b| b > 1) {
+                    let what = format!("bool element {p} is {}, not 0 or 1", bytes[p]);
+                    return Err(c.malformed(elements_at + p as u64, what));
+                }
+            }
         }
         None => {
             for _ in 0..len {

@@ -124,6 +124,12 @@ impl ModelConfig {
             optional(file, &key("rope.freq_base"), |f, k| f.get_f32(k))?.unwrap_or(10_000.0);
         let rope_dim = optional(file, &key("rope.dimension_count"), |f, k| f.get_usize(k))?
             .unwrap_or(head_dim);
+        if rope_dim == 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(invalid(
+                key("rope.dimension_count"),
+                format!("RoPE on {rope_dim} entries of a {head_dim}-entry head: it must be even and at most the head"),
+            ));
+        }
         let rms_eps = optional(file, &key("attention.layer_norm_rms_epsilon"), |f, k| {
             f.get_f32(k)
         })?
