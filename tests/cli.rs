@@ -181,3 +181,74 @@ fn scaling_recommends_the_papers_sparsity_for_the_weight_type() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a parameter count"));
 }
+
+/// Sampling and count flags are checked before loading: out-of-range values (negative ones
+/// included, with or without `=`) exit 2 naming the flag; `--logprobs` needs `--json`.
+#[test]
+fn out_of_range_flags_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (&["--temp", "-1"][..], "--temp"),
+        (&["--temp=-1"][..], "--temp"),
+        (&["--top-p", "1.5"][..], "--top-p"),
+        (&["--top-p", "0"][..], "--top-p"),
+        (&["--min-p", "-0.1"][..], "--min-p"),
+        (&["--repeat-penalty", "0"][..], "--repeat-penalty"),
+        (&["--seed", "-2"][..], "--seed"),
+        (&["-n", "0"][..], "--n-predict"),
+        (&["-t", "0"][..], "--threads"),
+        (&["--logprobs", "3"][..], "--json"),
+    ] {
+        let o = qsparse(&[&["generate", "-p", "hi"][..], args].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// The seed is fresh each run unless given (and reported with --json); a given seed reproduces
+/// the text; the prompt can come from standard input; -n -1 runs to the end of the sequence or
+/// of the context.
+#[test]
+fn seeds_prompts_from_stdin_and_unbounded_generation() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let o = qsparse(&[&["generate", "-p", "Once upon a time", "--json"][..], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (a, b) = (run(&["-n", "8"]), run(&["-n", "8", "--seed", "-1"]));
+    assert_ne!(a["seed"], b["seed"]);
+    let (c, d) = (
+        run(&["-n", "8", "--seed", "7"]),
+        run(&["-n", "8", "--seed", "7"]),
+    );
+    assert_eq!((c["seed"].as_u64(), &c["text"]), (Some(7), &d["text"]));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args(["generate", "-m", common::smollm2().to_str().unwrap()])
+        .args(["-p", "-", "-n", "2", "--temp", "0", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"The capital of France is")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["generated_tokens"][0], 7042, "{j}");
+
+    // A 16-token context, no limit: generation ends at the context's end or the sequence's.
+    let j = run(&["--ctx", "16", "-n", "-1", "--temp", "0"]);
+    let used = j["prompt_tokens"].as_array().unwrap().len()
+        + j["generated_tokens"].as_array().unwrap().len();
+    assert!(used <= 16, "{j}");
+    assert!(
+        j["finish_reason"] == "length" || j["finish_reason"] == "stop",
+        "{j}"
+    );
+}

@@ -36,6 +36,9 @@ pub struct LoadArgs {
     /// magnitude times its weight column's norm). The same K either way.
     #[arg(long, value_enum, default_value_t = SelectArg::Magnitude)]
     pub select: SelectArg,
+    /// Worker threads (default: one per core, or $RAYON_NUM_THREADS).
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 /// `--select`.
@@ -57,27 +60,29 @@ impl From<SelectArg> for Select {
 /// Sampling flags (llama.cpp's defaults).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature (>= 0); 0 is greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true, value_parser = parse_temperature)]
     pub temp: f32,
     /// Keep only the K most likely tokens (0 = all).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    /// Keep the smallest set of tokens whose probabilities add up to P.
-    #[arg(long, default_value_t = 0.95)]
+    /// Keep the smallest set of tokens whose probabilities add up to P (0 < P <= 1).
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true, value_parser = parse_top_p)]
     pub top_p: f32,
-    /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.05)]
+    /// Drop tokens less likely than P times the most likely one (0 <= P <= 1).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true, value_parser = parse_unit)]
     pub min_p: f32,
-    /// Penalty for tokens among the last 64 (1 = off).
-    #[arg(long, default_value_t = 1.1)]
+    /// Penalty for tokens among the last 64 (> 0; 1 = off).
+    #[arg(long, default_value_t = 1.1, allow_negative_numbers = true, value_parser = parse_penalty)]
     pub repeat_penalty: f32,
-    /// Random seed (the same seed reproduces a generation).
-    #[arg(long, default_value_t = 0x5eed)]
-    pub seed: u64,
+    /// Random seed: the same seed reproduces a generation. Default (or -1): a new one each run,
+    /// which `--json` reports.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    pub seed: Option<i64>,
 }
 
 impl SamplingArgs {
+    /// The sampler's configuration, with the seed `--seed` gave or a fresh one.
     pub fn config(&self) -> crate::sample::SamplerConfig {
         crate::sample::SamplerConfig {
             temperature: self.temp,
@@ -85,9 +90,67 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            seed: self.seed,
+            seed: match self.seed {
+                Some(s) if s >= 0 => s as u64,
+                _ => fresh_seed(),
+            },
             ..Default::default()
         }
+    }
+}
+
+/// A seed that differs from run to run (the clock and the process id).
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// A finite number, from a flag's text.
+fn parse_number(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a number")),
+    }
+}
+
+fn parse_temperature(s: &str) -> Result<f32, String> {
+    let v = parse_number(s)?;
+    (v >= 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("{v} is negative: the temperature is 0 (greedy) or more"))
+}
+
+fn parse_top_p(s: &str) -> Result<f32, String> {
+    let v = parse_number(s)?;
+    (v > 0.0 && v <= 1.0)
+        .then_some(v)
+        .ok_or_else(|| format!("{v} is outside (0, 1]: P is a probability mass"))
+}
+
+fn parse_unit(s: &str) -> Result<f32, String> {
+    let v = parse_number(s)?;
+    (0.0..=1.0)
+        .contains(&v)
+        .then_some(v)
+        .ok_or_else(|| format!("{v} is outside [0, 1]"))
+}
+
+fn parse_penalty(s: &str) -> Result<f32, String> {
+    let v = parse_number(s)?;
+    (v > 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("{v} is not positive (1 turns the penalty off)"))
+}
+
+/// A seed: a non-negative integer, or -1 for a fresh one.
+fn parse_seed(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(v) if v >= -1 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a seed (a non-negative integer, or -1 for a random one)"
+        )),
     }
 }
 
@@ -221,6 +284,13 @@ impl LoadArgs {
     }
 
     fn load_path(&self, path: PathBuf, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
+        if let Some(n) = self.threads {
+            // Before any parallel work: loading converts tensors on the pool.
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(usize::from(n))
+                .build_global()
+                .map_err(|e| anyhow::anyhow!("cannot start {n} worker threads: {e}"))?;
+        }
         let cannot = || format!("cannot load {}", path.display());
         let file = GgufFile::open(&path).with_context(cannot)?;
         let format = self.format_for(&file);

@@ -1,13 +1,14 @@
 //! `qsparse generate`: text from a prompt. stdout carries only the generated text, streamed;
 //! timings and diagnostics go to stderr (or everything into one JSON object with `--json`).
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::common::{context_length, ModelArgs, SamplingArgs};
+use super::common::{context_length, read_text, ModelArgs, SamplingArgs};
 use crate::runtime::conversation::Conversation;
 use crate::runtime::session::{GenerateParams, Session};
 use crate::runtime::template::Message;
@@ -16,12 +17,16 @@ use crate::runtime::template::Message;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// The prompt.
+    /// The prompt; `-` reads it from standard input.
+    #[arg(short, long, required_unless_present = "file", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
     #[arg(short, long)]
-    prompt: String,
-    /// How many tokens to generate at most (stops earlier at end-of-sequence).
-    #[arg(short = 'n', long, default_value_t = 64)]
-    n_predict: usize,
+    file: Option<PathBuf>,
+    /// How many tokens to generate at most (stops earlier at end-of-sequence); -1: until the end
+    /// of the sequence or of the context.
+    #[arg(short = 'n', long, default_value_t = 64, allow_negative_numbers = true, value_parser = parse_n_predict)]
+    n_predict: i64,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Context length (prompt + generated tokens); default: the model's, at most 4096.
@@ -34,11 +39,42 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// With --json: the top N candidates (id, piece, logit, logprob) at each step.
-    #[arg(long, default_value_t = 0)]
-    logprobs: usize,
+    #[arg(long, requires = "json")]
+    logprobs: Option<usize>,
     /// Wrap the prompt as one user message in the model's chat template (ChatML if it has none).
     #[arg(long)]
     chat: bool,
+    /// A system message before the prompt (implies --chat).
+    #[arg(long)]
+    system: Option<String>,
+}
+
+/// `-n`: a count of at least 1, or -1 for no limit but the context.
+fn parse_n_predict(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n == -1 || n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a token count (1 or more, or -1 for no limit)"
+        )),
+    }
+}
+
+impl Args {
+    /// The prompt's text: `-p`, standard input for `-p -`, or the `-f` file.
+    fn prompt_text(&self) -> Result<String> {
+        match (&self.prompt, &self.file) {
+            (Some(p), _) if p == "-" => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("cannot read the prompt from standard input")?;
+                Ok(text)
+            }
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(path)) => read_text(path),
+            (None, None) => bail!("give a prompt with -p TEXT, -p - (standard input) or -f FILE"),
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,32 +82,40 @@ pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = args.model.load()?;
     let load_s = t_load.elapsed().as_secs_f64();
     let ctx = context_length(args.ctx, &model)?;
-    if args.prompt.is_empty() {
+    let user = args.prompt_text()?;
+    if user.is_empty() {
         bail!("the prompt is empty");
     }
-    let text = if args.chat {
+    let text = if args.chat || args.system.is_some() {
         let template = Conversation::template_for(&model, &tokenizer)?;
-        template.render(&[Message::new("user", &args.prompt)], true)?
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &user));
+        template.render(&messages, true)?
     } else {
-        args.prompt.clone()
+        user
     };
     let prompt = tokenizer.encode(&text)?;
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    if prompt.len() + args.n_predict > ctx {
+    // -1: as many as the context holds after the prompt.
+    let max_tokens = usize::try_from(args.n_predict).unwrap_or(ctx.saturating_sub(prompt.len()));
+    if max_tokens == 0 || prompt.len() + max_tokens > ctx {
         bail!(
-            "the prompt ({} tokens) plus {} generated tokens exceed the context of {ctx} tokens",
+            "the prompt ({} tokens) plus {max_tokens} generated tokens exceed the context of {ctx} tokens",
             prompt.len(),
-            args.n_predict
         );
     }
+    let sampler = args.sampling.config();
     let params = GenerateParams {
-        max_tokens: args.n_predict,
-        sampler: args.sampling.config(),
+        max_tokens,
+        sampler,
         sparsity: args.model.sparsity(),
         stop: args.stop.clone(),
-        logprobs: if args.json { args.logprobs } else { 0 },
+        logprobs: args.logprobs.unwrap_or(0),
     };
     let mut session = Session::new(&model, &tokenizer, args.model.run_state(&model, ctx));
     let mut stdout = std::io::stdout().lock();
@@ -106,6 +150,7 @@ pub fn run(args: Args) -> Result<()> {
             "generated_tokens": g.tokens,
             "text": g.text,
             "finish_reason": g.finish.reason(),
+            "seed": sampler.seed,
             "sparsity": args.model.sparsity,
             "weights": weights,
             "timings": {
@@ -116,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
                 "decode_tok_s": g.decode_tok_s(),
             },
             "weight_bytes_per_token": g.weight_bytes_per_token,
-            "logprobs": if args.logprobs > 0 { serde_json::Value::from(steps) } else { serde_json::Value::Null },
+            "logprobs": if params.logprobs > 0 { serde_json::Value::from(steps) } else { serde_json::Value::Null },
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {

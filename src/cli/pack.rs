@@ -39,6 +39,7 @@ pub fn run(args: Args) -> Result<()> {
         weights: args.weights,
         act_outliers: None,
         select: super::common::SelectArg::Magnitude,
+        threads: None,
     };
     let input = load.path()?;
     if same_file(&input, &args.output) {
