@@ -96,3 +96,23 @@ fn bad_commands_and_flags_are_explained() {
     assert!(!ok);
     assert!(err.contains("--ctx 1 is outside"), "{err}");
 }
+
+/// `/sparsity` and `/system` without an argument show the current value; `/system -` removes
+/// the message; `/bye` quits; a reply cut by --max-tokens says so.
+#[test]
+fn slash_commands_show_values_and_a_cut_reply_is_marked() {
+    let (out, err, ok) = chat_piped(
+        &["--sparsity", "0.25", "--system", "Be brief.", "--max-tokens", "3"],
+        "/sparsity\n/system\n/system -\n/system\nWrite a long story about the sea.\n/bye\nnever read\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("(sparsity 0.25: each projection keeps the top 75%"),
+        "{out}"
+    );
+    assert!(out.contains("(system message: Be brief.)"), "{out}");
+    assert!(out.contains("(system message removed"), "{out}");
+    assert!(out.contains("(no system message)"), "{out}");
+    assert!(err.contains("(cut at --max-tokens 3)"), "{err}");
+    assert!(!out.contains("never"), "{out}");
+}

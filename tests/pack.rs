@@ -119,8 +119,33 @@ fn packed_models_run_bit_for_bit_like_converted_ones() {
 fn the_pack_command_writes_a_gguf_file_that_gguf_py_lists() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("smollm2.int8.gguf");
-    let out = common::qsparse(&["pack", "-o", out_path.to_str().unwrap()]);
+    // Under umask 022, an ordinary output file: readable by all (not a temp file's 0600).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 022 && exec "$0" pack -m "$1" -o "$2""#)
+        .arg(env!("CARGO_BIN_EXE_qsparse"))
+        .arg(common::smollm2())
+        .arg(&out_path)
+        .output()
+        .unwrap();
     common::assert_success(&out);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{mode:o}");
+    }
+    // `inspect` counts the model's parameters, not the packed bytes or a tied head's copy.
+    let parameters = |path: &std::path::Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+            .args(["inspect", path.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        common::assert_success(&o);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        j["parameters"].as_u64().unwrap()
+    };
+    assert_eq!(parameters(&out_path), parameters(&common::smollm2()));
     let ours = GgufFile::open(&out_path).unwrap();
     let listed = common::gguf_interop("list", &out_path);
     assert_eq!(listed["alignment"], 64);

@@ -165,3 +165,26 @@ fn sweep_rejects_bad_flags_before_measuring() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+/// Without --ctx, a short --tokens scores one window of all of them (the default window is 256).
+#[test]
+fn a_short_text_budget_picks_its_own_window() {
+    let o = qsparse(&[
+        "sweep",
+        "--tokens",
+        "64",
+        "--sparsity",
+        "0.5",
+        "--runs",
+        "1",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["settings"]["ctx"], 64, "{j}");
+    assert_eq!(j["settings"]["n_predictions"], 63, "{j}");
+}

@@ -42,11 +42,11 @@ const HELP: &str = "\
 commands:
   /help            this list
   /reset           start over (keeps the system message)
-  /sparsity S      set the Q-Sparse ratio, 0 <= S < 1 (0 = dense)
+  /sparsity [S]    show, or set, the Q-Sparse ratio, 0 <= S < 1 (0 = dense)
   /stats           speed, active parameters and bytes per token of the last reply
-  /system TEXT     set the system message (empty: none) and start over
+  /system [TEXT]   show, or set, the system message and start over (`/system -` removes it)
   /save FILE       write the conversation as JSON
-  /exit            quit (also Ctrl-D); Ctrl-C stops a reply";
+  /exit, /bye      quit (also Ctrl-D); Ctrl-C stops a reply";
 
 pub fn run(args: Args) -> Result<()> {
     if args.max_tokens == 0 {
@@ -171,8 +171,14 @@ impl Chat<'_> {
                         r.dropped_messages
                     );
                 }
-                if r.generation.finish == Finish::Cancelled {
-                    eprintln!("(stopped)");
+                let g = &r.generation;
+                match g.finish {
+                    Finish::Cancelled => eprintln!("(stopped)"),
+                    Finish::Length if g.tokens.len() >= self.conv.params.max_tokens => {
+                        eprintln!("(cut at --max-tokens {})", self.conv.params.max_tokens)
+                    }
+                    Finish::Length => eprintln!("(cut: the context is full)"),
+                    Finish::Stop => {}
                 }
             }
             // A message that cannot fit is the user's problem, not the end of the chat.
@@ -185,12 +191,17 @@ impl Chat<'_> {
         let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
         let rest = rest.trim();
         match name {
-            "exit" | "quit" => return Ok(Next::Quit),
+            "exit" | "quit" | "bye" => return Ok(Next::Quit),
             "help" => outln!("{HELP}"),
             "reset" => {
                 self.conv.reset();
                 outln!("(conversation cleared)");
             }
+            "sparsity" if rest.is_empty() => outln!(
+                "(sparsity {}: each projection keeps the top {:.0}% of its inputs)",
+                self.sparsity,
+                100.0 * (1.0 - self.sparsity)
+            ),
             "sparsity" => match parse_sparsity(rest) {
                 Ok(s) => {
                     self.sparsity = s;
@@ -202,12 +213,16 @@ impl Chat<'_> {
                 }
                 Err(e) => outln!("/sparsity: {e}"),
             },
+            "system" if rest.is_empty() => match &self.conv.system {
+                Some(text) => outln!("(system message: {text})"),
+                None => outln!("(no system message)"),
+            },
             "system" => {
-                self.conv.system = (!rest.is_empty()).then(|| rest.to_owned());
+                self.conv.system = (rest != "-").then(|| rest.to_owned());
                 self.conv.reset();
                 outln!(
                     "(system message {}; conversation cleared)",
-                    if rest.is_empty() { "removed" } else { "set" }
+                    if rest == "-" { "removed" } else { "set" }
                 );
             }
             "stats" => self.stats()?,
@@ -264,7 +279,8 @@ impl Chat<'_> {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        let mut tmp = crate::gguf::new_file_builder(".qsparse-save-")
+            .tempfile_in(dir)
             .with_context(|| format!("cannot write in {}", dir.display()))?;
         serde_json::to_writer_pretty(&mut tmp, &transcript)?;
         tmp.write_all(b"\n")?;

@@ -113,6 +113,10 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
     };
     let str_key = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let packed = pack::info(file);
+    let parameters = match (&model, &packed) {
+        (Some(config), Some(_)) => pack::parameters(file, config),
+        _ => file.tensors().iter().map(|t| t.n_elements()).sum(),
+    };
     Report {
         path: path.display().to_string(),
         file_size: file.file_size(),
@@ -124,7 +128,7 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
         },
         architecture: str_key("general.architecture"),
         name: str_key("general.name"),
-        parameters: file.tensors().iter().map(|t| t.n_elements()).sum(),
+        parameters,
         tensor_count: file.tensors().len(),
         kv_count: file.kv_count(),
         model,

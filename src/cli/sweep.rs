@@ -31,9 +31,10 @@ pub struct Args {
     /// Tokens of the text scored at each ratio (whole windows of --ctx).
     #[arg(long, default_value_t = 512)]
     tokens: usize,
-    /// Window length for scoring; the same windows `qsparse perplexity --ctx` scores.
-    #[arg(long, default_value_t = 256)]
-    ctx: usize,
+    /// Window length for scoring; the same windows `qsparse perplexity --ctx` scores. Default:
+    /// 256, or --tokens when fewer.
+    #[arg(long)]
+    ctx: Option<usize>,
     /// Speed: prompt tokens evaluated before decoding.
     #[arg(long, default_value_t = 32)]
     prompt_tokens: usize,
@@ -61,14 +62,14 @@ pub struct Args {
 const DEFAULT_TEXT: &str = include_str!("../../data/english.txt");
 
 pub fn run(args: Args) -> Result<()> {
-    if args.ctx < 2 {
-        bail!("--ctx must be at least 2 tokens");
+    let ctx = args.ctx.unwrap_or(args.tokens.min(256));
+    if ctx < 2 {
+        bail!("--ctx (and --tokens) must be at least 2 tokens");
     }
-    if args.tokens < args.ctx {
+    if args.tokens < ctx {
         bail!(
-            "--tokens {} is less than one window of --ctx {}",
-            args.tokens,
-            args.ctx
+            "--tokens {} is less than one window of --ctx {ctx}",
+            args.tokens
         );
     }
     // Fail before the long measurement, not after it.
@@ -81,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         None => DEFAULT_TEXT.to_owned(),
     };
     let (model, tokenizer) = args.model.load_for(head_input(args.lm_head_sparsity))?;
-    let longest = args.ctx.max(args.prompt_tokens + args.gen_tokens);
+    let longest = ctx.max(args.prompt_tokens + args.gen_tokens);
     if longest > model.config.context_length {
         bail!(
             "{longest} tokens exceed the model's context length {}",
@@ -93,8 +94,8 @@ pub fn run(args: Args) -> Result<()> {
     let settings = Settings {
         sparsities: args.sparsity.clone(),
         lm_head_sparsity: args.lm_head_sparsity,
-        ctx: args.ctx,
-        windows: args.tokens / args.ctx,
+        ctx,
+        windows: args.tokens / ctx,
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         runs: args.runs,
@@ -137,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
             "weights": model.weights.format.name(),
             "machine": result.machine,
             "settings": {
-                "ctx": args.ctx,
+                "ctx": ctx,
                 "windows": settings.windows,
                 "n_predictions": result.n_predictions,
                 "prompt_tokens": args.prompt_tokens,

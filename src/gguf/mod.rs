@@ -15,4 +15,4 @@ pub use error::GgufError;
 pub use reader::{GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
 pub use types::{GgmlType, TypeDialect};
 pub use value::{Array, ArrayIter, MetaValue, Value, ValueType};
-pub use writer::{GgufWriter, TensorSpec};
+pub use writer::{new_file_builder, GgufWriter, TensorSpec};

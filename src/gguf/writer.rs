@@ -119,8 +119,7 @@ impl GgufWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".qsparse-write-")
+        let tmp = new_file_builder(".qsparse-write-")
             .tempfile_in(dir)
             .map_err(|e| GgufError::io(dir, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
@@ -332,4 +331,18 @@ impl<W: Write> Write for Counting<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// A temp-file builder whose files get the permissions `File::create` gives (read and write for
+/// all, less the process's umask) instead of a temp file's owner-only ones: what is renamed into
+/// place is an ordinary output file.
+pub fn new_file_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder
 }

@@ -35,6 +35,9 @@ const KEY_WEIGHTS: &str = "qsparse.pack.weights";
 const KEY_HEAD: &str = "qsparse.pack.head";
 const KEY_LINE_BYTES: &str = "qsparse.pack.line_bytes";
 const KEY_LINES_PER_TILE: &str = "qsparse.pack.lines_per_tile";
+/// Whether the packed head is a copy of the token embedding (the source tied them): then it adds
+/// no parameters to the model.
+const KEY_TIED_HEAD: &str = "qsparse.pack.tied_head";
 
 /// `qsparse.pack.head` for a row-major Q8 head (int8 weights, dense head input).
 const HEAD_ROWS_Q8: &str = "rows_q8";
@@ -142,14 +145,53 @@ pub fn info(file: &GgufFile) -> Option<PackInfo> {
 /// The name of the packed matrix of layer `l`'s `stack` (`blk.N.attn_qkv.packed`,
 /// `attn_output`, `ffn_gate_up`, `ffn_down`), or the head's (`output.packed`).
 fn matrix_name(l: usize, stack: Stack) -> String {
-    let what = match stack {
-        Stack::Qkv => "attn_qkv",
-        Stack::O => "attn_output",
-        Stack::GateUp => "ffn_gate_up",
-        Stack::Down => "ffn_down",
-        Stack::LmHead => return "output.packed".to_string(),
+    match packed_stem(stack) {
+        Some(what) => format!("blk.{l}.{what}.packed"),
+        None => HEAD_MATRIX.to_string(),
+    }
+}
+
+/// The packed head's tensor name.
+const HEAD_MATRIX: &str = "output.packed";
+
+/// The stem of a block's packed matrix; None for the head.
+fn packed_stem(stack: Stack) -> Option<&'static str> {
+    match stack {
+        Stack::Qkv => Some("attn_qkv"),
+        Stack::O => Some("attn_output"),
+        Stack::GateUp => Some("ffn_gate_up"),
+        Stack::Down => Some("ffn_down"),
+        Stack::LmHead => None,
+    }
+}
+
+/// The model's parameters in `file`: a packed matrix counts its weights (not its bytes), its
+/// scales none, a head tied to the token embedding none; every other tensor its elements.
+pub fn parameters(file: &GgufFile, config: &ModelConfig) -> u64 {
+    let tied = file.get(KEY_TIED_HEAD).and_then(|v| v.as_bool()) == Some(true);
+    let weights = |stack: Stack| {
+        let (d_in, d_out) = stack.shape(config);
+        (d_in * d_out) as u64
     };
-    format!("blk.{l}.{what}.packed")
+    let packed = |name: &str| {
+        if name == HEAD_MATRIX {
+            return Some(Stack::LmHead);
+        }
+        let rest = name.strip_prefix("blk.")?.strip_suffix(".packed")?;
+        let (_, what) = rest.split_once('.')?;
+        Stack::LAYER
+            .into_iter()
+            .find(|&s| packed_stem(s) == Some(what))
+    };
+    file.tensors()
+        .iter()
+        .map(|t| match packed(&t.name) {
+            _ if t.name.ends_with(".packed_scale") => 0,
+            Some(Stack::LmHead) if tied => 0,
+            Some(stack) => weights(stack),
+            None => t.n_elements(),
+        })
+        .sum()
 }
 
 fn scale_name(matrix: &str) -> String {
@@ -211,6 +253,7 @@ pub fn write(
         LmHead::Columns(_) => HEAD_COLUMNS,
     };
     w.add_kv(KEY_HEAD, head_layout);
+    w.add_kv(KEY_TIED_HEAD, source.tensor("output.weight").is_none());
 
     let mut blobs: Vec<Blob> = Vec::new();
     // The source's other tensors as they are (token embedding, norms, ...).
@@ -223,7 +266,7 @@ pub fn write(
             add_matrix(&mut w, &mut blobs, matrix_name(l, stack), &m.matrix);
         }
     }
-    let head = matrix_name(0, Stack::LmHead);
+    let head = HEAD_MATRIX.to_string();
     match &weights.lm_head {
         LmHead::Columns(l) => add_matrix(&mut w, &mut blobs, head, &l.matrix),
         LmHead::Rows(r) => {
@@ -332,7 +375,7 @@ pub(super) fn matrices(
             .collect::<Result<Vec<Linear>, PackError>>()?;
         layers.push(mats.try_into().expect("four shapes"));
     }
-    let head = matrix_name(0, Stack::LmHead);
+    let head = HEAD_MATRIX.to_string();
     let lm_head = if rows_head {
         let codes = reader.bytes(&head)?;
         let scales = reader.floats(&scale_name(&head))?;
