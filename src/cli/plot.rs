@@ -130,7 +130,12 @@ where
         .right_y_label_area_size(64)
         .build_cartesian_2d(0.0..s_max * 1.02, 0.0..y_max)
         .map_err(err)?
-        .set_secondary_coord(0.0..s_max * 1.02, (ppl_lo..ppl_hi).log_scale());
+        .set_secondary_coord(
+            0.0..s_max * 1.02,
+            (ppl_lo..ppl_hi)
+                .log_scale()
+                .with_key_points(log_ticks(ppl_lo, ppl_hi)),
+        );
     chart
         .configure_mesh()
         .x_desc("sparsity S (fraction of each projection's inputs dropped)")
@@ -142,7 +147,13 @@ where
     chart
         .configure_secondary_axes()
         .y_desc("perplexity (log scale)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if *v < 10.0 {
+                format!("{v}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 16))
         .draw()
@@ -200,4 +211,36 @@ where
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Ticks for a log axis over lo..hi that a reader can use at any range: 1, 2, 5 times the powers
+/// of ten inside it, or every 1..9 times them when that gives fewer than three.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let ticks = |mantissas: &[f64]| -> Vec<f64> {
+        let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (first..=last)
+            .flat_map(|e| mantissas.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    let coarse = ticks(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 3 {
+        coarse
+    } else {
+        ticks(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_ticks;
+
+    #[test]
+    fn a_log_axis_under_a_decade_still_has_ticks() {
+        assert_eq!(log_ticks(6.5, 14.5), [7.0, 8.0, 9.0, 10.0]);
+        assert_eq!(
+            log_ticks(10.0, 1000.0),
+            [10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+    }
 }
