@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampler: SamplerConfig::greedy(),
         sparsity: Sparsity::uniform(sparsity),
         stop: Vec::new(),
-        logprobs: 0,
+        logprobs: None,
     };
     let template = Conversation::template_for(&model, &tokenizer)?;
     let text = template.render(&[Message::new("user", &message)], true)?;

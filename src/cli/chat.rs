@@ -64,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         sampler: args.sampling.config(),
         sparsity: Sparsity::uniform(args.sparsity),
         stop: Vec::new(),
-        logprobs: 0,
+        logprobs: None,
     };
     let mut chat = Chat {
         conv: Conversation::new(session, template, args.system.clone(), params),

@@ -115,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
         sampler,
         sparsity: args.model.sparsity(),
         stop: args.stop.clone(),
-        logprobs: args.logprobs.unwrap_or(0),
+        logprobs: args.logprobs,
     };
     let mut session = Session::new(&model, &tokenizer, args.model.run_state(&model, ctx));
     let mut stdout = std::io::stdout().lock();
@@ -161,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
                 "decode_tok_s": g.decode_tok_s(),
             },
             "weight_bytes_per_token": g.weight_bytes_per_token,
-            "logprobs": if params.logprobs > 0 { serde_json::Value::from(steps) } else { serde_json::Value::Null },
+            "logprobs": if params.logprobs.is_some() { serde_json::Value::from(steps) } else { serde_json::Value::Null },
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {

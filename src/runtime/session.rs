@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::model::{ForwardError, Model, RunState, Sparsity};
-use crate::sample::{top_candidates, Candidate, Sampler, SamplerConfig};
+use crate::sample::{log_prob, top_candidates, Candidate, Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What to generate.
@@ -20,8 +20,9 @@ pub struct GenerateParams {
     /// Generation ends before the first occurrence of any of these strings (which is not
     /// returned).
     pub stop: Vec<String>,
-    /// How many of the most likely tokens to report at each step (0: none).
-    pub logprobs: usize,
+    /// Report each generated token's log-probability and, at each step, this many of the most
+    /// likely tokens (None: no log-probabilities).
+    pub logprobs: Option<usize>,
 }
 
 /// Why a generation ended.
@@ -67,7 +68,10 @@ pub struct Generation {
     pub weight_bytes_per_token: u64,
     /// Active parameters of one decoded token.
     pub active_params_per_token: u64,
-    /// For each generated token, the `logprobs` most likely candidates at its step.
+    /// With `logprobs`: each generated token's log-probability, and the most likely candidates
+    /// at its step.
+    pub token_logprobs: Vec<f64>,
+    /// See `token_logprobs`.
     pub top_logprobs: Vec<Vec<Candidate>>,
 }
 
@@ -178,13 +182,15 @@ impl<'m> Session<'m> {
             self.state.traffic().total_bytes(),
             self.state.traffic().total_active_params(),
         );
-        let mut top_logprobs = Vec::new();
+        let (mut top_logprobs, mut token_logprobs) = (Vec::new(), Vec::new());
         let t = Instant::now();
         while tokens.len() < params.max_tokens {
-            if params.logprobs > 0 {
-                top_logprobs.push(top_candidates(self.state.logits(), params.logprobs));
-            }
             let next = sampler.sample(self.state.logits(), &self.cached);
+            if let Some(n) = params.logprobs {
+                let logits = self.state.logits();
+                top_logprobs.push(top_candidates(logits, n));
+                token_logprobs.push(log_prob(logits, next as usize));
+            }
             tokens.push(next);
             if self.tokenizer.is_end(next) {
                 finish = Finish::Stop;
@@ -233,6 +239,7 @@ impl<'m> Session<'m> {
             generate_s,
             weight_bytes_per_token: bytes,
             active_params_per_token: active,
+            token_logprobs,
             top_logprobs,
         })
     }

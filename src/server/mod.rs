@@ -197,7 +197,7 @@ fn prepare(body: &[u8], chat: bool, shared: &Shared) -> Result<(Vec<u32>, Settin
     let limits = shared.config.limits;
     let (text, settings) = if chat {
         let r: api::ChatRequest = api::parse(body)?;
-        let settings = r.common.validate(limits.max_tokens, limits)?;
+        let settings = r.common.validate(limits.max_tokens, limits, true)?;
         let text = shared
             .template
             .render(&r.messages()?, true)
@@ -206,7 +206,7 @@ fn prepare(body: &[u8], chat: bool, shared: &Shared) -> Result<(Vec<u32>, Settin
     } else {
         let r: api::CompletionRequest = api::parse(body)?;
         // OpenAI's default for completions.
-        let settings = r.common.validate(16, limits)?;
+        let settings = r.common.validate(16, limits, false)?;
         (r.prompt()?.to_owned(), settings)
     };
     let prompt = shared
@@ -256,11 +256,14 @@ fn complete(
         sampler: SamplerConfig {
             temperature: settings.temperature.unwrap_or(defaults.temperature),
             top_p: settings.top_p.unwrap_or(defaults.top_p),
+            top_k: settings.top_k.unwrap_or(defaults.top_k),
+            min_p: settings.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: settings.repeat_penalty.unwrap_or(defaults.repeat_penalty),
             seed,
             ..defaults
         },
         sparsity: Sparsity::uniform(settings.sparsity),
-        logprobs: 0,
+        logprobs: settings.logprobs,
         stop: settings.stop.clone(),
     };
     let (tx, rx) = mpsc::channel();
@@ -348,13 +351,56 @@ impl Reply<'_> {
         }
     }
 
+    /// The log-probabilities of a generation in OpenAI's form (null when none were asked for):
+    /// chat's `{content: [{token, logprob, bytes, top_logprobs}]}` or completions' `{tokens,
+    /// token_logprobs, top_logprobs, text_offset}`. The end token, which adds no text, is left out.
+    fn logprobs(&self, g: &Generation) -> Value {
+        if g.token_logprobs.is_empty() {
+            return Value::Null;
+        }
+        let n = self.completion_tokens(g);
+        let tok = self.tokenizer;
+        let text = |id: u32| String::from_utf8_lossy(tok.token_bytes(id)).into_owned();
+        let steps = g.tokens[..n]
+            .iter()
+            .zip(&g.token_logprobs)
+            .zip(&g.top_logprobs);
+        if self.chat {
+            let content: Vec<Value> = steps
+                .map(|((&id, &lp), top)| {
+                    let top: Vec<Value> = top
+                        .iter()
+                        .map(|c| json!({"token": text(c.id), "logprob": c.logprob, "bytes": tok.token_bytes(c.id)}))
+                        .collect();
+                    json!({"token": text(id), "logprob": lp, "bytes": tok.token_bytes(id), "top_logprobs": top})
+                })
+                .collect();
+            json!({ "content": content })
+        } else {
+            let (mut tokens, mut lps, mut tops, mut offsets, mut at) =
+                (vec![], vec![], vec![], vec![], 0);
+            for ((&id, &lp), top) in steps {
+                let piece = text(id);
+                offsets.push(at);
+                at += piece.len();
+                tokens.push(piece);
+                lps.push(lp);
+                let top: serde_json::Map<String, Value> =
+                    top.iter().map(|c| (text(c.id), json!(c.logprob))).collect();
+                tops.push(Value::Object(top));
+            }
+            json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+        }
+    }
+
     /// The non-streamed body.
     fn whole(&self, g: &Generation) -> Value {
+        let logprobs = self.logprobs(g);
         let choice = if self.chat {
             json!({"index": 0, "message": {"role": "assistant", "content": g.text},
-                   "logprobs": null, "finish_reason": Self::finish_reason(g)})
+                   "logprobs": logprobs, "finish_reason": Self::finish_reason(g)})
         } else {
-            json!({"index": 0, "text": g.text, "logprobs": null,
+            json!({"index": 0, "text": g.text, "logprobs": logprobs,
                    "finish_reason": Self::finish_reason(g)})
         };
         json!({

@@ -101,6 +101,30 @@ try:
 except openai.BadRequestError as e:
     check("sparsity" in str(e), "sparsity 1.5 refused with 400")
 
+# Log-probabilities through the client: the chosen token's and the top candidates, greedy
+# tokens first among them; completions in their own form.
+r = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=4, temperature=0,
+                                   logprobs=True, top_logprobs=3)
+lp = r.choices[0].logprobs.content
+check(len(lp) == 4 and all(len(t.top_logprobs) == 3 for t in lp), f"chat logprobs: {lp!r}")
+check(all(t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in lp), "greedy = top candidate")
+check("".join(t.token for t in lp) == r.choices[0].message.content, "logprob tokens spell the text")
+c = client.completions.create(model=ids[0], prompt="The capital of France is", max_tokens=3,
+                              temperature=0, logprobs=2)
+check(len(c.choices[0].logprobs.tokens) == 3 and len(c.choices[0].logprobs.top_logprobs[0]) == 2,
+      f"completion logprobs: {c.choices[0].logprobs!r}")
+# llama.cpp's sampling extensions are honoured; an OpenAI parameter the server lacks is refused.
+k = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=4, temperature=1.0, seed=3,
+                                   extra_body={"top_k": 1})
+check(k.choices[0].message.content == r.choices[0].message.content, "top_k 1 is greedy")
+for params, name in [({"frequency_penalty": 0.5}, "frequency_penalty"),
+                     ({"response_format": {"type": "json_object"}}, "response_format")]:
+    try:
+        client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=2, **params)
+        check(False, f"{name} refused")
+    except openai.BadRequestError as e:
+        check(name in str(e), f"{name} refused with 400: {e}")
+
 # 8 concurrent clients all get answers.
 results = [None] * 8
 
