@@ -53,7 +53,8 @@ struct Cli {
 enum Command {
     /// Chat with a model in the terminal (multi-turn, streamed; /help inside for commands).
     Chat(chat::Args),
-    /// An OpenAI-compatible HTTP server (chat/completions, completions, models, health).
+    /// An OpenAI-compatible HTTP server (chat/completions, completions, models, tokenize,
+    /// health). One request generates at a time; the others wait in a FIFO queue (--queue).
     Serve(serve::Args),
     /// Fetch a model listed in the manifest (default: smollm2-135m-instruct) and verify its sha256.
     Pull(pull::Args),

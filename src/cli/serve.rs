@@ -33,6 +33,10 @@ pub struct Args {
     /// Context length in tokens (prompt + reply); default: the model's, at most 4096.
     #[arg(long)]
     ctx: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (401 without it).
+    /// Default: $QSPARSE_API_KEY if set, else none.
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 /// Request bodies above this are refused (413).
@@ -55,6 +59,11 @@ pub fn run(args: Args) -> Result<()> {
         },
         max_body_bytes: MAX_BODY_BYTES,
         sampling: args.sampling.config(),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("QSPARSE_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
     };
     // First signal: stop accepting and finish what is running; a second one ends at once.
     ctrlc::set_handler(|| {

@@ -7,6 +7,7 @@
 
 mod api;
 mod engine;
+mod routes;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Sampling defaults; a request's temperature, top_p and seed override them.
     pub sampling: SamplerConfig,
+    /// With a key, every endpoint but `/health` needs `Authorization: Bearer KEY` (401 without).
+    pub api_key: Option<String>,
 }
 
 /// Set when the server should stop accepting requests.
@@ -115,6 +118,21 @@ pub fn serve(
 fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
     let path = request.url().split('?').next().unwrap_or("").to_owned();
     let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let open = path == "/health";
+    if !open && !routes::authorized(&request, shared.config.api_key.as_deref()) {
+        let _ = respond_error(request, &routes::unauthorized());
+        log_request(&method, &path, 401, started);
+        return;
+    }
+    let mut status = 200;
+    let mut answer = |request: Request, result: Result<Value, ApiError>| match result {
+        Ok(body) => respond(request, 200, &body),
+        Err(e) => {
+            status = e.status;
+            respond_error(request, &e)
+        }
+    };
     let result = match (&method, path.as_str()) {
         (Method::Get, "/health") => respond(
             request,
@@ -130,20 +148,38 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
         (Method::Get, "/v1/models") => respond(
             request,
             200,
-            &json!({"object": "list", "data": [{
-                "id": shared.config.model_id, "object": "model", "created": 0, "owned_by": "qsparse"
-            }]}),
+            &json!({"object": "list", "data": [routes::model_object(shared)]}),
         ),
+        (Method::Get, p) if p.starts_with("/v1/models/") => {
+            answer(request, routes::model(&p["/v1/models/".len()..], shared))
+        }
+        (Method::Post, "/tokenize" | "/detokenize") => {
+            let body = read_body(&mut request, shared.config.max_body_bytes);
+            let result = body.and_then(|body| match path.as_str() {
+                "/tokenize" => routes::tokenize(&body, shared),
+                _ => routes::detokenize(&body, shared),
+            });
+            answer(request, result)
+        }
         (Method::Post, "/v1/chat/completions") | (Method::Post, "/v1/completions") => {
             let chat = path == "/v1/chat/completions";
             match read_body(&mut request, shared.config.max_body_bytes)
                 .and_then(|body| prepare(&body, chat, shared))
             {
                 Ok((prompt, settings)) => complete(request, prompt, settings, chat, shared, queue),
-                Err(e) => respond_error(request, &e),
+                Err(e) => answer(request, Err(e)),
             }
         }
-        (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+        (
+            _,
+            "/health"
+            | "/v1/models"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+            | "/tokenize"
+            | "/detokenize",
+        ) => {
+            status = 405;
             let e = ApiError {
                 status: 405,
                 kind: "invalid_request_error",
@@ -153,19 +189,32 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
             };
             respond_error(request, &e)
         }
-        _ => respond_error(
-            request,
-            &ApiError {
-                status: 404,
-                kind: "invalid_request_error",
-                message: format!("no route for {method} {path}"),
-                param: None,
-                code: None,
-            },
-        ),
+        _ => {
+            status = 404;
+            respond_error(
+                request,
+                &ApiError {
+                    status: 404,
+                    kind: "invalid_request_error",
+                    message: format!("no route for {method} {path}"),
+                    param: None,
+                    code: None,
+                },
+            )
+        }
     };
     // A client that went away while we answered: nothing to tell anyone.
     let _ = result;
+    log_request(&method, &path, status, started);
+}
+
+/// One line on stderr per request: method, path, status and time (completions add their own
+/// line with tokens and speeds).
+fn log_request(method: &Method, path: &str, status: u16, started: std::time::Instant) {
+    eprintln!(
+        "{method} {path} {status} {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 /// The request body, refusing more than `max` bytes.
@@ -300,6 +349,7 @@ fn complete(
         model: &shared.config.model_id,
         n_prompt,
         tokenizer: shared.tokenizer,
+        sparsity: settings.sparsity,
     };
     if settings.stream {
         stream(request, rx, &reply, settings.include_usage)
@@ -308,7 +358,10 @@ fn complete(
         for event in rx {
             match event {
                 Event::Text(_) => {}
-                Event::Done(g) => return respond(request, 200, &reply.whole(&g)),
+                Event::Done(g) => {
+                    reply.log(&g);
+                    return respond(request, 200, &reply.whole(&g));
+                }
                 Event::Failed(message) => {
                     return respond_error(request, &server_error(message));
                 }
@@ -336,9 +389,27 @@ struct Reply<'a> {
     model: &'a str,
     n_prompt: usize,
     tokenizer: &'a Tokenizer,
+    sparsity: f32,
 }
 
 impl Reply<'_> {
+    /// The generation's line on stderr: tokens in and out, prompt and decode speed, sparsity.
+    fn log(&self, g: &Generation) {
+        eprintln!(
+            "{} prompt {} tokens ({} evaluated, {:.0} tok/s, first token after {:.0} ms), \
+             completion {} tokens ({:.1} tok/s, {}), S={}",
+            self.id,
+            self.n_prompt,
+            g.evaluated_prompt_tokens,
+            g.prompt_tok_s(),
+            g.prompt_s * 1e3,
+            self.completion_tokens(g),
+            g.decode_tok_s(),
+            g.finish.reason(),
+            self.sparsity,
+        );
+    }
+
     fn completion_tokens(&self, g: &Generation) -> usize {
         let end = g.tokens.last().is_some_and(|&t| self.tokenizer.is_end(t));
         g.tokens.len() - usize::from(end)
@@ -467,6 +538,7 @@ fn stream(
             // A failed write drops `rx`: the engine stops this generation at its next token.
             Event::Text(t) => send(&mut w, &reply.chunk(Some(&t), None, None).to_string())?,
             Event::Done(g) => {
+                reply.log(&g);
                 let finish = Reply::finish_reason(&g);
                 send(&mut w, &reply.chunk(None, Some(finish), None).to_string())?;
                 if include_usage {

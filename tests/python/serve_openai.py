@@ -125,6 +125,20 @@ for params, name in [({"frequency_penalty": 0.5}, "frequency_penalty"),
     except openai.BadRequestError as e:
         check(name in str(e), f"{name} refused with 400: {e}")
 
+# The model by id, tokenize and detokenize (llama.cpp's forms).
+m = client.models.retrieve(ids[0])
+check(m.id == ids[0], f"models.retrieve -> {m.id}")
+status, _, _ = raw(host, port, "GET", "/v1/models/no-such-model")
+check(status == 404, f"unknown model id -> {status}")
+status, _, data = raw(host, port, "POST", "/tokenize", json.dumps({"content": "The capital of France"}).encode())
+toks = json.loads(data).get("tokens", [])
+check(status == 200 and len(toks) >= 4, f"tokenize -> {status} {toks}")
+status, _, data = raw(host, port, "POST", "/detokenize", json.dumps({"tokens": toks}).encode())
+check(status == 200 and json.loads(data).get("content") == "The capital of France",
+      f"detokenize round trip -> {data[:80]!r}")
+status, _, data = raw(host, port, "POST", "/detokenize", json.dumps({"tokens": [10**9]}).encode())
+check(status == 400 and b"vocabulary" in data, f"detokenize of a bad id -> {status}")
+
 # 8 concurrent clients all get answers.
 results = [None] * 8
 
@@ -196,6 +210,19 @@ except subprocess.TimeoutExpired:
     proc.kill()
     code = None
 check(code == 0, f"SIGINT ends the server cleanly (exit {code})")
+
+# With --api-key every endpoint but /health needs the key.
+proc, host, port = start("--api-key", "s3cret")
+status, _, _ = raw(host, port, "GET", "/health")
+check(status == 200, f"/health stays open -> {status}")
+status, _, data = raw(host, port, "GET", "/v1/models")
+check(status == 401 and b"invalid_api_key" in data, f"no key -> {status}")
+status, _, _ = raw(host, port, "GET", "/v1/models", headers={"Authorization": "Bearer wrong"})
+check(status == 401, f"a wrong key -> {status}")
+keyed = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="s3cret", max_retries=0, timeout=120)
+check(len(keyed.models.list().data) == 1, "the right key is let in")
+proc.send_signal(signal.SIGINT)
+proc.wait(timeout=30)
 
 # A full queue is refused at once with 503 and Retry-After.
 proc, host, port = start("--queue", "1")
