@@ -1,13 +1,14 @@
 //! Flags and steps shared by the commands that run a model.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::gguf::GgufFile;
 use crate::hub;
+use crate::measure::calibrate::SparsityProfile;
 use crate::model::{self, HeadInput, LoadOptions, Model, Select, Sparsity, WeightFormat};
 use crate::tokenizer::Tokenizer;
 
@@ -166,6 +167,13 @@ pub struct ModelArgs {
     /// Also sparsify the lm_head input at this ratio (Q-Sparse leaves it dense).
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     pub lm_head_sparsity: f32,
+    /// Per-layer ratios from `qsparse calibrate` (a JSON file made for this model file), in place
+    /// of --sparsity: the same bytes a token reads as the sparsity it was calibrated for.
+    #[arg(long, conflicts_with = "sparsity")]
+    pub sparsity_profile: Option<PathBuf>,
+    /// The profile, once read and checked against the model (at load).
+    #[arg(skip)]
+    profile: std::sync::OnceLock<SparsityProfile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -208,21 +216,44 @@ pub fn parse_sparsity(s: &str) -> Result<f32, String> {
 }
 
 impl ModelArgs {
+    /// The run's sparsity: --sparsity, or the profile's (its layers' ratios then replace it).
     pub fn sparsity(&self) -> Sparsity {
+        let s = self.profile.get().map_or(self.sparsity, |p| p.sparsity);
         Sparsity {
             lm_head: self.lm_head_sparsity,
-            ..Sparsity::uniform(self.sparsity)
+            ..Sparsity::uniform(s)
         }
     }
 
+    /// A run state for this model, with the profile's per-layer ratios if one was given.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
-        self.base.run_state(model, ctx)
+        let mut state = self.base.run_state(model, ctx);
+        state.set_layer_ratios(self.profile.get().map(SparsityProfile::ratios));
+        state
     }
 
-    /// Load the model, its lm_head laid out for a sparse input only if one was asked for.
+    /// Load the model, its lm_head laid out for a sparse input only if one was asked for, and
+    /// the sparsity profile, checked against the model file.
     pub fn load(&self) -> Result<(Model, Tokenizer)> {
-        self.base.load_for(head_input(self.lm_head_sparsity))
+        let loaded = self.base.load_for(head_input(self.lm_head_sparsity))?;
+        if let Some(path) = &self.sparsity_profile {
+            let profile = read_profile(path, &loaded.0, &self.base.path()?)?;
+            let _ = self.profile.set(profile);
+        }
+        Ok(loaded)
     }
+}
+
+/// Read a sparsity profile and check it against `model` (loaded from `model_path`).
+pub fn read_profile(path: &Path, model: &Model, model_path: &Path) -> Result<SparsityProfile> {
+    let text = read_text(path)?;
+    let profile: SparsityProfile = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a sparsity profile: {e}", path.display()))?;
+    let sha = hub::sha256_file(model_path)?;
+    profile
+        .check(model, &sha)
+        .map_err(|why| anyhow::anyhow!("{} does not fit this model: {why}", path.display()))?;
+    Ok(profile)
 }
 
 impl LoadArgs {

@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod calibrate;
 mod chat;
 mod common;
 pub use common::models_dir;
@@ -72,6 +73,9 @@ enum Command {
     Sweep(sweep::Args),
     /// The Q-Sparse paper's inference-optimal sparsity, and model size vs sparsity at a budget.
     Scaling(scaling::Args),
+    /// Per-layer sparsity ratios calibrated on a text, at the bytes of a uniform S (a JSON
+    /// profile for --sparsity-profile).
+    Calibrate(calibrate::Args),
 }
 
 /// Entry point of the binary.
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Scaling(args) => scaling::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -388,14 +388,14 @@ fn measure_machine(isa: Isa) -> Machine {
 }
 
 /// The dense model's next-token log-probabilities at every scored position, and its top token.
-struct Reference {
+pub(crate) struct Reference {
     vocab: usize,
     log_probs: Vec<f32>,
     top1: Vec<u32>,
 }
 
 impl Reference {
-    fn new(predictions: usize, vocab: usize) -> Reference {
+    pub(crate) fn new(predictions: usize, vocab: usize) -> Reference {
         Reference {
             vocab,
             log_probs: vec![0.0; predictions * vocab],
@@ -403,7 +403,7 @@ impl Reference {
         }
     }
 
-    fn store(&mut self, i: usize, logits: &[f32]) {
+    pub(crate) fn store(&mut self, i: usize, logits: &[f32]) {
         let lse = log_sum_exp(logits);
         for (o, &l) in self.log_probs[i * self.vocab..][..self.vocab]
             .iter_mut()
@@ -412,6 +412,20 @@ impl Reference {
             *o = (l as f64 - lse) as f32;
         }
         self.top1[i] = argmax(logits);
+    }
+
+    /// KL(reference ‖ logits) at prediction i, `lse` the logits' log-sum-exp.
+    pub(crate) fn kl(&self, i: usize, logits: &[f32], lse: f64) -> f64 {
+        let p = &self.log_probs[i * self.vocab..][..self.vocab];
+        p.iter()
+            .zip(logits)
+            .map(|(&lp, &l)| {
+                // Both sides rounded to f32 as the reference was, so identical logits give 0.
+                let lq = (l as f64 - lse) as f32 as f64;
+                let lp = lp as f64;
+                lp.exp() * (lp - lq)
+            })
+            .sum::<f64>()
     }
 }
 
@@ -430,17 +444,7 @@ impl Quality {
     fn add(&mut self, reference: &Reference, i: usize, logits: &[f32], next: u32, t: &Traffic) {
         let lse = log_sum_exp(logits);
         self.nll -= logits[next as usize] as f64 - lse;
-        let p = &reference.log_probs[i * reference.vocab..][..reference.vocab];
-        self.kl += p
-            .iter()
-            .zip(logits)
-            .map(|(&lp, &l)| {
-                // Both sides rounded to f32 as the reference was, so identical logits give 0.
-                let lq = (l as f64 - lse) as f32 as f64;
-                let lp = lp as f64;
-                lp.exp() * (lp - lq)
-            })
-            .sum::<f64>();
+        self.kl += reference.kl(i, logits, lse);
         self.agree += usize::from(argmax(logits) == reference.top1[i]);
         self.n += 1;
         self.traffic.add_inputs(t);

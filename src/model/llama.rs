@@ -20,6 +20,8 @@
 //! the workers), `rope`, `kv_cache`, `traffic` (what a pass read) and `pool` (the pass on the
 //! rayon pool).
 
+use std::sync::Arc;
+
 use qsparse_kernels::dense_q8::BlockQ8;
 use qsparse_kernels::{Isa, NonFinite};
 
@@ -95,6 +97,9 @@ pub struct RunState {
     /// Time per phase, when enabled (single-token passes: decode steps and a prompt's last
     /// token; batched prompt steps are not timed).
     pub profile: Option<Profile>,
+    /// Per-layer ratios [qkv, o, gate_up, down] that replace a sparse pass's uniform ones (a
+    /// calibrated sparsity profile); dense passes stay dense.
+    layer_ratios: Option<Arc<[[f32; 4]]>>,
 }
 
 impl RunState {
@@ -119,7 +124,15 @@ impl RunState {
             traffic: [Traffic::default(); PROMPT_BATCH],
             current: 0,
             profile: None,
+            layer_ratios: None,
         }
+    }
+
+    /// Run sparse passes with per-layer ratios ([qkv, o, gate_up, down] for each layer, in
+    /// order) instead of uniform ones; None goes back to uniform. A layer beyond the list runs
+    /// at the uniform ratios.
+    pub fn set_layer_ratios(&mut self, ratios: Option<Arc<[[f32; 4]]>>) {
+        self.layer_ratios = ratios;
     }
 
     /// The next-token logits of the last token run with logits ([`Model::forward`]), or of the

@@ -86,6 +86,7 @@ impl Model {
             logits,
             traffic,
             profile,
+            layer_ratios,
             ..
         } = state;
         let laps = Laps::start(profile.as_mut().filter(|_| b == 1));
@@ -101,6 +102,7 @@ impl Model {
                 union,
                 meter: Meter::new(&mut traffic[..b], laps),
             },
+            layer_ratios: layer_ratios.as_deref(),
             rows: rows.first(c, b),
             kv,
             ropes: &mut ropes[..b],
@@ -126,6 +128,8 @@ struct Pass<'a> {
     model: &'a Model,
     isa: Isa,
     sparsity: Sparsity,
+    /// Per-layer ratios replacing a sparse pass's uniform ones.
+    layer_ratios: Option<&'a [[f32; 4]]>,
     /// The first token's position.
     pos0: usize,
     p: Projector<'a>,
@@ -177,7 +181,11 @@ impl Pass<'_> {
     fn layer(&mut self, l: usize, layer: &Layer) -> Result<(), NonFinite> {
         let c = &self.model.config;
         let (d, ff, q_dim) = (c.d_model, c.d_ff, c.n_heads * c.head_dim);
-        let (s, r) = (self.sparsity, &mut self.rows);
+        let s = match self.layer_ratios.and_then(|r| r.get(l)) {
+            Some(&ratios) if !self.sparsity.is_dense() => self.sparsity.with_layer(ratios),
+            _ => self.sparsity,
+        };
+        let r = &mut self.rows;
 
         // Attention block: x += o(attention(rope(q), rope(k), v)) of norm(x).
         norm_rows(r.xb, r.x, &layer.attn_norm, c.rms_eps);

@@ -43,6 +43,23 @@ impl Sparsity {
         Sparsity::uniform(0.0)
     }
 
+    /// Whether every block projection keeps all its inputs.
+    pub fn is_dense(&self) -> bool {
+        [self.qkv, self.o, self.gate_up, self.down] == [0.0; 4]
+    }
+
+    /// These ratios with the block projections' replaced by `layer` ([qkv, o, gate_up, down]).
+    pub fn with_layer(&self, layer: [f32; 4]) -> Sparsity {
+        let [qkv, o, gate_up, down] = layer;
+        Sparsity {
+            qkv,
+            o,
+            gate_up,
+            down,
+            lm_head: self.lm_head,
+        }
+    }
+
     /// The ratio of the input that `stack` reads.
     pub fn of(&self, stack: Stack) -> f32 {
         match stack {

@@ -1,0 +1,146 @@
+//! `qsparse calibrate` and `--sparsity-profile` on a small model the test writes: the profile
+//! reads uniform S's bytes, is the same each run, changes what a run computes, and a profile that
+//! does not fit is refused by name.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use qsparse::gguf::GgufFile;
+use qsparse::measure::calibrate::{block_bytes, SparsityProfile};
+use qsparse::model::{self, WeightFormat};
+use qsparse::synthetic::{write_bitnet, BitnetOptions, BitnetShape};
+
+fn qsparse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_model(path: &Path, seed_activation: Option<&str>) {
+    let tokenizer = GgufFile::open(common::smollm2()).unwrap();
+    let options = BitnetOptions {
+        activation: seed_activation.map(str::to_string),
+        f32_projections: false,
+    };
+    write_bitnet(path, BitnetShape::SMALL, &tokenizer, &options).unwrap();
+}
+
+fn ppl(model: &str, extra: &[&str]) -> f64 {
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/english.txt");
+    let o = qsparse(
+        &[
+            &["perplexity", "-m", model, "-f", text.to_str().unwrap()][..],
+            &["--ctx", "32", "--chunks", "2", "--json"],
+            extra,
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    j["ppl"].as_f64().unwrap()
+}
+
+#[test]
+fn a_calibrated_profile_reads_uniform_bytes_and_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("small.gguf");
+    write_model(&m, None);
+    let ms = m.to_str().unwrap();
+    let calibrate = |out: &Path| {
+        let o = qsparse(&[
+            "calibrate",
+            "-m",
+            ms,
+            "--sparsity",
+            "0.5",
+            "--tokens",
+            "64",
+            "--ctx",
+            "32",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let text = calibrate(&a);
+    assert_eq!(text, calibrate(&b), "calibration is deterministic");
+    let profile: SparsityProfile = serde_json::from_str(&text).unwrap();
+    let (model, _) = model::load(&m, WeightFormat::Ternary, &|_, _| {}).unwrap();
+    let uniform = block_bytes(&model, &vec![[0.5; 4]; profile.layers.len()]) as f64;
+    let profiled = block_bytes(&model, &profile.layers) as f64;
+    assert!(
+        (profiled / uniform - 1.0).abs() <= 0.01,
+        "{profiled} vs {uniform}"
+    );
+
+    // The run uses the profile: extreme ratios change the perplexity, the file's own runs.
+    let mut extreme = profile.clone();
+    for r in &mut extreme.layers {
+        *r = [0.9, 0.9, 0.9, 0.9];
+    }
+    let e = dir.path().join("extreme.json");
+    std::fs::write(&e, serde_json::to_string(&extreme).unwrap()).unwrap();
+    let (with, with_extreme) = (
+        ppl(ms, &["--sparsity-profile", a.to_str().unwrap()]),
+        ppl(ms, &["--sparsity-profile", e.to_str().unwrap()]),
+    );
+    assert!(
+        with.is_finite() && with != with_extreme,
+        "{with} vs {with_extreme}"
+    );
+    assert_eq!(with_extreme, ppl(ms, &["--sparsity", "0.9"]));
+
+    // Profiles that do not fit are refused, naming why; --sparsity and a profile conflict.
+    let other = dir.path().join("other.gguf");
+    write_model(&other, Some("relu2"));
+    let refused = |profile: &str, model: &str, needle: &str| {
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, profile).unwrap();
+        let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/english.txt");
+        let o = qsparse(&[
+            "perplexity",
+            "-m",
+            model,
+            "-f",
+            text.to_str().unwrap(),
+            "--sparsity-profile",
+            p.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{needle}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    };
+    refused(&text, other.to_str().unwrap(), "calibrated for");
+    refused("{not json", ms, "not a sparsity profile");
+    refused(&text[..text.len() / 2], ms, "not a sparsity profile");
+    let mut bad = profile.clone();
+    bad.layers[1][2] = 1.5;
+    refused(
+        &serde_json::to_string(&bad).unwrap(),
+        ms,
+        "layers[1]: ratio 1.5",
+    );
+    let mut short = profile.clone();
+    short.layers.pop();
+    refused(&serde_json::to_string(&short).unwrap(), ms, "entries for");
+    let o = qsparse(&[
+        "generate",
+        "-m",
+        ms,
+        "-p",
+        "hi",
+        "--sparsity",
+        "0.5",
+        "--sparsity-profile",
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
