@@ -1,5 +1,5 @@
-//! `qsparse calibrate`: per-layer sparsity ratios for a model, calibrated on a text, written as a
-//! JSON profile that `--sparsity-profile` runs with (see `measure::calibrate`).
+//! `qsparse calibrate`: sparsity ratios for a model's projection inputs, calibrated on a text,
+//! written as a JSON profile that `--sparsity-profile` runs with (see `measure::calibrate`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,8 +25,8 @@ pub struct Args {
     /// prompts (deterministic), so that no evaluation text is calibrated on.
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
-    /// Calibration tokens to record.
-    #[arg(long, default_value_t = 512)]
+    /// Calibration tokens scored (each try of the search runs over all of them).
+    #[arg(long, default_value_t = 256)]
     tokens: usize,
     /// Window length (each window runs from an empty cache).
     #[arg(long, default_value_t = 256)]
