@@ -250,35 +250,25 @@ fn a_kv_cache_beyond_memory_is_refused_before_allocating() {
         sink.write_all(file.tensor_data(&file.tensors()[i]))
     })
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args([
-            "generate",
-            "-m",
-            huge.to_str().unwrap(),
-            "-p",
-            "Hi",
-            "-n",
-            "2",
-        ])
-        .args(["--ctx", &u32::MAX.to_string()])
-        .output()
-        .unwrap();
+    let generate = |ctx: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
+            .args([
+                "generate",
+                "-m",
+                huge.to_str().unwrap(),
+                "-p",
+                "Hi",
+                "-n",
+                "2",
+            ])
+            .args(["--ctx", ctx])
+            .output()
+            .unwrap()
+    };
+    let out = generate(&u32::MAX.to_string());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("GB of KV cache"), "{err}");
     // A context that fits still runs.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args([
-            "generate",
-            "-m",
-            huge.to_str().unwrap(),
-            "-p",
-            "Hi",
-            "-n",
-            "2",
-        ])
-        .args(["--ctx", "64"])
-        .output()
-        .unwrap();
-    common::assert_success(&out);
+    common::assert_success(&generate("64"));
 }
