@@ -116,3 +116,37 @@ fn slash_commands_show_values_and_a_cut_reply_is_marked() {
     assert!(err.contains("(cut at --max-tokens 3)"), "{err}");
     assert!(!out.contains("never"), "{out}");
 }
+
+/// Chat runs with the profile it is given: a profile whose ratios are all 0 answers as the dense
+/// model does though its nominal S is 0.5, unlike uniform S = 0.5; `/sparsity` drops it.
+#[test]
+fn chat_runs_with_its_sparsity_profile() {
+    let model = common::smollm2();
+    let profile = qsparse::measure::calibrate::SparsityProfile {
+        version: 1,
+        model: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        model_sha256: qsparse::hub::sha256_file(&model).unwrap(),
+        sparsity: 0.5,
+        select: "magnitude".into(),
+        calibration_text: "test".into(),
+        calibration_tokens: 0,
+        layers: vec![[0.0; 4]; 30],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zeros.json");
+    std::fs::write(&path, serde_json::to_string(&profile).unwrap()).unwrap();
+    let ask = "What is the capital of France?\n";
+    let reply = |args: &[&str], input: &str| {
+        let (out, err, ok) = chat_piped(&[&["--max-tokens", "12"][..], args].concat(), input);
+        assert!(ok, "{err}");
+        out
+    };
+    let profiled = reply(&["--sparsity-profile", path.to_str().unwrap()], ask);
+    assert_eq!(profiled, reply(&[], ask));
+    assert_ne!(profiled, reply(&["--sparsity", "0.5"], ask));
+    // `/sparsity 0.5` goes back to uniform ratios.
+    let input = format!("/sparsity 0.5\n{ask}");
+    let switched = reply(&["--sparsity-profile", path.to_str().unwrap()], &input);
+    let uniform = reply(&["--sparsity", "0.5"], ask);
+    assert!(switched.ends_with(&uniform), "{switched:?} vs {uniform:?}");
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
+use super::common::{context_length, parse_sparsity, read_profile, LoadArgs, SamplingArgs};
 use crate::model::Sparsity;
 use crate::runtime::conversation::{Conversation, Transcript};
 use crate::runtime::session::{Finish, GenerateParams, Session};
@@ -21,6 +21,10 @@ pub struct Args {
     /// Q-Sparse ratio S in [0, 1) for every projection (0 = dense); `/sparsity` changes it.
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     sparsity: f32,
+    /// Ratios from `qsparse calibrate` (a JSON profile for this model file) in place of
+    /// --sparsity; `/sparsity S` goes back to uniform ratios.
+    #[arg(long, conflicts_with = "sparsity")]
+    sparsity_profile: Option<std::path::PathBuf>,
     /// A system message that starts the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -58,18 +62,25 @@ pub fn run(args: Args) -> Result<()> {
     if template.fallback {
         eprintln!("(the model has no chat template: using ChatML)");
     }
-    let session = Session::new(&model, &tokenizer, args.model.run_state(&model, ctx));
+    let mut state = args.model.run_state(&model, ctx);
+    let mut sparsity = args.sparsity;
+    if let Some(path) = &args.sparsity_profile {
+        let profile = read_profile(path, &model, &args.model.path()?)?;
+        state.set_layer_ratios(Some(profile.ratios()));
+        sparsity = profile.sparsity;
+    }
+    let session = Session::new(&model, &tokenizer, state);
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         sampler: args.sampling.config(),
-        sparsity: Sparsity::uniform(args.sparsity),
+        sparsity: Sparsity::uniform(sparsity),
         stop: Vec::new(),
         logprobs: None,
     };
     let mut chat = Chat {
         conv: Conversation::new(session, template, args.system.clone(), params),
         model_name: args.model.model.clone(),
-        sparsity: args.sparsity,
+        sparsity,
     };
 
     if std::io::stdin().is_terminal() {
@@ -77,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             "qsparse chat · {} ({} weights, S={}) · /help for commands · Ctrl-C stops a reply · Ctrl-D quits",
             args.model.model,
             model.weights.format.name(),
-            args.sparsity
+            chat.sparsity
         );
         interactive(&mut chat)
     } else {
@@ -206,6 +217,7 @@ impl Chat<'_> {
                 Ok(s) => {
                     self.sparsity = s;
                     self.conv.params.sparsity = Sparsity::uniform(s);
+                    self.conv.set_layer_ratios(None);
                     outln!(
                         "(sparsity {s}: each projection keeps the top {:.0}% of its inputs)",
                         100.0 * (1.0 - s)

@@ -100,6 +100,11 @@ impl<'m> Conversation<'m> {
         self.session.reset();
     }
 
+    /// Per-layer sparsity ratios for the replies (see [`Session::set_layer_ratios`]).
+    pub fn set_layer_ratios(&mut self, ratios: Option<std::sync::Arc<[[f32; 4]]>>) {
+        self.session.set_layer_ratios(ratios);
+    }
+
     /// The positions the session's KV cache holds.
     pub fn context_length(&self) -> usize {
         self.session.context_length()

@@ -134,6 +134,13 @@ impl<'m> Session<'m> {
         self.tokenizer
     }
 
+    /// Run sparse steps with per-layer ratios (a calibrated profile), or uniform ones (None);
+    /// the cache, computed with the others, is forgotten.
+    pub fn set_layer_ratios(&mut self, ratios: Option<std::sync::Arc<[[f32; 4]]>>) {
+        self.state.set_layer_ratios(ratios);
+        self.cached.clear();
+    }
+
     /// Forget the cache's contents.
     pub fn reset(&mut self) {
         self.cached.clear();
