@@ -5,26 +5,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 fn chat_piped(args: &[&str], input: &str) -> (String, String, bool) {
     let model = common::smollm2();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args(["chat", "-m", model.to_str().unwrap(), "--temp", "0"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let chat = ["chat", "-m", model.to_str().unwrap(), "--temp", "0"];
+    let out = common::qsparse_with_stdin(&[&chat[..], args].concat(), input.as_bytes());
     (
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

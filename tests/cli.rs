@@ -222,22 +222,22 @@ fn seeds_prompts_from_stdin_and_unbounded_generation() {
     );
     assert_eq!((c["seed"].as_u64(), &c["text"]), (Some(7), &d["text"]));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qsparse"))
-        .args(["generate", "-m", common::smollm2().to_str().unwrap()])
-        .args(["-p", "-", "-n", "2", "--temp", "0", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"The capital of France is")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let model = common::smollm2();
+    let o = common::qsparse_with_stdin(
+        &[
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "-",
+            "-n",
+            "2",
+            "--temp",
+            "0",
+            "--json",
+        ],
+        b"The capital of France is",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["generated_tokens"][0], 7042, "{j}");

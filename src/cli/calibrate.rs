@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use super::common::{check_kv_cache, parse_sparsity, read_text, LoadArgs};
-use crate::gguf::new_file_builder;
+use super::common::{check_kv_cache, parse_sparsity, read_text, write_json_file, LoadArgs};
 use crate::hub;
 use crate::measure::calibrate::{block_bytes, calibrate, SparsityProfile, PROFILE_VERSION};
 use crate::model::{Select, Sparsity};
@@ -104,10 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let uniform = block_bytes(&model, &vec![[args.sparsity; 4]; layers.len()]);
     let profiled = block_bytes(&model, &layers);
-    let select = match Select::from(args.model.select) {
-        Select::Magnitude => "magnitude",
-        Select::Weighted => "weighted",
-    };
+    let select = Select::from(args.model.select).name();
     let profile = SparsityProfile {
         version: PROFILE_VERSION,
         model: model_path
@@ -120,17 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         calibration_tokens: used.len(),
         layers,
     };
-    let dir = args
-        .output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut tmp = new_file_builder(".qsparse-profile-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, &profile)?;
-    tmp.persist(&args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    write_json_file(&args.output, &profile)?;
     outln!("layer   qkv     o  gate_up  down");
     for (l, r) in profile.layers.iter().enumerate() {
         outln!(

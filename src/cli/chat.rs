@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{context_length, parse_sparsity, read_profile, LoadArgs, SamplingArgs};
+use super::common::{
+    context_length, parse_sparsity, read_profile, write_json_file, LoadArgs, SamplingArgs,
+};
 use crate::model::Sparsity;
 use crate::runtime::conversation::{Conversation, Transcript};
 use crate::runtime::session::{Finish, GenerateParams, Session};
@@ -287,17 +289,6 @@ impl Chat<'_> {
             sparsity: self.sparsity,
             messages: self.conv.messages(),
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = crate::gguf::new_file_builder(".qsparse-save-")
-            .tempfile_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        serde_json::to_writer_pretty(&mut tmp, &transcript)?;
-        tmp.write_all(b"\n")?;
-        tmp.persist(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        write_json_file(path, &transcript)
     }
 }

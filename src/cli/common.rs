@@ -385,6 +385,24 @@ pub fn forced_isa() -> qsparse_kernels::Isa {
     qsparse_kernels::Isa::choose(name.as_deref())
 }
 
+/// Write `value` as pretty JSON to `path`: atomically (a temp file beside it, renamed into
+/// place), with the permissions a new file gets under the umask.
+pub fn write_json_file(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = crate::gguf::new_file_builder(".qsparse-write-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.write_all(b"\n")?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// Read a UTF-8 text file, naming the file and the first bad byte when it is not UTF-8.
 pub fn read_text(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

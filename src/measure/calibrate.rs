@@ -106,7 +106,7 @@ pub fn block_bytes(model: &Model, layers: &[[f32; 4]]) -> u64 {
 
 /// Ratios per projection type reading the bytes uniform `sparsity` reads, chosen to minimize
 /// KL(dense ‖ sparse) over `tokens` (windows of `window` tokens, each from an empty cache), every
-/// layer the same. `progress(step, kl)` reports each accepted move.
+/// layer the same. `progress(what)` reports the uniform start and each accepted move, with its KL.
 pub fn calibrate(
     model: &Model,
     state: &mut RunState,
@@ -145,11 +145,11 @@ pub fn calibrate(
         Ok(kl / i.max(1) as f64)
     };
     // Each type's bytes a token at ratio 0: moving ratio d on type a frees d·bytes[a].
+    let all = block_bytes(model, &vec![[0.0; 4]; n_layers]);
     let type_bytes: Vec<f64> = (0..4)
         .map(|t| {
             let mut r = [0.0f32; 4];
             r[t] = 1.0;
-            let all = block_bytes(model, &vec![[0.0; 4]; n_layers]);
             (all - block_bytes(model, &vec![r; n_layers])) as f64
         })
         .collect();

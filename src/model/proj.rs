@@ -122,17 +122,6 @@ impl Stack {
         }
     }
 
-    /// The name reports and packed files use (`qkv`, `o`, `gate_up`, `down`, `lm_head`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Stack::Qkv => "qkv",
-            Stack::O => "o",
-            Stack::GateUp => "gate_up",
-            Stack::Down => "down",
-            Stack::LmHead => "lm_head",
-        }
-    }
-
     /// The profile phase its products are timed in.
     pub fn phase(self) -> Phase {
         match self {

@@ -166,7 +166,9 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
             match read_body(&mut request, shared.config.max_body_bytes)
                 .and_then(|body| prepare(&body, chat, shared))
             {
-                Ok((prompt, settings)) => complete(request, prompt, settings, chat, shared, queue),
+                Ok((prompt, settings)) => {
+                    complete(request, prompt, settings, chat, shared, queue).map(|s| status = s)
+                }
                 Err(e) => answer(request, Err(e)),
             }
         }
@@ -281,6 +283,8 @@ fn prepare(body: &[u8], chat: bool, shared: &Shared) -> Result<(Vec<u32>, Settin
     Ok((prompt, settings))
 }
 
+/// Answer a completion request (queued for the engine, streamed or whole); the HTTP status of
+/// the answer, for the request log.
 fn complete(
     request: Request,
     prompt: Vec<u32>,
@@ -288,7 +292,7 @@ fn complete(
     chat: bool,
     shared: &Shared,
     queue: &Queue,
-) -> std::io::Result<()> {
+) -> std::io::Result<u16> {
     let defaults = shared.config.sampling;
     let seed = settings.seed.unwrap_or_else(|| {
         // No seed asked for: a different draw per request.
@@ -332,7 +336,7 @@ fn complete(
             param: None,
             code: Some("queue_full"),
         };
-        return write_json(request, 503, &e.body(), &[("Retry-After", "1")]);
+        return write_json(request, 503, &e.body(), &[("Retry-After", "1")]).map(|()| 503);
     }
     let id = format!(
         "{}-{:x}",
@@ -352,7 +356,7 @@ fn complete(
         sparsity: settings.sparsity,
     };
     if settings.stream {
-        stream(request, rx, &reply, settings.include_usage)
+        stream(request, rx, &reply, settings.include_usage).map(|()| 200)
     } else {
         // The whole text arrives with `Done`; the per-token events only matter when streaming.
         for event in rx {
@@ -360,14 +364,14 @@ fn complete(
                 Event::Text(_) => {}
                 Event::Done(g) => {
                     reply.log(&g);
-                    return respond(request, 200, &reply.whole(&g));
+                    return respond(request, 200, &reply.whole(&g)).map(|()| 200);
                 }
                 Event::Failed(message) => {
-                    return respond_error(request, &server_error(message));
+                    return respond_error(request, &server_error(message)).map(|()| 500);
                 }
             }
         }
-        respond_error(request, &server_error("the engine stopped".into()))
+        respond_error(request, &server_error("the engine stopped".into())).map(|()| 500)
     }
 }
 

@@ -190,25 +190,25 @@ impl Pass<'_> {
         // Attention block: x += o(attention(rope(q), rope(k), v)) of norm(x).
         norm_rows(r.xb, r.x, &layer.attn_norm, c.rms_eps);
         self.p
-            .project(Stack::Qkv, &layer.wqkv, r.xb, d, s.qkv, r.qkv)?;
+            .project(Stack::Qkv, &layer.wqkv, r.xb, d, &s, r.qkv)?;
         self.attention(l, layer);
         let r = &mut self.rows;
         self.p
-            .project(Stack::O, &layer.wo, r.att_out, q_dim, s.o, r.proj)?;
+            .project(Stack::O, &layer.wo, r.att_out, q_dim, &s, r.proj)?;
         add(r.x, r.proj);
 
         // Feed-forward block: x += down(act(gate)·up) of norm(x).
         norm_rows(r.xb, r.x, &layer.ffn_norm, c.rms_eps);
         let gate_up = &layer.w_gate_up;
         self.p
-            .project(Stack::GateUp, gate_up, r.xb, d, s.gate_up, r.gate_up)?;
+            .project(Stack::GateUp, gate_up, r.xb, d, &s, r.gate_up)?;
         for row in r.gate_up.chunks_exact_mut(2 * ff) {
             let (gate, up) = row.split_at_mut(ff);
             gated_activation(c, layer, self.isa, gate, up);
         }
         let down = &layer.w_down;
         self.p
-            .project(Stack::Down, down, r.gate_up, 2 * ff, s.down, r.proj)?;
+            .project(Stack::Down, down, r.gate_up, 2 * ff, &s, r.proj)?;
         add(r.x, r.proj);
         Ok(())
     }
@@ -258,13 +258,13 @@ impl Pass<'_> {
             layer: c.n_layers,
             source,
         };
-        let s = self.sparsity.lm_head;
+        let s = &self.sparsity;
         match &m.weights.lm_head {
             LmHead::Columns(head) => self
                 .p
                 .project(Stack::LmHead, head, r.xb, c.d_model, s, logits)
                 .map_err(nonfinite),
-            LmHead::Rows(_) if s > 0.0 => Err(ForwardError::DenseHead),
+            LmHead::Rows(_) if s.lm_head > 0.0 => Err(ForwardError::DenseHead),
             LmHead::Rows(head) => {
                 // A row-major Q8 head takes every input, quantized in blocks of 32.
                 let meter = &mut self.p.meter;

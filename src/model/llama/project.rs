@@ -14,7 +14,7 @@
 
 use qsparse_kernels::{gather_matvec_batch, BatchInput, Format, NonFinite, MAX_BATCH};
 
-use super::sparsify::{Select, Selection, Sparsifier};
+use super::sparsify::{Select, Selection, Sparsifier, Sparsity};
 use super::traffic::Traffic;
 use crate::model::config::ModelConfig;
 use crate::model::profile::{Laps, Phase};
@@ -60,7 +60,8 @@ pub(super) struct Projector<'a> {
 
 impl Projector<'_> {
     /// ys = W·x_t for every token t of the pass, x_t the first d_in entries of row t of `xs`
-    /// (rows of `stride`) with a ratio `s` of it dropped; `ys` holds token-major rows of d_out.
+    /// (rows of `stride`) with the ratio `sparsity` gives `stack` dropped; `ys` holds
+    /// token-major rows of d_out.
     /// The time since the last lap is charged to element-wise work (norms, residual adds, the
     /// activation: what a pass does between two projections).
     pub(super) fn project(
@@ -69,11 +70,11 @@ impl Projector<'_> {
         w: &Linear,
         xs: &[f32],
         stride: usize,
-        s: f32,
+        sparsity: &Sparsity,
         ys: &mut [f32],
     ) -> Result<(), NonFinite> {
         self.meter.lap(Phase::Elementwise);
-        let d = w.d_in();
+        let (d, s) = (w.d_in(), sparsity.of(stack));
         let norms = match self.sparsifier.select {
             Select::Weighted => w.column_norms(),
             Select::Magnitude => &[],
