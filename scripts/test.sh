@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the Python `gguf` and
-# `openai` packages, used as oracles), fetches the real model through `qsparse pull` (verified by
+# `openai` packages, used as oracles; PyTorch, which `qsparse finetune` trains with), fetches the real model through `qsparse pull` (verified by
 # sha256), then runs every test of the workspace in release mode and prints the total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,10 @@ if ! python3 -c "import gguf" 2>/dev/null; then
 fi
 if ! python3 -c "import openai" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "openai==2.8.1"
+fi
+# `qsparse finetune` trains with PyTorch (CPU); its tests train small models.
+if ! python3 -c "import torch" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "torch==2.15.0"
 fi
 # `sweep --plot` lays its text out with a TrueType font (tests draw an SVG).
 if ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/TTF/DejaVuSans.ttf \

@@ -15,3 +15,4 @@ pub mod sample;
 pub mod server;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod train;

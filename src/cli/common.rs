@@ -256,6 +256,27 @@ pub fn read_profile(path: &Path, model: &Model, model_path: &Path) -> Result<Spa
     Ok(profile)
 }
 
+/// The file of `model` (a path or a manifest name); a manifest model that is not here yet is
+/// fetched first (saying so on stderr).
+pub fn model_path_or_pull(model: &str) -> Result<PathBuf> {
+    match hub::resolve(model, &models_dir()) {
+        Err(hub::ModelError::NotDownloaded { name, .. }) => {
+            let manifest = hub::Manifest::builtin();
+            let entry = manifest
+                .find(&name)
+                .ok_or_else(|| anyhow::anyhow!("`{name}` vanished from the manifest"))?;
+            eprintln!(
+                "{name} is not here yet: fetching it ({} MB, once) into {}",
+                entry.size / 1_000_000,
+                models_dir().display()
+            );
+            hub::pull(entry, &models_dir(), &mut |line| eprintln!("{line}"))?;
+            Ok(hub::resolve(model, &models_dir())?)
+        }
+        other => Ok(other?),
+    }
+}
+
 impl LoadArgs {
     pub fn path(&self) -> Result<PathBuf> {
         Ok(hub::resolve(&self.model, &models_dir())?)
@@ -264,22 +285,7 @@ impl LoadArgs {
     /// Like [`LoadArgs::path`], but a manifest model that is not here yet is fetched first
     /// (saying so on stderr).
     pub fn path_or_pull(&self) -> Result<PathBuf> {
-        match hub::resolve(&self.model, &models_dir()) {
-            Err(hub::ModelError::NotDownloaded { name, .. }) => {
-                let manifest = hub::Manifest::builtin();
-                let entry = manifest
-                    .find(&name)
-                    .ok_or_else(|| anyhow::anyhow!("`{name}` vanished from the manifest"))?;
-                eprintln!(
-                    "{name} is not here yet: fetching it ({} MB, once) into {}",
-                    entry.size / 1_000_000,
-                    models_dir().display()
-                );
-                hub::pull(entry, &models_dir(), &mut |line| eprintln!("{line}"))?;
-                Ok(hub::resolve(&self.model, &models_dir())?)
-            }
-            other => Ok(other?),
-        }
+        model_path_or_pull(&self.model)
     }
 
     /// The weight format to load `file` in: `--weights`, else a packed file's, else the file's

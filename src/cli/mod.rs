@@ -22,6 +22,7 @@ mod bench;
 mod calibrate;
 mod chat;
 mod common;
+mod finetune;
 pub use common::models_dir;
 mod generate;
 mod inspect;
@@ -76,6 +77,9 @@ enum Command {
     /// Sparsity ratios per projection input (q/k/v, o, gate/up, down) calibrated on a text, at
     /// the bytes of a uniform S (a JSON profile for --sparsity-profile).
     Calibrate(calibrate::Args),
+    /// Train a model to keep its quality at sparsity S (Q-Sparse fine-tuning, with PyTorch):
+    /// writes a GGUF that every command runs.
+    Finetune(finetune::Args),
 }
 
 /// Entry point of the binary.
@@ -93,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::Scaling(args) => scaling::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Finetune(args) => finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -213,6 +213,141 @@ where
     Ok(())
 }
 
+/// One named line of [`draw_curves`].
+pub struct Curve {
+    /// The legend's text.
+    pub name: String,
+    /// The points, x ascending.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Line charts of `curves` into `path`: x linear, y on a log scale when `log_y`, one colour a
+/// curve, the legend upper right.
+pub fn draw_curves(
+    path: &Path,
+    format: Format,
+    title: &str,
+    axes: (&str, &str),
+    curves: &[Curve],
+    log_y: bool,
+) -> Result<()> {
+    load_font()?;
+    let size = (960, 600);
+    match format {
+        Format::Svg => curve_figure(
+            SVGBackend::new(path, size).into_drawing_area(),
+            title,
+            axes,
+            curves,
+            log_y,
+        ),
+        Format::Png => curve_figure(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            title,
+            axes,
+            curves,
+            log_y,
+        ),
+    }
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(120, 120, 120),
+];
+
+fn curve_figure<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    curves: &[Curve],
+    log_y: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let all = || {
+        curves
+            .iter()
+            .flat_map(|c| c.points.iter())
+            .filter(|p| p.1.is_finite())
+    };
+    let x_hi = all().map(|p| p.0).fold(0.0, f64::max).max(1e-9) * 1.02;
+    let y_lo = all().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let y_hi = all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    if !y_lo.is_finite() || !y_hi.is_finite() {
+        return Err(anyhow!("nothing to draw"));
+    }
+    let (y_lo, y_hi) = if log_y {
+        (y_lo.max(1e-9) / 1.1, y_hi * 1.1)
+    } else {
+        let pad = (y_hi - y_lo).max(1e-9) * 0.05;
+        (y_lo - pad, y_hi + pad)
+    };
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, (FAMILY, 24).into_font())
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64);
+    macro_rules! finish {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .label_style((FAMILY, 15))
+                .axis_desc_style((FAMILY, 16))
+                .draw()
+                .map_err(err)?;
+            for (i, c) in curves.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                chart
+                    .draw_series(LineSeries::new(c.points.clone(), color.stroke_width(3)))
+                    .map_err(err)?
+                    .label(c.name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                    });
+                chart
+                    .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FAMILY, 15))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }};
+    }
+    if log_y {
+        finish!(builder
+            .build_cartesian_2d(
+                0.0..x_hi,
+                (y_lo..y_hi)
+                    .log_scale()
+                    .with_key_points(log_ticks(y_lo, y_hi)),
+            )
+            .map_err(err)?);
+    } else {
+        finish!(builder
+            .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)
+            .map_err(err)?);
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 /// Ticks for a log axis over lo..hi that a reader can use at any range: 1, 2, 5 times the powers
 /// of ten inside it, or every 1..9 times them when that gives fewer than three.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {

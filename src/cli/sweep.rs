@@ -28,6 +28,11 @@ pub struct Args {
     /// with qsparse (data/english.txt).
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
+    /// Compare every row (top-1 agreement, KL) with this model's dense predictions instead of the
+    /// model's own dense row: a fine-tuned model against the model it was tuned from. Loaded
+    /// with the same --weights.
+    #[arg(long)]
+    reference: Option<String>,
     /// Tokens of the text scored at each ratio (whole windows of --ctx).
     #[arg(long, default_value_t = 512)]
     tokens: usize,
@@ -110,11 +115,33 @@ pub fn run(args: Args) -> Result<()> {
         b
     });
     let new_state = |ctx| args.model.run_state(&model, ctx);
+    let reference = match &args.reference {
+        Some(name) => {
+            let load = LoadArgs {
+                model: name.clone(),
+                ..args.model.clone()
+            };
+            let (m, _) = load.load_for(head_input(0.0))?;
+            Some((load, m))
+        }
+        None => None,
+    };
+    let reference_state = reference
+        .as_ref()
+        .map(|(load, m)| move |ctx| load.run_state(m, ctx));
+    let against = reference
+        .as_ref()
+        .zip(reference_state.as_ref())
+        .map(|((_, m), new_state)| sweep::ReferenceModel {
+            model: m,
+            new_state,
+        });
     let result = sweep::run(
         &model,
         &new_state,
         &tokens,
         &settings,
+        against,
         &mut |done, total, what| {
             if let Some(b) = &bar {
                 b.set_length(total);
@@ -146,6 +173,8 @@ pub fn run(args: Args) -> Result<()> {
                 "runs": args.runs,
                 "lm_head_sparsity": args.lm_head_sparsity,
             },
+            "reference": args.reference,
+            "reference_ppl": result.reference_ppl,
             "rows": result.rows,
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
@@ -153,6 +182,9 @@ pub fn run(args: Args) -> Result<()> {
         out!("{}", csv(&result));
     } else {
         out!("{}", table(&title, &result, args.per_layer));
+        if let (Some(name), Some(ppl)) = (&args.reference, result.reference_ppl) {
+            outln!("top-1 and KL against {name}, dense (its perplexity {ppl:.2})");
+        }
     }
     if let (Some(path), Some(format)) = (&args.plot, plot_format) {
         plot::draw(path, format, &title, &result)

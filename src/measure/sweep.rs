@@ -111,6 +111,18 @@ pub struct Sweep {
     pub n_predictions: usize,
     /// One row per ratio, dense first.
     pub rows: Vec<Row>,
+    /// The perplexity of the reference model (dense) when the rows were compared with another
+    /// model's predictions than their own dense row's.
+    pub reference_ppl: Option<f64>,
+}
+
+/// Another model whose dense predictions every row is compared with (top-1 agreement, KL): a
+/// fine-tuned model's rows against the model it was tuned from. Same vocabulary.
+pub struct ReferenceModel<'a> {
+    /// The model.
+    pub model: &'a Model,
+    /// Its run state with room for `ctx` positions.
+    pub new_state: &'a dyn Fn(usize) -> RunState,
 }
 
 /// Where a sweep is: `done` of `total` forward passes, and what is running.
@@ -154,12 +166,22 @@ pub fn run(
     new_state: &dyn Fn(usize) -> RunState,
     tokens: &[u32],
     settings: &Settings,
+    against: Option<ReferenceModel>,
     progress: Progress,
 ) -> Result<Sweep, SweepError> {
     let s = settings;
     let predictions = check(model, tokens, s)?;
+    if let Some(r) = &against {
+        if r.model.config.vocab_size != model.config.vocab_size {
+            return Err(SweepError::Settings(format!(
+                "the reference model's vocabulary ({}) is not this model's ({})",
+                r.model.config.vocab_size, model.config.vocab_size
+            )));
+        }
+    }
     let ratios = ratios(&s.sparsities);
-    let quality_steps = (ratios.len() * s.windows * s.ctx) as u64;
+    let passes = ratios.len() + usize::from(against.is_some());
+    let quality_steps = (passes * s.windows * s.ctx) as u64;
     let speed_steps = (ratios.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
     let mut steps = Steps {
         done: 0,
@@ -171,7 +193,39 @@ pub fn run(
     let mut state = new_state(s.ctx);
     let machine = measure_machine(state.isa());
     steps.done = 1;
-    let quality = measure_quality(model, &mut state, tokens, s, &ratios, &mut steps)?;
+    let vocab = model.config.vocab_size;
+    let mut reference = Reference::new(s.windows * (s.ctx - 1), vocab);
+    let reference_ppl = match &against {
+        Some(r) => {
+            let mut st = (r.new_state)(s.ctx);
+            let q = score(
+                r.model,
+                &mut st,
+                tokens,
+                s,
+                0.0,
+                &mut reference,
+                true,
+                &mut steps,
+            )?;
+            Some(q.mean_nll().exp())
+        }
+        None => None,
+    };
+    let mut quality = Vec::with_capacity(ratios.len());
+    for &r in &ratios {
+        let store = r == 0.0 && against.is_none();
+        quality.push(score(
+            model,
+            &mut state,
+            tokens,
+            s,
+            r,
+            &mut reference,
+            store,
+            &mut steps,
+        )?);
+    }
     let mut state = new_state(s.prompt_tokens + s.gen_tokens);
     let speed = measure_speed(model, &mut state, tokens, s, &ratios, &mut steps)?;
     steps.done = steps.total;
@@ -188,6 +242,7 @@ pub fn run(
         machine,
         n_predictions: predictions,
         rows,
+        reference_ppl,
     })
 }
 
@@ -242,51 +297,48 @@ impl Steps<'_> {
     }
 }
 
-/// Each ratio's quality against dense (dense first: its pass stores the log-distributions every
-/// ratio is compared to).
-fn measure_quality(
+/// One ratio's quality against `reference` (with `store`, this pass is the reference: the dense
+/// pass, which runs first, stores the log-distributions the others are compared with).
+#[allow(clippy::too_many_arguments)]
+fn score(
     model: &Model,
     state: &mut RunState,
     tokens: &[u32],
     s: &Settings,
-    ratios: &[f32],
+    r: f32,
+    reference: &mut Reference,
+    store: bool,
     steps: &mut Steps,
-) -> Result<Vec<Quality>, SweepError> {
-    let vocab = model.config.vocab_size;
-    let mut reference = Reference::new(s.windows * (s.ctx - 1), vocab);
-    let mut quality = Vec::with_capacity(ratios.len());
-    for &r in ratios {
-        let label = format!("quality at S={r}");
-        let mut q = Quality::default();
-        let mut i = 0;
-        let windows = Windows {
-            tokens,
-            ctx: s.ctx,
-            chunks: Some(s.windows),
-        };
-        for_each_prediction(
-            model,
-            state,
-            windows,
-            sparsity_at(r, s),
-            &mut |_, _| {},
-            &mut |st, next| {
-                if r == 0.0 {
-                    reference.store(i, st.logits());
-                }
-                q.add(&reference, i, st.logits(), next, st.traffic());
-                i += 1;
-                steps.done += 1;
-                if i % 16 == 0 {
-                    steps.report(&label);
-                }
-            },
-        )?;
-        // The last token of each window makes no prediction but was still a forward pass.
-        steps.done += s.windows as u64;
-        quality.push(q);
-    }
-    Ok(quality)
+) -> Result<Quality, SweepError> {
+    let label = format!("quality at S={r}");
+    let mut q = Quality::default();
+    let mut i = 0;
+    let windows = Windows {
+        tokens,
+        ctx: s.ctx,
+        chunks: Some(s.windows),
+    };
+    for_each_prediction(
+        model,
+        state,
+        windows,
+        sparsity_at(r, s),
+        &mut |_, _| {},
+        &mut |st, next| {
+            if store {
+                reference.store(i, st.logits());
+            }
+            q.add(reference, i, st.logits(), next, st.traffic());
+            i += 1;
+            steps.done += 1;
+            if i % 16 == 0 {
+                steps.report(&label);
+            }
+        },
+    )?;
+    // The last token of each window makes no prediction but was still a forward pass.
+    steps.done += s.windows as u64;
+    Ok(q)
 }
 
 /// One ratio's timed runs, and what one of its decoded tokens read.
