@@ -41,30 +41,28 @@ def keep_count(d, s):
 
 def sparse_input(x, s, act, outliers):
     """x with all but its K largest magnitudes per row zeroed (values as the runtime multiplies
-    them), and the straight-through estimator's gradient (identity)."""
+    them), and the straight-through estimator's gradient (identity).
+
+    An unsorted top-k in x's own dtype, then a scatter: 2-3x faster than sorting or thresholding
+    in f32 (bf16, 2048 rows of 576 or 1536), the larger part of a step's cost otherwise."""
     d = x.shape[-1]
     k = keep_count(d, s)
     if k >= d and act != "int8":
         return x
     with torch.no_grad():
-        xf = x.float()
-        a = xf.abs()
-        top = a.topk(k, dim=-1, sorted=True)
-        y = torch.zeros_like(xf).scatter_(-1, top.indices, xf.gather(-1, top.indices))
-        if act == "int8":
-            m = min(outliers, k)
-            if m < d:
-                # The rest's own absmax γ: the (m+1)-th magnitude, found with the top K when
-                # K > m, else among all d.
-                gamma = top.values[..., m : m + 1] if m < k else a.topk(m + 1, dim=-1).values[..., m:]
-                gamma = gamma.clamp_min(1e-30)
-                q = torch.round(y * (127.0 / gamma)).clamp(-127, 127) * (gamma / 127.0)
-                if m > 0:
-                    keep_exact = torch.zeros_like(y, dtype=torch.bool)
-                    keep_exact.scatter_(-1, top.indices[..., :m], True)
-                    q = torch.where(keep_exact, y, q)
-                y = q
-        y = y.to(x.dtype)
+        a = x.abs()
+        idx = a.topk(k, dim=-1, sorted=False).indices
+        vals = x.gather(-1, idx)
+        m = min(outliers, k)
+        if act == "int8" and m < d:
+            # The m largest stay exact; the rest are rounded to the int8 grid of their own absmax
+            # γ, the (m+1)-th largest magnitude.
+            among = vals.abs() if m < k else a  # the (m+1)-th largest is among the K kept
+            gamma = among.topk(m + 1, dim=-1).values[..., m:].float().clamp_min(1e-30)
+            v = vals.float()
+            q = torch.round(v * (127.0 / gamma)).clamp(-127, 127) * (gamma / 127.0)
+            vals = torch.where(v.abs() > gamma, v, q).to(x.dtype)
+        y = torch.zeros_like(x).scatter_(-1, idx, vals)
     return x + (y - x).detach()
 
 
