@@ -37,6 +37,10 @@ pub struct Args {
     /// Default: $QSPARSE_API_KEY if set, else none.
     #[arg(long)]
     api_key: Option<String>,
+    /// Let web pages from this origin call the API (CORS), e.g. `http://localhost:3000`, or `*`
+    /// for any. Off by default.
+    #[arg(long, value_parser = parse_origin)]
+    cors: Option<String>,
 }
 
 /// Request bodies above this are refused (413).
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
             .clone()
             .or_else(|| std::env::var("QSPARSE_API_KEY").ok())
             .filter(|k| !k.is_empty()),
+        cors: args.cors.clone(),
     };
     // First signal: stop accepting and finish what is running; a second one ends at once.
     ctrlc::set_handler(|| {
@@ -98,4 +103,15 @@ fn model_id(arg: &str) -> String {
         .file_name()
         .map_or_else(|| arg.to_owned(), |f| f.to_string_lossy().into_owned());
     name.strip_suffix(".gguf").unwrap_or(&name).to_owned()
+}
+
+/// `--cors`: `*` or an origin, never text that would end a header line.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control() || c == ' ') {
+        Err(format!(
+            "`{s}` is not an origin (like http://localhost:3000) or *"
+        ))
+    } else {
+        Ok(s.to_string())
+    }
 }

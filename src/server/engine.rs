@@ -3,8 +3,10 @@
 //! [`Session`], so a request that repeats a previous prompt's start (a shared system prompt, the
 //! next turn of a chat) evaluates only what is new.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
 use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
 
@@ -30,6 +32,7 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct Queue {
     tx: SyncSender<Job>,
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The queue is full.
@@ -40,28 +43,63 @@ impl Queue {
     /// A queue holding at most `capacity` waiting jobs (besides the one running).
     pub fn new(capacity: usize) -> (Queue, Receiver<Job>) {
         let (tx, rx) = mpsc::sync_channel(capacity);
-        (Queue { tx }, rx)
+        let waiting = Arc::new(AtomicUsize::new(0));
+        (Queue { tx, waiting }, rx)
     }
 
     pub fn submit(&self, job: Job) -> Result<(), Busy> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(Busy)
+            }
         }
+    }
+
+    /// Requests queued or running.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The count behind [`Queue::depth`], for the engine to lower as it finishes a job (a
+    /// `Queue` clone there would keep the channel open forever).
+    pub fn depth_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.waiting)
     }
 }
 
-/// Counts for `/health`.
+/// Counts for `/health` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub completed: AtomicU64,
     /// Generations stopped because their client went away.
     pub cancelled: AtomicU64,
+    /// Prompt tokens of finished generations.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated.
+    pub completion_tokens: AtomicU64,
+    /// Time to the first token (prompt evaluation), summed over generations (µs).
+    pub first_token_us: AtomicU64,
+    /// Time spent decoding, summed over generations (µs).
+    pub decode_us: AtomicU64,
+    /// Responses by HTTP status.
+    pub responses: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Stats {
+    /// Count one response with `status`.
+    pub fn responded(&self, status: u16) {
+        if let Ok(mut m) = self.responses.lock() {
+            *m.entry(status).or_insert(0) += 1;
+        }
+    }
 }
 
 /// Run jobs until every [`Queue`] is dropped. A job whose handler stops listening is cancelled
 /// at its next token.
-pub fn run(session: &mut Session, jobs: Receiver<Job>, stats: &Stats) {
+pub fn run(session: &mut Session, jobs: Receiver<Job>, stats: &Stats, waiting: &AtomicUsize) {
     for job in jobs {
         let events = job.events;
         let result = session.generate(&job.prompt, &job.params, &mut |text| {
@@ -72,6 +110,22 @@ pub fn run(session: &mut Session, jobs: Receiver<Job>, stats: &Stats) {
             _ => &stats.completed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Ok(g) = &result {
+            let us = |s: f64| (s * 1e6) as u64;
+            stats
+                .prompt_tokens
+                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+            stats
+                .completion_tokens
+                .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
+            stats
+                .first_token_us
+                .fetch_add(us(g.prompt_s), Ordering::Relaxed);
+            stats
+                .decode_us
+                .fetch_add(us(g.generate_s), Ordering::Relaxed);
+        }
+        waiting.fetch_sub(1, Ordering::SeqCst);
         let _ = events.send(match result {
             Ok(g) => Event::Done(g),
             Err(e) => Event::Failed(e.to_string()),

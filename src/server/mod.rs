@@ -43,6 +43,9 @@ pub struct Config {
     pub sampling: SamplerConfig,
     /// With a key, every endpoint but `/health` needs `Authorization: Bearer KEY` (401 without).
     pub api_key: Option<String>,
+    /// Browsers on this origin (or `*`) may call the API: CORS headers on every response, and
+    /// preflight (`OPTIONS`) answered without a key.
+    pub cors: Option<String>,
 }
 
 /// Set when the server should stop accepting requests.
@@ -80,6 +83,9 @@ pub fn serve(
         addr: config.addr.clone(),
         message: e.to_string(),
     })?;
+    if let Some(origin) = &config.cors {
+        let _ = CORS_ORIGIN.set(origin.clone());
+    }
     on_listening(&server.server_addr().to_string());
     let shared = Shared {
         config,
@@ -93,9 +99,13 @@ pub fn serve(
     // Enough handlers for every queued request to be connected, plus a few for quick requests
     // (health, models, refusals) while all of them wait.
     let handlers = config.queue + 4;
+    let depth = queue.depth_counter();
     std::thread::scope(|s| {
         let stats = &shared.stats;
-        s.spawn(move || engine::run(&mut Session::new(model, tokenizer, state), jobs, stats));
+        s.spawn(move || {
+            let mut session = Session::new(model, tokenizer, state);
+            engine::run(&mut session, jobs, stats, &depth)
+        });
         for _ in 0..handlers {
             let queue = queue.clone();
             let (server, shared) = (&server, &shared);
@@ -119,9 +129,10 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
     let path = request.url().split('?').next().unwrap_or("").to_owned();
     let method = request.method().clone();
     let started = std::time::Instant::now();
-    let open = path == "/health";
+    let open = path == "/health" || (method == Method::Options && shared.config.cors.is_some());
     if !open && !routes::authorized(&request, shared.config.api_key.as_deref()) {
         let _ = respond_error(request, &routes::unauthorized());
+        shared.stats.responded(401);
         log_request(&method, &path, 401, started);
         return;
     }
@@ -145,6 +156,13 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
                 "context_length": shared.ctx,
             }),
         ),
+        (Method::Options, _) if shared.config.cors.is_some() => {
+            status = 204;
+            preflight(request)
+        }
+        (Method::Get, "/metrics") => {
+            metrics(request, &shared.stats, shared.config.queue, queue.depth())
+        }
         (Method::Get, "/v1/models") => respond(
             request,
             200,
@@ -175,6 +193,7 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
         (
             _,
             "/health"
+            | "/metrics"
             | "/v1/models"
             | "/v1/chat/completions"
             | "/v1/completions"
@@ -207,6 +226,7 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
     };
     // A client that went away while we answered: nothing to tell anyone.
     let _ = result;
+    shared.stats.responded(status);
     log_request(&method, &path, status, started);
 }
 
@@ -524,10 +544,12 @@ fn stream(
     include_usage: bool,
 ) -> std::io::Result<()> {
     let mut w = request.into_writer();
-    w.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )?;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         Connection: close\r\nTransfer-Encoding: chunked\r\n{}\r\n",
+        cors_headers()
+    );
+    w.write_all(head.as_bytes())?;
     let send = |w: &mut dyn Write, data: &str| -> std::io::Result<()> {
         let event = format!("data: {data}\n\n");
         write!(w, "{:x}\r\n{event}\r\n", event.len())?;
@@ -583,7 +605,119 @@ fn write_json(
     for (k, v) in extra {
         head += &format!("{k}: {v}\r\n");
     }
+    head += &cors_headers();
     head += "\r\n";
+    let mut w = request.into_writer();
+    w.write_all(head.as_bytes())?;
+    w.write_all(body.as_bytes())?;
+    w.flush()
+}
+
+/// The origin `--cors` allows, set once when the server starts (responses are written far from
+/// the config).
+static CORS_ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `Access-Control-Allow-Origin` (and `Vary: Origin`) lines when CORS is on, else nothing.
+fn cors_headers() -> String {
+    match CORS_ORIGIN.get() {
+        Some(origin) => format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"),
+        None => String::new(),
+    }
+}
+
+/// A CORS preflight's answer: the methods and headers a browser may send.
+fn preflight(request: Request) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+         Access-Control-Allow-Headers: Authorization, Content-Type\r\n\
+         Access-Control-Max-Age: 600\r\nContent-Length: 0\r\nConnection: close\r\n{}\r\n",
+        cors_headers()
+    );
+    let mut w = request.into_writer();
+    w.write_all(head.as_bytes())?;
+    w.flush()
+}
+
+/// `/metrics`: Prometheus' text format.
+fn metrics(
+    request: Request,
+    stats: &engine::Stats,
+    capacity: usize,
+    depth: usize,
+) -> std::io::Result<()> {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut body = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+        body += &format!("# HELP qsparse_{name} {help}\n# TYPE qsparse_{name} {kind}\n");
+        for (labels, v) in lines {
+            body += &format!("qsparse_{name}{labels} {v}\n");
+        }
+    };
+    let responses: Vec<(String, f64)> = stats
+        .responses
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n as f64))
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "http_responses_total",
+        "counter",
+        "HTTP responses by status.",
+        &responses,
+    );
+    let one = |v: f64| [(String::new(), v)];
+    let completed = load(&stats.completed) as f64;
+    metric(
+        "completions_total",
+        "counter",
+        "Generations finished.",
+        &one(completed),
+    );
+    let cancelled = load(&stats.cancelled) as f64;
+    let help = "Generations stopped because their client went away.";
+    metric("cancelled_total", "counter", help, &one(cancelled));
+    let prompt = load(&stats.prompt_tokens) as f64;
+    metric(
+        "prompt_tokens_total",
+        "counter",
+        "Prompt tokens of generations.",
+        &one(prompt),
+    );
+    let generated = load(&stats.completion_tokens) as f64;
+    metric(
+        "completion_tokens_total",
+        "counter",
+        "Tokens generated.",
+        &one(generated),
+    );
+    let first = load(&stats.first_token_us) as f64 / 1e6;
+    let help = "Time to the first token (prompt evaluation), summed over generations.";
+    metric(
+        "time_to_first_token_seconds_total",
+        "counter",
+        help,
+        &one(first),
+    );
+    let decode = load(&stats.decode_us) as f64 / 1e6;
+    metric(
+        "decode_seconds_total",
+        "counter",
+        "Time spent generating tokens.",
+        &one(decode),
+    );
+    let help = "Requests queued or generating.";
+    metric("queue_depth", "gauge", help, &one(depth as f64));
+    let help = "Requests that may wait while one generates.";
+    metric("queue_capacity", "gauge", help, &one(capacity as f64));
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{}\r\n",
+        body.len(),
+        cors_headers()
+    );
     let mut w = request.into_writer();
     w.write_all(head.as_bytes())?;
     w.write_all(body.as_bytes())?;
@@ -593,6 +727,7 @@ fn write_json(
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -211,8 +211,16 @@ except subprocess.TimeoutExpired:
     code = None
 check(code == 0, f"SIGINT ends the server cleanly (exit {code})")
 
-# With --api-key every endpoint but /health needs the key.
-proc, host, port = start("--api-key", "s3cret")
+# With --api-key every endpoint but /health needs the key; --cors lets a browser origin in
+# (preflight needs no key: browsers send none).
+proc, host, port = start("--api-key", "s3cret", "--cors", "http://app.test")
+status, headers, _ = raw(host, port, "OPTIONS", "/v1/chat/completions",
+                         headers={"Origin": "http://app.test",
+                                  "Access-Control-Request-Method": "POST"})
+check(status == 204 and headers.get("Access-Control-Allow-Origin") == "http://app.test"
+      and "POST" in headers.get("Access-Control-Allow-Methods", "")
+      and "Authorization" in headers.get("Access-Control-Allow-Headers", ""),
+      f"CORS preflight -> {status} {headers}")
 status, _, _ = raw(host, port, "GET", "/health")
 check(status == 200, f"/health stays open -> {status}")
 status, _, data = raw(host, port, "GET", "/v1/models")
@@ -221,6 +229,20 @@ status, _, _ = raw(host, port, "GET", "/v1/models", headers={"Authorization": "B
 check(status == 401, f"a wrong key -> {status}")
 keyed = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="s3cret", max_retries=0, timeout=120)
 check(len(keyed.models.list().data) == 1, "the right key is let in")
+status, headers, _ = raw(host, port, "GET", "/v1/models", headers={"Authorization": "Bearer s3cret"})
+check(headers.get("Access-Control-Allow-Origin") == "http://app.test", f"CORS header: {headers}")
+reply = keyed.completions.create(model="x", prompt="The capital of France is", max_tokens=5,
+                                 temperature=0)
+status, headers, data = raw(host, port, "GET", "/metrics", headers={"Authorization": "Bearer s3cret"})
+text = data.decode()
+values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+check(status == 200 and headers.get("Content-Type", "").startswith("text/plain")
+      and float(values.get("qsparse_completions_total", 0)) == 1
+      and float(values.get("qsparse_completion_tokens_total", 0)) == reply.usage.completion_tokens
+      and float(values.get('qsparse_http_responses_total{status="401"}', 0)) == 2
+      and float(values.get("qsparse_time_to_first_token_seconds_total", 0)) > 0
+      and values.get("qsparse_queue_depth") == "0",
+      f"/metrics after one completion:\n{text}")
 proc.send_signal(signal.SIGINT)
 proc.wait(timeout=30)
 
