@@ -134,3 +134,24 @@ fn chat_runs_with_its_sparsity_profile() {
     let uniform = reply(&["--sparsity", "0.5"], ask);
     assert!(switched.ends_with(&uniform), "{switched:?} vs {uniform:?}");
 }
+
+#[test]
+fn a_message_of_several_lines_between_triple_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("talk.json");
+    let input = format!(
+        "\"\"\"Name the capital of\nFrance.\n\n  Answer in one word.\"\"\"\n\"\"\"And of Italy?\"\"\"\n/save {}\n",
+        save.display()
+    );
+    let (out, err, ok) = chat_piped(&["--max-tokens", "8"], &input);
+    assert!(ok, "{err}");
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    let msgs = t["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 4, "{out}");
+    assert_eq!(
+        msgs[0]["content"],
+        "Name the capital of\nFrance.\n\n  Answer in one word."
+    );
+    assert_eq!(msgs[2]["content"], "And of Italy?");
+}

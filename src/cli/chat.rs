@@ -52,7 +52,8 @@ commands:
   /stats           speed, active parameters and bytes per token of the last reply
   /system [TEXT]   show, or set, the system message and start over (`/system -` removes it)
   /save FILE       write the conversation as JSON
-  /exit, /bye      quit (also Ctrl-D); Ctrl-C stops a reply";
+  /exit, /bye      quit (also Ctrl-D); Ctrl-C stops a reply
+  \"\"\"              begin a message of several lines; end it with a line ending in \"\"\"";
 
 pub fn run(args: Args) -> Result<()> {
     if args.max_tokens == 0 {
@@ -83,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
         conv: Conversation::new(session, template, args.system.clone(), params),
         model_name: args.model.model.clone(),
         sparsity,
+        open_block: None,
     };
 
     if std::io::stdin().is_terminal() {
@@ -102,7 +104,12 @@ struct Chat<'m> {
     conv: Conversation<'m>,
     model_name: String,
     sparsity: f32,
+    /// The lines of a message begun with `"""` and not yet ended.
+    open_block: Option<String>,
 }
+
+/// Opens and closes a message of several lines (as in ollama).
+const BLOCK: &str = "\"\"\"";
 
 /// What the loop does after a line.
 enum Next {
@@ -117,7 +124,12 @@ fn interactive(chat: &mut Chat) -> Result<()> {
     ctrlc::set_handler(|| STOP_REPLY.store(true, Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
     loop {
-        match editor.readline("> ") {
+        let prompt = if chat.open_block.is_some() {
+            "... "
+        } else {
+            "> "
+        };
+        match editor.readline(prompt) {
             Ok(line) => {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
@@ -140,15 +152,42 @@ fn piped(chat: &mut Chat) -> Result<()> {
     for line in stdin.lines() {
         let line = line.context("cannot read stdin (is it UTF-8?)")?;
         if let Next::Quit = chat.line(&line)? {
-            break;
+            return Ok(());
         }
+    }
+    // Input that ends inside a `"""` block: what it holds is the last message.
+    if let Some(block) = chat.open_block.take() {
+        chat.say_unless_empty(&block)?;
     }
     Ok(())
 }
 
 impl Chat<'_> {
-    /// Handle one line of input: a slash command or a message.
+    /// Handle one line of input: a slash command, a message, or part of a `"""` block.
     fn line(&mut self, line: &str) -> Result<Next> {
+        if let Some(block) = &mut self.open_block {
+            match line.trim_end().strip_suffix(BLOCK) {
+                Some(last) => {
+                    block.push_str(last);
+                    let message = std::mem::take(block);
+                    self.open_block = None;
+                    self.say_unless_empty(&message)?;
+                }
+                None => {
+                    block.push_str(line);
+                    block.push('\n');
+                }
+            }
+            return Ok(Next::Continue);
+        }
+        if let Some(first) = line.trim_start().strip_prefix(BLOCK) {
+            match first.trim_end().strip_suffix(BLOCK) {
+                // `"""one line"""`.
+                Some(whole) => self.say_unless_empty(whole)?,
+                None => self.open_block = Some(format!("{first}\n")),
+            }
+            return Ok(Next::Continue);
+        }
         let text = line.trim();
         if text.is_empty() {
             return Ok(Next::Continue);
@@ -158,6 +197,13 @@ impl Chat<'_> {
         }
         self.say(text)?;
         Ok(Next::Continue)
+    }
+
+    fn say_unless_empty(&mut self, text: &str) -> Result<()> {
+        match text.trim() {
+            "" => Ok(()),
+            t => self.say(t),
+        }
     }
 
     fn say(&mut self, text: &str) -> Result<()> {
