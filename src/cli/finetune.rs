@@ -47,6 +47,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: u64,
     /// Stop after this many minutes (then write the model), even if --tokens are not all seen.
+    /// Counted from this start: with --resume, the time the resumed run may take.
     #[arg(long, value_parser = parse_minutes)]
     minutes: Option<f64>,
     /// Tokens per training sequence.
@@ -109,7 +110,8 @@ pub struct Args {
     /// The job directory (weights, tokens, checkpoint, log). Default: OUTPUT.work
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Continue the stopped run in this job directory (its recipe and output as first given).
+    /// Continue the stopped run in this job directory (its recipe and output as first given;
+    /// --minutes may be set anew).
     #[arg(long, conflicts_with_all = ["sparsity", "data", "output", "work_dir"])]
     resume: Option<PathBuf>,
     /// Train nothing: show how these runs (job directories) went, each held-out evaluation at S
@@ -169,8 +171,11 @@ pub fn run(args: Args) -> Result<()> {
                     job.model_sha256
                 );
             }
-            // A run stopped by --stop-at goes on to its end.
+            // A run stopped by --stop-at goes on to its end; --minutes sets this run's budget.
             job.stop_at = None;
+            if args.minutes.is_some() {
+                job.minutes = args.minutes;
+            }
             super::common::write_json_file(&dir.job(), &job)?;
             if !dir.checkpoint().is_file() && !dir.base().is_file() {
                 bail!("{} has no checkpoint to resume from", dir.0.display());
