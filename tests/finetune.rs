@@ -114,18 +114,42 @@ fn work_dir(out: &Path) -> PathBuf {
     PathBuf::from(format!("{}.work", out.display()))
 }
 
-#[test]
-fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
+/// A temp dir holding the first `layers` blocks of SmolLM2 and the training text.
+struct Setup {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+    data: PathBuf,
+}
+
+fn setup(layers: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
-    truncated_smollm2(&model, 2);
+    truncated_smollm2(&model, layers);
     let data = training_text(dir.path());
-    let out = dir.path().join("tuned.gguf");
-    let run = bin()
-        .args(small_run(&model, &data, &out, 20))
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
+    Setup { dir, model, data }
+}
+
+impl Setup {
+    /// The flags of a short run of `steps` steps writing `name` in the temp dir.
+    fn run_args(&self, name: &str, steps: u64) -> (Vec<String>, PathBuf) {
+        let out = self.dir.path().join(name);
+        (small_run(&self.model, &self.data, &out, steps), out)
+    }
+
+    /// A short run of `steps` steps (and `extra` flags) writing `name`; it must succeed.
+    fn train(&self, name: &str, steps: u64, extra: &[&str]) -> PathBuf {
+        let (args, out) = self.run_args(name, steps);
+        let run = bin().args(args).args(extra).output().unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        out
+    }
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
+    let s = setup(2);
+    let (dir, model) = (&s.dir, &s.model);
+    let out = s.train("tuned.gguf", 20, &[]);
     let losses = log_losses(&work_dir(&out));
     assert_eq!(losses.len(), 20, "{losses:?}");
     let mean = |s: &[(u64, f64)]| s.iter().map(|l| l.1).sum::<f64>() / s.len() as f64;
@@ -213,22 +237,9 @@ fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
 
 #[test]
 fn a_stopped_run_resumes_with_the_steps_an_uninterrupted_one_takes() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    truncated_smollm2(&model, 2);
-    let data = training_text(dir.path());
-    let whole = dir.path().join("whole.gguf");
-    let run = bin()
-        .args(small_run(&model, &data, &whole, 6))
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
-
-    let parts = dir.path().join("parts.gguf");
-    let mut first = small_run(&model, &data, &parts, 6);
-    first.extend(["--stop-at".to_string(), "3".to_string()]);
-    let run = bin().args(first).output().unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
+    let s = setup(2);
+    let whole = s.train("whole.gguf", 6, &[]);
+    let parts = s.train("parts.gguf", 6, &["--stop-at", "3"]);
     assert!(!parts.exists(), "a stopped run writes no model");
     let work = work_dir(&parts);
     let resume = bin()
@@ -343,10 +354,8 @@ fn assert_parity(model_path: &Path, dir: &Path, min_agree: f64) {
 
 #[test]
 fn the_trainers_forward_equals_the_runtimes_llama() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    truncated_smollm2(&model, 2);
-    assert_parity(&model, dir.path(), 0.9);
+    let s = setup(2);
+    assert_parity(&s.model, s.dir.path(), 0.9);
 }
 
 #[test]
@@ -376,10 +385,8 @@ fn straight_through_gradient_and_top_k_match_the_runtime_rule() {
 
 #[test]
 fn bad_input_is_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    truncated_smollm2(&model, 1);
-    let data = training_text(dir.path());
+    let s = setup(1);
+    let (dir, model, data) = (&s.dir, s.model.clone(), s.data.clone());
     let out = dir.path().join("out.gguf");
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
@@ -390,6 +397,14 @@ fn bad_input_is_refused_and_nothing_is_written() {
     w.add_kv("general.architecture", MetaValue::String("gpt2".into()));
     w.write_file(&gpt2, |_, _, _| Ok(())).unwrap();
     let m = model.to_str().unwrap();
+    // A run with one bad flag.
+    let flag = |name: &str, value: &str| -> Vec<String> {
+        let head = ["finetune", "-m", m, "--sparsity", "0.5", "-o", "x.gguf"];
+        head.iter()
+            .chain(&[name, value])
+            .map(|a| a.to_string())
+            .collect()
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             small_run(&model, &dir.path().join("missing.txt"), &out, 2),
@@ -405,38 +420,8 @@ fn bad_input_is_refused_and_nothing_is_written() {
             small_run(&model, &data, &dir.path().join("no/such/dir/out.gguf"), 2),
             "cannot write the output",
         ),
-        (
-            [
-                "finetune",
-                "-m",
-                m,
-                "--sparsity",
-                "0.5",
-                "-o",
-                "x.gguf",
-                "--tokens",
-                "0",
-            ]
-            .map(String::from)
-            .to_vec(),
-            "--tokens",
-        ),
-        (
-            [
-                "finetune",
-                "-m",
-                m,
-                "--sparsity",
-                "0.5",
-                "-o",
-                "x.gguf",
-                "--minutes",
-                "0",
-            ]
-            .map(String::from)
-            .to_vec(),
-            "minutes",
-        ),
+        (flag("--tokens", "0"), "--tokens"),
+        (flag("--minutes", "0"), "minutes"),
         (
             [
                 "finetune",
@@ -466,13 +451,10 @@ fn bad_input_is_refused_and_nothing_is_written() {
 
 #[test]
 fn ctrl_c_leaves_a_checkpoint_and_no_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    truncated_smollm2(&model, 2);
-    let data = training_text(dir.path());
-    let out = dir.path().join("out.gguf");
+    let s = setup(2);
+    let (args, out) = s.run_args("out.gguf", 100_000);
     let mut child = bin()
-        .args(small_run(&model, &data, &out, 100_000))
+        .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -498,7 +480,7 @@ fn ctrl_c_leaves_a_checkpoint_and_no_model() {
     assert!(stderr(&result).contains("--resume"), "{}", stderr(&result));
     assert!(work.join("checkpoint.pt").is_file());
     assert!(!out.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| {

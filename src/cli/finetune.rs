@@ -247,15 +247,24 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// A progress bar on stderr when it is a terminal.
-fn progress_bar(template: &str) -> Option<ProgressBar> {
-    std::io::stderr().is_terminal().then(|| {
+/// Run `work`, its progress (done, total) drawn as a bar on stderr when it is a terminal.
+fn with_progress<T>(template: &str, work: impl FnOnce(&mut dyn FnMut(usize, usize)) -> T) -> T {
+    let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let style = ProgressStyle::with_template(template);
+        b.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
         b
-    })
+    });
+    let result = work(&mut |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
 }
 
 /// Check the inputs and write the job directory: the model's tensors in f32, the tokens, the
@@ -302,16 +311,9 @@ fn prepare(args: &Args) -> Result<JobDir> {
         (args.data.clone(), names.join(", "))
     };
     let docs = corpus::documents(&inputs)?;
-    let bar = progress_bar("tokenizing [{bar:30}] {pos}/{len} documents");
-    let (train_tokens, held) = corpus::tokenize(&docs, &tokenizer, &mut |i, n| {
-        if let Some(b) = &bar {
-            b.set_length(n as u64);
-            b.set_position(i as u64);
-        }
+    let (train_tokens, held) = with_progress("tokenizing [{bar:30}] {pos}/{len} documents", |p| {
+        corpus::tokenize(&docs, &tokenizer, p)
     })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     if train_tokens.len() <= args.seq as usize + 1 {
         bail!(
             "the training text has {} tokens, fewer than one sequence of --seq {} + 1",
@@ -342,16 +344,10 @@ fn prepare(args: &Args) -> Result<JobDir> {
         .with_context(|| format!("cannot create {}", dir.0.display()))?;
     train::write_tokens(&dir.0.join("train.u32"), &train_tokens)?;
     train::write_tokens(&dir.0.join("heldout.u32"), &held)?;
-    let bar = progress_bar("writing the weights in f32 [{bar:30}] {pos}/{len} tensors");
-    train::write_base(&file, &dir.base(), &mut |i, n| {
-        if let Some(b) = &bar {
-            b.set_length(n as u64);
-            b.set_position(i as u64);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    with_progress(
+        "writing the weights in f32 [{bar:30}] {pos}/{len} tensors",
+        |p| train::write_base(&file, &dir.base(), p),
+    )?;
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,

@@ -28,7 +28,8 @@ pub const TRAINER: &str = include_str!("../../train/qsparse_train.py");
 /// The PyTorch release the trainer was measured with (installed by `finetune` if missing).
 pub const TORCH_VERSION: &str = "2.15.0";
 
-/// The model's shape as the trainer builds it.
+/// The model's shape as the trainer builds it: the trainer's own copy of the few
+/// [`ModelConfig`] fields it reads, so that a job directory stays readable by a later qsparse.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Shape {
     /// "llama" or "bitnet".
