@@ -15,6 +15,13 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qsparse"))
 }
 
+/// Run qsparse with `args`; it must succeed.
+fn succeed<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -162,8 +169,7 @@ fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
     assert_eq!(file.get_str("qsparse.finetune.method").unwrap(), "topk-ste");
     assert!(file.get("tokenizer.chat_template").is_some());
     let p = out.to_str().unwrap();
-    let inspect = bin().args(["inspect", p, "--json"]).output().unwrap();
-    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    succeed(["inspect", p, "--json"]);
     let generate = bin()
         .args([
             "generate",
@@ -212,27 +218,23 @@ fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
     assert!(against["reference_ppl"].as_f64().unwrap() > 1.0);
     // --report reads the run's log: its evaluations, and a plot.
     let plot = dir.path().join("recovery.svg");
-    let report = bin()
-        .args([
+    let work = work_dir(&out);
+    let report = succeed(
+        [
             "finetune",
             "--json",
             "--plot",
             plot.to_str().unwrap(),
             "--report",
-        ])
-        .arg(work_dir(&out))
-        .output()
-        .unwrap();
-    assert!(report.status.success(), "{}", stderr(&report));
+        ]
+        .into_iter()
+        .chain([work.to_str().unwrap()]),
+    );
     let runs: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(runs[0]["evals"].as_array().unwrap().len(), 3, "{runs}");
     assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
     let packed = dir.path().join("packed.gguf");
-    let pack = bin()
-        .args(["pack", "-m", p, "-o", packed.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(pack.status.success(), "{}", stderr(&pack));
+    succeed(["pack", "-m", p, "-o", packed.to_str().unwrap()]);
 }
 
 #[test]
@@ -242,16 +244,12 @@ fn a_stopped_run_resumes_with_the_steps_an_uninterrupted_one_takes() {
     let parts = s.train("parts.gguf", 6, &["--stop-at", "3"]);
     assert!(!parts.exists(), "a stopped run writes no model");
     let work = work_dir(&parts);
-    let resume = bin()
-        .args([
-            "finetune",
-            "--no-install",
-            "--resume",
-            work.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(resume.status.success(), "{}", stderr(&resume));
+    succeed([
+        "finetune",
+        "--no-install",
+        "--resume",
+        work.to_str().unwrap(),
+    ]);
     assert!(parts.exists());
     let (a, b) = (log_losses(&work_dir(&whole)), log_losses(&work));
     assert_eq!(a.len(), 6);
@@ -432,6 +430,13 @@ fn bad_input_is_refused_and_nothing_is_written() {
             .map(String::from)
             .to_vec(),
             "not a finetune job",
+        ),
+        // A resumed run keeps its recipe: changing it is refused, not ignored.
+        (
+            ["finetune", "--resume", "some.work", "--lr", "0.1"]
+                .map(String::from)
+                .to_vec(),
+            "--lr",
         ),
     ];
     for (args, says) in cases {

@@ -43,8 +43,9 @@ def sparse_input(x, s, act, outliers):
     """x with all but its K largest magnitudes per row zeroed (values as the runtime multiplies
     them), and the straight-through estimator's gradient (identity).
 
-    An unsorted top-k in x's own dtype, then a scatter: 2-3x faster than sorting or thresholding
-    in f32 (bf16, 2048 rows of 576 or 1536), the larger part of a step's cost otherwise."""
+    An unsorted top-k in x's own dtype, then a scatter: 1.5-2.4x less time than a sorted top-k
+    in f32 (bf16 rows, 2048 of 576 or 1536 values, one thread), which had been the larger part
+    of a step."""
     d = x.shape[-1]
     k = keep_count(d, s)
     if k >= d and act != "int8":
@@ -270,11 +271,8 @@ def autocast(job):
 
 
 def layer_ratios(job):
-    n = job["model"]["n_layers"]
-    if job.get("layer_ratios"):
-        return [tuple(r) for r in job["layer_ratios"]]
     s = job["sparsity"]
-    return [(s, s, s, s)] * n
+    return [(s, s, s, s)] * job["model"]["n_layers"]
 
 
 def save_checkpoint(path, model, opt, step, state):

@@ -112,7 +112,12 @@ pub struct Args {
     work_dir: Option<PathBuf>,
     /// Continue the stopped run in this job directory (its recipe and output as first given;
     /// --minutes may be set anew).
-    #[arg(long, conflicts_with_all = ["sparsity", "data", "output", "work_dir"])]
+    #[arg(long, conflicts_with_all = [
+        "model", "sparsity", "data", "output", "work_dir", "tokens", "seq", "batch", "accumulate",
+        "lr", "warmup", "distill", "eval_every", "eval_tokens", "checkpoint_every", "stop_at",
+        "seed", "projections", "activations", "act_outliers", "train_embeddings",
+        "freeze_norms", "f32", "threads",
+    ])]
     resume: Option<PathBuf>,
     /// Train nothing: show how these runs (job directories) went, each held-out evaluation at S
     /// against training tokens; with --plot, one curve a run.
@@ -159,6 +164,8 @@ pub fn run(args: Args) -> Result<()> {
     if !args.report.is_empty() {
         return report(&args);
     }
+    // Before hours of preparation could be wasted.
+    train::ensure_torch(!args.no_install, &mut |m| eprintln!("{m}"))?;
     let dir = match &args.resume {
         Some(dir) => {
             let dir = JobDir(dir.clone());
@@ -171,15 +178,15 @@ pub fn run(args: Args) -> Result<()> {
                     job.model_sha256
                 );
             }
+            if !dir.base().is_file() {
+                bail!("{} has no weights to resume from", dir.0.display());
+            }
             // A run stopped by --stop-at goes on to its end; --minutes sets this run's budget.
             job.stop_at = None;
             if args.minutes.is_some() {
                 job.minutes = args.minutes;
             }
             super::common::write_json_file(&dir.job(), &job)?;
-            if !dir.checkpoint().is_file() && !dir.base().is_file() {
-                bail!("{} has no checkpoint to resume from", dir.0.display());
-            }
             eprintln!(
                 "resuming {} (S = {}, output {})",
                 dir.0.display(),
@@ -190,7 +197,6 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => prepare(&args)?,
     };
-    train::ensure_torch(!args.no_install, &mut |m| eprintln!("{m}"))?;
     // A stop request (Ctrl-C reaches the trainer too; a SIGTERM may reach us alone) is passed
     // on as SIGTERM: the trainer finishes its step, checkpoints and stops; we wait for it.
     let _ = ctrlc::set_handler(|| {
@@ -359,7 +365,6 @@ fn prepare(args: &Args) -> Result<JobDir> {
         projections: args.projections,
         model: Shape::of(&config),
         sparsity,
-        layer_ratios: None,
         seq: args.seq as usize,
         batch: args.batch as usize,
         accumulate: args.accumulate as usize,

@@ -194,37 +194,24 @@ pub fn run(
     let machine = measure_machine(state.isa());
     steps.done = 1;
     let vocab = model.config.vocab_size;
-    let mut reference = Reference::new(s.windows * (s.ctx - 1), vocab);
+    let mut scoring = Scoring {
+        tokens,
+        s,
+        reference: Reference::new(s.windows * (s.ctx - 1), vocab),
+        steps: &mut steps,
+    };
     let reference_ppl = match &against {
         Some(r) => {
-            let mut st = (r.new_state)(s.ctx);
-            let q = score(
-                r.model,
-                &mut st,
-                tokens,
-                s,
-                0.0,
-                &mut reference,
-                true,
-                &mut steps,
-            )?;
+            let q = scoring.score(r.model, &mut (r.new_state)(s.ctx), 0.0, true)?;
             Some(q.mean_nll().exp())
         }
         None => None,
     };
     let mut quality = Vec::with_capacity(ratios.len());
     for &r in &ratios {
+        // Without another model, the dense pass (first) is the reference.
         let store = r == 0.0 && against.is_none();
-        quality.push(score(
-            model,
-            &mut state,
-            tokens,
-            s,
-            r,
-            &mut reference,
-            store,
-            &mut steps,
-        )?);
+        quality.push(scoring.score(model, &mut state, r, store)?);
     }
     let mut state = new_state(s.prompt_tokens + s.gen_tokens);
     let speed = measure_speed(model, &mut state, tokens, s, &ratios, &mut steps)?;
@@ -297,48 +284,56 @@ impl Steps<'_> {
     }
 }
 
-/// One ratio's quality against `reference` (with `store`, this pass is the reference: the dense
-/// pass, which runs first, stores the log-distributions the others are compared with).
-#[allow(clippy::too_many_arguments)]
-fn score(
-    model: &Model,
-    state: &mut RunState,
-    tokens: &[u32],
-    s: &Settings,
-    r: f32,
-    reference: &mut Reference,
-    store: bool,
-    steps: &mut Steps,
-) -> Result<Quality, SweepError> {
-    let label = format!("quality at S={r}");
-    let mut q = Quality::default();
-    let mut i = 0;
-    let windows = Windows {
-        tokens,
-        ctx: s.ctx,
-        chunks: Some(s.windows),
-    };
-    for_each_prediction(
-        model,
-        state,
-        windows,
-        sparsity_at(r, s),
-        &mut |_, _| {},
-        &mut |st, next| {
-            if store {
-                reference.store(i, st.logits());
-            }
-            q.add(reference, i, st.logits(), next, st.traffic());
-            i += 1;
-            steps.done += 1;
-            if i % 16 == 0 {
-                steps.report(&label);
-            }
-        },
-    )?;
-    // The last token of each window makes no prediction but was still a forward pass.
-    steps.done += s.windows as u64;
-    Ok(q)
+/// The quality passes of a sweep: the text, the settings, the reference distributions every
+/// pass is compared with, and the progress.
+struct Scoring<'a, 'p> {
+    tokens: &'a [u32],
+    s: &'a Settings,
+    reference: Reference,
+    steps: &'a mut Steps<'p>,
+}
+
+impl Scoring<'_, '_> {
+    /// One ratio's quality against the reference; with `store`, this pass is the reference (the
+    /// dense pass, which runs first, stores the log-distributions the others are compared with).
+    fn score(
+        &mut self,
+        model: &Model,
+        state: &mut RunState,
+        r: f32,
+        store: bool,
+    ) -> Result<Quality, SweepError> {
+        let (s, reference, steps) = (self.s, &mut self.reference, &mut *self.steps);
+        let label = format!("quality at S={r}");
+        let mut q = Quality::default();
+        let mut i = 0;
+        let windows = Windows {
+            tokens: self.tokens,
+            ctx: s.ctx,
+            chunks: Some(s.windows),
+        };
+        for_each_prediction(
+            model,
+            state,
+            windows,
+            sparsity_at(r, s),
+            &mut |_, _| {},
+            &mut |st, next| {
+                if store {
+                    reference.store(i, st.logits());
+                }
+                q.add(reference, i, st.logits(), next, st.traffic());
+                i += 1;
+                steps.done += 1;
+                if i % 16 == 0 {
+                    steps.report(&label);
+                }
+            },
+        )?;
+        // The last token of each window makes no prediction but was still a forward pass.
+        steps.done += s.windows as u64;
+        Ok(q)
+    }
 }
 
 /// One ratio's timed runs, and what one of its decoded tokens read.

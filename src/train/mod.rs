@@ -97,8 +97,6 @@ pub struct Job {
     pub model: Shape,
     /// Sparsity S trained at.
     pub sparsity: f32,
-    /// Per-layer ratios [qkv, o, gate_up, down] from a sparsity profile, if one was given.
-    pub layer_ratios: Option<Vec<[f32; 4]>>,
     /// Tokens per sequence.
     pub seq: usize,
     /// Sequences per micro-batch.
