@@ -144,3 +144,161 @@ fn a_calibrated_profile_reads_uniform_bytes_and_is_used() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// `sweep` measures methods side by side (a row each, named), a calibrated profile at uniform
+/// S's bytes with the perplexity `perplexity --sparsity-profile` gives; `pack
+/// --sparsity-profile` stores a profile the packed file then runs with unless told otherwise.
+#[test]
+fn sweep_compares_methods_and_pack_keeps_a_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("small.gguf");
+    write_model(&m, None);
+    let ms = m.to_str().unwrap();
+    let profile = dir.path().join("s50.json");
+    let o = qsparse(&[
+        "calibrate",
+        "-m",
+        ms,
+        "--sparsity",
+        "0.5",
+        "--tokens",
+        "64",
+        "--ctx",
+        "32",
+        "-o",
+        profile.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/english.txt");
+    let o = qsparse(&[
+        "sweep",
+        "-m",
+        ms,
+        "-f",
+        text.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--select",
+        "magnitude,weighted",
+        "--sparsity-profile",
+        profile.to_str().unwrap(),
+        "--tokens",
+        "64",
+        "--ctx",
+        "32",
+        "--runs",
+        "1",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["dense", "magnitude", "weighted", "calibrated"]);
+    let bytes = |i: usize| rows[i]["weight_bytes_per_token"].as_f64().unwrap();
+    assert_eq!(bytes(1), bytes(2), "the same K, the same bytes");
+    assert!(
+        (bytes(3) / bytes(1) - 1.0).abs() <= 0.01,
+        "{} vs {}",
+        bytes(3),
+        bytes(1)
+    );
+    assert_eq!(rows[3]["profile"], profile.to_str().unwrap());
+    let ppl_of = |i: usize| rows[i]["ppl"].as_f64().unwrap();
+    assert!((ppl_of(0) - ppl(ms, &[])).abs() < 1e-6 * ppl_of(0));
+    let calibrated = ppl(ms, &["--sparsity-profile", profile.to_str().unwrap()]);
+    assert!(
+        (ppl_of(3) - calibrated).abs() < 1e-6 * calibrated,
+        "{} vs {calibrated}",
+        ppl_of(3)
+    );
+    assert_ne!(ppl_of(1), ppl_of(2), "weighted selects other inputs");
+
+    // Calibrating on the evaluated text is refused; one --select only outside sweep.
+    let o = qsparse(&[
+        "sweep",
+        "-m",
+        ms,
+        "-f",
+        text.to_str().unwrap(),
+        "--calibrated",
+        "--calibration-file",
+        text.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--tokens",
+        "64",
+        "--ctx",
+        "32",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is the evaluated text"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qsparse(&[
+        "generate",
+        "-m",
+        ms,
+        "-p",
+        "hi",
+        "--select",
+        "magnitude,weighted",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--select takes one method"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A packed file keeps its profile: runs use it by default (as the profile runs the source),
+    // --sparsity overrides it; a profile for another file is refused at pack time.
+    let mut extreme: SparsityProfile =
+        serde_json::from_str(&std::fs::read_to_string(&profile).unwrap()).unwrap();
+    for r in &mut extreme.layers {
+        *r = [0.9, 0.2, 0.9, 0.2];
+    }
+    let e = dir.path().join("extreme.json");
+    std::fs::write(&e, serde_json::to_string(&extreme).unwrap()).unwrap();
+    let packed = dir.path().join("packed.gguf");
+    let o = qsparse(&[
+        "pack",
+        "-m",
+        ms,
+        "--sparsity-profile",
+        e.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ps = packed.to_str().unwrap();
+    let with_profile = ppl(ms, &["--sparsity-profile", e.to_str().unwrap()]);
+    assert_eq!(ppl(ps, &[]), with_profile);
+    assert_ne!(with_profile, ppl(ms, &["--sparsity", "0.5"]));
+    assert_eq!(ppl(ps, &["--sparsity", "0"]), ppl(ms, &[]));
+    assert_eq!(
+        ppl(ps, &["--sparsity", "0.5"]),
+        ppl(ms, &["--sparsity", "0.5"])
+    );
+    let other = dir.path().join("other.gguf");
+    write_model(&other, Some("relu2"));
+    let refused = dir.path().join("refused.gguf");
+    let o = qsparse(&[
+        "pack",
+        "-m",
+        other.to_str().unwrap(),
+        "--sparsity-profile",
+        e.to_str().unwrap(),
+        "-o",
+        refused.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("calibrated for"), "{}", stderr(&o));
+    assert!(!refused.exists());
+}

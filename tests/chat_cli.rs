@@ -102,7 +102,8 @@ fn slash_commands_show_values_and_a_cut_reply_is_marked() {
 }
 
 /// Chat runs with the profile it is given: a profile whose ratios are all 0 answers as the dense
-/// model does though its nominal S is 0.5, unlike uniform S = 0.5; `/sparsity` drops it.
+/// model does though its nominal S is 0.5, unlike uniform S = 0.5; `/sparsity S` drops it and
+/// `/sparsity FILE.json` loads one.
 #[test]
 fn chat_runs_with_its_sparsity_profile() {
     let model = common::smollm2();
@@ -133,6 +134,16 @@ fn chat_runs_with_its_sparsity_profile() {
     let switched = reply(&["--sparsity-profile", path.to_str().unwrap()], &input);
     let uniform = reply(&["--sparsity", "0.5"], ask);
     assert!(switched.ends_with(&uniform), "{switched:?} vs {uniform:?}");
+    // `/sparsity FILE.json` loads a profile; one that does not fit is refused and changes nothing.
+    let input = format!("/sparsity {}\n{ask}", path.display());
+    let loaded = reply(&["--sparsity", "0.5"], &input);
+    assert!(loaded.ends_with(&reply(&[], ask)), "{loaded:?}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let input = format!("/sparsity {}\n{ask}", bad.display());
+    let kept = reply(&["--sparsity", "0.5"], &input);
+    assert!(kept.contains("not a sparsity profile"), "{kept:?}");
+    assert!(kept.ends_with(&uniform), "{kept:?} vs {uniform:?}");
 }
 
 #[test]

@@ -88,7 +88,8 @@ pub fn run(args: Args) -> Result<()> {
             "prefill_tok_s": prefill_tok_s,
             "weight_bytes_per_token": bytes,
             "weight_gb_s": bytes as f64 * decode_tok_s / 1e9,
-            "sparsity": args.model.sparsity,
+            "sparsity": args.model.ratio(),
+            "sparsity_profile": args.model.profile_source(),
             "weights": model.weights.format.name(),
             "threads": threads,
             "isa": isa.name(),
@@ -103,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             "decode {decode_tok_s:.1} tok/s, prefill {prefill_tok_s:.1} tok/s, {:.1} MB of weights per token ({:.1} GB/s), S={}, {}, {threads} threads, {isa}",
             bytes as f64 / 1e6,
             bytes as f64 * decode_tok_s / 1e9,
-            args.model.sparsity,
+            args.model.ratio(),
             model.weights.format.name(),
         );
         if let Some(rows) = &profile {

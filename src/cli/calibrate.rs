@@ -1,7 +1,7 @@
 //! `qsparse calibrate`: sparsity ratios for a model's projection inputs, calibrated on a text,
 //! written as a JSON profile that `--sparsity-profile` runs with (see `measure::calibrate`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -9,9 +9,10 @@ use anyhow::{bail, Result};
 use super::common::{check_kv_cache, parse_sparsity, read_text, write_json_file, LoadArgs};
 use crate::hub;
 use crate::measure::calibrate::{block_bytes, calibrate, SparsityProfile, PROFILE_VERSION};
-use crate::model::{Select, Sparsity};
+use crate::model::{Model, Sparsity};
 use crate::runtime::session::{GenerateParams, Session};
 use crate::sample::SamplerConfig;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,6 +44,46 @@ const PROMPTS: [&str; 4] = [
     "The best way to learn a new language is",
 ];
 
+/// The calibration text as tokens, and where it came from: `file`, or (None) about `tokens`
+/// tokens the dense model writes itself from [`PROMPTS`], the same each run.
+pub(super) fn calibration_text(
+    load: &LoadArgs,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    file: Option<&Path>,
+    tokens: usize,
+) -> Result<(Vec<u32>, String)> {
+    if let Some(path) = file {
+        return Ok((
+            tokenizer.encode(&read_text(path)?)?,
+            path.display().to_string(),
+        ));
+    }
+    // Each prompt continued at temperature 0.8 with a fixed seed: the same text each run.
+    let mut text = Vec::new();
+    let per = tokens.div_ceil(PROMPTS.len());
+    for (i, p) in PROMPTS.iter().enumerate() {
+        let state = load.run_state(model, per + 64);
+        let mut session = Session::new(model, tokenizer, state);
+        let params = GenerateParams {
+            max_tokens: per,
+            sampler: SamplerConfig {
+                temperature: 0.8,
+                seed: 1 + i as u64,
+                ..Default::default()
+            },
+            sparsity: Sparsity::dense(),
+            stop: Vec::new(),
+            logprobs: None,
+        };
+        let prompt = tokenizer.encode(p)?;
+        let g = session.generate(&prompt, &params, &mut |_| true)?;
+        text.extend(prompt);
+        text.extend(g.tokens);
+    }
+    Ok((text, "generated".to_string()))
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.ctx < 2 || args.tokens < args.ctx {
         bail!("--tokens must hold at least one window of --ctx (at least 2 tokens)");
@@ -51,37 +92,13 @@ pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = args.model.load_for(crate::model::HeadInput::Dense)?;
     check_kv_cache(&model, args.ctx)?;
     let model_path = args.model.path()?;
-    let (tokens, source) = match &args.file {
-        Some(path) => (
-            tokenizer.encode(&read_text(path)?)?,
-            path.display().to_string(),
-        ),
-        None => {
-            // Each prompt continued at temperature 0.8 with a fixed seed: the same text each run.
-            let mut text = Vec::new();
-            let per = args.tokens.div_ceil(PROMPTS.len());
-            for (i, p) in PROMPTS.iter().enumerate() {
-                let state = args.model.run_state(&model, per + 64);
-                let mut session = Session::new(&model, &tokenizer, state);
-                let params = GenerateParams {
-                    max_tokens: per,
-                    sampler: SamplerConfig {
-                        temperature: 0.8,
-                        seed: 1 + i as u64,
-                        ..Default::default()
-                    },
-                    sparsity: Sparsity::dense(),
-                    stop: Vec::new(),
-                    logprobs: None,
-                };
-                let prompt = tokenizer.encode(p)?;
-                let g = session.generate(&prompt, &params, &mut |_| true)?;
-                text.extend(prompt);
-                text.extend(g.tokens);
-            }
-            (text, "generated".to_string())
-        }
-    };
+    let (tokens, source) = calibration_text(
+        &args.model,
+        &model,
+        &tokenizer,
+        args.file.as_deref(),
+        args.tokens,
+    )?;
     if tokens.len() < args.ctx {
         bail!(
             "the calibration text has {} tokens, fewer than one window of --ctx {}",
@@ -103,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let uniform = block_bytes(&model, &vec![[args.sparsity; 4]; layers.len()]);
     let profiled = block_bytes(&model, &layers);
-    let select = Select::from(args.model.select).name();
+    let select = args.model.select().name();
     let profile = SparsityProfile {
         version: PROFILE_VERSION,
         model: model_path

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 
 use super::common::{
-    context_length, parse_sparsity, read_profile, write_json_file, LoadArgs, SamplingArgs,
+    context_length, parse_sparsity, read_profile, stored_profile, write_json_file, LoadArgs,
+    SamplingArgs,
 };
-use crate::model::Sparsity;
+use crate::model::{Model, Select, Sparsity};
 use crate::runtime::conversation::{Conversation, Transcript};
 use crate::runtime::session::{Finish, GenerateParams, Session};
 
@@ -21,10 +22,11 @@ pub struct Args {
     #[command(flatten)]
     model: LoadArgs,
     /// Q-Sparse ratio S in [0, 1) for every projection (0 = dense); `/sparsity` changes it.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
-    sparsity: f32,
+    /// Default: 0, or the profile a packed file holds (`pack --sparsity-profile`).
+    #[arg(long, value_parser = parse_sparsity)]
+    sparsity: Option<f32>,
     /// Ratios from `qsparse calibrate` (a JSON profile for this model file) in place of
-    /// --sparsity; `/sparsity S` goes back to uniform ratios.
+    /// --sparsity; `/sparsity S` goes back to uniform ratios, `/sparsity FILE.json` loads another.
     #[arg(long, conflicts_with = "sparsity")]
     sparsity_profile: Option<std::path::PathBuf>,
     /// A system message that starts the conversation.
@@ -49,6 +51,7 @@ commands:
   /help            this list
   /reset           start over (keeps the system message)
   /sparsity [S]    show, or set, the Q-Sparse ratio, 0 <= S < 1 (0 = dense)
+  /sparsity FILE   run with a calibrated profile (`qsparse calibrate`, a .json for this model)
   /stats           speed, active parameters and bytes per token of the last reply
   /system [TEXT]   show, or set, the system message and start over (`/system -` removes it)
   /save FILE       write the conversation as JSON
@@ -66,11 +69,22 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("(the model has no chat template: using ChatML)");
     }
     let mut state = args.model.run_state(&model, ctx);
-    let mut sparsity = args.sparsity;
-    if let Some(path) = &args.sparsity_profile {
-        let profile = read_profile(path, &model, &args.model.path()?)?;
-        state.set_layer_ratios(Some(profile.ratios()));
-        sparsity = profile.sparsity;
+    let model_path = args.model.path()?;
+    let profile = match &args.sparsity_profile {
+        Some(path) => Some((
+            read_profile(path, &model, &model_path)?,
+            path.display().to_string(),
+        )),
+        None if args.sparsity.is_none() => {
+            stored_profile(&model)?.map(|p| (p, "stored in the model".to_string()))
+        }
+        None => None,
+    };
+    let mut sparsity = args.sparsity.unwrap_or(0.0);
+    if let Some((p, _)) = &profile {
+        state.set_layer_ratios(Some(p.ratios()));
+        state.set_select(p.select());
+        sparsity = p.sparsity;
     }
     let session = Session::new(&model, &tokenizer, state);
     let params = GenerateParams {
@@ -83,16 +97,20 @@ pub fn run(args: Args) -> Result<()> {
     let mut chat = Chat {
         conv: Conversation::new(session, template, args.system.clone(), params),
         model_name: args.model.model.clone(),
+        model: &model,
+        model_path,
+        select: args.model.select(),
         sparsity,
+        profile: profile.map(|(_, source)| source),
         open_block: None,
     };
 
     if std::io::stdin().is_terminal() {
         eprintln!(
-            "qsparse chat · {} ({} weights, S={}) · /help for commands · Ctrl-C stops a reply · Ctrl-D quits",
+            "qsparse chat · {} ({} weights, {}) · /help for commands · Ctrl-C stops a reply · Ctrl-D quits",
             args.model.model,
             model.weights.format.name(),
-            chat.sparsity
+            chat.sparsity_label()
         );
         interactive(&mut chat)
     } else {
@@ -103,7 +121,15 @@ pub fn run(args: Args) -> Result<()> {
 struct Chat<'m> {
     conv: Conversation<'m>,
     model_name: String,
+    model: &'m Model,
+    /// The model's file (a profile must be made for it).
+    model_path: std::path::PathBuf,
+    /// `--select`: how uniform ratios select (a profile brings its own).
+    select: Select,
+    /// The uniform ratio S, or the one whose bytes the profile reads.
     sparsity: f32,
+    /// The calibrated profile in use: where it came from.
+    profile: Option<String>,
     /// The lines of a message begun with `"""` and not yet ended.
     open_block: Option<String>,
 }
@@ -256,22 +282,28 @@ impl Chat<'_> {
                 self.conv.reset();
                 outln!("(conversation cleared)");
             }
-            "sparsity" if rest.is_empty() => outln!(
-                "(sparsity {}: each projection keeps the top {:.0}% of its inputs)",
-                self.sparsity,
-                100.0 * (1.0 - self.sparsity)
-            ),
+            "sparsity" if rest.is_empty() => outln!("({})", self.sparsity_label()),
+            "sparsity" if rest.ends_with(".json") => {
+                match read_profile(Path::new(rest), self.model, &self.model_path) {
+                    Ok(p) => {
+                        self.sparsity = p.sparsity;
+                        self.profile = Some(rest.to_owned());
+                        self.conv.params.sparsity = Sparsity::uniform(p.sparsity);
+                        self.conv.set_selection(p.select(), Some(p.ratios()));
+                        outln!("({})", self.sparsity_label());
+                    }
+                    Err(e) => outln!("/sparsity: {e:#}"),
+                }
+            }
             "sparsity" => match parse_sparsity(rest) {
                 Ok(s) => {
                     self.sparsity = s;
+                    self.profile = None;
                     self.conv.params.sparsity = Sparsity::uniform(s);
-                    self.conv.set_layer_ratios(None);
-                    outln!(
-                        "(sparsity {s}: each projection keeps the top {:.0}% of its inputs)",
-                        100.0 * (1.0 - s)
-                    );
+                    self.conv.set_selection(self.select, None);
+                    outln!("({})", self.sparsity_label());
                 }
-                Err(e) => outln!("/sparsity: {e}"),
+                Err(e) => outln!("/sparsity: {e} (or name a profile, FILE.json)"),
             },
             "system" if rest.is_empty() => match &self.conv.system {
                 Some(text) => outln!("(system message: {text})"),
@@ -301,6 +333,21 @@ impl Chat<'_> {
             _ => outln!("unknown command /{name}; /help lists them"),
         }
         Ok(Next::Continue)
+    }
+
+    /// What `/sparsity` shows: the ratio, and the profile if one is in use.
+    fn sparsity_label(&self) -> String {
+        match &self.profile {
+            Some(source) => format!(
+                "sparsity profile {source}: per-layer ratios at the bytes of S = {}",
+                self.sparsity
+            ),
+            None => format!(
+                "sparsity {}: each projection keeps the top {:.0}% of its inputs",
+                self.sparsity,
+                100.0 * (1.0 - self.sparsity)
+            ),
+        }
     }
 
     fn stats(&self) -> Result<()> {

@@ -34,9 +34,10 @@ pub struct LoadArgs {
     pub act_outliers: Option<usize>,
     /// How each projection's kept inputs are chosen at --sparsity S: `magnitude` keeps the K
     /// largest |x_j| (Q-Sparse); `weighted` keeps the K largest |x_j|·‖W[:, j]‖ (the input's
-    /// magnitude times its weight column's norm). The same K either way.
-    #[arg(long, value_enum, default_value_t = SelectArg::Magnitude)]
-    pub select: SelectArg,
+    /// magnitude times its weight column's norm). The same K either way. `sweep` takes a
+    /// comma-separated list and measures each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "magnitude")]
+    pub select: Vec<SelectArg>,
     /// Worker threads (default: one per core, or $RAYON_NUM_THREADS).
     #[arg(short = 't', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
@@ -161,14 +162,16 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub base: LoadArgs,
     /// Q-Sparse ratio S in [0, 1): keep the top (1-S) of each projection's inputs by magnitude.
-    /// 0 is the dense model.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
-    pub sparsity: f32,
+    /// 0 is the dense model. Default: 0, or the profile a packed file holds (`pack
+    /// --sparsity-profile`).
+    #[arg(long, value_parser = parse_sparsity)]
+    pub sparsity: Option<f32>,
     /// Also sparsify the lm_head input at this ratio (Q-Sparse leaves it dense).
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     pub lm_head_sparsity: f32,
     /// Per-layer ratios from `qsparse calibrate` (a JSON file made for this model file), in place
-    /// of --sparsity: the same bytes a token reads as the sparsity it was calibrated for.
+    /// of --sparsity: the same bytes a token reads as the sparsity it was calibrated for, and
+    /// the selection it was calibrated with.
     #[arg(long, conflicts_with = "sparsity")]
     pub sparsity_profile: Option<PathBuf>,
     /// The profile, once read and checked against the model (at load).
@@ -218,30 +221,76 @@ pub fn parse_sparsity(s: &str) -> Result<f32, String> {
 impl ModelArgs {
     /// The run's sparsity: --sparsity, or the profile's (its layers' ratios then replace it).
     pub fn sparsity(&self) -> Sparsity {
-        let s = self.profile.get().map_or(self.sparsity, |p| p.sparsity);
         Sparsity {
             lm_head: self.lm_head_sparsity,
-            ..Sparsity::uniform(s)
+            ..Sparsity::uniform(self.ratio())
         }
     }
 
-    /// A run state for this model, with the profile's per-layer ratios if one was given.
+    /// The run's uniform ratio S: --sparsity, or the one the profile reads the bytes of.
+    pub fn ratio(&self) -> f32 {
+        self.profile
+            .get()
+            .map_or(self.sparsity.unwrap_or(0.0), |p| p.sparsity)
+    }
+
+    /// The profile the run uses, if any: where it came from (for reports).
+    pub fn profile_source(&self) -> Option<String> {
+        self.profile.get().map(|_| match &self.sparsity_profile {
+            Some(path) => path.display().to_string(),
+            None => "stored in the model file".to_string(),
+        })
+    }
+
+    /// A run state for this model, with the profile's per-layer ratios and selection if one is
+    /// used.
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         let mut state = self.base.run_state(model, ctx);
-        state.set_layer_ratios(self.profile.get().map(SparsityProfile::ratios));
+        if let Some(p) = self.profile.get() {
+            state.set_layer_ratios(Some(p.ratios()));
+            state.set_select(p.select());
+        }
         state
     }
 
     /// Load the model, its lm_head laid out for a sparse input only if one was asked for, and
-    /// the sparsity profile, checked against the model file.
+    /// the sparsity profile: --sparsity-profile's, checked against the model file, or without
+    /// --sparsity the one a packed file holds.
     pub fn load(&self) -> Result<(Model, Tokenizer)> {
         let loaded = self.base.load_for(head_input(self.lm_head_sparsity))?;
-        if let Some(path) = &self.sparsity_profile {
-            let profile = read_profile(path, &loaded.0, &self.base.path()?)?;
+        let profile = match &self.sparsity_profile {
+            Some(path) => Some(read_profile(path, &loaded.0, &self.base.path()?)?),
+            None if self.sparsity.is_none() => stored_profile(&loaded.0)?,
+            None => None,
+        };
+        if let Some(profile) = profile {
             let _ = self.profile.set(profile);
         }
         Ok(loaded)
     }
+}
+
+/// The sparsity profile a packed file holds (`pack --sparsity-profile`), checked against the
+/// model; saying on stderr that it is used.
+pub fn stored_profile(model: &Model) -> Result<Option<SparsityProfile>> {
+    let Some(value) = model.file.get(model::pack::KEY_SPARSITY_PROFILE) else {
+        return Ok(None);
+    };
+    let key = model::pack::KEY_SPARSITY_PROFILE;
+    let json = value
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the model's {key} is not a string"))?;
+    let profile: SparsityProfile = serde_json::from_str(json)
+        .map_err(|e| anyhow::anyhow!("the model's {key} is not a sparsity profile: {e}"))?;
+    profile
+        .check_shape(model)
+        .map_err(|why| anyhow::anyhow!("the model's {key} does not fit it: {why}"))?;
+    eprintln!(
+        "running with the sparsity profile stored in the model (the bytes of S = {}, calibrated \
+         on {}); --sparsity 0 runs dense",
+        profile.sparsity, profile.calibration_text
+    );
+    Ok(Some(profile))
 }
 
 /// Read a sparsity profile and check it against `model` (loaded from `model_path`).
@@ -282,6 +331,12 @@ impl LoadArgs {
         Ok(hub::resolve(&self.model, &models_dir())?)
     }
 
+    /// `--select`: its one method (a list is refused at load, except by `sweep`, which loads
+    /// with each of its methods in turn).
+    pub fn select(&self) -> Select {
+        self.select.first().map_or(Select::Magnitude, |&s| s.into())
+    }
+
     /// Like [`LoadArgs::path`], but a manifest model that is not here yet is fetched first
     /// (saying so on stderr).
     pub fn path_or_pull(&self) -> Result<PathBuf> {
@@ -301,7 +356,7 @@ impl LoadArgs {
     pub fn run_state(&self, model: &Model, ctx: usize) -> crate::model::RunState {
         let mut state = crate::model::RunState::new(&model.config, model.weights.format, ctx);
         state.set_isa(forced_isa());
-        state.set_select(self.select.into());
+        state.set_select(self.select());
         if let Some(n) = self.act_outliers {
             state.set_activation_outliers(n);
         }
@@ -321,6 +376,9 @@ impl LoadArgs {
     }
 
     fn load_path(&self, path: PathBuf, head_input: HeadInput) -> Result<(Model, Tokenizer)> {
+        if self.select.len() > 1 {
+            anyhow::bail!("--select takes one method here (only `sweep` compares several)");
+        }
         if let Some(n) = self.threads {
             // Before any parallel work: loading converts tensors on the pool.
             rayon::ThreadPoolBuilder::new()

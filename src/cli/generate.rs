@@ -151,7 +151,8 @@ pub fn run(args: Args) -> Result<()> {
             "text": g.text,
             "finish_reason": g.finish.reason(),
             "seed": sampler.seed,
-            "sparsity": args.model.sparsity,
+            "sparsity": args.model.ratio(),
+            "sparsity_profile": args.model.profile_source(),
             "weights": weights,
             "timings": {
                 "load_s": load_s,
@@ -173,7 +174,7 @@ pub fn run(args: Args) -> Result<()> {
             g.tokens.len(),
             g.decode_tok_s(),
             g.weight_bytes_per_token as f64 / 1e6,
-            args.model.sparsity,
+            args.model.ratio(),
         );
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::common::{LoadArgs, WeightsArg};
+use super::common::{read_profile, LoadArgs, WeightsArg};
 use crate::model::{pack, HeadInput};
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +31,10 @@ pub struct Args {
     /// Q8, as runs without that flag use it).
     #[arg(long)]
     sparse_head: bool,
+    /// Store this calibrated profile (`qsparse calibrate`, made for the input file) in the
+    /// packed file: runs of it use the profile unless given --sparsity or another profile.
+    #[arg(long)]
+    sparsity_profile: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -38,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
         model: args.model,
         weights: args.weights,
         act_outliers: None,
-        select: super::common::SelectArg::Magnitude,
+        select: vec![super::common::SelectArg::Magnitude],
         threads: None,
     };
     let input = load.path()?;
@@ -66,6 +70,14 @@ pub fn run(args: Args) -> Result<()> {
         HeadInput::Dense
     };
     let (model, _) = load.load_for(head_input)?;
+    let profile = args
+        .sparsity_profile
+        .as_deref()
+        .map(|path| -> Result<String> {
+            let profile = read_profile(path, &model, &input)?;
+            Ok(serde_json::to_string(&profile)?)
+        })
+        .transpose()?;
     let converted = start.elapsed();
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(0);
@@ -82,8 +94,14 @@ pub fn run(args: Args) -> Result<()> {
             b.set_position(done);
         }
     };
-    let bytes = pack::write(&model.file, &model.weights, &args.output, &progress)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let bytes = pack::write_with_profile(
+        &model.file,
+        &model.weights,
+        &args.output,
+        profile.as_deref(),
+        &progress,
+    )
+    .with_context(|| format!("cannot write {}", args.output.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

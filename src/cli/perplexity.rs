@@ -88,7 +88,8 @@ pub fn run(args: Args) -> Result<()> {
             "n_predictions": n,
             "windows": windows,
             "ctx": args.ctx,
-            "sparsity": args.model.sparsity,
+            "sparsity": args.model.ratio(),
+            "sparsity_profile": args.model.profile_source(),
             "weights": model.weights.format.name(),
             "tokens_per_s": (windows * args.ctx) as f64 / secs,
         });

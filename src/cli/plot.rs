@@ -159,16 +159,27 @@ where
         .draw()
         .map_err(err)?;
 
+    // One ideal curve (every method reads the same bytes at S), then per method a speedup
+    // curve (circles) and a perplexity curve (triangles, right axis) in the method's colour; the
+    // dense row starts every curve.
     let ideal = RGBColor(120, 120, 120);
-    let measured = RGBColor(31, 119, 180);
-    let quality = RGBColor(214, 39, 40);
-    let points = |f: &dyn Fn(&crate::measure::sweep::Row) -> f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|r| (r.sparsity as f64, f(r))).collect()
+    let dense = rows.iter().find(|r| r.method == "dense");
+    let mut methods: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.method != "dense") {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+        }
+    }
+    let curve = |method: Option<&str>, f: &dyn Fn(&crate::measure::sweep::Row) -> f64| {
+        let mut pts: Vec<(f64, f64)> = dense
+            .into_iter()
+            .chain(rows.iter().filter(|r| Some(r.method) == method))
+            .map(|r| (r.sparsity as f64, f(r)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
     };
-    let ideal_pts = points(&|r| r.ideal_speedup);
-    let speed_pts = points(&|r| r.speedup);
-    let ppl_pts = points(&|r| r.ppl);
-
+    let ideal_pts = curve(methods.first().copied(), &|r| r.ideal_speedup);
     chart
         .draw_series(LineSeries::new(ideal_pts.clone(), ideal.stroke_width(2)))
         .map_err(err)?
@@ -177,30 +188,60 @@ where
     chart
         .draw_series(ideal_pts.iter().map(|&p| Circle::new(p, 3, ideal.filled())))
         .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(speed_pts.clone(), measured.stroke_width(3)))
-        .map_err(err)?
-        .label("measured decode speedup")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], measured.stroke_width(3)));
-    chart
-        .draw_series(
-            speed_pts
-                .iter()
-                .map(|&p| Circle::new(p, 4, measured.filled())),
-        )
-        .map_err(err)?;
-    chart
-        .draw_secondary_series(LineSeries::new(ppl_pts.clone(), quality.stroke_width(3)))
-        .map_err(err)?
-        .label("perplexity (right axis)")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], quality.stroke_width(3)));
-    chart
-        .draw_secondary_series(
-            ppl_pts
-                .iter()
-                .map(|&p| TriangleMarker::new(p, 5, quality.filled())),
-        )
-        .map_err(err)?;
+    let many = methods.len() > 1;
+    for (i, &method) in methods.iter().enumerate() {
+        let colour = METHOD_COLOURS[i % METHOD_COLOURS.len()];
+        let (speed, quality) = if many {
+            (
+                format!("{method}: measured decode speedup"),
+                format!("{method}: perplexity (right axis)"),
+            )
+        } else {
+            (
+                "measured decode speedup".to_string(),
+                "perplexity (right axis)".to_string(),
+            )
+        };
+        // With one method, speed and perplexity take two colours; with several, one a method.
+        let (speed_colour, ppl_colour) = if many {
+            (colour.0, colour.0)
+        } else {
+            (colour.0, colour.1)
+        };
+        let speed_pts = curve(Some(method), &|r| r.speedup);
+        let ppl_pts = curve(Some(method), &|r| r.ppl);
+        chart
+            .draw_series(LineSeries::new(
+                speed_pts.clone(),
+                speed_colour.stroke_width(3),
+            ))
+            .map_err(err)?
+            .label(speed)
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], speed_colour.stroke_width(3))
+            });
+        chart
+            .draw_series(
+                speed_pts
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, speed_colour.filled())),
+            )
+            .map_err(err)?;
+        chart
+            .draw_secondary_series(LineSeries::new(ppl_pts.clone(), ppl_colour.stroke_width(2)))
+            .map_err(err)?
+            .label(quality)
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], ppl_colour.stroke_width(2))
+            });
+        chart
+            .draw_secondary_series(
+                ppl_pts
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 6, ppl_colour.filled())),
+            )
+            .map_err(err)?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -212,6 +253,14 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Per method of a sweep plot: its colour, and its perplexity's colour when it is the only
+/// method.
+const METHOD_COLOURS: [(RGBColor, RGBColor); 3] = [
+    (RGBColor(31, 119, 180), RGBColor(214, 39, 40)),
+    (RGBColor(214, 39, 40), RGBColor(214, 39, 40)),
+    (RGBColor(44, 160, 44), RGBColor(44, 160, 44)),
+];
 
 /// One named line of [`draw_curves`].
 pub struct Curve {

@@ -4,7 +4,9 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{context_length, parse_sparsity, LoadArgs, SamplingArgs};
+use super::common::{
+    context_length, parse_sparsity, read_profile, stored_profile, LoadArgs, SamplingArgs,
+};
 use crate::runtime::conversation::Conversation;
 use crate::server::{self, Config, Limits, SHUTDOWN};
 
@@ -18,9 +20,14 @@ pub struct Args {
     /// Port (0 picks a free one; the address is printed on stderr).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Q-Sparse ratio for requests that do not set `"qsparse": {"sparsity": S}`.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
-    sparsity: f32,
+    /// Q-Sparse ratio for requests that do not set `"qsparse": {"sparsity": S}`. Default: 0, or
+    /// the profile a packed file holds (`pack --sparsity-profile`).
+    #[arg(long, value_parser = parse_sparsity)]
+    sparsity: Option<f32>,
+    /// A calibrated profile (`qsparse calibrate`, made for this model file) for requests that do
+    /// not set `"qsparse": {"sparsity": S}` (those run uniform S).
+    #[arg(long, conflicts_with = "sparsity")]
+    sparsity_profile: Option<std::path::PathBuf>,
     /// Default sampling (a request's temperature, top_p and seed override these).
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -53,13 +60,21 @@ pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = args.model.load_or_pull()?;
     let ctx = context_length(args.ctx, &model)?;
     let template = Conversation::template_for(&model, &tokenizer)?;
+    let profile = match &args.sparsity_profile {
+        Some(path) => Some(read_profile(path, &model, &args.model.path()?)?),
+        None if args.sparsity.is_none() => stored_profile(&model)?,
+        None => None,
+    };
+    let default_sparsity = profile
+        .as_ref()
+        .map_or(args.sparsity.unwrap_or(0.0), |p| p.sparsity);
     let config = Config {
         addr: format!("{}:{}", args.host, args.port),
         model_id: model_id(&args.model.model),
         queue: args.queue,
         limits: Limits {
             max_tokens: args.max_tokens,
-            default_sparsity: args.sparsity,
+            default_sparsity,
         },
         max_body_bytes: MAX_BODY_BYTES,
         sampling: args.sampling.config(),
@@ -69,6 +84,8 @@ pub fn run(args: Args) -> Result<()> {
             .or_else(|| std::env::var("QSPARSE_API_KEY").ok())
             .filter(|k| !k.is_empty()),
         cors: args.cors.clone(),
+        select: args.model.select(),
+        profile: profile.as_ref().map(|p| (p.select(), p.ratios())),
     };
     // First signal: stop accepting and finish what is running; a second one ends at once.
     ctrlc::set_handler(|| {
@@ -86,10 +103,15 @@ pub fn run(args: Args) -> Result<()> {
         &config,
         &mut |addr| {
             eprintln!(
-                "qsparse serve: {} ({} weights, S={}) on http://{addr}/v1 (Ctrl-C stops)",
+                "qsparse serve: {} ({} weights, {}S={}) on http://{addr}/v1 (Ctrl-C stops)",
                 config.model_id,
                 model.weights.format.name(),
-                args.sparsity
+                if profile.is_some() {
+                    "calibrated profile at the bytes of "
+                } else {
+                    ""
+                },
+                default_sparsity
             )
         },
     )?;

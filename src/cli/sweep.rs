@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::common::{head_input, parse_sparsity, read_text, LoadArgs};
+use super::calibrate::calibration_text;
+use super::common::{head_input, parse_sparsity, read_profile, read_text, LoadArgs};
 use super::plot;
-use crate::measure::sweep::{self, Settings, Sweep};
+use crate::measure::calibrate::calibrate;
+use crate::measure::sweep::{self, Method, Point, Settings, Sweep};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,6 +23,22 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_sparsity,
           default_value = "0,0.25,0.4,0.5,0.6,0.75,0.9")]
     sparsity: Vec<f32>,
+    /// Also measure these calibrated profiles (`qsparse calibrate`, made for this model file):
+    /// a row each, at the bytes of the uniform S it was calibrated for, method `calibrated`.
+    #[arg(long, num_args = 1..)]
+    sparsity_profile: Vec<PathBuf>,
+    /// Also calibrate a profile at each --sparsity ratio (as `qsparse calibrate` does, on
+    /// --calibration-file) and measure it: a `calibrated` row next to each uniform one. About
+    /// three minutes a ratio here.
+    #[arg(long)]
+    calibrated: bool,
+    /// With --calibrated: the calibration text, which must not be the evaluated text. Default:
+    /// text the dense model writes itself (as `qsparse calibrate` makes it).
+    #[arg(long, requires = "calibrated")]
+    calibration_file: Option<PathBuf>,
+    /// With --calibrated: calibration tokens (windows of 256 tokens, or fewer when shorter).
+    #[arg(long, default_value_t = 256, requires = "calibrated")]
+    calibration_tokens: usize,
     /// Also sparsify the lm_head input at this ratio in the sparse rows (Q-Sparse leaves it dense).
     #[arg(long, default_value_t = 0.0, value_parser = parse_sparsity)]
     lm_head_sparsity: f32,
@@ -86,7 +104,37 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => read_text(path)?,
         None => DEFAULT_TEXT.to_owned(),
     };
-    let (model, tokenizer) = args.model.load_for(head_input(args.lm_head_sparsity))?;
+    if args.calibrated && args.calibration_tokens < 2 {
+        bail!("--calibration-tokens must be at least 2");
+    }
+    // The model loads with one selection; each row sets its own.
+    let load = LoadArgs {
+        select: args.model.select[..1].to_vec(),
+        ..args.model.clone()
+    };
+    let (model, tokenizer) = load.load_for(head_input(args.lm_head_sparsity))?;
+    let mut points: Vec<Point> = args
+        .model
+        .select
+        .iter()
+        .flat_map(|&select| {
+            args.sparsity.iter().map(move |&sparsity| Point {
+                sparsity,
+                method: Method::Uniform(select.into()),
+            })
+        })
+        .collect();
+    for path in &args.sparsity_profile {
+        let profile = read_profile(path, &model, &load.path()?)?;
+        points.push(Point {
+            sparsity: profile.sparsity,
+            method: Method::Calibrated {
+                source: path.display().to_string(),
+                select: profile.select(),
+                layers: profile.ratios(),
+            },
+        });
+    }
     let longest = ctx.max(args.prompt_tokens + args.gen_tokens);
     if longest > model.config.context_length {
         bail!(
@@ -96,15 +144,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     super::common::check_kv_cache(&model, longest)?;
     let tokens = tokenizer.encode(&text)?;
+    if args.calibrated {
+        points.extend(calibrate_each(&args, &load, &model, &tokenizer, &text)?);
+    }
     let settings = Settings {
-        sparsities: args.sparsity.clone(),
+        points,
         lm_head_sparsity: args.lm_head_sparsity,
         ctx,
         windows: args.tokens / ctx,
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         runs: args.runs,
-        select: args.model.select.into(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(1);
@@ -114,15 +164,15 @@ pub fn run(args: Args) -> Result<()> {
         );
         b
     });
-    let new_state = |ctx| args.model.run_state(&model, ctx);
+    let new_state = |ctx| load.run_state(&model, ctx);
     let reference = match &args.reference {
         Some(name) => {
-            let load = LoadArgs {
+            let reference = LoadArgs {
                 model: name.clone(),
-                ..args.model.clone()
+                ..load.clone()
             };
-            let (m, _) = load.load_for(head_input(0.0))?;
-            Some((load, m))
+            let (m, _) = reference.load_for(head_input(0.0))?;
+            Some((reference, m))
         }
         None => None,
     };
@@ -194,13 +244,60 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// A profile calibrated at each sparsity of the sweep (with its first --select), on the
+/// calibration text, which may not be the evaluated `text`.
+fn calibrate_each(
+    args: &Args,
+    load: &LoadArgs,
+    model: &crate::model::Model,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    text: &str,
+) -> Result<Vec<Point>> {
+    if let Some(path) = &args.calibration_file {
+        if read_text(path)? == text {
+            bail!(
+                "--calibration-file {} is the evaluated text: calibrate on another text",
+                path.display()
+            );
+        }
+    }
+    let (tokens, source) = calibration_text(
+        load,
+        model,
+        tokenizer,
+        args.calibration_file.as_deref(),
+        args.calibration_tokens,
+    )?;
+    let window = 256.min(args.calibration_tokens).min(tokens.len());
+    if window < 2 {
+        bail!("the calibration text has fewer than 2 tokens");
+    }
+    let used = &tokens[..tokens.len().min(args.calibration_tokens)];
+    let mut state = load.run_state(model, window);
+    let mut points = Vec::new();
+    for &sparsity in args.sparsity.iter().filter(|&&s| s != 0.0) {
+        let layers = calibrate(model, &mut state, used, window, sparsity, &mut |what| {
+            eprintln!("calibrate S={sparsity}: {what}");
+        })?;
+        points.push(Point {
+            sparsity,
+            method: Method::Calibrated {
+                source: format!("calibrated here on {source} ({} tokens)", used.len()),
+                select: load.select(),
+                layers: layers.into(),
+            },
+        });
+    }
+    Ok(points)
+}
+
 fn model_name(arg: &str) -> String {
     std::path::Path::new(arg)
         .file_name()
         .map_or_else(|| arg.to_owned(), |f| f.to_string_lossy().into_owned())
 }
 
-const CSV_COLUMNS: &str = "method,sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
+const CSV_COLUMNS: &str = "method,profile,sparsity,weight_bytes_per_token,fraction_of_dense,active_params,\
 decode_tok_s,prefill_tok_s,speedup,speedup_of_medians,ideal_speedup,effective_gb_s,roofline_fraction,ppl,mean_nll,\
 top1_agreement,kl,natural_sparsity";
 
@@ -208,8 +305,11 @@ fn csv(s: &Sweep) -> String {
     let mut out = format!("{CSV_COLUMNS}\n");
     for r in &s.rows {
         out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.method,
+            r.profile
+                .as_deref()
+                .map_or_else(String::new, |p| format!("\"{}\"", p.replace('"', "\"\""))),
             r.sparsity,
             r.weight_bytes_per_token,
             r.fraction_of_dense,
@@ -234,15 +334,15 @@ fn csv(s: &Sweep) -> String {
 fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
     let m = &s.machine;
     let mut out = format!(
-        "{title}: {} predictions scored per ratio, {} selection; machine read bandwidth {:.1} GB/s ({} threads, {})\n\n",
+        "{title}: {} predictions scored per row; machine read bandwidth {:.1} GB/s ({} threads, {})\n\n",
         s.n_predictions,
-        s.rows.first().map_or("magnitude", |r| r.method),
         m.read_gb_s,
         m.threads,
         m.isa
     );
     out += &format!(
-        "{:>5} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>6} {:>7}\n",
+        "{:>10} {:>5} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>6} {:>7}\n",
+        "method",
         "S",
         "MB/token",
         "of dense",
@@ -258,7 +358,8 @@ fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
     );
     for r in &s.rows {
         out += &format!(
-            "{:>5.2} {:>9.2} {:>7.1}% {:>7.1}M {:>7.1} {:>6.2}x {:>5.2}x {:>6.1} {:>5.0}% {:>8.3} {:>5.1}% {:>7.4}\n",
+            "{:>10} {:>5.2} {:>9.2} {:>7.1}% {:>7.1}M {:>7.1} {:>6.2}x {:>5.2}x {:>6.1} {:>5.0}% {:>8.3} {:>5.1}% {:>7.4}\n",
+            r.method,
             r.sparsity,
             r.weight_bytes_per_token as f64 / 1e6,
             100.0 * r.fraction_of_dense,
@@ -280,13 +381,13 @@ fn table(title: &str, s: &Sweep, per_layer: bool) -> String {
         out +=
             "\nPer projection (summed over layers): MB/token, and natural sparsity of its input \
                 (exact zeros before Top-K)\n";
-        out += &format!("{:>5}", "S");
+        out += &format!("{:>10} {:>5}", "method", "S");
         for p in &s.rows[0].projections {
             out += &format!(" {:>15}", p.name);
         }
         out += "\n";
         for r in &s.rows {
-            out += &format!("{:>5.2}", r.sparsity);
+            out += &format!("{:>10} {:>5.2}", r.method, r.sparsity);
             for p in &r.projections {
                 out += &format!(
                     " {:>7.2} {:>6.1}%",

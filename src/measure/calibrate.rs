@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::measure::eval::{for_each_prediction, Windows};
 use crate::measure::sweep::Reference;
-use crate::model::{ForwardError, Model, RunState, Sparsity};
+use crate::model::{ForwardError, Model, RunState, Select, Sparsity};
 use crate::sample::log_sum_exp;
 use qsparse_kernels::keep_count;
 
@@ -49,16 +49,28 @@ impl SparsityProfile {
     /// Check the profile against the model it is to run with (`sha256` of its file); an error
     /// names what does not fit.
     pub fn check(&self, model: &Model, sha256: &str) -> Result<(), String> {
+        if self.model_sha256 != sha256 {
+            return Err(format!(
+                "it was calibrated for {} (sha256 {}), not this model file",
+                self.model, self.model_sha256
+            ));
+        }
+        self.check_shape(model)
+    }
+
+    /// Check everything but the model file's sha256 (a packed file carries the profile its
+    /// source was checked against).
+    pub fn check_shape(&self, model: &Model) -> Result<(), String> {
         if self.version != PROFILE_VERSION {
             return Err(format!(
                 "version {} (this build reads {PROFILE_VERSION})",
                 self.version
             ));
         }
-        if self.model_sha256 != sha256 {
+        if Select::from_name(&self.select).is_none() {
             return Err(format!(
-                "it was calibrated for {} (sha256 {}), not this model file",
-                self.model, self.model_sha256
+                "select: `{}` is neither `magnitude` nor `weighted`",
+                self.select
             ));
         }
         let n = model.config.n_layers;
@@ -77,6 +89,12 @@ impl SparsityProfile {
             }
         }
         Ok(())
+    }
+
+    /// The selection it was calibrated with (magnitude if the name is unknown; `check` refuses
+    /// one).
+    pub fn select(&self) -> Select {
+        Select::from_name(&self.select).unwrap_or_default()
     }
 
     /// The ratios as the run state takes them.

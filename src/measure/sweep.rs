@@ -6,6 +6,8 @@
 //! interleaved across the ratios (warm-up round first), and quality is scored on exactly the
 //! windows `perplexity` scores with the same `--ctx`, so both tools report the same perplexity.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::measure::eval::{for_each_prediction, window_count, Windows};
@@ -14,11 +16,61 @@ use crate::model::{ForwardError, Model, Proj, RunState, Select, Sparsity, Traffi
 use crate::sample::{argmax, log_sum_exp};
 use qsparse_kernels::{bandwidth, Isa};
 
+/// How a row chooses each projection's kept inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// The same ratio S for every projection input, Top-K by this score.
+    Uniform(Select),
+    /// A calibrated profile: ratios per layer and projection input, at the bytes of uniform S.
+    Calibrated {
+        /// Where the profile came from (its file, or `calibrated here`).
+        source: String,
+        /// The score it was calibrated with.
+        select: Select,
+        /// Each layer's [qkv, o, gate_up, down] ratios.
+        layers: Arc<[[f32; 4]]>,
+    },
+}
+
+impl Method {
+    /// The method's name on a row: `magnitude`, `weighted` or `calibrated`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Uniform(select) => select.name(),
+            Method::Calibrated { .. } => "calibrated",
+        }
+    }
+
+    fn select(&self) -> Select {
+        match self {
+            Method::Uniform(select) | Method::Calibrated { select, .. } => *select,
+        }
+    }
+
+    /// Set a run state up to select as this method does.
+    fn configure(&self, state: &mut RunState) {
+        state.set_select(self.select());
+        state.set_layer_ratios(match self {
+            Method::Uniform(_) => None,
+            Method::Calibrated { layers, .. } => Some(layers.clone()),
+        });
+    }
+}
+
+/// One row to measure: a method at the bytes of uniform sparsity S.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The sparsity S (a calibrated profile's: the uniform ratio whose bytes it reads).
+    pub sparsity: f32,
+    /// How inputs are chosen.
+    pub method: Method,
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Ratios to measure; the dense model (S = 0) is always measured first as the reference.
-    pub sparsities: Vec<f32>,
+    /// Rows to measure; the dense model (S = 0) is always measured first as the reference.
+    pub points: Vec<Point>,
     /// Sparsity of the lm_head input at every S other than the dense reference.
     pub lm_head_sparsity: f32,
     /// Quality: windows of `ctx` tokens, the first `windows` of the text.
@@ -31,8 +83,6 @@ pub struct Settings {
     pub gen_tokens: usize,
     /// Timed rounds (after a warm-up round).
     pub runs: usize,
-    /// How the run states it is given select inputs (reported on every row).
-    pub select: Select,
 }
 
 /// The machine's streaming read rate, measured in the same run.
@@ -62,9 +112,13 @@ pub struct Projection {
 /// One sparsity ratio's measurements.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// How inputs were selected: `magnitude` or `weighted` (the dense row too).
+    /// How inputs were selected: `dense` (the reference), `magnitude`, `weighted` or
+    /// `calibrated`.
     pub method: &'static str,
-    /// The sparsity S (0: the dense reference).
+    /// A calibrated row's profile (its file, or `calibrated here`).
+    pub profile: Option<String>,
+    /// The sparsity S (0: the dense reference); a calibrated row's is the uniform ratio whose
+    /// bytes it reads.
     pub sparsity: f32,
     /// Weight bytes one decoded token reads.
     pub weight_bytes_per_token: u64,
@@ -150,13 +204,34 @@ pub enum SweepError {
     Settings(String),
 }
 
-/// The ratios in measuring order: 0 first, then the others ascending, without repeats.
-pub fn ratios(requested: &[f32]) -> Vec<f32> {
-    let mut r: Vec<f32> = requested.iter().copied().filter(|&s| s != 0.0).collect();
-    r.sort_by(f32::total_cmp);
-    r.dedup();
-    r.insert(0, 0.0);
-    r
+/// The rows in measuring order: the dense reference first, then each method's points in the
+/// order the methods first appear, S ascending, without repeats (S = 0 of any method is the
+/// dense row).
+pub fn measuring_order(requested: &[Point]) -> Vec<Point> {
+    let mut methods: Vec<&Method> = Vec::new();
+    for p in requested.iter().filter(|p| p.sparsity != 0.0) {
+        if !methods.contains(&&p.method) {
+            methods.push(&p.method);
+        }
+    }
+    let mut order = vec![Point {
+        sparsity: 0.0,
+        method: Method::Uniform(Select::Magnitude),
+    }];
+    for method in methods {
+        let mut ratios: Vec<f32> = requested
+            .iter()
+            .filter(|p| p.sparsity != 0.0 && &p.method == method)
+            .map(|p| p.sparsity)
+            .collect();
+        ratios.sort_by(f32::total_cmp);
+        ratios.dedup();
+        order.extend(ratios.into_iter().map(|sparsity| Point {
+            sparsity,
+            method: method.clone(),
+        }));
+    }
+    order
 }
 
 /// Run the sweep over `tokens` (the text, already tokenized). `new_state(ctx)` makes a run state
@@ -179,10 +254,10 @@ pub fn run(
             )));
         }
     }
-    let ratios = ratios(&s.sparsities);
-    let passes = ratios.len() + usize::from(against.is_some());
+    let points = measuring_order(&s.points);
+    let passes = points.len() + usize::from(against.is_some());
     let quality_steps = (passes * s.windows * s.ctx) as u64;
-    let speed_steps = (ratios.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
+    let speed_steps = (points.len() * (s.runs + 1) * (s.prompt_tokens + s.gen_tokens)) as u64;
     let mut steps = Steps {
         done: 0,
         total: quality_steps + speed_steps + 1,
@@ -202,28 +277,29 @@ pub fn run(
     };
     let reference_ppl = match &against {
         Some(r) => {
-            let q = scoring.score(r.model, &mut (r.new_state)(s.ctx), 0.0, true)?;
+            let q = scoring.score(r.model, &mut (r.new_state)(s.ctx), &points[0], true)?;
             Some(q.mean_nll().exp())
         }
         None => None,
     };
-    let mut quality = Vec::with_capacity(ratios.len());
-    for &r in &ratios {
+    let mut quality = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
         // Without another model, the dense pass (first) is the reference.
-        let store = r == 0.0 && against.is_none();
-        quality.push(scoring.score(model, &mut state, r, store)?);
+        let store = i == 0 && against.is_none();
+        quality.push(scoring.score(model, &mut state, p, store)?);
     }
     let mut state = new_state(s.prompt_tokens + s.gen_tokens);
-    let speed = measure_speed(model, &mut state, tokens, s, &ratios, &mut steps)?;
+    let speed = measure_speed(model, &mut state, tokens, s, &points, &mut steps)?;
     steps.done = steps.total;
     steps.report("done");
 
     let dense = &speed[0];
-    let rows = ratios
+    let rows = points
         .iter()
         .zip(&quality)
         .zip(&speed)
-        .map(|((&r, q), sp)| row(r, s.select, q, sp, dense, &machine))
+        .enumerate()
+        .map(|(i, ((p, q), sp))| row(p, i == 0, q, sp, dense, &machine))
         .collect();
     Ok(Sweep {
         machine,
@@ -259,8 +335,11 @@ fn check(model: &Model, tokens: &[u32], s: &Settings) -> Result<usize, SweepErro
     Ok(predictions)
 }
 
-/// The sparsity of ratio r: uniform, the lm_head at the settings' ratio (dense for r = 0).
-fn sparsity_at(r: f32, s: &Settings) -> Sparsity {
+/// The sparsity of point p, with its run state set up for p's method: uniform (a calibrated
+/// method's layers replace it), the lm_head at the settings' ratio (dense for S = 0).
+fn sparsity_at(p: &Point, s: &Settings, state: &mut RunState) -> Sparsity {
+    p.method.configure(state);
+    let r = p.sparsity;
     if r == 0.0 {
         Sparsity::dense()
     } else {
@@ -294,17 +373,18 @@ struct Scoring<'a, 'p> {
 }
 
 impl Scoring<'_, '_> {
-    /// One ratio's quality against the reference; with `store`, this pass is the reference (the
+    /// One point's quality against the reference; with `store`, this pass is the reference (the
     /// dense pass, which runs first, stores the log-distributions the others are compared with).
     fn score(
         &mut self,
         model: &Model,
         state: &mut RunState,
-        r: f32,
+        p: &Point,
         store: bool,
     ) -> Result<Quality, SweepError> {
         let (s, reference, steps) = (self.s, &mut self.reference, &mut *self.steps);
-        let label = format!("quality at S={r}");
+        let label = format!("quality at S={} ({})", p.sparsity, p.method.name());
+        let sparsity = sparsity_at(p, s, state);
         let mut q = Quality::default();
         let mut i = 0;
         let windows = Windows {
@@ -316,7 +396,7 @@ impl Scoring<'_, '_> {
             model,
             state,
             windows,
-            sparsity_at(r, s),
+            sparsity,
             &mut |_, _| {},
             &mut |st, next| {
                 if store {
@@ -336,7 +416,7 @@ impl Scoring<'_, '_> {
     }
 }
 
-/// One ratio's timed runs, and what one of its decoded tokens read.
+/// One point's timed runs, and what one of its decoded tokens read.
 struct Speed {
     runs: Vec<DecodeRun>,
     traffic: Traffic,
@@ -348,13 +428,13 @@ impl Speed {
     }
 }
 
-/// Each ratio's decode speed: interleaved rounds, the first a warm-up.
+/// Each point's decode speed: interleaved rounds, the first a warm-up.
 fn measure_speed(
     model: &Model,
     state: &mut RunState,
     tokens: &[u32],
     s: &Settings,
-    ratios: &[f32],
+    points: &[Point],
     steps: &mut Steps,
 ) -> Result<Vec<Speed>, SweepError> {
     let prompt: Vec<u32> = tokens
@@ -363,7 +443,7 @@ fn measure_speed(
         .cycle()
         .take(s.prompt_tokens)
         .collect();
-    let mut speed: Vec<Speed> = ratios
+    let mut speed: Vec<Speed> = points
         .iter()
         .map(|_| Speed {
             runs: Vec::new(),
@@ -371,9 +451,15 @@ fn measure_speed(
         })
         .collect();
     for round in 0..=s.runs {
-        for (sp, &r) in speed.iter_mut().zip(ratios) {
-            steps.report(&format!("speed at S={r}, round {round}/{}", s.runs));
-            let run = time_decode(model, state, &prompt, s.gen_tokens, sparsity_at(r, s))?;
+        for (sp, p) in speed.iter_mut().zip(points) {
+            steps.report(&format!(
+                "speed at S={} ({}), round {round}/{}",
+                p.sparsity,
+                p.method.name(),
+                s.runs
+            ));
+            let sparsity = sparsity_at(p, s, state);
+            let run = time_decode(model, state, &prompt, s.gen_tokens, sparsity)?;
             steps.done += (s.prompt_tokens + s.gen_tokens) as u64;
             if round > 0 {
                 sp.runs.push(run);
@@ -384,15 +470,26 @@ fn measure_speed(
     Ok(speed)
 }
 
-/// The row of ratio r, next to the dense reference's speed.
-fn row(r: f32, select: Select, q: &Quality, sp: &Speed, dense: &Speed, machine: &Machine) -> Row {
+/// The row of point p (the dense reference: `is_dense`), next to the dense reference's speed.
+fn row(
+    p: &Point,
+    is_dense: bool,
+    q: &Quality,
+    sp: &Speed,
+    dense: &Speed,
+    machine: &Machine,
+) -> Row {
     let (traffic, dense_bytes) = (&sp.traffic, dense.traffic.total_bytes());
     let bytes = traffic.total_bytes();
     let decode = median(sp.decode());
     let effective_gb_s = bytes as f64 * decode / 1e9;
     Row {
-        method: select.name(),
-        sparsity: r,
+        method: if is_dense { "dense" } else { p.method.name() },
+        profile: match &p.method {
+            Method::Calibrated { source, .. } if !is_dense => Some(source.clone()),
+            _ => None,
+        },
+        sparsity: p.sparsity,
         weight_bytes_per_token: bytes,
         fraction_of_dense: bytes as f64 / dense_bytes as f64,
         active_params: traffic.total_active_params(),
@@ -522,9 +619,36 @@ mod tests {
         assert_eq!(paired_speedup(&dense, &dense), 1.0);
     }
 
+    fn uniform(select: Select, ratios: &[f32]) -> Vec<Point> {
+        ratios
+            .iter()
+            .map(|&sparsity| Point {
+                sparsity,
+                method: Method::Uniform(select),
+            })
+            .collect()
+    }
+
     #[test]
-    fn ratios_put_dense_first_without_repeats() {
-        assert_eq!(ratios(&[0.5, 0.0, 0.25, 0.5]), [0.0, 0.25, 0.5]);
-        assert_eq!(ratios(&[]), [0.0]);
+    fn the_measuring_order_puts_dense_first_then_each_method_ascending_without_repeats() {
+        let ratios = |points: Vec<Point>| -> Vec<(f32, &'static str)> {
+            points
+                .iter()
+                .map(|p| (p.sparsity, p.method.name()))
+                .collect()
+        };
+        let mut asked = uniform(Select::Weighted, &[0.5, 0.0, 0.25, 0.5]);
+        asked.extend(uniform(Select::Magnitude, &[0.6, 0.25]));
+        assert_eq!(
+            ratios(measuring_order(&asked)),
+            [
+                (0.0, "magnitude"),
+                (0.25, "weighted"),
+                (0.5, "weighted"),
+                (0.25, "magnitude"),
+                (0.6, "magnitude")
+            ]
+        );
+        assert_eq!(ratios(measuring_order(&[])), [(0.0, "magnitude")]);
     }
 }

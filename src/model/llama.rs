@@ -135,6 +135,11 @@ impl RunState {
         self.layer_ratios = ratios;
     }
 
+    /// The per-layer ratios in use, if any (see [`RunState::set_layer_ratios`]).
+    pub fn layer_ratios(&self) -> Option<&[[f32; 4]]> {
+        self.layer_ratios.as_deref()
+    }
+
     /// The next-token logits of the last token run with logits ([`Model::forward`]), or of the
     /// token [`Model::forward_each`] is reporting.
     pub fn logits(&self) -> &[f32] {
@@ -160,6 +165,11 @@ impl RunState {
     /// Choose each projection's kept inputs by `select` (magnitude unless told).
     pub fn set_select(&mut self, select: Select) {
         self.sparsifier.select = select;
+    }
+
+    /// How projections' kept inputs are chosen.
+    pub fn select(&self) -> Select {
+        self.sparsifier.select
     }
 
     /// Run the kernels at `isa` (if this CPU has it) instead of the best level.

@@ -38,6 +38,9 @@ const KEY_LINES_PER_TILE: &str = "qsparse.pack.lines_per_tile";
 /// Whether the packed head is a copy of the token embedding (the source tied them): then it adds
 /// no parameters to the model.
 const KEY_TIED_HEAD: &str = "qsparse.pack.tied_head";
+/// A calibrated sparsity profile (`qsparse calibrate`'s JSON) the packed file runs with unless
+/// told otherwise (`pack --sparsity-profile`).
+pub const KEY_SPARSITY_PROFILE: &str = "qsparse.sparsity_profile";
 
 /// `qsparse.pack.head` for a row-major Q8 head (int8 weights, dense head input).
 const HEAD_ROWS_Q8: &str = "rows_q8";
@@ -230,6 +233,17 @@ pub fn write(
     out: &Path,
     progress: &dyn Fn(u64, u64),
 ) -> Result<u64, PackError> {
+    write_with_profile(source, weights, out, None, progress)
+}
+
+/// [`write`], storing `profile` (a sparsity profile's JSON) under [`KEY_SPARSITY_PROFILE`].
+pub fn write_with_profile(
+    source: &GgufFile,
+    weights: &Weights,
+    out: &Path,
+    profile: Option<&str>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<u64, PackError> {
     if is_packed(source) {
         let name = source
             .path()
@@ -254,6 +268,9 @@ pub fn write(
     };
     w.add_kv(KEY_HEAD, head_layout);
     w.add_kv(KEY_TIED_HEAD, source.tensor("output.weight").is_none());
+    if let Some(json) = profile {
+        w.add_kv(KEY_SPARSITY_PROFILE, json);
+    }
 
     let mut blobs: Vec<Blob> = Vec::new();
     // The source's other tensors as they are (token embedding, norms, ...).

@@ -100,9 +100,14 @@ impl<'m> Conversation<'m> {
         self.session.reset();
     }
 
-    /// Per-layer sparsity ratios for the replies (see [`Session::set_layer_ratios`]).
-    pub fn set_layer_ratios(&mut self, ratios: Option<std::sync::Arc<[[f32; 4]]>>) {
-        self.session.set_layer_ratios(ratios);
+    /// How the replies select inputs, with per-layer ratios or uniform ones (see
+    /// [`Session::set_selection`]).
+    pub fn set_selection(
+        &mut self,
+        select: crate::model::Select,
+        layer_ratios: Option<std::sync::Arc<[[f32; 4]]>>,
+    ) {
+        self.session.set_selection(select, layer_ratios);
     }
 
     /// The positions the session's KV cache holds.

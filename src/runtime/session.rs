@@ -134,11 +134,24 @@ impl<'m> Session<'m> {
         self.tokenizer
     }
 
-    /// Run sparse steps with per-layer ratios (a calibrated profile), or uniform ones (None);
-    /// the cache, computed with the others, is forgotten.
-    pub fn set_layer_ratios(&mut self, ratios: Option<std::sync::Arc<[[f32; 4]]>>) {
-        self.state.set_layer_ratios(ratios);
-        self.cached.clear();
+    /// Run sparse steps selecting by `select`, with per-layer ratios (a calibrated profile) or
+    /// uniform ones (None); if that changes how inputs are selected, the cache, computed the
+    /// other way, is forgotten.
+    pub fn set_selection(
+        &mut self,
+        select: crate::model::Select,
+        layer_ratios: Option<std::sync::Arc<[[f32; 4]]>>,
+    ) {
+        let same_ratios = match (self.state.layer_ratios(), &layer_ratios) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a[..] == b[..],
+            _ => false,
+        };
+        if self.state.select() != select || !same_ratios {
+            self.state.set_select(select);
+            self.state.set_layer_ratios(layer_ratios);
+            self.cached.clear();
+        }
     }
 
     /// Forget the cache's contents.

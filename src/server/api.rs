@@ -156,7 +156,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 pub struct Limits {
     /// The longest reply a request may ask for.
     pub max_tokens: usize,
-    /// The sparsity when a request names none.
+    /// The sparsity when a request names none (with a profile: the S whose bytes it reads).
     pub default_sparsity: f32,
 }
 
@@ -171,6 +171,8 @@ pub struct Settings {
     pub stream: bool,
     pub include_usage: bool,
     pub sparsity: f32,
+    /// Whether the request named its sparsity (else the server's default, maybe a profile).
+    pub sparsity_named: bool,
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
@@ -372,6 +374,7 @@ impl Common {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
             sparsity,
+            sparsity_named: self.qsparse.as_ref().is_some_and(|q| q.sparsity.is_some()),
             top_k: self.top_k.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
+use crate::model::Select;
 use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
 
 /// What a request's handler hears from the engine.
@@ -25,6 +26,9 @@ pub enum Event {
 pub struct Job {
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
+    /// How its inputs are selected: the score, and per-layer ratios (a profile) or None.
+    pub select: Select,
+    pub layer_ratios: Option<Arc<[[f32; 4]]>>,
     pub events: mpsc::Sender<Event>,
 }
 
@@ -102,6 +106,7 @@ impl Stats {
 pub fn run(session: &mut Session, jobs: Receiver<Job>, stats: &Stats, waiting: &AtomicUsize) {
     for job in jobs {
         let events = job.events;
+        session.set_selection(job.select, job.layer_ratios);
         let result = session.generate(&job.prompt, &job.params, &mut |text| {
             events.send(Event::Text(text.to_owned())).is_ok()
         });

@@ -11,13 +11,13 @@ mod routes;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tiny_http::{Method, Request};
 
-use crate::model::{Model, RunState, Sparsity};
+use crate::model::{Model, RunState, Select, Sparsity};
 use crate::runtime::session::{Finish, GenerateParams, Generation, Session};
 use crate::runtime::template::ChatTemplate;
 use crate::sample::SamplerConfig;
@@ -46,6 +46,11 @@ pub struct Config {
     /// Browsers on this origin (or `*`) may call the API: CORS headers on every response, and
     /// preflight (`OPTIONS`) answered without a key.
     pub cors: Option<String>,
+    /// How a request that names a sparsity selects inputs (uniform ratios).
+    pub select: Select,
+    /// A calibrated profile for requests that name no sparsity: its selection and per-layer
+    /// ratios (`limits.default_sparsity` is then the S whose bytes it reads).
+    pub profile: Option<(Select, Arc<[[f32; 4]]>)>,
 }
 
 /// Set when the server should stop accepting requests.
@@ -339,12 +344,18 @@ fn complete(
         logprobs: settings.logprobs,
         stop: settings.stop.clone(),
     };
+    let (select, layer_ratios) = match &shared.config.profile {
+        Some((select, ratios)) if !settings.sparsity_named => (*select, Some(ratios.clone())),
+        _ => (shared.config.select, None),
+    };
     let (tx, rx) = mpsc::channel();
     let n_prompt = prompt.len();
     if queue
         .submit(Job {
             prompt,
             params,
+            select,
+            layer_ratios,
             events: tx,
         })
         .is_err()

@@ -68,6 +68,7 @@ check(status == 200 and json.loads(body)["status"] == "ok", "GET /health")
 # Non-streaming chat.
 r = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=16, temperature=0)
 text = r.choices[0].message.content
+dense_answer = text
 check("Paris" in text, f"chat answer mentions Paris: {text!r}")
 check(r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length",
       f"usage {r.usage} finish {r.choices[0].finish_reason}")
@@ -95,6 +96,7 @@ check(a.choices[0].text == b.choices[0].text, "same seed, same completion")
 s = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=8, temperature=0,
                                    extra_body={"qsparse": {"sparsity": 0.5}})
 check(s.usage.completion_tokens >= 1, f"sparsity 0.5 via extension: {s.choices[0].message.content!r}")
+sparse_answer = s.choices[0].message.content
 try:
     client.chat.completions.create(model=ids[0], messages=MSG, extra_body={"qsparse": {"sparsity": 1.5}})
     check(False, "sparsity 1.5 refused")
@@ -243,6 +245,28 @@ check(status == 200 and headers.get("Content-Type", "").startswith("text/plain")
       and float(values.get("qsparse_time_to_first_token_seconds_total", 0)) > 0
       and values.get("qsparse_queue_depth") == "0",
       f"/metrics after one completion:\n{text}")
+proc.send_signal(signal.SIGINT)
+proc.wait(timeout=30)
+
+# --sparsity-profile: requests that name no sparsity run the profile, the others uniform S. A
+# profile whose ratios are all 0 at the bytes of S = 0.5 answers as the dense model does.
+import hashlib
+import tempfile
+sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
+profile_path = os.path.join(tempfile.mkdtemp(), "zeros.json")
+with open(profile_path, "w") as f:
+    json.dump({"version": 1, "model": os.path.basename(model), "model_sha256": sha,
+               "sparsity": 0.5, "select": "magnitude", "calibration_text": "test",
+               "calibration_tokens": 0, "layers": [[0.0] * 4] * 30}, f)
+proc, host, port = start("--ctx", "512", "--sparsity-profile", profile_path)
+client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="none", max_retries=0, timeout=120)
+r = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=16, temperature=0)
+check(r.choices[0].message.content == dense_answer,
+      f"the profile answers a request without sparsity: {r.choices[0].message.content!r}")
+r = client.chat.completions.create(model=ids[0], messages=MSG, max_tokens=8, temperature=0,
+                                   extra_body={"qsparse": {"sparsity": 0.5}})
+check(r.choices[0].message.content == sparse_answer,
+      f"a request naming sparsity 0.5 runs uniform: {r.choices[0].message.content!r}")
 proc.send_signal(signal.SIGINT)
 proc.wait(timeout=30)
 

@@ -92,6 +92,13 @@ impl Select {
             Select::Weighted => "weighted",
         }
     }
+
+    /// The selection of this name (see [`Select::name`]).
+    pub fn from_name(name: &str) -> Option<Select> {
+        [Select::Magnitude, Select::Weighted]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
 }
 
 /// The selected (and for int8 weights, quantized) input of a projection.
