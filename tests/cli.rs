@@ -252,3 +252,40 @@ fn seeds_prompts_from_stdin_and_unbounded_generation() {
         "{j}"
     );
 }
+
+fn inspect(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `inspect` of a file cut short shows what its header holds (the whole tensors, the metadata)
+/// and names the tensors whose data is missing, then exits 1 naming the first.
+#[test]
+fn inspect_shows_the_header_of_a_truncated_file_and_fails() {
+    let bytes = std::fs::read(common::smollm2()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 9 / 10]).unwrap();
+    let o = inspect(&[cut.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["architecture"], "llama");
+    let missing = j["truncated_tensors"].as_array().unwrap();
+    assert!(!missing.is_empty());
+    let first = missing[0].as_str().unwrap();
+    assert!(stderr(&o).contains(first), "{first}: {}", stderr(&o));
+    assert!(stderr(&o).contains("past the end"), "{}", stderr(&o));
+    let whole = j["tensor_count"].as_u64().unwrap() as usize;
+    let all = inspect(&[common::smollm2().to_str().unwrap(), "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(
+        whole + missing.len(),
+        all["tensor_count"].as_u64().unwrap() as usize
+    );
+    let o = inspect(&[cut.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("TRUNCATED"));
+}

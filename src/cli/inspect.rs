@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 use crate::gguf::{GgufFile, TypeDialect, Value};
@@ -68,11 +68,28 @@ struct Report {
     tensors: Option<Vec<TensorRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<BTreeMap<String, serde_json::Value>>,
+    /// Of a truncated file only: the tensors whose data runs past its end (the rest of the
+    /// report covers the whole ones).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    truncated_tensors: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let path = hub::resolve(&args.model, &super::common::models_dir())?;
-    let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = match GgufFile::open(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            // A truncated file: show what its header holds, then fail naming the tensor.
+            if let Ok((file, cut)) = GgufFile::open_truncated(&path) {
+                if !cut.is_empty() && args.meta.is_none() {
+                    let mut report = build_report(&path, &file, &args);
+                    report.truncated_tensors = cut;
+                    print_report(&report, &file, &args)?;
+                }
+            }
+            return Err(anyhow!(e).context(format!("cannot read {}", path.display())));
+        }
+    };
 
     if let Some(key) = &args.meta {
         let value = file
@@ -83,10 +100,14 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let report = build_report(&path, &file, &args);
+    print_report(&report, &file, &args)
+}
+
+fn print_report(report: &Report, file: &GgufFile, args: &Args) -> Result<()> {
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_text(&report, &file, args.metadata)?;
+        print_text(report, file, args.metadata)?;
     }
     Ok(())
 }
@@ -152,6 +173,7 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
                 .map(|(k, v)| (k.to_string(), v.to_json()))
                 .collect()
         }),
+        truncated_tensors: Vec::new(),
     }
 }
 
@@ -263,6 +285,13 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
         r.tensor_count,
         r.kv_count
     );
+    if !r.truncated_tensors.is_empty() {
+        outln!(
+            "TRUNCATED      the data of {} more tensor(s) runs past the end of the file: {}",
+            r.truncated_tensors.len(),
+            r.truncated_tensors.join(", ")
+        );
+    }
     match (&r.model, &r.model_error) {
         (Some(m), _) => print_model(m)?,
         (None, Some(e)) => outln!("model shape    unavailable: {e}"),

@@ -81,6 +81,9 @@ pub fn load_font() -> Result<()> {
 /// Draw `sweep` into `path`.
 pub fn draw(path: &Path, format: Format, title: &str, sweep: &Sweep) -> Result<()> {
     load_font()?;
+    if methods(sweep).len() > 1 {
+        return draw_methods(path, format, title, sweep);
+    }
     let size = (960, 600);
     match format {
         Format::Svg => figure(
@@ -159,27 +162,16 @@ where
         .draw()
         .map_err(err)?;
 
-    // One ideal curve (every method reads the same bytes at S), then per method a speedup
-    // curve (circles) and a perplexity curve (triangles, right axis) in the method's colour; the
-    // dense row starts every curve.
     let ideal = RGBColor(120, 120, 120);
-    let dense = rows.iter().find(|r| r.method == "dense");
-    let mut methods: Vec<&str> = Vec::new();
-    for r in rows.iter().filter(|r| r.method != "dense") {
-        if !methods.contains(&r.method) {
-            methods.push(r.method);
-        }
-    }
-    let curve = |method: Option<&str>, f: &dyn Fn(&crate::measure::sweep::Row) -> f64| {
-        let mut pts: Vec<(f64, f64)> = dense
-            .into_iter()
-            .chain(rows.iter().filter(|r| Some(r.method) == method))
-            .map(|r| (r.sparsity as f64, f(r)))
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pts
+    let measured = RGBColor(31, 119, 180);
+    let quality = RGBColor(214, 39, 40);
+    let points = |f: &dyn Fn(&crate::measure::sweep::Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.sparsity as f64, f(r))).collect()
     };
-    let ideal_pts = curve(methods.first().copied(), &|r| r.ideal_speedup);
+    let ideal_pts = points(&|r| r.ideal_speedup);
+    let speed_pts = points(&|r| r.speedup);
+    let ppl_pts = points(&|r| r.ppl);
+
     chart
         .draw_series(LineSeries::new(ideal_pts.clone(), ideal.stroke_width(2)))
         .map_err(err)?
@@ -188,60 +180,30 @@ where
     chart
         .draw_series(ideal_pts.iter().map(|&p| Circle::new(p, 3, ideal.filled())))
         .map_err(err)?;
-    let many = methods.len() > 1;
-    for (i, &method) in methods.iter().enumerate() {
-        let colour = METHOD_COLOURS[i % METHOD_COLOURS.len()];
-        let (speed, quality) = if many {
-            (
-                format!("{method}: measured decode speedup"),
-                format!("{method}: perplexity (right axis)"),
-            )
-        } else {
-            (
-                "measured decode speedup".to_string(),
-                "perplexity (right axis)".to_string(),
-            )
-        };
-        // With one method, speed and perplexity take two colours; with several, one a method.
-        let (speed_colour, ppl_colour) = if many {
-            (colour.0, colour.0)
-        } else {
-            (colour.0, colour.1)
-        };
-        let speed_pts = curve(Some(method), &|r| r.speedup);
-        let ppl_pts = curve(Some(method), &|r| r.ppl);
-        chart
-            .draw_series(LineSeries::new(
-                speed_pts.clone(),
-                speed_colour.stroke_width(3),
-            ))
-            .map_err(err)?
-            .label(speed)
-            .legend(move |(x, y)| {
-                PathElement::new([(x, y), (x + 20, y)], speed_colour.stroke_width(3))
-            });
-        chart
-            .draw_series(
-                speed_pts
-                    .iter()
-                    .map(|&p| Circle::new(p, 4, speed_colour.filled())),
-            )
-            .map_err(err)?;
-        chart
-            .draw_secondary_series(LineSeries::new(ppl_pts.clone(), ppl_colour.stroke_width(2)))
-            .map_err(err)?
-            .label(quality)
-            .legend(move |(x, y)| {
-                PathElement::new([(x, y), (x + 20, y)], ppl_colour.stroke_width(2))
-            });
-        chart
-            .draw_secondary_series(
-                ppl_pts
-                    .iter()
-                    .map(|&p| TriangleMarker::new(p, 6, ppl_colour.filled())),
-            )
-            .map_err(err)?;
-    }
+    chart
+        .draw_series(LineSeries::new(speed_pts.clone(), measured.stroke_width(3)))
+        .map_err(err)?
+        .label("measured decode speedup")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], measured.stroke_width(3)));
+    chart
+        .draw_series(
+            speed_pts
+                .iter()
+                .map(|&p| Circle::new(p, 4, measured.filled())),
+        )
+        .map_err(err)?;
+    chart
+        .draw_secondary_series(LineSeries::new(ppl_pts.clone(), quality.stroke_width(3)))
+        .map_err(err)?
+        .label("perplexity (right axis)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], quality.stroke_width(3)));
+    chart
+        .draw_secondary_series(
+            ppl_pts
+                .iter()
+                .map(|&p| TriangleMarker::new(p, 5, quality.filled())),
+        )
+        .map_err(err)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -253,14 +215,6 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
-
-/// Per method of a sweep plot: its colour, and its perplexity's colour when it is the only
-/// method.
-const METHOD_COLOURS: [(RGBColor, RGBColor); 3] = [
-    (RGBColor(31, 119, 180), RGBColor(214, 39, 40)),
-    (RGBColor(214, 39, 40), RGBColor(214, 39, 40)),
-    (RGBColor(44, 160, 44), RGBColor(44, 160, 44)),
-];
 
 /// One named line of [`draw_curves`].
 pub struct Curve {
@@ -312,7 +266,7 @@ const PALETTE: [RGBColor; 6] = [
 fn curve_figure<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
-    (x_desc, y_desc): (&str, &str),
+    axes: (&str, &str),
     curves: &[Curve],
     log_y: bool,
 ) -> Result<()>
@@ -321,6 +275,31 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
     root.fill(&WHITE).map_err(err)?;
+    curve_panel(
+        &root,
+        title,
+        axes,
+        curves,
+        log_y,
+        SeriesLabelPosition::UpperRight,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The chart of [`curve_figure`] on `area` (no background, not presented).
+fn curve_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    curves: &[Curve],
+    log_y: bool,
+    legend: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
     let all = || {
         curves
             .iter()
@@ -339,9 +318,9 @@ where
         let pad = (y_hi - y_lo).max(1e-9) * 0.05;
         (y_lo - pad, y_hi + pad)
     };
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(area);
     builder
-        .caption(title, (FAMILY, 24).into_font())
+        .caption(title, (FAMILY, 22).into_font())
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64);
@@ -352,6 +331,7 @@ where
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .y_label_formatter(&|v| tick_label(*v))
                 .label_style((FAMILY, 15))
                 .axis_desc_style((FAMILY, 16))
                 .draw()
@@ -371,7 +351,7 @@ where
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend.clone())
                 .label_font((FAMILY, 15))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
@@ -393,8 +373,94 @@ where
             .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)
             .map_err(err)?);
     }
-    root.present().map_err(err)?;
     Ok(())
+}
+
+/// The methods of a sweep's rows other than the dense reference, in order of appearance.
+fn methods(sweep: &Sweep) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in sweep.rows.iter().filter(|r| r.method != "dense") {
+        if !out.contains(&r.method) {
+            out.push(r.method);
+        }
+    }
+    out
+}
+
+/// A sweep of several methods: decode speedup (with the ideal) above, perplexity below, one
+/// curve a method, each starting from the dense row.
+fn draw_methods(path: &Path, format: Format, title: &str, sweep: &Sweep) -> Result<()> {
+    let dense = sweep.rows.iter().find(|r| r.method == "dense");
+    let curve = |method: &str, f: &dyn Fn(&crate::measure::sweep::Row) -> f64| -> Vec<(f64, f64)> {
+        let mut pts: Vec<(f64, f64)> = dense
+            .into_iter()
+            .chain(sweep.rows.iter().filter(|r| r.method == method))
+            .map(|r| (r.sparsity as f64, f(r)))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
+    };
+    let names = methods(sweep);
+    let mut speed: Vec<Curve> = names
+        .iter()
+        .map(|m| Curve {
+            name: format!("{m}: measured decode speedup"),
+            points: curve(m, &|r| r.speedup),
+        })
+        .collect();
+    speed.push(Curve {
+        name: "ideal (dense bytes / bytes read)".to_string(),
+        points: curve(names[0], &|r| r.ideal_speedup),
+    });
+    let quality: Vec<Curve> = names
+        .iter()
+        .map(|m| Curve {
+            name: format!("{m}: perplexity"),
+            points: curve(m, &|r| r.ppl),
+        })
+        .collect();
+    let x = "sparsity S (the bytes of uniform S; fraction of inputs dropped)";
+    let size = (960, 900);
+    macro_rules! two_panels {
+        ($backend:expr) => {{
+            let root = $backend.into_drawing_area();
+            let err = |e: DrawingAreaErrorKind<_>| anyhow!("{e:?}");
+            root.fill(&WHITE).map_err(err)?;
+            let (top, bottom) = root.split_vertically(size.1 / 2);
+            curve_panel(
+                &top,
+                &format!("Q-Sparse sweep: {title}: decode speedup"),
+                (x, "decode speedup over dense (x)"),
+                &speed,
+                false,
+                SeriesLabelPosition::UpperLeft,
+            )?;
+            curve_panel(
+                &bottom,
+                "perplexity (log scale)",
+                (x, "perplexity"),
+                &quality,
+                true,
+                SeriesLabelPosition::UpperLeft,
+            )?;
+            root.present().map_err(err)?;
+        }};
+    }
+    match format {
+        Format::Svg => two_panels!(SVGBackend::new(path, size)),
+        Format::Png => two_panels!(BitMapBackend::new(path, size)),
+    }
+    Ok(())
+}
+
+/// A tick's text: whole numbers from 10 up, else as few digits as say it.
+fn tick_label(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
 }
 
 /// Ticks for a log axis over lo..hi that a reader can use at any range: 1, 2, 5 times the powers

@@ -48,6 +48,18 @@ pub struct Args {
     /// for any. Off by default.
     #[arg(long, value_parser = parse_origin)]
     cors: Option<String>,
+    /// The log on stderr: `text` (a line a request and a line a generation) or `json` (the same
+    /// as one JSON object a line: event, time, method, path, status, ms; id, tokens, speeds,
+    /// time to first token, finish, sparsity).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Request bodies above this are refused (413).
@@ -85,14 +97,20 @@ pub fn run(args: Args) -> Result<()> {
             .filter(|k| !k.is_empty()),
         cors: args.cors.clone(),
         select: args.model.select(),
+        log_json: args.log_format == LogFormat::Json,
         profile: profile.as_ref().map(|p| (p.select(), p.ratios())),
     };
+    let json_log = config.log_json;
     // First signal: stop accepting and finish what is running; a second one ends at once.
-    ctrlc::set_handler(|| {
+    ctrlc::set_handler(move || {
         if SHUTDOWN.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("shutting down: finishing the requests in progress (again to quit now)");
+        if json_log {
+            eprintln!("{}", serde_json::json!({"event": "shutting_down"}));
+        } else {
+            eprintln!("shutting down: finishing the requests in progress (again to quit now)");
+        }
     })
     .context("cannot install the signal handler")?;
     server::serve(
@@ -102,6 +120,20 @@ pub fn run(args: Args) -> Result<()> {
         args.model.run_state(&model, ctx),
         &config,
         &mut |addr| {
+            if json_log {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "listening",
+                        "url": format!("http://{addr}/v1"),
+                        "model": config.model_id,
+                        "weights": model.weights.format.name(),
+                        "sparsity": default_sparsity,
+                        "sparsity_profile": args.sparsity_profile,
+                    })
+                );
+                return;
+            }
             eprintln!(
                 "qsparse serve: {} ({} weights, {}S={}) on http://{addr}/v1 (Ctrl-C stops)",
                 config.model_id,
@@ -115,7 +147,11 @@ pub fn run(args: Args) -> Result<()> {
             )
         },
     )?;
-    eprintln!("stopped");
+    if json_log {
+        eprintln!("{}", serde_json::json!({"event": "stopped"}));
+    } else {
+        eprintln!("stopped");
+    }
     Ok(())
 }
 

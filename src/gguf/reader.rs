@@ -135,12 +135,31 @@ impl GgufFile {
     /// Validate a GGUF image without keeping it (fuzzing and corruption tests use this to avoid
     /// copying large buffers). Exactly the checks [`GgufFile::open`] makes.
     pub fn validate_bytes(bytes: &[u8]) -> Result<(), GgufError> {
-        parse_header(bytes).map(|_| ())
+        parse_header(bytes, false).map(|_| ())
+    }
+
+    /// Like [`GgufFile::open`], but a tensor whose data runs past the end of the file is left
+    /// out instead of failing the whole file: `inspect` shows what the header of a truncated
+    /// file holds. Returns the file (every tensor it lists is whole) and the names left out.
+    pub fn open_truncated(path: impl AsRef<Path>) -> Result<(GgufFile, Vec<String>), GgufError> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| GgufError::io(path, e))?;
+        // SAFETY: as in `open`: a read-only private mapping of a file nobody rewrites meanwhile.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::io(path, e))?;
+        let source = Source::Mapped(Arc::new(map));
+        let (header, cut) = parse_header(&source, true)?;
+        let mut parsed = Self::from_header(source, header);
+        parsed.path = Some(path.to_path_buf());
+        Ok((parsed, cut))
     }
 
     fn parse(source: Source) -> Result<GgufFile, GgufError> {
-        let header = parse_header(&source)?;
-        Ok(GgufFile {
+        let (header, _) = parse_header(&source, false)?;
+        Ok(Self::from_header(source, header))
+    }
+
+    fn from_header(source: Source, header: Header) -> GgufFile {
+        GgufFile {
             source,
             path: None,
             version: header.version,
@@ -151,7 +170,7 @@ impl GgufFile {
             kv_index: header.kv_index,
             tensors: header.tensors,
             tensor_index: header.tensor_index,
-        })
+        }
     }
 
     /// The path it was opened from (None for a file held in memory).
@@ -360,7 +379,9 @@ struct RawTensorInfo {
     offset: u64,
 }
 
-fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
+/// The header of a GGUF image, every tensor's data checked to lie inside it; with `lenient`, a
+/// tensor whose data runs past the end is left out (its name in the returned list) instead.
+fn parse_header(buf: &[u8], lenient: bool) -> Result<(Header, Vec<String>), GgufError> {
     let mut c = Cursor::new(buf);
     let (version, n_tensors, n_kv) = read_preamble(&mut c, buf)?;
     let metadata = read_metadata(&mut c, n_kv)?;
@@ -385,10 +406,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         data_offset,
         file_len,
     };
-    let (tensors, tensor_index) = resolve_tensors(raw, &layout)?;
+    let (tensors, tensor_index, cut) = resolve_tensors(raw, &layout, lenient)?;
     check_no_overlap(&tensors)?;
 
-    Ok(Header {
+    let header = Header {
         version,
         alignment,
         dialect,
@@ -397,7 +418,8 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         kv_index: metadata.kv_index,
         tensors,
         tensor_index,
-    })
+    };
+    Ok((header, cut))
 }
 
 /// The magic, the version and the two counts, checked against the bytes that follow: (version,
@@ -542,11 +564,13 @@ struct DataLayout {
 }
 
 /// Each raw tensor info resolved (type, size, place in the file, all checked), and the index by
-/// name.
+/// name; with `lenient`, tensors whose data runs past the end are left out and named instead.
+type Resolved = (Vec<TensorInfo>, HashMap<String, usize>, Vec<String>);
 fn resolve_tensors(
     raw: Vec<RawTensorInfo>,
     layout: &DataLayout,
-) -> Result<(Vec<TensorInfo>, HashMap<String, usize>), GgufError> {
+    lenient: bool,
+) -> Result<Resolved, GgufError> {
     let DataLayout {
         dialect,
         alignment,
@@ -555,6 +579,7 @@ fn resolve_tensors(
     } = *layout;
     let mut tensors = Vec::with_capacity(raw.len());
     let mut tensor_index = HashMap::with_capacity(raw.len());
+    let mut cut = Vec::new();
     for r in raw {
         let bad = |what: String| GgufError::BadTensor {
             tensor: r.name.clone(),
@@ -573,16 +598,20 @@ fn resolve_tensors(
                 r.offset
             )));
         }
-        let end = data_offset
+        let Some(end) = data_offset
             .checked_add(r.offset)
             .and_then(|s| s.checked_add(n_bytes))
             .filter(|&e| e <= file_len)
-            .ok_or_else(|| {
-                bad(format!(
-                    "{n_bytes} bytes of {ty} data at data offset {} run past the end of the file ({file_len} bytes)",
-                    r.offset
-                ))
-            })?;
+        else {
+            if lenient {
+                cut.push(r.name.clone());
+                continue;
+            }
+            return Err(bad(format!(
+                "{n_bytes} bytes of {ty} data at data offset {} run past the end of the file ({file_len} bytes)",
+                r.offset
+            )));
+        };
         if tensor_index.insert(r.name.clone(), tensors.len()).is_some() {
             return Err(bad(format!(
                 "tensor name appears twice (info at byte {})",
@@ -599,7 +628,7 @@ fn resolve_tensors(
             n_bytes,
         });
     }
-    Ok((tensors, tensor_index))
+    Ok((tensors, tensor_index, cut))
 }
 
 /// Two tensors sharing bytes would let a write through one corrupt the other; real files never

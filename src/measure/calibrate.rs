@@ -3,13 +3,14 @@
 //! little as possible.
 //!
 //! The search measures what matters end to end: KL(dense ‖ sparse) of the next-token
-//! distributions on a calibration text. Starting from uniform S, it moves bytes between the four
-//! projection inputs (q/k/v, o, gate/up, down), more sparsity on one and less on another at the
-//! same bytes, keeps a move that lowers the divergence, and halves the step when none does.
-//! Ratios are per projection type, the same in every layer (the profile format holds one set a
-//! layer). Allocating per layer from each projection's own output error (TEAL's greedy on local
-//! errors) was tried first and measured worse than uniform on SmolLM2 (`data/english.txt`, S =
-//! 0.5: perplexity 77.9 against 58.8), so local errors are not used.
+//! distributions on a calibration text. Starting from uniform S, it first moves bytes between the
+//! four projection inputs (q/k/v, o, gate/up, down), more sparsity on one and less on another at
+//! the same bytes, in every layer alike, keeps a move that lowers the divergence, and halves the
+//! step when none does; then it moves sparsity between layers (the least sensitive take it from
+//! the most sensitive), again keeping only moves that lower the divergence. Allocating per layer
+//! from each projection's own output error (TEAL's greedy on local errors) was tried first and
+//! measured worse than uniform on SmolLM2 (`data/english.txt`, S = 0.5: perplexity 77.9 against
+//! 58.8), so local errors are not used.
 
 use std::sync::Arc;
 
@@ -122,9 +123,9 @@ pub fn block_bytes(model: &Model, layers: &[[f32; 4]]) -> u64 {
         .sum()
 }
 
-/// Ratios per projection type reading the bytes uniform `sparsity` reads, chosen to minimize
-/// KL(dense ‖ sparse) over `tokens` (windows of `window` tokens, each from an empty cache), every
-/// layer the same. `progress(what)` reports the uniform start and each accepted move, with its KL.
+/// Ratios per layer and projection input reading the bytes uniform `sparsity` reads, chosen to
+/// minimize KL(dense ‖ sparse) over `tokens` (windows of `window` tokens, each from an empty
+/// cache). `progress(what)` reports the uniform start and each accepted move, with its KL.
 pub fn calibrate(
     model: &Model,
     state: &mut RunState,
@@ -153,13 +154,17 @@ pub fn calibrate(
             i += 1;
         },
     )?;
-    let divergence = |ratios: [f32; 4], state: &mut RunState| -> Result<f64, ForwardError> {
+    // KL over the calibration text with per-layer ratios `layers`.
+    let divergence = |layers: &[[f32; 4]], state: &mut RunState| -> Result<f64, ForwardError> {
         let (mut kl, mut i) = (0f64, 0);
-        let s = Sparsity::uniform(sparsity).with_layer(ratios);
-        for_each_prediction(model, state, windows, s, &mut |_, _| {}, &mut |st, _| {
+        state.set_layer_ratios(Some(layers.to_vec().into()));
+        let s = Sparsity::uniform(sparsity);
+        let run = for_each_prediction(model, state, windows, s, &mut |_, _| {}, &mut |st, _| {
             kl += reference.kl(i, st.logits(), log_sum_exp(st.logits()));
             i += 1;
-        })?;
+        });
+        state.set_layer_ratios(None);
+        run?;
         Ok(kl / i.max(1) as f64)
     };
     // Each type's bytes a token at ratio 0: moving ratio d on type a frees d·bytes[a].
@@ -172,7 +177,7 @@ pub fn calibrate(
         })
         .collect();
     let mut best = [sparsity; 4];
-    let mut best_kl = divergence(best, state)?;
+    let mut best_kl = divergence(&vec![best; n_layers], state)?;
     progress(&format!("uniform S={sparsity}: KL {best_kl:.4}"));
     let mut step = 0.1f32;
     while step >= 0.0125 {
@@ -189,7 +194,7 @@ pub fn calibrate(
                 if !(0.0..MAX_RATIO).contains(&r[a]) || !(0.0..MAX_RATIO).contains(&r[b]) {
                     continue;
                 }
-                let kl = divergence(r, state)?;
+                let kl = divergence(&vec![r; n_layers], state)?;
                 if kl < best_kl {
                     (best, best_kl, moved) = (r, kl, true);
                     progress(&format!(
@@ -203,8 +208,93 @@ pub fn calibrate(
             step /= 2.0;
         }
     }
-    Ok(vec![best; n_layers])
+    let mut layers = vec![best; n_layers];
+    shift_between_layers(&mut layers, &mut best_kl, state, &divergence, progress)?;
+    Ok(layers)
 }
+
+/// The second stage of the search: sparsity moved from layer to layer at the same bytes (every
+/// layer has the same shapes, so raising one layer's four ratios by d and lowering another's by
+/// d keeps the bytes). A round measures each layer's sensitivity (the KL with its ratios raised
+/// by [`LAYER_STEP`]); then the least sensitive layers take sparsity from the most sensitive, a
+/// pair at a time, each move kept only if the KL falls.
+fn shift_between_layers(
+    layers: &mut [[f32; 4]],
+    best_kl: &mut f64,
+    state: &mut RunState,
+    divergence: &Divergence,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), ForwardError> {
+    let n = layers.len();
+    let shifted = |layers: &[[f32; 4]], l: usize, d: f32| -> Option<Vec<[f32; 4]>> {
+        let mut out = layers.to_vec();
+        for r in &mut out[l] {
+            *r += d;
+            if !(0.0..MAX_RATIO).contains(r) {
+                return None;
+            }
+        }
+        Some(out)
+    };
+    for round in 0..LAYER_ROUNDS {
+        let mut sensitivity = Vec::with_capacity(n);
+        for l in 0..n {
+            let kl = match shifted(layers, l, LAYER_STEP) {
+                Some(trial) => divergence(&trial, state)?,
+                None => f64::INFINITY,
+            };
+            sensitivity.push((kl, l));
+        }
+        sensitivity.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let order: Vec<usize> = sensitivity.iter().map(|&(_, l)| l).collect();
+        progress(&format!(
+            "round {}: layers by sensitivity, least first: {order:?}",
+            round + 1
+        ));
+        let mut moved = false;
+        let m = LAYER_PAIRS.min(n / 2);
+        for step in [LAYER_STEP, LAYER_STEP / 2.0] {
+            // The m most sensitive layers each try giving to the m least sensitive.
+            for (give, take) in order[n - m..]
+                .iter()
+                .rev()
+                .flat_map(|&g| order[..m].iter().map(move |&t| (g, t)))
+            {
+                let Some(trial) =
+                    shifted(layers, take, step).and_then(|t| shifted(&t, give, -step))
+                else {
+                    continue;
+                };
+                let kl = divergence(&trial, state)?;
+                if kl < *best_kl {
+                    layers.copy_from_slice(&trial);
+                    (*best_kl, moved) = (kl, true);
+                    progress(&format!(
+                        "layer {take} +{step}, layer {give} -{step}: KL {kl:.4}"
+                    ));
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// KL(dense ‖ sparse) on the calibration text with the given per-layer ratios.
+type Divergence<'a> = dyn Fn(&[[f32; 4]], &mut RunState) -> Result<f64, ForwardError> + 'a;
+
+/// How far the layer stage moves a layer's ratios at first (then half of it).
+const LAYER_STEP: f32 = 0.1;
+
+/// The layer stage pairs each of this many most sensitive layers with each of this many least
+/// sensitive ones at each step.
+const LAYER_PAIRS: usize = 4;
+
+/// Rounds of the layer stage at most (each measures the sensitivities anew; it stops early when
+/// a round moves nothing).
+const LAYER_ROUNDS: usize = 2;
 
 /// The most a calibrated ratio may drop.
 const MAX_RATIO: f32 = 0.95;

@@ -7,12 +7,14 @@
 
 mod api;
 mod engine;
+mod peer;
 mod routes;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tiny_http::{Method, Request};
@@ -48,6 +50,8 @@ pub struct Config {
     pub cors: Option<String>,
     /// How a request that names a sparsity selects inputs (uniform ratios).
     pub select: Select,
+    /// Log lines on stderr as JSON objects (one a line) instead of text.
+    pub log_json: bool,
     /// A calibrated profile for requests that name no sparsity: its selection and per-layer
     /// ratios (`limits.default_sparsity` is then the S whose bytes it reads).
     pub profile: Option<(Select, Arc<[[f32; 4]]>)>,
@@ -68,6 +72,8 @@ pub enum ServeError {
 /// What every handler needs.
 struct Shared<'m> {
     config: &'m Config,
+    /// The port the server listens on (to find a client's connection, see `peer`).
+    local_port: u16,
     tokenizer: &'m Tokenizer,
     template: &'m ChatTemplate,
     ctx: usize,
@@ -94,6 +100,7 @@ pub fn serve(
     on_listening(&server.server_addr().to_string());
     let shared = Shared {
         config,
+        local_port: server.server_addr().to_ip().map_or(0, |a| a.port()),
         tokenizer,
         template,
         ctx: state.context_length(),
@@ -138,7 +145,7 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
     if !open && !routes::authorized(&request, shared.config.api_key.as_deref()) {
         let _ = respond_error(request, &routes::unauthorized());
         shared.stats.responded(401);
-        log_request(&method, &path, 401, started);
+        log_request(shared.config.log_json, &method, &path, 401, started);
         return;
     }
     let mut status = 200;
@@ -232,16 +239,37 @@ fn handle(mut request: Request, shared: &Shared, queue: &Queue) {
     // A client that went away while we answered: nothing to tell anyone.
     let _ = result;
     shared.stats.responded(status);
-    log_request(&method, &path, status, started);
+    log_request(shared.config.log_json, &method, &path, status, started);
 }
 
 /// One line on stderr per request: method, path, status and time (completions add their own
 /// line with tokens and speeds).
-fn log_request(method: &Method, path: &str, status: u16, started: std::time::Instant) {
-    eprintln!(
-        "{method} {path} {status} {:.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
+/// A request's line on stderr: method, path, status and time taken (a JSON object with
+/// `--log-format json`).
+fn log_request(json: bool, method: &Method, path: &str, status: u16, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if json {
+        eprintln!(
+            "{}",
+            json!({
+                "event": "request",
+                "time": unix_time(),
+                "method": method.as_str(),
+                "path": path,
+                "status": status,
+                "ms": (ms * 10.0).round() / 10.0,
+            })
+        );
+    } else {
+        eprintln!("{method} {path} {status} {ms:.1} ms");
+    }
+}
+
+/// Seconds since the Unix epoch, with milliseconds.
+fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_millis() as f64) / 1e3)
 }
 
 /// The request body, refusing more than `max` bytes.
@@ -385,26 +413,53 @@ fn complete(
         n_prompt,
         tokenizer: shared.tokenizer,
         sparsity: settings.sparsity,
+        log_json: shared.config.log_json,
     };
     if settings.stream {
         stream(request, rx, &reply, settings.include_usage).map(|()| 200)
     } else {
-        // The whole text arrives with `Done`; the per-token events only matter when streaming.
-        for event in rx {
-            match event {
-                Event::Text(_) => {}
-                Event::Done(g) => {
-                    reply.log(&g);
-                    return respond(request, 200, &reply.whole(&g)).map(|()| 200);
-                }
-                Event::Failed(message) => {
-                    return respond_error(request, &server_error(message)).map(|()| 500);
-                }
-            }
-        }
-        respond_error(request, &server_error("the engine stopped".into())).map(|()| 500)
+        answer_whole(request, rx, &reply, shared.local_port)
     }
 }
+
+/// A non-streaming answer: the whole text arrives with `Done` (the per-token events only matter
+/// when streaming). A client that goes away meanwhile (checked every [`PEER_CHECK`]) is not
+/// waited for: dropping `rx` stops its generation at the next token, and the status logged is
+/// 499 (client closed request).
+fn answer_whole(
+    request: Request,
+    rx: mpsc::Receiver<Event>,
+    reply: &Reply,
+    local_port: u16,
+) -> std::io::Result<u16> {
+    let remote = request.remote_addr().copied();
+    let mut checked = Instant::now();
+    loop {
+        match rx.recv_timeout(PEER_CHECK) {
+            Ok(Event::Text(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::Done(g)) => {
+                reply.log(&g);
+                return respond(request, 200, &reply.whole(&g)).map(|()| 200);
+            }
+            Ok(Event::Failed(message)) => {
+                return respond_error(request, &server_error(message)).map(|()| 500);
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return respond_error(request, &server_error("the engine stopped".into()))
+                    .map(|()| 500);
+            }
+        }
+        if checked.elapsed() >= PEER_CHECK {
+            checked = Instant::now();
+            if remote.is_some_and(|r| peer::client_gone(r, local_port)) {
+                return Ok(499);
+            }
+        }
+    }
+}
+
+/// How often a non-streaming request checks that its client is still there.
+const PEER_CHECK: Duration = Duration::from_millis(250);
 
 fn server_error(message: String) -> ApiError {
     ApiError {
@@ -425,11 +480,32 @@ struct Reply<'a> {
     n_prompt: usize,
     tokenizer: &'a Tokenizer,
     sparsity: f32,
+    log_json: bool,
 }
 
 impl Reply<'_> {
-    /// The generation's line on stderr: tokens in and out, prompt and decode speed, sparsity.
+    /// The generation's line on stderr: tokens in and out, prompt and decode speed, sparsity (a
+    /// JSON object with `--log-format json`).
     fn log(&self, g: &Generation) {
+        if self.log_json {
+            eprintln!(
+                "{}",
+                json!({
+                    "event": "generation",
+                    "time": unix_time(),
+                    "id": self.id,
+                    "prompt_tokens": self.n_prompt,
+                    "evaluated_prompt_tokens": g.evaluated_prompt_tokens,
+                    "prompt_tok_s": g.prompt_tok_s(),
+                    "time_to_first_token_ms": g.prompt_s * 1e3,
+                    "completion_tokens": self.completion_tokens(g),
+                    "decode_tok_s": g.decode_tok_s(),
+                    "finish": g.finish.reason(),
+                    "sparsity": self.sparsity,
+                })
+            );
+            return;
+        }
         eprintln!(
             "{} prompt {} tokens ({} evaluated, {:.0} tok/s, first token after {:.0} ms), \
              completion {} tokens ({:.1} tok/s, {}), S={}",

@@ -180,6 +180,24 @@ while time.time() < deadline and cancelled == before:
     cancelled = json.loads(raw(host, port, "GET", "/health")[2])["cancelled"]
 check(cancelled == before + 1, f"disconnect mid-stream cancels the generation ({before} -> {cancelled})")
 
+# A client that goes away while waiting for a non-streaming answer: its generation stops too,
+# so the next request is not kept waiting behind it.
+before = cancelled
+sock = socket.create_connection((host, port))
+body = json.dumps({"prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0,
+                   "stop": ["never-in-the-text"]}).encode()
+sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+time.sleep(0.3)
+sock.close()
+t0 = time.time()
+r = client.completions.create(model=ids[0], prompt="Hello", max_tokens=4, temperature=0)
+waited = time.time() - t0
+cancelled = json.loads(raw(host, port, "GET", "/health")[2])["cancelled"]
+check(cancelled == before + 1 and waited < 3,
+      f"a vanished non-streaming client's generation stops: next request in {waited:.1f} s, "
+      f"cancelled {before} -> {cancelled}")
+
 # Bad requests.
 for name, body, want in [
     ("malformed JSON", b"{not json", 400),
@@ -270,6 +288,34 @@ check(r.choices[0].message.content == sparse_answer,
 proc.send_signal(signal.SIGINT)
 proc.wait(timeout=30)
 
+# --log-format json: every line on stderr is one JSON object.
+log_path = os.path.join(tempfile.mkdtemp(), "serve.log")
+with open(log_path, "w") as log_file:
+    p = subprocess.Popen([binary, "serve", "-m", model, "--port", "0", "--log-format", "json"],
+                         stderr=log_file)
+deadline = time.time() + 120
+url = None
+while url is None and time.time() < deadline and p.poll() is None:
+    time.sleep(0.1)
+    for line in open(log_path):
+        if line.startswith("{") and json.loads(line).get("event") == "listening":
+            url = json.loads(line)["url"]
+client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+client.completions.create(model=ids[0], prompt="Hello", max_tokens=3, temperature=0)
+p.send_signal(signal.SIGINT)
+p.wait(timeout=30)
+lines = [l for l in open(log_path).read().splitlines() if l.strip()]
+try:
+    events = [json.loads(l) for l in lines]
+    ok = (all(isinstance(e, dict) for e in events)
+          and any(e.get("event") == "generation" and e.get("completion_tokens") == 3 for e in events)
+          and any(e.get("event") == "request" and e.get("path") == "/v1/completions"
+                  and e.get("status") == 200 and e.get("ms", 0) > 0 for e in events)
+          and events[-1].get("event") == "stopped")
+except ValueError:
+    ok = False
+check(ok, "--log-format json: one object a line:\n" + "\n".join(lines))
+
 # A full queue is refused at once with 503 and Retry-After.
 proc, host, port = start("--queue", "1")
 codes = []
@@ -288,6 +334,37 @@ check(any(s == 503 and ra == "1" for s, ra in codes) and any(s == 200 for s, _ i
       f"queue of 1 under 6 requests: {sorted(codes)}")
 proc.send_signal(signal.SIGTERM)
 check(proc.wait(timeout=60) == 0, "SIGTERM ends the server cleanly")
+
+# SIGTERM during generation: the requests in progress (streaming and not) are answered in full,
+# then the process exits 0.
+proc, host, port = start()
+client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="none", max_retries=0, timeout=120)
+answers = {}
+
+
+def long_request(kind):
+    try:
+        if kind == "stream":
+            chunks = list(client.completions.create(
+                model=ids[0], prompt="Once upon a time", max_tokens=48, temperature=0,
+                stop=["never-in-the-text"], stream=True, stream_options={"include_usage": True}))
+            answers[kind] = chunks[-1].usage.completion_tokens
+        else:
+            r = client.completions.create(model=ids[0], prompt="Once upon a time", max_tokens=48,
+                                          temperature=0, stop=["never-in-the-text"])
+            answers[kind] = r.usage.completion_tokens
+    except Exception as e:  # noqa: BLE001 - any failure is the finding
+        answers[kind] = repr(e)
+
+
+threads = [threading.Thread(target=long_request, args=(k,)) for k in ("stream", "whole")]
+[t.start() for t in threads]
+time.sleep(0.3)
+proc.send_signal(signal.SIGTERM)
+[t.join() for t in threads]
+code = proc.wait(timeout=60)
+check(code == 0 and answers == {"stream": 48, "whole": 48},
+      f"SIGTERM during generation: in-flight requests finished ({answers}), exit {code}")
 
 print("FAILED: " + "; ".join(failures) if failures else "OK")
 sys.exit(1 if failures else 0)
