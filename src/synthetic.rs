@@ -212,3 +212,114 @@ fn tq2_0(codes: &[i8], d: f32) -> Vec<u8> {
     }
     out
 }
+
+/// A `llama` model's shape for training from scratch; head dimension d_model / heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaShape {
+    /// Transformer blocks.
+    pub layers: u32,
+    /// Width of the residual stream.
+    pub d_model: u64,
+    /// Width of the feed-forward (SwiGLU) hidden layer.
+    pub d_ff: u64,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads.
+    pub kv_heads: u32,
+    /// Context length the model declares.
+    pub context_length: u32,
+}
+
+/// A freshly initialized `llama` model at `shape` in `path`, every tensor F32, from `seed`: the
+/// token embedding (tied head) and projections drawn with standard deviation 0.02, the
+/// projections that write into the residual stream (o, down) scaled by 1/√(2·layers) as GPT-2
+/// does, norm weights 1; with the tokenizer and chat template (`tokenizer.*` keys) of
+/// `tokenizer`.
+pub fn write_llama_init(
+    path: &Path,
+    shape: LlamaShape,
+    tokenizer: &GgufFile,
+    seed: u64,
+) -> Result<u64, GgufError> {
+    let LlamaShape {
+        layers,
+        d_model,
+        d_ff,
+        heads,
+        kv_heads,
+        context_length,
+    } = shape;
+    let head_dim = d_model / u64::from(heads);
+    let vocab = tokenizer.get_array("tokenizer.ggml.tokens")?.len();
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", MetaValue::String("llama".into()));
+    w.add_kv(
+        "general.name",
+        MetaValue::String("qsparse from-scratch model".into()),
+    );
+    let arch = |k: &str| format!("llama.{k}");
+    w.add_kv(arch("block_count"), MetaValue::U32(layers));
+    w.add_kv(arch("context_length"), MetaValue::U32(context_length));
+    w.add_kv(arch("embedding_length"), MetaValue::U32(d_model as u32));
+    w.add_kv(arch("feed_forward_length"), MetaValue::U32(d_ff as u32));
+    w.add_kv(arch("attention.head_count"), MetaValue::U32(heads));
+    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(kv_heads));
+    w.add_kv(
+        arch("attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(1e-5),
+    );
+    w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
+    w.add_kv(
+        arch("rope.dimension_count"),
+        MetaValue::U32(head_dim as u32),
+    );
+    w.add_kv(arch("vocab_size"), MetaValue::U32(vocab as u32));
+    for (key, value) in tokenizer.metadata() {
+        if key.starts_with("tokenizer.") {
+            w.add_kv(key, value.to_owned_value());
+        }
+    }
+    let kv = u64::from(kv_heads) * head_dim;
+    let residual = 0.02 / (2.0 * layers as f32).sqrt();
+    // (name, dims, standard deviation; 0 for a norm's ones)
+    let mut tensors: Vec<(String, Vec<u64>, f32)> = vec![
+        ("token_embd.weight".into(), vec![d_model, vocab], 0.02),
+        ("output_norm.weight".into(), vec![d_model], 0.0),
+    ];
+    for l in 0..layers {
+        let t = |n: &str| format!("blk.{l}.{n}.weight");
+        tensors.extend([
+            (t("attn_norm"), vec![d_model], 0.0),
+            (t("attn_q"), vec![d_model, d_model], 0.02),
+            (t("attn_k"), vec![d_model, kv], 0.02),
+            (t("attn_v"), vec![d_model, kv], 0.02),
+            (t("attn_output"), vec![d_model, d_model], residual),
+            (t("ffn_norm"), vec![d_model], 0.0),
+            (t("ffn_gate"), vec![d_model, d_ff], 0.02),
+            (t("ffn_up"), vec![d_model, d_ff], 0.02),
+            (t("ffn_down"), vec![d_ff, d_model], residual),
+        ]);
+    }
+    for (name, dims, _) in &tensors {
+        w.add_tensor(name.clone(), GgmlType::F32, dims);
+    }
+    let mut rng = Rng::new(seed);
+    w.write_file(path, |i, _, sink| {
+        let (_, dims, std) = &tensors[i];
+        let n = dims.iter().product::<u64>() as usize;
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|_| {
+                let v = if *std == 0.0 {
+                    1.0
+                } else {
+                    // The sum of four uniforms on [−1, 1) has variance 4/3: close enough to a
+                    // normal for an initialization.
+                    let s: f32 = (0..4).map(|_| rng.unit()).sum();
+                    s * std / (4.0f32 / 3.0).sqrt()
+                };
+                v.to_le_bytes()
+            })
+            .collect();
+        sink.write_all(&bytes)
+    })
+}

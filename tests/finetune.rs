@@ -431,6 +431,37 @@ fn bad_input_is_refused_and_nothing_is_written() {
             .to_vec(),
             "not a finetune job",
         ),
+        (
+            [
+                &small_run(&model, &data, &out, 2)[..],
+                &["--init".into(), "random".into(), "--distill".into()],
+            ]
+            .concat(),
+            "a random model has none to teach",
+        ),
+        (
+            [
+                &small_run(&model, &data, &out, 2)[..],
+                &["--layers".into(), "2".into()],
+            ]
+            .concat(),
+            "need --init random",
+        ),
+        (
+            [
+                &small_run(&model, &data, &out, 2)[..],
+                &[
+                    "--init".into(),
+                    "random".into(),
+                    "--d-model".into(),
+                    "60".into(),
+                    "--heads".into(),
+                    "8".into(),
+                ],
+            ]
+            .concat(),
+            "even head dimension",
+        ),
         // A resumed run keeps its recipe: changing it is refused, not ignored.
         (
             ["finetune", "--resume", "some.work", "--lr", "0.1"]
@@ -495,4 +526,52 @@ fn ctrl_c_leaves_a_checkpoint_and_no_model() {
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `--init random` trains a new llama model from scratch (every tensor, embeddings included):
+/// the loss falls from chance, and the model it writes has the asked shape and runs.
+#[test]
+fn a_model_trained_from_scratch_learns_and_runs() {
+    let s = setup(1);
+    let out = s.train(
+        "scratch.gguf",
+        40,
+        &[
+            "--init",
+            "random",
+            "--layers",
+            "2",
+            "--d-model",
+            "64",
+            "--d-ff",
+            "128",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+        ],
+    );
+    let losses = log_losses(&work_dir(&out));
+    let (first, last) = (losses[0].1, losses.last().unwrap().1);
+    // Chance over SmolLM2's 49152 tokens is ln 49152 = 10.8 nats.
+    assert!(first > 10.0 && last < first - 0.4, "{first} -> {last}");
+    let file = GgufFile::open(&out).unwrap();
+    assert_eq!(file.get_u64("llama.block_count").unwrap(), 2);
+    assert_eq!(file.get_u64("llama.embedding_length").unwrap(), 64);
+    assert_eq!(
+        file.get_str("qsparse.finetune.method").unwrap(),
+        "topk-ste-from-scratch"
+    );
+    let run = succeed([
+        "generate",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "The",
+        "-n",
+        "4",
+        "--sparsity",
+        "0.5",
+    ]);
+    assert!(!run.stdout.is_empty());
 }

@@ -14,6 +14,7 @@ use super::plot;
 use crate::gguf::GgufFile;
 use crate::hub;
 use crate::model::ModelConfig;
+use crate::synthetic::{write_llama_init, LlamaShape};
 use crate::tokenizer::Tokenizer;
 use crate::train::corpus::{self, CORPUS_PACKAGE, CORPUS_VERSION};
 use crate::train::export::{self, ProjectionType, Provenance};
@@ -116,7 +117,7 @@ pub struct Args {
         "model", "sparsity", "data", "output", "work_dir", "tokens", "seq", "batch", "accumulate",
         "lr", "warmup", "distill", "eval_every", "eval_tokens", "checkpoint_every", "stop_at",
         "seed", "projections", "activations", "act_outliers", "train_embeddings",
-        "freeze_norms", "f32", "threads",
+        "freeze_norms", "f32", "threads", "init", "layers", "d_model", "d_ff", "heads", "kv_heads",
     ])]
     resume: Option<PathBuf>,
     /// Train nothing: show how these runs (job directories) went, each held-out evaluation at S
@@ -132,6 +133,61 @@ pub struct Args {
     /// Do not install PyTorch with pip when python3 lacks it: fail instead.
     #[arg(long)]
     no_install: bool,
+    /// Start from the weights of -m (`model`), or train a new llama model from scratch
+    /// (`random`: its shape from --layers, --d-model, --d-ff, --heads, --kv-heads; -m gives the
+    /// tokenizer; every tensor is trained, embeddings included).
+    #[arg(long, value_enum, default_value_t = Init::Model)]
+    init: Init,
+    /// With --init random: transformer blocks.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    layers: Option<u32>,
+    /// With --init random: width of the residual stream (a multiple of --heads).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(8..=16384))]
+    d_model: Option<u64>,
+    /// With --init random: width of the feed-forward layer.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(8..=65536))]
+    d_ff: Option<u64>,
+    /// With --init random: query heads.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    heads: Option<u32>,
+    /// With --init random: key/value heads (divides --heads).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    kv_heads: Option<u32>,
+}
+
+/// `--init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Init {
+    Model,
+    Random,
+}
+
+/// The shape `--init random` trains, from its flags (6 blocks of width 256 by default).
+fn scratch_shape(args: &Args) -> Result<LlamaShape> {
+    let shape = LlamaShape {
+        layers: args.layers.unwrap_or(6),
+        d_model: args.d_model.unwrap_or(256),
+        d_ff: args.d_ff.unwrap_or(768),
+        heads: args.heads.unwrap_or(4),
+        kv_heads: args.kv_heads.unwrap_or(2),
+        context_length: 2048,
+    };
+    let heads = u64::from(shape.heads);
+    if !shape.d_model.is_multiple_of(heads) || !(shape.d_model / heads).is_multiple_of(2) {
+        bail!(
+            "--d-model {} must be --heads {} times an even head dimension",
+            shape.d_model,
+            shape.heads
+        );
+    }
+    if !shape.heads.is_multiple_of(shape.kv_heads) {
+        bail!(
+            "--kv-heads {} must divide --heads {}",
+            shape.kv_heads,
+            shape.heads
+        );
+    }
+    Ok(shape)
 }
 
 /// `--activations`.
@@ -228,10 +284,10 @@ pub fn run(args: Args) -> Result<()> {
         Outcome::Finished => {
             let source = GgufFile::open(&job.model_path)?;
             let trained = GgufFile::open(dir.trained())?;
-            let method = if job.distill {
-                "topk-ste-distill"
-            } else {
-                "topk-ste"
+            let method = match (job.from_scratch, job.distill) {
+                (true, _) => "topk-ste-from-scratch",
+                (false, true) => "topk-ste-distill",
+                (false, false) => "topk-ste",
             };
             let provenance = Provenance {
                 sparsity: job.sparsity,
@@ -284,6 +340,27 @@ fn prepare(args: &Args) -> Result<JobDir> {
             bail!("--stop-at must be a step after the first (1 or more)");
         }
     }
+    let scratch = match args.init {
+        Init::Random => {
+            if args.distill {
+                bail!("--distill learns from the model's own dense predictions: a random model has none to teach; train from scratch with cross-entropy");
+            }
+            Some(scratch_shape(args)?)
+        }
+        Init::Model => {
+            let shape_flags = [
+                args.layers.is_some(),
+                args.d_model.is_some(),
+                args.d_ff.is_some(),
+                args.heads.is_some(),
+                args.kv_heads.is_some(),
+            ];
+            if shape_flags.contains(&true) {
+                bail!("--layers, --d-model, --d-ff, --heads and --kv-heads shape a new model: they need --init random");
+            }
+            None
+        }
+    };
     let per_step = u64::from(args.seq) * u64::from(args.batch) * u64::from(args.accumulate);
     if args.tokens < per_step {
         bail!(
@@ -302,10 +379,13 @@ fn prepare(args: &Args) -> Result<JobDir> {
         .prefix(".qsparse-write-")
         .tempfile_in(out_dir)
         .with_context(|| format!("cannot write the output in {}", out_dir.display()))?;
-    let model_path = super::common::model_path_or_pull(&args.model)?;
-    let file = GgufFile::open(&model_path)?;
-    let config = ModelConfig::from_gguf(&file)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let source_path = super::common::model_path_or_pull(&args.model)?;
+    let source = GgufFile::open(&source_path)?;
+    if scratch.is_none() {
+        // A model that cannot be run is refused before its text is read.
+        ModelConfig::from_gguf(&source)?;
+    }
+    let tokenizer = Tokenizer::from_gguf(&source)?;
     let (inputs, data) = if args.data.is_empty() {
         let dir = corpus::default_corpus(&models_dir(), &mut |m| eprintln!("{m}"))?;
         (
@@ -348,6 +428,18 @@ fn prepare(args: &Args) -> Result<JobDir> {
     }
     std::fs::create_dir_all(&dir.0)
         .with_context(|| format!("cannot create {}", dir.0.display()))?;
+    // From scratch, the model trained is a new one, written into the job directory.
+    let model_path = match scratch {
+        Some(shape) => {
+            let path = dir.0.join("init.gguf");
+            write_llama_init(&path, shape, &source, args.seed)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            path
+        }
+        None => source_path,
+    };
+    let file = GgufFile::open(&model_path)?;
+    let config = ModelConfig::from_gguf(&file)?;
     train::write_tokens(&dir.0.join("train.u32"), &train_tokens)?;
     train::write_tokens(&dir.0.join("heldout.u32"), &held)?;
     with_progress(
@@ -386,10 +478,11 @@ fn prepare(args: &Args) -> Result<JobDir> {
         .to_string(),
         outliers: args.act_outliers,
         distill: args.distill,
-        train_embeddings: args.train_embeddings,
-        freeze_norms: args.freeze_norms,
+        train_embeddings: args.train_embeddings || scratch.is_some(),
+        freeze_norms: args.freeze_norms && scratch.is_none(),
         clip: 1.0,
         data,
+        from_scratch: scratch.is_some(),
     };
     super::common::write_json_file(&dir.job(), &job)?;
     Ok(dir)
@@ -433,10 +526,10 @@ fn report(args: &Args) -> Result<()> {
         runs.push(RunReport {
             dir: dir.clone(),
             sparsity: job.sparsity,
-            method: if job.distill {
-                "distill"
-            } else {
-                "cross-entropy"
+            method: match (job.from_scratch, job.distill) {
+                (true, _) => "from scratch",
+                (false, true) => "distill",
+                (false, false) => "cross-entropy",
             },
             lr: job.lr,
             dense_ppl_before: dense,
@@ -482,9 +575,11 @@ fn report(args: &Args) -> Result<()> {
                 }
             })
             .collect();
-        // The dense model before training, across the same tokens: what recovery aims at.
+        // The dense model before training, across the same tokens: what recovery aims at (not
+        // for a model trained from scratch, which starts at chance).
         let end = runs.iter().flat_map(|r| r.evals.last()).map(|e| e.1).max();
-        if let (Some(dense), Some(end)) = (runs.first().and_then(|r| r.dense_ppl_before), end) {
+        let first = runs.first().filter(|r| r.method != "from scratch");
+        if let (Some(dense), Some(end)) = (first.and_then(|r| r.dense_ppl_before), end) {
             curves.push(plot::Curve {
                 name: "the model before training, dense".to_string(),
                 points: vec![(0.0, dense), (end as f64 / 1e6, dense)],

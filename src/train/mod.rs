@@ -139,6 +139,9 @@ pub struct Job {
     pub clip: f64,
     /// Where the training text came from (recorded in the output).
     pub data: String,
+    /// Trained from a random initialization (`--init random`), not from a trained model.
+    #[serde(default)]
+    pub from_scratch: bool,
 }
 
 /// Files of a job directory.
