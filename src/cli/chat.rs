@@ -137,6 +137,49 @@ struct Chat<'m> {
 /// Opens and closes a message of several lines (as in ollama).
 const BLOCK: &str = "\"\"\"";
 
+/// The terminal's echo turned off for this value's lifetime (a no-op when stdin is not a
+/// terminal, or not on Unix): what is typed while a reply streams stays in the input queue
+/// instead of appearing inside the reply.
+struct EchoOff {
+    #[cfg(unix)]
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        #[cfg(unix)]
+        {
+            use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+            let stdin = std::io::stdin();
+            let saved = stdin
+                .is_terminal()
+                .then(|| tcgetattr(&stdin).ok())
+                .flatten();
+            if let Some(t) = &saved {
+                let mut quiet = t.clone();
+                quiet.local_flags.remove(LocalFlags::ECHO);
+                let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+            }
+            EchoOff { saved }
+        }
+        #[cfg(not(unix))]
+        EchoOff {}
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
+}
+
 /// What the loop does after a line.
 enum Next {
     Continue,
@@ -234,6 +277,8 @@ impl Chat<'_> {
 
     fn say(&mut self, text: &str) -> Result<()> {
         STOP_REPLY.store(false, Ordering::SeqCst);
+        // Keys pressed while the reply streams must not land inside it.
+        let _echo = EchoOff::new();
         let mut out = std::io::stdout().lock();
         let mut write_error = None;
         let reply = self.conv.reply(text, &mut |piece| {

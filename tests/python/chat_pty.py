@@ -1,6 +1,7 @@
 """Drive `qsparse chat` through a pseudo-terminal as a person would: ask, read the streamed
-reply, use slash commands, interrupt a long reply with Ctrl-C (the program must survive it),
-quit with Ctrl-D. Usage: chat_pty.py QSPARSE_BINARY MODEL_PATH. Exit 0 when every step held;
+reply, use slash commands, type while a reply streams (the keys must not land inside it),
+interrupt a long reply with Ctrl-C (the program must survive it), paste a block of several
+lines (one message), quit with Ctrl-D. Usage: chat_pty.py QSPARSE_BINARY MODEL_PATH. Exit 0 when every step held;
 the transcript is printed either way."""
 
 import os
@@ -74,9 +75,21 @@ while len(transcript) < started + 40:  # some of the reply has streamed
     if not r:
         fail("the reply did not start")
     transcript.extend(os.read(fd, 4096))
+send("keys-typed-meanwhile")  # typed while the reply streams: not echoed into it
+time.sleep(0.5)
 send("\x03")
-read_until("(stopped)", start=started)
+stopped = read_until("(stopped)", start=started)
 read_until("> ", start=started)
+if b"keys-typed-meanwhile" in transcript[started:stopped]:
+    fail("keys typed during the reply appeared inside it")
+
+# A multi-line paste (bracketed paste, as terminals send it) is one message.
+mark = len(transcript)
+send("\x1b[200~I have a question about geography.\nWhat is the capital of France?\x1b[201~\r")
+read_until("Paris", start=mark)
+read_until("> ", start=mark)
+if transcript[mark:].count(b"> ") != 1:
+    fail("a pasted block of two lines was answered as more than one message")
 
 # Still alive and answering after the interrupt.
 mark = len(transcript)
