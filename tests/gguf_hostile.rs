@@ -417,3 +417,60 @@ fn absurd_model_shapes_are_refused_by_name() {
         assert!(e.contains("rope.dimension_count"), "rope {rope}: {e}");
     }
 }
+
+/// Mutated model files through the whole loader (configuration, weights and tokenizer from the
+/// metadata) and a dense and a sparse step: each is refused with an error or runs, never panics.
+#[test]
+fn random_mutations_of_a_model_never_panic_the_loader() {
+    use qsparse::model::{load_file, weights, HeadInput, LoadOptions, RunState, Sparsity};
+    use qsparse::synthetic::{write_bitnet, BitnetOptions, BitnetShape};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.gguf");
+    let tokenizer = GgufFile::open(common::smollm2()).unwrap();
+    write_bitnet(
+        &path,
+        BitnetShape::SMALL,
+        &tokenizer,
+        &BitnetOptions::default(),
+    )
+    .unwrap();
+    let img = std::fs::read(&path).unwrap();
+    let mut rng = common::Rng::new(7);
+    let (mut loaded, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let mut m = img.clone();
+        for _ in 0..1 + rng.below(3) {
+            let len = m.len();
+            if len > 8 {
+                mutate(&mut m, &mut rng, len);
+            }
+        }
+        let Ok(file) = GgufFile::from_bytes(m) else {
+            refused += 1;
+            continue;
+        };
+        let options = LoadOptions {
+            format: weights::default_format(&file),
+            head_input: HeadInput::Dense,
+            huge_pages: false,
+        };
+        match load_file(file, &options, &|_, _| {}) {
+            Ok((model, tokenizer)) => {
+                loaded += 1;
+                let _ = tokenizer.encode("Hello, world! 123");
+                let mut state = RunState::new(&model.config, model.weights.format, 4);
+                let _ = model.forward(&mut state, 0, 0, Sparsity::dense());
+                let _ = model.forward(&mut state, 1, 1, Sparsity::uniform(0.5));
+            }
+            Err(e) => {
+                refused += 1;
+                let _ = e.to_string();
+            }
+        }
+    }
+    // Mutations in weights or unused values leave a model that runs: those paths ran too.
+    assert!(
+        loaded > 10 && refused > 100,
+        "{loaded} loaded, {refused} refused"
+    );
+}
