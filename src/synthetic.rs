@@ -102,34 +102,21 @@ pub fn write_bitnet(
     let head_dim = d_model / u64::from(heads);
     let vocab = tokenizer.get_array("tokenizer.ggml.tokens")?.len();
     let mut w = GgufWriter::new();
-    w.add_kv("general.architecture", MetaValue::String("bitnet".into()));
-    w.add_kv(
-        "general.name",
-        MetaValue::String("qsparse bitnet test".into()),
-    );
-    let arch = |k: &str| format!("bitnet.{k}");
-    w.add_kv(arch("block_count"), MetaValue::U32(layers));
-    w.add_kv(arch("context_length"), MetaValue::U32(256));
-    w.add_kv(arch("embedding_length"), MetaValue::U32(d_model as u32));
-    w.add_kv(arch("feed_forward_length"), MetaValue::U32(d_ff as u32));
-    w.add_kv(arch("attention.head_count"), MetaValue::U32(heads));
-    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(kv_heads));
-    w.add_kv(
-        arch("attention.layer_norm_rms_epsilon"),
-        MetaValue::F32(1e-5),
-    );
-    w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
-    w.add_kv(
-        arch("rope.dimension_count"),
-        MetaValue::U32(head_dim as u32),
-    );
+    let keys = ModelKeys {
+        arch: "bitnet",
+        name: "qsparse bitnet test",
+        shape: LlamaShape {
+            layers,
+            d_model,
+            d_ff,
+            heads,
+            kv_heads,
+            context_length: 256,
+        },
+    };
+    keys.add_to(&mut w, tokenizer);
     if let Some(a) = &options.activation {
-        w.add_kv(arch("hidden_activation"), MetaValue::String(a.clone()));
-    }
-    for (key, value) in tokenizer.metadata() {
-        if key.starts_with("tokenizer.") {
-            w.add_kv(key, value.to_owned_value());
-        }
+        w.add_kv("bitnet.hidden_activation", MetaValue::String(a.clone()));
     }
     let kv = u64::from(kv_heads) * head_dim;
     let mut tensors: Vec<(String, GgmlType, Vec<u64>)> = vec![
@@ -213,6 +200,45 @@ fn tq2_0(codes: &[i8], d: f32) -> Vec<u8> {
     out
 }
 
+/// The metadata every model written here has.
+struct ModelKeys {
+    arch: &'static str,
+    name: &'static str,
+    shape: LlamaShape,
+}
+
+impl ModelKeys {
+    /// Architecture and name, the shape under `ARCH.*`, RMSNorm's epsilon, RoPE over whole
+    /// heads, and the `tokenizer.*` keys of `tokenizer`.
+    fn add_to(&self, w: &mut GgufWriter, tokenizer: &GgufFile) {
+        let s = self.shape;
+        w.add_kv("general.architecture", MetaValue::String(self.arch.into()));
+        w.add_kv("general.name", MetaValue::String(self.name.into()));
+        let arch = |k: &str| format!("{}.{k}", self.arch);
+        w.add_kv(arch("block_count"), MetaValue::U32(s.layers));
+        w.add_kv(arch("context_length"), MetaValue::U32(s.context_length));
+        w.add_kv(arch("embedding_length"), MetaValue::U32(s.d_model as u32));
+        w.add_kv(arch("feed_forward_length"), MetaValue::U32(s.d_ff as u32));
+        w.add_kv(arch("attention.head_count"), MetaValue::U32(s.heads));
+        w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(s.kv_heads));
+        w.add_kv(
+            arch("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(1e-5),
+        );
+        w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
+        let head_dim = s.d_model / u64::from(s.heads);
+        w.add_kv(
+            arch("rope.dimension_count"),
+            MetaValue::U32(head_dim as u32),
+        );
+        for (key, value) in tokenizer.metadata() {
+            if key.starts_with("tokenizer.") {
+                w.add_kv(key, value.to_owned_value());
+            }
+        }
+    }
+}
+
 /// A `llama` model's shape for training from scratch; head dimension d_model / heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LlamaShape {
@@ -247,38 +273,18 @@ pub fn write_llama_init(
         d_ff,
         heads,
         kv_heads,
-        context_length,
+        ..
     } = shape;
     let head_dim = d_model / u64::from(heads);
     let vocab = tokenizer.get_array("tokenizer.ggml.tokens")?.len();
     let mut w = GgufWriter::new();
-    w.add_kv("general.architecture", MetaValue::String("llama".into()));
-    w.add_kv(
-        "general.name",
-        MetaValue::String("qsparse from-scratch model".into()),
-    );
-    let arch = |k: &str| format!("llama.{k}");
-    w.add_kv(arch("block_count"), MetaValue::U32(layers));
-    w.add_kv(arch("context_length"), MetaValue::U32(context_length));
-    w.add_kv(arch("embedding_length"), MetaValue::U32(d_model as u32));
-    w.add_kv(arch("feed_forward_length"), MetaValue::U32(d_ff as u32));
-    w.add_kv(arch("attention.head_count"), MetaValue::U32(heads));
-    w.add_kv(arch("attention.head_count_kv"), MetaValue::U32(kv_heads));
-    w.add_kv(
-        arch("attention.layer_norm_rms_epsilon"),
-        MetaValue::F32(1e-5),
-    );
-    w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
-    w.add_kv(
-        arch("rope.dimension_count"),
-        MetaValue::U32(head_dim as u32),
-    );
-    w.add_kv(arch("vocab_size"), MetaValue::U32(vocab as u32));
-    for (key, value) in tokenizer.metadata() {
-        if key.starts_with("tokenizer.") {
-            w.add_kv(key, value.to_owned_value());
-        }
-    }
+    let keys = ModelKeys {
+        arch: "llama",
+        name: "qsparse from-scratch model",
+        shape,
+    };
+    keys.add_to(&mut w, tokenizer);
+    w.add_kv("llama.vocab_size", MetaValue::U32(vocab as u32));
     let kv = u64::from(kv_heads) * head_dim;
     let residual = 0.02 / (2.0 * layers as f32).sqrt();
     // (name, dims, standard deviation; 0 for a norm's ones)

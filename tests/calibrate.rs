@@ -32,6 +32,31 @@ fn write_model(path: &Path, seed_activation: Option<&str>) {
     write_bitnet(path, BitnetShape::SMALL, &tokenizer, &options).unwrap();
 }
 
+/// The command failed with exit 1 and said `needle`.
+fn assert_fails_saying(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    assert!(stderr(o).contains(needle), "{needle}: {}", stderr(o));
+}
+
+/// `qsparse calibrate` at S = 0.5 on 64 tokens of the model's own text into `out`; its JSON.
+fn calibrate_profile(model: &str, out: &Path) -> String {
+    let o = qsparse(&[
+        "calibrate",
+        "-m",
+        model,
+        "--sparsity",
+        "0.5",
+        "--tokens",
+        "64",
+        "--ctx",
+        "32",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::read_to_string(out).unwrap()
+}
+
 fn ppl(model: &str, extra: &[&str]) -> f64 {
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/english.txt");
     let o = qsparse(
@@ -53,23 +78,7 @@ fn a_calibrated_profile_reads_uniform_bytes_and_is_used() {
     let m = dir.path().join("small.gguf");
     write_model(&m, None);
     let ms = m.to_str().unwrap();
-    let calibrate = |out: &Path| {
-        let o = qsparse(&[
-            "calibrate",
-            "-m",
-            ms,
-            "--sparsity",
-            "0.5",
-            "--tokens",
-            "64",
-            "--ctx",
-            "32",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        std::fs::read_to_string(out).unwrap()
-    };
+    let calibrate = |out: &Path| calibrate_profile(ms, out);
     let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
     let text = calibrate(&a);
     assert_eq!(text, calibrate(&b), "calibration is deterministic");
@@ -155,20 +164,7 @@ fn sweep_compares_methods_and_pack_keeps_a_profile() {
     write_model(&m, None);
     let ms = m.to_str().unwrap();
     let profile = dir.path().join("s50.json");
-    let o = qsparse(&[
-        "calibrate",
-        "-m",
-        ms,
-        "--sparsity",
-        "0.5",
-        "--tokens",
-        "64",
-        "--ctx",
-        "32",
-        "-o",
-        profile.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    calibrate_profile(ms, &profile);
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/english.txt");
     let o = qsparse(&[
         "sweep",
@@ -235,12 +231,7 @@ fn sweep_compares_methods_and_pack_keeps_a_profile() {
         "--ctx",
         "32",
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("is the evaluated text"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_saying(&o, "is the evaluated text");
     let o = qsparse(&[
         "generate",
         "-m",
@@ -250,12 +241,7 @@ fn sweep_compares_methods_and_pack_keeps_a_profile() {
         "--select",
         "magnitude,weighted",
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--select takes one method"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_saying(&o, "--select takes one method");
 
     // A packed file keeps its profile: runs use it by default (as the profile runs the source),
     // --sparsity overrides it; a profile for another file is refused at pack time.
@@ -298,7 +284,6 @@ fn sweep_compares_methods_and_pack_keeps_a_profile() {
         "-o",
         refused.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("calibrated for"), "{}", stderr(&o));
+    assert_fails_saying(&o, "calibrated for");
     assert!(!refused.exists());
 }
