@@ -289,3 +289,37 @@ fn inspect_shows_the_header_of_a_truncated_file_and_fails() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("TRUNCATED"));
 }
+
+/// `qsparse list` shows the models of the models directory ($QSPARSE_MODELS), by manifest name
+/// where they have one; an empty directory says how to get one.
+#[test]
+fn list_shows_the_models_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qsparse"));
+        c.arg("list").env("QSPARSE_MODELS", dir.path());
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let o = list(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no models in"));
+    let model = common::smollm2();
+    std::os::unix::fs::symlink(&model, dir.path().join(model.file_name().unwrap())).unwrap();
+    std::fs::write(dir.path().join("broken.gguf"), b"GGUF").unwrap();
+    let o = list(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let models = j["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let real = models
+        .iter()
+        .find(|m| m["name"] == "smollm2-135m-instruct")
+        .unwrap();
+    assert_eq!(real["architecture"], "llama");
+    assert!(real["parameters"].as_u64().unwrap() > 100_000_000);
+    let broken = models.iter().find(|m| m["file"] == "broken.gguf").unwrap();
+    assert!(broken["error"].as_str().is_some());
+}

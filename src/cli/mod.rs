@@ -26,6 +26,7 @@ mod finetune;
 pub use common::models_dir;
 mod generate;
 mod inspect;
+mod list;
 mod pack;
 mod perplexity;
 mod plot;
@@ -60,6 +61,9 @@ enum Command {
     Serve(serve::Args),
     /// Fetch a model listed in the manifest (default: smollm2-135m-instruct) and verify its sha256.
     Pull(pull::Args),
+    /// The models in the models directory: size, architecture, parameters, and whether packed,
+    /// fine-tuned or carrying a sparsity profile.
+    List(list::Args),
     /// Show what a GGUF model file holds: architecture, shapes, tensor types and sizes.
     Inspect(inspect::Args),
     /// Convert a model once into the kernels' layout: a GGUF file that runs map in place.
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::List(args) => list::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Pack(args) => pack::run(args),
         Command::Generate(args) => generate::run(args),
