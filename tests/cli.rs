@@ -323,3 +323,18 @@ fn list_shows_the_models_directory() {
     let broken = models.iter().find(|m| m["file"] == "broken.gguf").unwrap();
     assert!(broken["error"].as_str().is_some());
 }
+
+/// A model pulled once is found by name from any directory (one store, not the current one).
+#[test]
+fn a_pulled_model_is_found_from_any_directory() {
+    common::smollm2();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_qsparse"))
+        .args(["inspect", "smollm2-135m-instruct", "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["architecture"], "llama");
+}

@@ -421,18 +421,11 @@ impl LoadArgs {
     }
 }
 
-/// Where model files live: `$QSPARSE_MODELS`; else `models/` of the qsparse checkout the command
-/// runs in (found by walking up from the current directory); else the per-user cache directory.
+/// Where model files live, wherever a command runs: `$QSPARSE_MODELS`, else the per-user cache
+/// (`$XDG_CACHE_HOME/qsparse/models`, `~/.cache/qsparse/models`).
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("QSPARSE_MODELS").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            if dir.join("models/manifest.json").is_file() && dir.join("Cargo.toml").is_file() {
-                return dir.join("models");
-            }
-        }
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
