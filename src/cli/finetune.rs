@@ -569,9 +569,17 @@ fn report(args: &Args) -> Result<()> {
                     let f = f.to_string_lossy();
                     f.strip_suffix(".work").unwrap_or(&f).to_string()
                 });
+                // From scratch, the untrained model is at chance (~the vocabulary size): left
+                // out, so the axis shows where the runs part.
+                let scratch = r.method == "from scratch";
                 plot::Curve {
                     name: format!("{name} (S = {}, {}, lr {})", r.sparsity, r.method, r.lr),
-                    points: r.evals.iter().map(|e| (e.1 as f64 / 1e6, e.3)).collect(),
+                    points: r
+                        .evals
+                        .iter()
+                        .filter(|e| !(scratch && e.1 == 0))
+                        .map(|e| (e.1 as f64 / 1e6, e.3))
+                        .collect(),
                 }
             })
             .collect();
@@ -589,10 +597,15 @@ fn report(args: &Args) -> Result<()> {
             .iter()
             .flat_map(|c| c.points.iter().map(|p| p.1))
             .fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let title = if runs.iter().all(|r| r.method == "from scratch") {
+            "Q-Sparse from scratch: perplexity at S on held-out documents"
+        } else {
+            "Q-Sparse fine-tuning: perplexity at S on held-out documents"
+        };
         plot::draw_curves(
             path,
             format,
-            "Q-Sparse fine-tuning: perplexity at S on held-out documents",
+            title,
             ("training tokens (millions)", "perplexity"),
             &curves,
             hi > 4.0 * lo,
