@@ -78,8 +78,8 @@ enum Command {
     Sweep(sweep::Args),
     /// The Q-Sparse paper's inference-optimal sparsity, and model size vs sparsity at a budget.
     Scaling(scaling::Args),
-    /// Sparsity ratios per projection input (q/k/v, o, gate/up, down) calibrated on a text, at
-    /// the bytes of a uniform S (a JSON profile for --sparsity-profile).
+    /// Sparsity ratios per layer and projection input (q/k/v, o, gate/up, down) calibrated on a
+    /// text, at the bytes of a uniform S (a JSON profile for --sparsity-profile).
     Calibrate(calibrate::Args),
     /// Train a model to keep its quality at sparsity S (Q-Sparse fine-tuning, with PyTorch):
     /// writes a GGUF that every command runs.
