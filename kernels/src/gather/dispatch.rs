@@ -14,7 +14,9 @@ use super::scalar;
 #[cfg(target_arch = "x86_64")]
 use crate::isa::x86::{Gfni, Vnni};
 use crate::isa::Isa;
-use crate::layout::{Format, MAX_LINE_ROWS};
+use crate::layout::Format;
+#[cfg(target_arch = "x86_64")]
+use crate::layout::MAX_LINE_ROWS;
 #[cfg(target_arch = "x86_64")]
 use pulp::x86::{V3, V4};
 
