@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 
 use super::common::{
-    context_length, parse_sparsity, read_profile, stored_profile, write_json_file, LoadArgs,
+    choose_profile, context_length, parse_sparsity, read_profile, write_json_file, LoadArgs,
     SamplingArgs,
 };
 use crate::model::{Model, Select, Sparsity};
@@ -70,16 +70,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut state = args.model.run_state(&model, ctx);
     let model_path = args.model.path()?;
-    let profile = match &args.sparsity_profile {
-        Some(path) => Some((
-            read_profile(path, &model, &model_path)?,
-            path.display().to_string(),
-        )),
-        None if args.sparsity.is_none() => {
-            stored_profile(&model)?.map(|p| (p, "stored in the model".to_string()))
-        }
-        None => None,
-    };
+    let source = args.sparsity_profile.as_ref().map_or_else(
+        || "stored in the model".to_string(),
+        |path| path.display().to_string(),
+    );
+    let profile = choose_profile(
+        args.sparsity_profile.as_deref(),
+        args.sparsity.is_some(),
+        &model,
+        &model_path,
+    )?
+    .map(|p| (p, source));
     let mut sparsity = args.sparsity.unwrap_or(0.0);
     if let Some((p, _)) = &profile {
         state.set_layer_ratios(Some(p.ratios()));

@@ -258,15 +258,31 @@ impl ModelArgs {
     /// --sparsity the one a packed file holds.
     pub fn load(&self) -> Result<(Model, Tokenizer)> {
         let loaded = self.base.load_for(head_input(self.lm_head_sparsity))?;
-        let profile = match &self.sparsity_profile {
-            Some(path) => Some(read_profile(path, &loaded.0, &self.base.path()?)?),
-            None if self.sparsity.is_none() => stored_profile(&loaded.0)?,
-            None => None,
-        };
+        let profile = choose_profile(
+            self.sparsity_profile.as_deref(),
+            self.sparsity.is_some(),
+            &loaded.0,
+            &self.base.path()?,
+        )?;
         if let Some(profile) = profile {
             let _ = self.profile.set(profile);
         }
         Ok(loaded)
+    }
+}
+
+/// The profile a run uses: `flag`'s (--sparsity-profile, checked against the model file at
+/// `model_path`), else, unless --sparsity was given, the one a packed file holds, else none.
+pub fn choose_profile(
+    flag: Option<&Path>,
+    sparsity_given: bool,
+    model: &Model,
+    model_path: &Path,
+) -> Result<Option<SparsityProfile>> {
+    match flag {
+        Some(path) => Ok(Some(read_profile(path, model, model_path)?)),
+        None if !sparsity_given => stored_profile(model),
+        None => Ok(None),
     }
 }
 

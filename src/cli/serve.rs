@@ -4,9 +4,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 
-use super::common::{
-    context_length, parse_sparsity, read_profile, stored_profile, LoadArgs, SamplingArgs,
-};
+use super::common::{choose_profile, context_length, parse_sparsity, LoadArgs, SamplingArgs};
 use crate::runtime::conversation::Conversation;
 use crate::server::{self, Config, Limits, SHUTDOWN};
 
@@ -72,11 +70,12 @@ pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = args.model.load_or_pull()?;
     let ctx = context_length(args.ctx, &model)?;
     let template = Conversation::template_for(&model, &tokenizer)?;
-    let profile = match &args.sparsity_profile {
-        Some(path) => Some(read_profile(path, &model, &args.model.path()?)?),
-        None if args.sparsity.is_none() => stored_profile(&model)?,
-        None => None,
-    };
+    let profile = choose_profile(
+        args.sparsity_profile.as_deref(),
+        args.sparsity.is_some(),
+        &model,
+        &args.model.path()?,
+    )?;
     let default_sparsity = profile
         .as_ref()
         .map_or(args.sparsity.unwrap_or(0.0), |p| p.sparsity);
