@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the Python `gguf` and
 # `openai` packages, used as oracles; PyTorch, which `qsparse finetune` trains with), fetches the real model through `qsparse pull` (verified by
-# sha256), then runs every test of the workspace in release mode and prints the total.
+# sha256) and llama.cpp's tokenizer vocabularies (scripts/fetch_vocabs.sh), then runs every test of the workspace in release mode and prints the total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ if ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/TTF/Dej
     apt-get install -y -qq fonts-dejavu-core >/dev/null || echo "note: could not install a font"
 fi
 cargo run --release --quiet -- pull
+# llama.cpp's tokenizer vocabularies and test cases (tests/vocab_cases.rs).
+scripts/fetch_vocabs.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --release 2>&1 | tee "$log"

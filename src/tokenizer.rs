@@ -16,7 +16,6 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
@@ -47,10 +46,144 @@ const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_BYTE: i32 = 6;
 
-/// The GPT-2 split regex (llama.cpp's default for BPE vocabularies).
+/// The GPT-2 split regex (llama.cpp's `gpt2` pre-tokenizer).
 const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Llama 3's split regex (`llama-bpe`).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split regex (`llama-bpe`), with the case-insensitive contractions spelled out as
+/// llama.cpp does.
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split regex: Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen3.5's: Qwen2's with combining marks kept with their letters.
+const QWEN35_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How a `gpt2` vocabulary's pre-tokenizer (`tokenizer.ggml.pre`) splits text before BPE, as
+/// llama.cpp's `llm_tokenizer_bpe` does: each regex in turn splits every piece the previous ones
+/// left; `ignore_merges` takes a piece that is itself a token whole; `add_bos` is the default
+/// when the file has no `tokenizer.ggml.add_bos_token`.
+struct PreTokenizer {
+    names: &'static [&'static str],
+    regexes: &'static [&'static str],
+    ignore_merges: bool,
+    add_bos: bool,
+}
+
+/// The pre-tokenizers qsparse knows, under llama.cpp's names.
+const PRE_TOKENIZERS: &[PreTokenizer] = &[
+    PreTokenizer {
+        names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"],
+        regexes: &[LLAMA3_SPLIT],
+        ignore_merges: true,
+        add_bos: true,
+    },
+    PreTokenizer {
+        names: &["dbrx", "smaug-bpe"],
+        regexes: &[LLAMA3_SPLIT],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"],
+        regexes: &[QWEN2_SPLIT],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["qwen35"],
+        regexes: &[QWEN35_SPLIT],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &[
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+        ],
+        regexes: &[r"\p{N}", GPT2_SPLIT],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais"],
+        regexes: &[GPT2_SPLIT],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["falcon"],
+        regexes: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_SPLIT, "[0-9][0-9][0-9]"],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["deepseek-coder"],
+        regexes: &[
+            "[\r\n]",
+            r"\s?\p{L}+",
+            r"\s?\p{P}+",
+            "[一-龥ࠀ-一가-퟿]+",
+            r"\p{N}",
+        ],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizer {
+        names: &["default"],
+        regexes: &[
+            r"[\p{P}\$\+<=>\^~\|]+",
+            GPT2_SPLIT,
+            r"\p{N}+",
+            "[0-9][0-9][0-9]",
+        ],
+        ignore_merges: false,
+        add_bos: false,
+    },
+];
+
+impl PreTokenizer {
+    /// The pre-tokenizer llama.cpp uses for `name`; the error lists the names qsparse knows.
+    fn named(name: &str) -> Result<&'static PreTokenizer, TokenizerError> {
+        PRE_TOKENIZERS
+            .iter()
+            .find(|p| p.names.contains(&name))
+            .ok_or_else(|| {
+                let known: Vec<&str> = PRE_TOKENIZERS
+                    .iter()
+                    .flat_map(|p| p.names)
+                    .copied()
+                    .collect();
+                TokenizerError::Unsupported(format!(
+                    "tokenizer.ggml.pre = `{name}` (supported: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    fn build(&self) -> Result<PreTokenizerWrapper, TokenizerError> {
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+        for pattern in self.regexes {
+            steps.push(
+                Split::new(
+                    SplitPattern::Regex(pattern.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(lib)?
+                .into(),
+            );
+        }
+        steps.push(
+            ByteLevel::default()
+                .add_prefix_space(false)
+                .use_regex(false)
+                .into(),
+        );
+        Ok(Sequence::new(steps).into())
+    }
+}
 
 /// A model's tokenizer.
 pub struct Tokenizer {
@@ -115,10 +248,6 @@ impl Tokenizer {
             id("tokenizer.ggml.eos_token_id")?,
         );
         let eot = id("tokenizer.ggml.eot_token_id")?;
-        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
-            Some(v) => v.as_bool().unwrap_or(false),
-            None => kind == "llama",
-        };
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -130,14 +259,32 @@ impl Tokenizer {
             ));
         }
 
-        let (mut inner, bytes) = match kind {
-            "gpt2" => bpe_tokenizer(file, vocab, &tokens, &types)?,
-            "llama" => spm_tokenizer(file, vocab, &tokens, &types)?,
+        // `add_bos` is llama.cpp's default for the vocabulary unless the file says otherwise.
+        let (mut inner, bytes, default_add_bos) = match kind {
+            "gpt2" => {
+                let name = file
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let pre = PreTokenizer::named(name)?;
+                let (t, b) = bpe_tokenizer(file, vocab, &tokens, &types, pre)?;
+                (t, b, pre.add_bos)
+            }
+            "llama" => {
+                let (t, b) = spm_tokenizer(file, vocab, &tokens, &types)?;
+                (t, b, true)
+            }
             other => {
                 return Err(TokenizerError::Unsupported(format!(
                     "tokenizer.ggml.model = `{other}` (qsparse reads `gpt2` and `llama`)"
                 )))
             }
+        };
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                TokenizerError::Invalid(format!("tokenizer.ggml.add_bos_token = {v} is not a bool"))
+            })?,
+            None => default_add_bos,
         };
 
         let specials: Vec<AddedToken> = tokens
@@ -188,6 +335,17 @@ impl Tokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// Token ids of `text` alone: no BOS, as llama.cpp's tokenizer tests run.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode_fast(text, false).map_err(lib)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Whether [`Tokenizer::encode`] puts BOS first.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
     }
 
     /// The bytes of one token (empty for unknown ids and for control tokens of SentencePiece
@@ -268,45 +426,6 @@ impl StreamDecoder {
     }
 }
 
-fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
-    let byte_level = |regex: bool| {
-        PreTokenizerWrapper::from(
-            ByteLevel::default()
-                .add_prefix_space(false)
-                .use_regex(regex),
-        )
-    };
-    let split = |pattern: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
-        Ok(Split::new(
-            SplitPattern::Regex(pattern.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(lib)?
-        .into())
-    };
-    Ok(match pre {
-        // llama.cpp: "\p{N}" then the GPT-2 regex.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
-            Sequence::new(vec![
-                Digits::new(true).into(),
-                split(GPT2_SPLIT)?,
-                byte_level(false),
-            ])
-            .into()
-        }
-        "gpt2" | "default" | "mpt" | "olmo" | "jais" => byte_level(true),
-        "llama3" | "llama-bpe" | "llama-v3" | "falcon3" | "pixtral" => {
-            Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into()
-        }
-        other => {
-            return Err(TokenizerError::Unsupported(format!(
-            "tokenizer.ggml.pre = `{other}` (supported: smollm, gpt2, llama-bpe and their aliases)"
-        )))
-        }
-    })
-}
-
 /// GPT-2's byte <-> printable-character table, inverted: the character each token string uses
 /// for a byte, back to the byte.
 fn byte_level_inverse() -> HashMap<char, u8> {
@@ -364,6 +483,7 @@ fn bpe_tokenizer(
     vocab: tokenizers::models::bpe::Vocab,
     tokens: &[&str],
     types: &[i32],
+    pre: &PreTokenizer,
 ) -> Result<Built, TokenizerError> {
     let merges: Vec<(String, String)> = file
         .get_array("tokenizer.ggml.merges")?
@@ -379,14 +499,11 @@ fn bpe_tokenizer(
         .collect::<Result<_, _>>()?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre.ignore_merges)
         .build()
         .map_err(lib)?;
     let mut t = tokenizers::Tokenizer::new(bpe);
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(pre)?));
+    t.with_pre_tokenizer(Some(pre.build()?));
     t.with_decoder(Some(ByteLevelDecoder::default()));
     let unicode_to_byte = byte_level_inverse();
     let bytes = tokens

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# llama.cpp's tokenizer vocabularies with its own test cases (ggml-vocab-NAME.gguf + .inp/.out),
+# taken from the llama-cpp-python source package on PyPI (checked by sha256), into
+# $QSPARSE_VOCABS (default ~/.cache/qsparse/vocabs). tests/vocab_cases.rs reads them.
+set -euo pipefail
+VERSION=0.3.36
+SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+dest=${QSPARSE_VOCABS:-$HOME/.cache/qsparse/vocabs}
+[ -f "$dest/.complete-$VERSION" ] && exit 0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary llama-cpp-python --dest "$tmp" "llama-cpp-python==$VERSION"
+echo "$SHA256  $tmp/llama_cpp_python-$VERSION.tar.gz" | sha256sum -c --quiet
+mkdir -p "$tmp/out"
+tar -xzf "$tmp/llama_cpp_python-$VERSION.tar.gz" -C "$tmp/out" --strip-components=4 \
+    --wildcards "llama_cpp_python-$VERSION/vendor/llama.cpp/models/ggml-vocab-*"
+mkdir -p "$dest"
+mv "$tmp"/out/ggml-vocab-* "$dest"/
+touch "$dest/.complete-$VERSION"
+echo "llama.cpp vocabularies in $dest"
