@@ -113,6 +113,7 @@ pub fn write_bitnet(
             kv_heads,
             context_length: 256,
         },
+        head_dim: None,
     };
     keys.add_to(&mut w, tokenizer);
     if let Some(a) = &options.activation {
@@ -205,6 +206,8 @@ struct ModelKeys {
     arch: &'static str,
     name: &'static str,
     shape: LlamaShape,
+    /// Heads of another width than d_model / heads (written as `attention.key_length`).
+    head_dim: Option<u64>,
 }
 
 impl ModelKeys {
@@ -226,7 +229,17 @@ impl ModelKeys {
             MetaValue::F32(1e-5),
         );
         w.add_kv(arch("rope.freq_base"), MetaValue::F32(10_000.0));
-        let head_dim = s.d_model / u64::from(s.heads);
+        let head_dim = self.head_dim.unwrap_or(s.d_model / u64::from(s.heads));
+        if self.head_dim.is_some() {
+            w.add_kv(
+                arch("attention.key_length"),
+                MetaValue::U32(head_dim as u32),
+            );
+            w.add_kv(
+                arch("attention.value_length"),
+                MetaValue::U32(head_dim as u32),
+            );
+        }
         w.add_kv(
             arch("rope.dimension_count"),
             MetaValue::U32(head_dim as u32),
@@ -282,6 +295,7 @@ pub fn write_llama_init(
         arch: "llama",
         name: "qsparse from-scratch model",
         shape,
+        head_dim: None,
     };
     keys.add_to(&mut w, tokenizer);
     w.add_kv("llama.vocab_size", MetaValue::U32(vocab as u32));
@@ -326,6 +340,294 @@ pub fn write_llama_init(
                 v.to_le_bytes()
             })
             .collect();
+        sink.write_all(&bytes)
+    })
+}
+
+/// The architectures [`write_architecture`] writes: small random models of llama.cpp's
+/// architectures, each with the tensors and metadata that set it apart, for comparing the
+/// executor with llama.cpp (tests/architectures.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestArchitecture {
+    /// `llama` as Llama 3.x files hold it: RoPE frequency factors (`rope_freqs.weight`), a
+    /// separate lm_head, an F16 token embedding.
+    Llama3,
+    /// `llama` with linear RoPE scaling (factor 2) and biases on o, gate, up and down.
+    LlamaLinear,
+    /// `qwen2`: biases on q, k and v; NeoX RoPE; tied lm_head.
+    Qwen2,
+    /// `qwen3`: per-head RMSNorm of queries and keys, heads wider than d_model / heads.
+    Qwen3,
+    /// `phi3`: fused q/k/v and gate/up tensors, a separate lm_head.
+    Phi3,
+}
+
+impl TestArchitecture {
+    /// Every one, in a fixed order.
+    pub const ALL: [TestArchitecture; 5] = [
+        TestArchitecture::Llama3,
+        TestArchitecture::LlamaLinear,
+        TestArchitecture::Qwen2,
+        TestArchitecture::Qwen3,
+        TestArchitecture::Phi3,
+    ];
+
+    /// The name the fixture and `--example arch_model` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            TestArchitecture::Llama3 => "llama3",
+            TestArchitecture::LlamaLinear => "llama-linear",
+            TestArchitecture::Qwen2 => "qwen2",
+            TestArchitecture::Qwen3 => "qwen3",
+            TestArchitecture::Phi3 => "phi3",
+        }
+    }
+
+    /// The one named `name`.
+    pub fn from_name(name: &str) -> Option<TestArchitecture> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// `general.architecture`.
+    pub fn gguf_arch(self) -> &'static str {
+        match self {
+            TestArchitecture::Llama3 | TestArchitecture::LlamaLinear => "llama",
+            TestArchitecture::Qwen2 => "qwen2",
+            TestArchitecture::Qwen3 => "qwen3",
+            TestArchitecture::Phi3 => "phi3",
+        }
+    }
+}
+
+/// The shape of a [`write_architecture`] model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchShape {
+    /// Transformer blocks.
+    pub layers: u32,
+    /// Width of the residual stream.
+    pub d_model: u64,
+    /// Width of the feed-forward hidden layer.
+    pub d_ff: u64,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads.
+    pub kv_heads: u32,
+    /// Entries per head.
+    pub head_dim: u64,
+}
+
+impl ArchShape {
+    /// The tests' (2 blocks, d_model 128, FFN 256, 4 heads sharing 2 kv heads of 32 entries;
+    /// Qwen3's of 64, wider than d_model / heads as its real heads are).
+    pub fn small(arch: TestArchitecture) -> ArchShape {
+        ArchShape {
+            layers: 2,
+            d_model: 128,
+            d_ff: 256,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: if arch == TestArchitecture::Qwen3 {
+                64
+            } else {
+                32
+            },
+        }
+    }
+
+    /// The shape of the architecture's ~1B model (the speed comparison's): Llama 3.2 1B for
+    /// llama and phi3 (Phi-3's smallest is 3.8B), Qwen2.5 1.5B, Qwen3 1.7B.
+    pub fn one_b(arch: TestArchitecture) -> ArchShape {
+        match arch {
+            TestArchitecture::Qwen2 => ArchShape {
+                layers: 28,
+                d_model: 1536,
+                d_ff: 8960,
+                heads: 12,
+                kv_heads: 2,
+                head_dim: 128,
+            },
+            TestArchitecture::Qwen3 => ArchShape {
+                layers: 28,
+                d_model: 2048,
+                d_ff: 6144,
+                heads: 16,
+                kv_heads: 8,
+                head_dim: 128,
+            },
+            _ => ArchShape {
+                layers: 16,
+                d_model: 2048,
+                d_ff: 8192,
+                heads: 32,
+                kv_heads: 8,
+                head_dim: 64,
+            },
+        }
+    }
+}
+
+/// A random model of `arch` at `shape` in `path`: every tensor F32 (F16 matrices with
+/// `f16_matrices`), but a separate head's token embedding (F16, which llama.cpp reads exactly),
+/// with the tokenizer of `tokenizer`.
+pub fn write_architecture(
+    path: &Path,
+    arch: TestArchitecture,
+    shape: ArchShape,
+    f16_matrices: bool,
+    tokenizer: &GgufFile,
+) -> Result<u64, GgufError> {
+    use TestArchitecture as A;
+    let ArchShape {
+        layers,
+        d_model,
+        d_ff,
+        heads,
+        kv_heads,
+        head_dim,
+    } = shape;
+    let (q, kv) = (u64::from(heads) * head_dim, u64::from(kv_heads) * head_dim);
+    let vocab = tokenizer.get_array("tokenizer.ggml.tokens")?.len();
+    let name = arch.gguf_arch();
+    let mut w = GgufWriter::new();
+    let keys = ModelKeys {
+        arch: name,
+        name: "qsparse architecture test",
+        shape: LlamaShape {
+            layers,
+            d_model,
+            d_ff,
+            heads,
+            kv_heads,
+            context_length: 256,
+        },
+        head_dim: (head_dim != d_model / u64::from(heads)).then_some(head_dim),
+    };
+    keys.add_to(&mut w, tokenizer);
+    let key = |k: &str| format!("{name}.{k}");
+    if arch == A::LlamaLinear {
+        w.add_kv(key("rope.scaling.type"), MetaValue::String("linear".into()));
+        w.add_kv(key("rope.scaling.factor"), MetaValue::F32(2.0));
+    }
+    let separate_head = matches!(arch, A::Llama3 | A::Phi3);
+    // (name, dims, kind)
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Matrix,
+        Norm,
+        Bias,
+        RopeFactors,
+        Embedding16,
+    }
+    let mut tensors: Vec<(String, Vec<u64>, Kind)> = vec![(
+        "token_embd.weight".into(),
+        vec![d_model, vocab],
+        if separate_head {
+            Kind::Embedding16
+        } else {
+            Kind::Matrix
+        },
+    )];
+    if separate_head {
+        tensors.push(("output.weight".into(), vec![d_model, vocab], Kind::Matrix));
+    }
+    tensors.push(("output_norm.weight".into(), vec![d_model], Kind::Norm));
+    if arch == A::Llama3 {
+        tensors.push((
+            "rope_freqs.weight".into(),
+            vec![head_dim / 2],
+            Kind::RopeFactors,
+        ));
+    }
+    for l in 0..layers {
+        let t = |n: &str| format!("blk.{l}.{n}");
+        tensors.push((t("attn_norm.weight"), vec![d_model], Kind::Norm));
+        if arch == A::Phi3 {
+            tensors.push((
+                t("attn_qkv.weight"),
+                vec![d_model, q + 2 * kv],
+                Kind::Matrix,
+            ));
+        } else {
+            tensors.extend([
+                (t("attn_q.weight"), vec![d_model, q], Kind::Matrix),
+                (t("attn_k.weight"), vec![d_model, kv], Kind::Matrix),
+                (t("attn_v.weight"), vec![d_model, kv], Kind::Matrix),
+            ]);
+        }
+        if arch == A::Qwen2 {
+            tensors.extend([
+                (t("attn_q.bias"), vec![q], Kind::Bias),
+                (t("attn_k.bias"), vec![kv], Kind::Bias),
+                (t("attn_v.bias"), vec![kv], Kind::Bias),
+            ]);
+        }
+        if arch == A::Qwen3 {
+            tensors.extend([
+                (t("attn_q_norm.weight"), vec![head_dim], Kind::Norm),
+                (t("attn_k_norm.weight"), vec![head_dim], Kind::Norm),
+            ]);
+        }
+        tensors.push((t("attn_output.weight"), vec![q, d_model], Kind::Matrix));
+        tensors.push((t("ffn_norm.weight"), vec![d_model], Kind::Norm));
+        if arch == A::Phi3 {
+            tensors.push((t("ffn_up.weight"), vec![d_model, 2 * d_ff], Kind::Matrix));
+        } else {
+            tensors.extend([
+                (t("ffn_gate.weight"), vec![d_model, d_ff], Kind::Matrix),
+                (t("ffn_up.weight"), vec![d_model, d_ff], Kind::Matrix),
+            ]);
+        }
+        tensors.push((t("ffn_down.weight"), vec![d_ff, d_model], Kind::Matrix));
+        if arch == A::LlamaLinear {
+            tensors.extend([
+                (t("attn_output.bias"), vec![d_model], Kind::Bias),
+                (t("ffn_gate.bias"), vec![d_ff], Kind::Bias),
+                (t("ffn_up.bias"), vec![d_ff], Kind::Bias),
+                (t("ffn_down.bias"), vec![d_model], Kind::Bias),
+            ]);
+        }
+    }
+    let type_of = |kind: Kind| match kind {
+        Kind::Embedding16 => GgmlType::F16,
+        Kind::Matrix if f16_matrices => GgmlType::F16,
+        _ => GgmlType::F32,
+    };
+    for (name, dims, kind) in &tensors {
+        w.add_tensor(name.clone(), type_of(*kind), dims);
+    }
+    let mut rng = Rng::new(0x5eed_a4c4);
+    w.write_file(path, |i, _, sink| {
+        let (_, dims, kind) = &tensors[i];
+        let n = dims.iter().product::<u64>() as usize;
+        // Matrices scaled so that each product keeps its input's magnitude (uniform values
+        // have variance 1/3).
+        let matrix_scale = (3.0 / dims[0] as f32).sqrt();
+        let bytes: Vec<u8> = match kind {
+            Kind::Embedding16 => (0..n)
+                .flat_map(|_| half::f16::from_f32(rng.unit()).to_le_bytes())
+                .collect(),
+            Kind::Matrix if f16_matrices => (0..n)
+                .flat_map(|_| half::f16::from_f32(matrix_scale * rng.unit()).to_le_bytes())
+                .collect(),
+            Kind::RopeFactors => (0..n)
+                .flat_map(|i| {
+                    // Llama 3's shape: 1 for the fastest pairs, 8 for the slowest, a ramp
+                    // between.
+                    let x = i as f32 / (n - 1).max(1) as f32;
+                    (1.0 + 7.0 * ((x - 0.25) * 2.0).clamp(0.0, 1.0)).to_le_bytes()
+                })
+                .collect(),
+            _ => (0..n)
+                .flat_map(|_| {
+                    let v = match kind {
+                        Kind::Norm => 1.0 + 0.2 * rng.unit(),
+                        Kind::Bias => 0.5 * rng.unit(),
+                        _ => matrix_scale * rng.unit(),
+                    };
+                    v.to_le_bytes()
+                })
+                .collect(),
+        };
         sink.write_all(&bytes)
     })
 }

@@ -287,11 +287,22 @@ impl Tokenizer {
             None => default_add_bos,
         };
 
+        // llama.cpp strips the whitespace after Phi-3's special tokens (its tokenizer.json
+        // marks them `rstrip`), but for <unk>, <s> and <|endoftext|>; it knows the model by name.
+        let model_name = file
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_lowercase();
+        let phi3 = model_name.contains("phi-3") || model_name.contains("phi3");
         let specials: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
             .filter(|(_, &ty)| ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED)
-            .map(|(t, _)| AddedToken::from(t.to_string(), true))
+            .map(|(t, _)| {
+                let rstrip = phi3 && !matches!(*t, "<unk>" | "<s>" | "<|endoftext|>");
+                AddedToken::from(t.to_string(), true).rstrip(rstrip)
+            })
             .collect();
         inner.add_special_tokens(&specials);
         Ok(Tokenizer {

@@ -4,24 +4,11 @@
 //! decodes back to the text. scripts/fetch_vocabs.sh puts the files in `$QSPARSE_VOCABS`, else
 //! ~/.cache/qsparse/vocabs; the README's test command runs it first.
 
-use std::path::PathBuf;
+mod common;
 
+use common::vocab_dir;
 use qsparse::gguf::GgufFile;
 use qsparse::tokenizer::Tokenizer;
-
-fn vocab_dir() -> PathBuf {
-    let dir = match std::env::var_os("QSPARSE_VOCABS").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/qsparse/vocabs"),
-    };
-    assert!(
-        dir.join("ggml-vocab-llama-bpe.gguf").exists(),
-        "llama.cpp's vocabularies are not in {} (run scripts/fetch_vocabs.sh)",
-        dir.display()
-    );
-    dir
-}
 
 /// (input text, llama.cpp's ids) pairs of one vocabulary.
 fn cases(name: &str) -> Vec<(String, Vec<u32>)> {

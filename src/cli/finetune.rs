@@ -20,6 +20,9 @@ use crate::train::corpus::{self, CORPUS_PACKAGE, CORPUS_VERSION};
 use crate::train::export::{self, ProjectionType, Provenance};
 use crate::train::{self, Job, JobDir, Outcome, Shape};
 
+/// The architectures the trainer's graph (train/qsparse_train.py) builds.
+const TRAINED_ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
+
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Example: fine-tune the default model for S = 0.5 within two hours:\n  \
@@ -382,8 +385,16 @@ fn prepare(args: &Args) -> Result<JobDir> {
     let source_path = super::common::model_path_or_pull(&args.model)?;
     let source = GgufFile::open(&source_path)?;
     if scratch.is_none() {
-        // A model that cannot be run is refused before its text is read.
-        ModelConfig::from_gguf(&source)?;
+        // A model that cannot be run is refused before its text is read, and so is one of an
+        // architecture the trainer does not build (its graph is llama's and bitnet's).
+        let config = ModelConfig::from_gguf(&source)?;
+        if !TRAINED_ARCHITECTURES.contains(&config.architecture.as_str()) {
+            bail!(
+                "finetune trains `llama` and `bitnet` models; {} is `{}`",
+                source_path.display(),
+                config.architecture
+            );
+        }
     }
     let tokenizer = Tokenizer::from_gguf(&source)?;
     let (inputs, data) = if args.data.is_empty() {

@@ -62,6 +62,12 @@ struct Report {
     kv_count: usize,
     model: Option<ModelConfig>,
     model_error: Option<String>,
+    /// What sets the architecture apart (biases, fused tensors, RoPE variants, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    specifics: Vec<String>,
+    /// Why qsparse cannot run the model, when it cannot (an unsupported architecture or tensor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsupported: Option<String>,
     types: Vec<TypeSummary>,
     packed: Option<PackInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +138,15 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let (specifics, unsupported) = match &model {
+        Some(c) => (
+            crate::model::specifics(file, c),
+            crate::model::check_supported(file, c)
+                .err()
+                .map(|e| e.to_string()),
+        ),
+        None => (Vec::new(), None),
+    };
     let str_key = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let packed = pack::info(file);
     let parameters = match (&model, &packed) {
@@ -154,6 +169,8 @@ fn build_report(path: &Path, file: &GgufFile, args: &Args) -> Report {
         kv_count: file.kv_count(),
         model,
         model_error,
+        specifics,
+        unsupported,
         types,
         packed,
         tensors: args.tensors.then(|| {
@@ -293,7 +310,15 @@ fn print_text(r: &Report, file: &GgufFile, metadata: bool) -> Result<()> {
         );
     }
     match (&r.model, &r.model_error) {
-        (Some(m), _) => print_model(m)?,
+        (Some(m), _) => {
+            print_model(m)?;
+            if !r.specifics.is_empty() {
+                outln!("specifics      {}", r.specifics.join("; "));
+            }
+            if let Some(why) = &r.unsupported {
+                outln!("NOT SUPPORTED  {why}");
+            }
+        }
         (None, Some(e)) => outln!("model shape    unavailable: {e}"),
         (None, None) => {}
     }

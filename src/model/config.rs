@@ -57,8 +57,11 @@ pub struct ModelConfig {
     /// gated FFN activation before the down projection.
     pub sub_norms: bool,
     /// RoPE on entries i and i + rope_dim/2 (NeoX), not on consecutive pairs: llama.cpp rotates
-    /// `bitnet` this way.
+    /// `bitnet`, `qwen2`, `qwen3` and `phi3` this way.
     pub rope_neox: bool,
+    /// RoPE's linear position scaling (`rope.scaling.type` = linear): positions are multiplied
+    /// by this (1 / `rope.scaling.factor`); 1 without scaling.
+    pub rope_freq_scale: f32,
 }
 
 /// The gate activation of the FFN, act(gate)·up.
@@ -71,8 +74,22 @@ pub enum FfnActivation {
     Relu2,
 }
 
-/// The architectures the executor runs.
-pub const ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
+/// The architectures the executor runs: llama.cpp's names for Llama (also Mistral, TinyLlama,
+/// SmolLM), BitNet b1.58, Qwen2/2.5, Qwen3 and Phi-3. They differ in tensors the loader finds by
+/// name (biases, q/k norms, fused q/k/v and gate/up, sub-norms) and in these few settings.
+pub const ARCHITECTURES: [&str; 5] = ["llama", "bitnet", "qwen2", "qwen3", "phi3"];
+
+/// Metadata of the architectures above that changes what a model computes but that qsparse
+/// does not implement: a file that sets one is refused, never run wrongly.
+const UNSUPPORTED_KEYS: [&str; 7] = [
+    "expert_count",
+    "attention.scale",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "embedding_scale",
+    "residual_scale",
+    "logit_scale",
+];
 
 impl ModelConfig {
     /// Read the configuration from `file`'s metadata; an error names a missing or invalid key.
@@ -150,6 +167,26 @@ impl ModelConfig {
                 }
             },
         };
+        if let Some(v) = file.get(&key("attention.value_length")) {
+            if v.as_u64() != Some(head_dim as u64) {
+                return Err(invalid(
+                    key("attention.value_length"),
+                    format!("{v}: value heads of another width than key heads ({head_dim}) are not supported"),
+                ));
+            }
+        }
+        for k in UNSUPPORTED_KEYS {
+            let k = key(k);
+            match file.get(&k) {
+                // An expert count of 0 is a dense model.
+                Some(v) if k.ends_with("expert_count") && v.as_u64() == Some(0) => {}
+                Some(v) => {
+                    return Err(invalid(k, format!("{v}: not supported by qsparse")));
+                }
+                None => {}
+            }
+        }
+        let rope_freq_scale = rope_scaling(file, &arch)?;
         let vocab_size = match file.get(&key("vocab_size")) {
             Some(_) => file.get_usize(&key("vocab_size"))?,
             None => usize::try_from(file.get_array("tokenizer.ggml.tokens")?.len())
@@ -160,7 +197,6 @@ impl ModelConfig {
                 .get("general.name")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
-            architecture: arch,
             n_layers,
             d_model,
             d_ff,
@@ -183,8 +219,43 @@ impl ModelConfig {
             has_chat_template: file.get("tokenizer.chat_template").is_some(),
             ffn_activation,
             sub_norms: bitnet,
-            rope_neox: bitnet,
+            // llama.cpp's rope type of each architecture (`llama_model_rope_type`).
+            rope_neox: matches!(arch.as_str(), "bitnet" | "qwen2" | "qwen3" | "phi3"),
+            rope_freq_scale,
+            architecture: arch,
         })
+    }
+}
+
+/// RoPE's position scale from `ARCH.rope.scaling.type` / `.factor` (or the older
+/// `ARCH.rope.scale_linear`): 1 without scaling, 1/factor for linear scaling. Llama 3's
+/// frequency scaling comes as the `rope_freqs.weight` tensor, read with the weights; YaRN and
+/// LongRoPE are refused.
+fn rope_scaling(file: &GgufFile, arch: &str) -> Result<f32, ConfigError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let factor = |k: String| -> Result<f32, ConfigError> {
+        let f = file.get_f32(&k)?;
+        if !(f.is_finite() && f > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: k,
+                what: format!("scaling factor {f} is not a positive number"),
+            });
+        }
+        Ok(1.0 / f)
+    };
+    match file.get(&key("rope.scaling.type")) {
+        None => match file.get(&key("rope.scale_linear")) {
+            None => Ok(1.0),
+            Some(_) => factor(key("rope.scale_linear")),
+        },
+        Some(_) => match file.get_str(&key("rope.scaling.type"))? {
+            "none" => Ok(1.0),
+            "linear" => factor(key("rope.scaling.factor")),
+            other => Err(ConfigError::Invalid {
+                key: key("rope.scaling.type"),
+                what: format!("RoPE scaling `{other}` is not supported (none, linear)"),
+            }),
+        },
     }
 }
 

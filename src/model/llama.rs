@@ -201,7 +201,7 @@ pub struct Model {
     pub weights: Weights,
     /// The file, mapped (the token embedding is read from it).
     pub file: GgufFile,
-    /// θ_i = base^(−2i/rope_dim) of each rotated pair.
+    /// θ_i = base^(−2i/rope_dim) of each rotated pair (scaled as the file asks).
     rope_freqs: Vec<f32>,
 }
 
@@ -210,12 +210,17 @@ impl Model {
     pub fn new(file: GgufFile, config: ModelConfig, weights: Weights) -> Model {
         // llama.cpp's "normal" RoPE rotates consecutive pairs (x[2i], x[2i+1]); the GGUF
         // converter permuted q/k rows to match it.
+        // Linear scaling multiplies every frequency (`rope_freq_scale`); Llama 3's factors
+        // divide each pair's (as ggml's `rope_ext` applies them).
         let half = config.rope_dim / 2;
+        let factors = weights.rope_factors.as_deref();
         let rope_freqs = (0..half)
             .map(|i| {
-                config
+                let theta = config
                     .rope_base
-                    .powf(-2.0 * i as f32 / config.rope_dim as f32)
+                    .powf(-2.0 * i as f32 / config.rope_dim as f32);
+                let factor = factors.map_or(1.0, |f| f[i]);
+                config.rope_freq_scale * theta / factor
             })
             .collect();
         Model {

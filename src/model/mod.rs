@@ -13,7 +13,7 @@ pub mod weights;
 
 pub use config::{ConfigError, FfnActivation, ModelConfig};
 pub use llama::{ForwardError, Model, RunState, Select, Sparsity, Traffic, PROMPT_BATCH};
-pub use load::{load, load_file, load_for, LoadError, LoadOptions};
+pub use load::{check_supported, load, load_file, load_for, specifics, LoadError, LoadOptions};
 pub use profile::{Phase, Profile};
 pub use proj::{Proj, Stack};
 pub use weights::{ternary_matrix, HeadInput, LmHead, WeightFormat, Weights, WeightsError};

@@ -212,10 +212,11 @@ fn is_replaced(name: &str) -> bool {
     let Some((layer, tail)) = rest.split_once('.') else {
         return false;
     };
+    // Phi-3's fused q/k/v is replaced too (its fused gate/up is `ffn_up`).
     layer.parse::<usize>().is_ok()
-        && tail
-            .strip_suffix(".weight")
-            .is_some_and(|stem| Proj::ALL.iter().any(|p| p.stem() == Some(stem)))
+        && tail.strip_suffix(".weight").is_some_and(|stem| {
+            stem == "attn_qkv" || Proj::ALL.iter().any(|p| p.stem() == Some(stem))
+        })
 }
 
 /// The bytes one tensor of the packed file is written from.

@@ -5,6 +5,7 @@
 
 use super::config::ModelConfig;
 use super::profile::Phase;
+use crate::gguf::GgufFile;
 
 /// One linear layer of a block, or the lm_head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +138,36 @@ impl Stack {
     pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
         let parts = self.projections().iter().map(|p| p.shape(c));
         parts.fold((0, 0), |(_, rows), (d_in, d_out)| (d_in, rows + d_out))
+    }
+
+    /// The tensors of `file` that hold this block stack in layer `l`, each (name, d_in, d_out),
+    /// in row order: one per projection, or one fused tensor where the file has it (Phi-3's
+    /// `attn_qkv`; its `ffn_up` holding gate then up, with no `ffn_gate`).
+    pub fn tensors(
+        self,
+        file: &GgufFile,
+        c: &ModelConfig,
+        l: usize,
+    ) -> Vec<(String, usize, usize)> {
+        let (d_in, d_out) = self.shape(c);
+        let fused = match self {
+            Stack::Qkv => Some(format!("blk.{l}.attn_qkv.weight")),
+            Stack::GateUp if file.tensor(&Proj::Gate.tensor(l)).is_none() => {
+                Some(Proj::Up.tensor(l))
+            }
+            _ => None,
+        };
+        match fused {
+            Some(name) if file.tensor(&name).is_some() => vec![(name, d_in, d_out)],
+            _ => self
+                .projections()
+                .iter()
+                .map(|p| {
+                    let (d_in, d_out) = p.shape(c);
+                    (p.tensor(l), d_in, d_out)
+                })
+                .collect(),
+        }
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Linear {
     pub matrix: PackedMatrix,
     /// ‖W[:, j]‖₂ of every input column, computed the first time weighted selection asks.
     norms: OnceLock<Vec<f32>>,
+    /// Added to every output (Qwen2's q/k/v biases, ...), one per row.
+    pub bias: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -103,6 +105,7 @@ impl Linear {
             name,
             matrix,
             norms: OnceLock::new(),
+            bias: None,
         }
     }
 
@@ -154,6 +157,10 @@ pub struct Layer {
     pub attn_sub_norm: Option<Vec<f32>>,
     /// BitNet: RMSNorm weights of the gated activation (before down).
     pub ffn_sub_norm: Option<Vec<f32>>,
+    /// Qwen3: RMSNorm weights of each query head and of each key head (head_dim), before RoPE.
+    pub q_norm: Option<Vec<f32>>,
+    /// See `q_norm`.
+    pub k_norm: Option<Vec<f32>>,
 }
 
 impl Layer {
@@ -248,6 +255,11 @@ pub struct Weights {
     pub output_norm: Vec<f32>,
     /// The lm_head ([vocab, d_model]); the token embedding when the file ties them.
     pub lm_head: LmHead,
+    /// Added to the logits (`output.bias`), if the file has it.
+    pub output_bias: Option<Vec<f32>>,
+    /// Llama 3's RoPE frequency factors (`rope_freqs.weight`, rope_dim/2): pair i turns at
+    /// θ_i / factor_i.
+    pub rope_factors: Option<Vec<f32>>,
 }
 
 impl Weights {
@@ -301,8 +313,12 @@ pub(super) fn convert_all(
     let part = |name: String, (d_in, d_out): (usize, usize)| (name, d_in as u64, d_out as u64);
     for l in 0..config.n_layers {
         for stack in Stack::LAYER {
-            let parts = stack.projections().iter();
-            linears.push(parts.map(|p| part(p.tensor(l), p.shape(config))).collect());
+            let parts = stack.tensors(file, config, l).into_iter();
+            linears.push(
+                parts
+                    .map(|(n, d_in, d_out)| part(n, (d_in, d_out)))
+                    .collect(),
+            );
         }
     }
     let head_name = if file.tensor("output.weight").is_some() {

@@ -38,6 +38,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// The date `strftime_now` prints (None: today's, in UTC).
+    date: Option<Date>,
     /// Whether the file had no template and ChatML is used.
     pub fallback: bool,
 }
@@ -62,6 +64,18 @@ impl ChatTemplate {
         Self::new(source, bos, eos, fallback)
     }
 
+    /// A template from its Jinja `source`.
+    pub fn from_source(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TemplateError> {
+        Self::new(source.to_string(), bos, eos, false)
+    }
+
+    /// The same template printing `date` wherever it asks for today's (`strftime_now`), so a
+    /// rendering can be compared with another's.
+    pub fn on_date(mut self, date: Date) -> ChatTemplate {
+        self.date = Some(date);
+        self
+    }
+
     fn new(
         source: String,
         bos: &str,
@@ -84,6 +98,7 @@ impl ChatTemplate {
             env,
             bos: bos.to_string(),
             eos: eos.to_string(),
+            date: None,
             fallback,
         })
     }
@@ -95,8 +110,15 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        let tmpl = self
-            .env
+        // Llama 3.2's template prints today's date through `strftime_now(format)`, which Hugging
+        // Face's renderer provides.
+        let date = self.date.unwrap_or_else(Date::today);
+        let mut env = self.env.clone();
+        env.add_function("strftime_now", move |format: String| {
+            date.format(&format)
+                .map_err(|what| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, what))
+        });
+        let tmpl = env
             .get_template("chat")
             .map_err(|e| TemplateError(e.to_string()))?;
         tmpl.render(context! {
@@ -109,9 +131,122 @@ impl ChatTemplate {
     }
 }
 
+/// A calendar date, for `strftime_now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Date {
+    /// The year.
+    pub year: i64,
+    /// 1..=12.
+    pub month: u32,
+    /// 1..=31.
+    pub day: u32,
+}
+
+impl Date {
+    /// Today in UTC.
+    pub fn today() -> Date {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Date::from_days((secs / 86_400) as i64)
+    }
+
+    /// The date `days` after 1970-01-01 (Howard Hinnant's civil-from-days).
+    fn from_days(days: i64) -> Date {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Date { year, month, day }
+    }
+
+    /// The date in a strftime `format` (%d %m %Y %y %b %B %%: what chat templates use).
+    pub fn format(&self, format: &str) -> Result<String, String> {
+        const MONTHS: [&str; 12] = [
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
+        ];
+        let month = MONTHS[(self.month as usize).clamp(1, 12) - 1];
+        let mut out = String::new();
+        let mut chars = format.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('d') => out.push_str(&format!("{:02}", self.day)),
+                Some('m') => out.push_str(&format!("{:02}", self.month)),
+                Some('Y') => out.push_str(&self.year.to_string()),
+                Some('y') => out.push_str(&format!("{:02}", self.year.rem_euclid(100))),
+                Some('b') => out.push_str(&month[..3]),
+                Some('B') => out.push_str(month),
+                Some('%') => out.push('%'),
+                other => {
+                    return Err(format!(
+                        "strftime_now: %{} is not supported",
+                        other.map(String::from).unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_format_as_strftime() {
+        let d = Date::from_days(20_794);
+        assert_eq!(
+            d,
+            Date {
+                year: 2026,
+                month: 12,
+                day: 7
+            }
+        );
+        assert_eq!(d.format("%d %b %Y").unwrap(), "07 Dec 2026");
+        assert_eq!(
+            d.format("%Y-%m-%d (%B, %y) 100%%").unwrap(),
+            "2026-12-07 (December, 26) 100%"
+        );
+        assert_eq!(
+            Date::from_days(0),
+            Date {
+                year: 1970,
+                month: 1,
+                day: 1
+            }
+        );
+        assert_eq!(
+            Date::from_days(11_016),
+            Date {
+                year: 2000,
+                month: 2,
+                day: 29
+            }
+        );
+        assert!(d.format("%H").is_err());
+    }
 
     #[test]
     fn chatml_fallback_renders() {

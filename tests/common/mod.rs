@@ -227,3 +227,19 @@ pub fn qsparse_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// Where scripts/fetch_vocabs.sh put llama.cpp's vocabularies and chat templates
+/// (`$QSPARSE_VOCABS`, else ~/.cache/qsparse/vocabs); the README's test command runs it first.
+pub fn vocab_dir() -> PathBuf {
+    let dir = match std::env::var_os("QSPARSE_VOCABS").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/qsparse/vocabs"),
+    };
+    assert!(
+        dir.join("ggml-vocab-llama-bpe.gguf").exists() && dir.join("templates").is_dir(),
+        "llama.cpp's vocabularies are not in {} (run scripts/fetch_vocabs.sh)",
+        dir.display()
+    );
+    dir
+}

@@ -214,8 +214,8 @@ impl Pass<'_> {
     }
 
     /// Layer l's attention for every token of the pass: its queries and keys rotated, its keys
-    /// and values stored, then its queries over the cache up to its own position (causal), into
-    /// `att_out` (and BitNet's sub-norm there).
+    /// and values stored (Qwen3 norms each query and key head first), then its queries over the
+    /// cache up to its own position (causal), into `att_out` (and BitNet's sub-norm there).
     fn attention(&mut self, l: usize, layer: &Layer) {
         let c = &self.model.config;
         let (hd, q_dim) = (c.head_dim, c.n_heads * c.head_dim);
@@ -224,6 +224,12 @@ impl Pass<'_> {
         for (t, qkv) in qkv_rows.enumerate() {
             let (q, kv_new) = qkv.split_at_mut(q_dim);
             let (k, v) = kv_new.split_at_mut(kv_new.len() / 2);
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                q.chunks_exact_mut(hd)
+                    .for_each(|h| rms_norm_in_place(h, qn, c.rms_eps));
+                k.chunks_exact_mut(hd)
+                    .for_each(|h| rms_norm_in_place(h, kn, c.rms_eps));
+            }
             self.ropes[t].apply(q, hd, c.rope_neox);
             self.ropes[t].apply(k, hd, c.rope_neox);
             self.kv.store(self.isa, l, self.pos0 + t, k, v);
@@ -259,7 +265,7 @@ impl Pass<'_> {
             source,
         };
         let s = &self.sparsity;
-        match &m.weights.lm_head {
+        let logits_of = match &m.weights.lm_head {
             LmHead::Columns(head) => self
                 .p
                 .project(Stack::LmHead, head, r.xb, c.d_model, s, logits)
@@ -284,7 +290,14 @@ impl Pass<'_> {
                 meter.lap(Phase::LmHead);
                 Ok(())
             }
+        };
+        logits_of?;
+        if let Some(bias) = &m.weights.output_bias {
+            logits
+                .chunks_exact_mut(c.vocab_size)
+                .for_each(|row| add(row, bias));
         }
+        Ok(())
     }
 }
 

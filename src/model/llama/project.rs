@@ -59,7 +59,7 @@ pub(super) struct Projector<'a> {
 }
 
 impl Projector<'_> {
-    /// ys = W·x_t for every token t of the pass, x_t the first d_in entries of row t of `xs`
+    /// ys = W·x_t (+ the layer's bias) for every token t of the pass, x_t the first d_in entries of row t of `xs`
     /// (rows of `stride`) with the ratio `sparsity` gives `stack` dropped; `ys` holds
     /// token-major rows of d_out.
     /// The time since the last lap is charged to element-wise work (norms, residual adds, the
@@ -90,6 +90,11 @@ impl Projector<'_> {
                 self.sparsifier.matvec(one, w, ys);
             }
             many => matvec_batch(self.sparsifier, w, many, self.union, ys),
+        }
+        if let Some(bias) = &w.bias {
+            for y in ys.chunks_exact_mut(w.d_out()) {
+                y.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
         }
         let format = self.sparsifier.format;
         for (sel, traffic) in self.selections.iter().zip(self.meter.traffic.iter_mut()) {
