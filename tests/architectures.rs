@@ -100,13 +100,23 @@ fn every_architecture_matches_llama_cpp() {
             worst_int8 <= INT8_TOLERANCE,
             "{name}: int8 logits off by {worst_int8}"
         );
-        sparse_prompt_is_token_by_token(&int8, name);
+        let each = sparse_prompt_is_token_by_token(&int8, name);
+        // The packed file (fused and stacked matrices, biases and norms kept beside them)
+        // gives the same logits.
+        let packed = dir.path().join(format!("{name}.packed.gguf"));
+        qsparse::model::pack::write(&int8.file, &int8.weights, &packed, &|_, _| {}).unwrap();
+        let (p, _) = model::load(&packed, WeightFormat::Int8, &|_, _| {}).unwrap();
+        assert_eq!(
+            sparse_prompt_is_token_by_token(&p, name),
+            each,
+            "{name}: packed"
+        );
     }
 }
 
 /// At S = 0.5 a prompt's batched pass gives each token's logits bit for bit as one token at a
-/// time does (biases, norms and fused matrices included).
-fn sparse_prompt_is_token_by_token(m: &model::Model, name: &str) {
+/// time does (biases, norms and fused matrices included); returns them.
+fn sparse_prompt_is_token_by_token(m: &model::Model, name: &str) -> Vec<Vec<f32>> {
     let tokens: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
     let s = Sparsity::uniform(0.5);
     let mut one = RunState::new(&m.config, WeightFormat::Int8, 64);
@@ -123,6 +133,7 @@ fn sparse_prompt_is_token_by_token(m: &model::Model, name: &str) {
     })
     .unwrap();
     assert_eq!(i, tokens.len());
+    each
 }
 
 #[test]

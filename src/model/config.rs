@@ -75,9 +75,10 @@ pub enum FfnActivation {
 }
 
 /// The architectures the executor runs: llama.cpp's names for Llama (also Mistral, TinyLlama,
-/// SmolLM), BitNet b1.58, Qwen2/2.5, Qwen3 and Phi-3. They differ in tensors the loader finds by
+/// SmolLM), BitNet b1.58 (and `bitnet-b1.58`, bitnet.cpp's name for BitNet b1.58 2B4T), Qwen2/2.5,
+/// Qwen3 and Phi-3. They differ in tensors the loader finds by
 /// name (biases, q/k norms, fused q/k/v and gate/up, sub-norms) and in these few settings.
-pub const ARCHITECTURES: [&str; 5] = ["llama", "bitnet", "qwen2", "qwen3", "phi3"];
+pub const ARCHITECTURES: [&str; 6] = ["llama", "bitnet", "bitnet-b1.58", "qwen2", "qwen3", "phi3"];
 
 /// Metadata of the architectures above that changes what a model computes but that qsparse
 /// does not implement: a file that sets one is refused, never run wrongly.
@@ -152,9 +153,12 @@ impl ModelConfig {
         })?
         .unwrap_or(1e-5);
         // llama.cpp's `bitnet` (BitNet b1.58): llama with sub-norms; SiLU unless the file
-        // declares another activation (`relu2` for the 2B4T model).
-        let bitnet = arch == "bitnet";
+        // declares another activation (`relu2` for the 2B4T model). bitnet.cpp's `bitnet-b1.58`
+        // (how its converter writes 2B4T, Hugging Face's `BitNetForCausalLM`): the same graph with
+        // squared ReLU, which its files do not declare.
+        let bitnet = arch == "bitnet" || arch == "bitnet-b1.58";
         let ffn_activation = match file.get(&key("hidden_activation")) {
+            None if arch == "bitnet-b1.58" => FfnActivation::Relu2,
             None => FfnActivation::Silu,
             Some(_) => match file.get_str(&key("hidden_activation"))? {
                 "silu" => FfnActivation::Silu,
@@ -220,7 +224,10 @@ impl ModelConfig {
             ffn_activation,
             sub_norms: bitnet,
             // llama.cpp's rope type of each architecture (`llama_model_rope_type`).
-            rope_neox: matches!(arch.as_str(), "bitnet" | "qwen2" | "qwen3" | "phi3"),
+            rope_neox: matches!(
+                arch.as_str(),
+                "bitnet" | "bitnet-b1.58" | "qwen2" | "qwen3" | "phi3"
+            ),
             rope_freq_scale,
             architecture: arch,
         })
