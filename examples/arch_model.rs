@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release --example arch_model -- NAME OUT [--shape small|1b] [--f16]
 //!
-//! NAME: llama3, llama-linear, qwen2, qwen3, phi3. `--shape 1b` is the architecture's ~1B model's
+//! NAME: llama3, llama-linear, qwen2, qwen3, phi3, phi3-longrope. `--shape 1b` is the architecture's ~1B model's
 //! shape; `--f16` stores the matrices in F16. The tokenizer is SmolLM2's (`qsparse pull` first).
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,7 @@ use qsparse::synthetic::{write_architecture, ArchShape, TestArchitecture};
 
 fn main() -> Result<()> {
     let usage = "usage: arch_model NAME OUT [--shape small|1b] [--f16] \
-                 (NAME: llama3, llama-linear, qwen2, qwen3, phi3)";
+                 (NAME: llama3, llama-linear, qwen2, qwen3, phi3, phi3-longrope)";
     let (mut positional, mut one_b, mut f16) = (Vec::new(), false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

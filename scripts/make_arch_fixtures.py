@@ -5,7 +5,7 @@ as tests/fixtures/architectures_llamacpp.json so the test suite runs without lla
     python3 scripts/make_arch_fixtures.py     # installs llama-cpp-python (compiles llama.cpp) if needed
 
 - Models: for each small random model `--example arch_model` writes (llama3, llama-linear, qwen2,
-  qwen3, phi3: qsparse::synthetic::write_architecture, SmolLM2's tokenizer), its sha256 (the test
+  qwen3, phi3, phi3-longrope: qsparse::synthetic::write_architecture, SmolLM2's tokenizer), its sha256 (the test
   checks the file it writes against it) and, per prompt, the prompt's ids, the top-10 logits after
   it and the greedy 32-token continuation (llama.cpp's CPU backend, 2 threads).
 - Tokenizers: for llama.cpp's vocabularies of Llama 3, Llama 2 / Mistral, Qwen2, Phi-3
@@ -31,7 +31,7 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "architectures_llamacpp.json")
 VOCABS = os.environ.get("QSPARSE_VOCABS") or os.path.expanduser("~/.cache/qsparse/vocabs")
 TEMPLATES = os.path.join(VOCABS, "templates")
 
-ARCHITECTURES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3"]
+ARCHITECTURES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "phi3-longrope"]
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",

@@ -360,16 +360,20 @@ pub enum TestArchitecture {
     Qwen3,
     /// `phi3`: fused q/k/v and gate/up tensors, a separate lm_head.
     Phi3,
+    /// `phi3` with LongRoPE as Phi-3 128k and Phi-3.5 files hold it: short and long factor
+    /// tensors, an attention factor, an original context of 128 positions (of 1024).
+    Phi3LongRope,
 }
 
 impl TestArchitecture {
     /// Every one, in a fixed order.
-    pub const ALL: [TestArchitecture; 5] = [
+    pub const ALL: [TestArchitecture; 6] = [
         TestArchitecture::Llama3,
         TestArchitecture::LlamaLinear,
         TestArchitecture::Qwen2,
         TestArchitecture::Qwen3,
         TestArchitecture::Phi3,
+        TestArchitecture::Phi3LongRope,
     ];
 
     /// The name the fixture and `--example arch_model` use.
@@ -380,6 +384,7 @@ impl TestArchitecture {
             TestArchitecture::Qwen2 => "qwen2",
             TestArchitecture::Qwen3 => "qwen3",
             TestArchitecture::Phi3 => "phi3",
+            TestArchitecture::Phi3LongRope => "phi3-longrope",
         }
     }
 
@@ -394,7 +399,7 @@ impl TestArchitecture {
             TestArchitecture::Llama3 | TestArchitecture::LlamaLinear => "llama",
             TestArchitecture::Qwen2 => "qwen2",
             TestArchitecture::Qwen3 => "qwen3",
-            TestArchitecture::Phi3 => "phi3",
+            TestArchitecture::Phi3 | TestArchitecture::Phi3LongRope => "phi3",
         }
     }
 }
@@ -498,7 +503,7 @@ pub fn write_architecture(
             d_ff,
             heads,
             kv_heads,
-            context_length: 256,
+            context_length: if arch == A::Phi3LongRope { 1024 } else { 256 },
         },
         head_dim: (head_dim != d_model / u64::from(heads)).then_some(head_dim),
     };
@@ -508,7 +513,20 @@ pub fn write_architecture(
         w.add_kv(key("rope.scaling.type"), MetaValue::String("linear".into()));
         w.add_kv(key("rope.scaling.factor"), MetaValue::F32(2.0));
     }
-    let separate_head = matches!(arch, A::Llama3 | A::Phi3);
+    if arch == A::Phi3LongRope {
+        // As llama.cpp's converter writes Phi-3 128k: the original context and
+        // sqrt(1 + ln(scale) / ln(original)) (it writes no scaling type).
+        let (long, original) = (1024u32, 128u32);
+        w.add_kv(
+            key("rope.scaling.original_context_length"),
+            MetaValue::U32(original),
+        );
+        let scale = long as f32 / original as f32;
+        let attn = (1.0 + scale.ln() / (original as f32).ln()).sqrt();
+        w.add_kv(key("rope.scaling.attn_factor"), MetaValue::F32(attn));
+    }
+    let phi3 = matches!(arch, A::Phi3 | A::Phi3LongRope);
+    let separate_head = matches!(arch, A::Llama3) || phi3;
     // (name, dims, kind)
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -516,6 +534,7 @@ pub fn write_architecture(
         Norm,
         Bias,
         RopeFactors,
+        RopeFactorsShort,
         Embedding16,
     }
     let mut tensors: Vec<(String, Vec<u64>, Kind)> = vec![(
@@ -538,10 +557,22 @@ pub fn write_architecture(
             Kind::RopeFactors,
         ));
     }
+    if arch == A::Phi3LongRope {
+        tensors.push((
+            "rope_factors_long.weight".into(),
+            vec![head_dim / 2],
+            Kind::RopeFactors,
+        ));
+        tensors.push((
+            "rope_factors_short.weight".into(),
+            vec![head_dim / 2],
+            Kind::RopeFactorsShort,
+        ));
+    }
     for l in 0..layers {
         let t = |n: &str| format!("blk.{l}.{n}");
         tensors.push((t("attn_norm.weight"), vec![d_model], Kind::Norm));
-        if arch == A::Phi3 {
+        if phi3 {
             tensors.push((
                 t("attn_qkv.weight"),
                 vec![d_model, q + 2 * kv],
@@ -569,7 +600,7 @@ pub fn write_architecture(
         }
         tensors.push((t("attn_output.weight"), vec![q, d_model], Kind::Matrix));
         tensors.push((t("ffn_norm.weight"), vec![d_model], Kind::Norm));
-        if arch == A::Phi3 {
+        if phi3 {
             tensors.push((t("ffn_up.weight"), vec![d_model, 2 * d_ff], Kind::Matrix));
         } else {
             tensors.extend([
@@ -616,6 +647,10 @@ pub fn write_architecture(
                     let x = i as f32 / (n - 1).max(1) as f32;
                     (1.0 + 7.0 * ((x - 0.25) * 2.0).clamp(0.0, 1.0)).to_le_bytes()
                 })
+                .collect(),
+            // LongRoPE's short factors: close to 1.
+            Kind::RopeFactorsShort => (0..n)
+                .flat_map(|i| (1.0 + 0.5 * i as f32 / n as f32).to_le_bytes())
                 .collect(),
             _ => (0..n)
                 .flat_map(|_| {

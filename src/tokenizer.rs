@@ -185,6 +185,26 @@ impl PreTokenizer {
     }
 }
 
+/// Tokens llama.cpp ends a generation at, by their text, whatever the file's metadata names
+/// (`llama_vocab::impl::load`): Llama 3's `<|eot_id|>`, ChatML's `<|im_end|>`, Phi-3's
+/// `<|end|>`, Gemma's `<end_of_turn>`, ...
+const END_TEXTS: [&str; 14] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<｜end▁of▁sentence｜>",
+];
+
 /// A model's tokenizer.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -192,7 +212,9 @@ pub struct Tokenizer {
     bytes: Vec<Vec<u8>>,
     bos: Option<u32>,
     eos: Option<u32>,
-    eot: Option<u32>,
+    /// Every token that ends a generation: EOS, the end-of-turn and end-of-message tokens the
+    /// file names, and those llama.cpp recognizes by their text ([`END_TEXTS`]).
+    ends: Vec<u32>,
     add_bos: bool,
     control: Vec<bool>,
 }
@@ -247,7 +269,23 @@ impl Tokenizer {
             id("tokenizer.ggml.bos_token_id")?,
             id("tokenizer.ggml.eos_token_id")?,
         );
-        let eot = id("tokenizer.ggml.eot_token_id")?;
+        let mut ends: Vec<u32> = [
+            eos,
+            id("tokenizer.ggml.eot_token_id")?,
+            id("tokenizer.ggml.eom_token_id")?,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        ends.extend(
+            tokens
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| END_TEXTS.contains(t))
+                .map(|(i, _)| i as u32),
+        );
+        ends.sort_unstable();
+        ends.dedup();
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -310,9 +348,15 @@ impl Tokenizer {
             bytes,
             bos,
             eos,
-            eot,
             add_bos,
-            control: types.iter().map(|&t| t == TYPE_CONTROL).collect(),
+            // Tokens that end a generation are never printed, whatever their type says (as
+            // llama.cpp overrides it).
+            control: types
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| t == TYPE_CONTROL || ends.binary_search(&(i as u32)).is_ok())
+                .collect(),
+            ends,
         })
     }
 
@@ -333,7 +377,7 @@ impl Tokenizer {
 
     /// Whether generation should stop at this token (end of sequence or end of turn).
     pub fn is_end(&self, id: u32) -> bool {
-        Some(id) == self.eos || Some(id) == self.eot
+        self.ends.binary_search(&id).is_ok()
     }
 
     /// Token ids of `text`, with BOS first when the model asks for it. Special tokens written in

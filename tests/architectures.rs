@@ -19,6 +19,10 @@ use qsparse::synthetic::{write_architecture, ArchShape, TestArchitecture};
 use qsparse::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 
+/// The context the runs hold, as llama.cpp's (scripts/make_fixtures.py): past the LongRoPE
+/// model's original 128 positions, so both take its long factors.
+const CTX: usize = 512;
+
 /// f32 weights on both sides: rounding in another order only (relative to the largest logit).
 const F32_TOLERANCE: f32 = 1e-3;
 /// The int8 path (int8 weights with a per-row scale, int8 activations with 32 outliers kept)
@@ -57,8 +61,8 @@ fn every_architecture_matches_llama_cpp() {
                 tok.encode(case["prompt"].as_str().unwrap()).unwrap(),
                 prompt
             );
-            let mut a = RunState::new(&f32m.config, WeightFormat::F32, 64);
-            let mut b = RunState::new(&int8.config, WeightFormat::Int8, 64);
+            let mut a = RunState::new(&f32m.config, WeightFormat::F32, CTX);
+            let mut b = RunState::new(&int8.config, WeightFormat::Int8, CTX);
             f32m.feed_prompt(&mut a, &prompt, 0, Sparsity::dense())
                 .unwrap();
             int8.feed_prompt(&mut b, &prompt, 0, Sparsity::dense())
@@ -361,4 +365,29 @@ fn malformed_or_unsupported_architecture_metadata_is_refused_by_name() {
         e.contains("blk.0.attn_norm.bias") && e.contains("not supported"),
         "{e}"
     );
+}
+
+/// Generation ends where llama.cpp's does: at EOS, and at the end-of-turn tokens it knows by
+/// their text (Llama 3's <|eot_id|>, Phi-3's <|end|>, ChatML's <|im_end|>), which are never
+/// printed.
+#[test]
+fn end_of_turn_tokens_end_generation() {
+    let dir = common::vocab_dir();
+    for (vocab, ends) in [
+        ("llama-bpe", &["<|eot_id|>", "<|end_of_text|>"][..]),
+        ("phi-3", &["<|end|>", "</s>", "<|endoftext|>"][..]),
+        ("qwen2", &["<|im_end|>", "<|endoftext|>"][..]),
+        ("llama-spm", &["</s>"][..]),
+    ] {
+        let file = GgufFile::open(dir.join(format!("ggml-vocab-{vocab}.gguf"))).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        for text in ends {
+            let ids = tok.encode_plain(text).unwrap();
+            assert_eq!(ids.len(), 1, "{vocab}: {text} is one token");
+            assert!(tok.is_end(ids[0]), "{vocab}: {text} ends a generation");
+            assert!(tok.is_control(ids[0]), "{vocab}: {text} is not printed");
+        }
+        let hello = tok.encode_plain("Hello").unwrap();
+        assert!(!tok.is_end(hello[0]), "{vocab}: an ordinary token");
+    }
 }

@@ -62,6 +62,13 @@ pub struct ModelConfig {
     /// RoPE's linear position scaling (`rope.scaling.type` = linear): positions are multiplied
     /// by this (1 / `rope.scaling.factor`); 1 without scaling.
     pub rope_freq_scale: f32,
+    /// `rope.scaling.attn_factor` (LongRoPE models: Phi-3 128k, Phi-3.5): the rotation's cos and
+    /// sin are multiplied by it, as llama.cpp does; 1 without.
+    pub rope_attn_factor: f32,
+    /// `rope.scaling.original_context_length` (the context length before long-context scaling):
+    /// a run with a longer context takes the long RoPE factors (`rope_factors_long.weight`), a
+    /// shorter one the short ones, as llama.cpp chooses them.
+    pub rope_original_context: usize,
 }
 
 /// The gate activation of the FFN, act(gate)·up.
@@ -191,6 +198,20 @@ impl ModelConfig {
             }
         }
         let rope_freq_scale = rope_scaling(file, &arch)?;
+        let rope_attn_factor =
+            optional(file, &key("rope.scaling.attn_factor"), |f, k| f.get_f32(k))?.unwrap_or(1.0);
+        if !(rope_attn_factor.is_finite() && rope_attn_factor > 0.0) {
+            return Err(invalid(
+                key("rope.scaling.attn_factor"),
+                format!("{rope_attn_factor} is not a positive number"),
+            ));
+        }
+        let rope_original_context = optional(
+            file,
+            &key("rope.scaling.original_context_length"),
+            |f, k| f.get_usize(k),
+        )?
+        .unwrap_or(context_length);
         let vocab_size = match file.get(&key("vocab_size")) {
             Some(_) => file.get_usize(&key("vocab_size"))?,
             None => usize::try_from(file.get_array("tokenizer.ggml.tokens")?.len())
@@ -229,6 +250,8 @@ impl ModelConfig {
                 "bitnet" | "bitnet-b1.58" | "qwen2" | "qwen3" | "phi3"
             ),
             rope_freq_scale,
+            rope_attn_factor,
+            rope_original_context,
             architecture: arch,
         })
     }

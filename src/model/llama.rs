@@ -203,31 +203,49 @@ pub struct Model {
     pub file: GgufFile,
     /// θ_i = base^(−2i/rope_dim) of each rotated pair (scaled as the file asks).
     rope_freqs: Vec<f32>,
+    /// LongRoPE's for contexts past the original length.
+    rope_freqs_long: Option<Vec<f32>>,
 }
 
 impl Model {
+    /// The RoPE frequencies of a run whose context holds `ctx` positions: LongRoPE's long
+    /// factors past the original context length, as llama.cpp picks them.
+    pub(super) fn rope_freqs_for(&self, ctx: usize) -> &[f32] {
+        match &self.rope_freqs_long {
+            Some(long) if ctx > self.config.rope_original_context => long,
+            _ => &self.rope_freqs,
+        }
+    }
+
     /// A model of `config` with `weights`, from `file`.
     pub fn new(file: GgufFile, config: ModelConfig, weights: Weights) -> Model {
         // llama.cpp's "normal" RoPE rotates consecutive pairs (x[2i], x[2i+1]); the GGUF
         // converter permuted q/k rows to match it.
-        // Linear scaling multiplies every frequency (`rope_freq_scale`); Llama 3's factors
-        // divide each pair's (as ggml's `rope_ext` applies them).
-        let half = config.rope_dim / 2;
-        let factors = weights.rope_factors.as_deref();
-        let rope_freqs = (0..half)
-            .map(|i| {
-                let theta = config
-                    .rope_base
-                    .powf(-2.0 * i as f32 / config.rope_dim as f32);
-                let factor = factors.map_or(1.0, |f| f[i]);
-                config.rope_freq_scale * theta / factor
-            })
-            .collect();
+        // Linear scaling multiplies every frequency (`rope_freq_scale`); RoPE factors divide
+        // each pair's (as ggml's `rope_ext` applies them).
+        let freqs = |factors: Option<&[f32]>| -> Vec<f32> {
+            let half = config.rope_dim / 2;
+            (0..half)
+                .map(|i| {
+                    let theta = config
+                        .rope_base
+                        .powf(-2.0 * i as f32 / config.rope_dim as f32);
+                    let factor = factors.map_or(1.0, |f| f[i]);
+                    config.rope_freq_scale * theta / factor
+                })
+                .collect()
+        };
+        let rope_freqs = freqs(weights.rope_factors.as_deref());
+        let rope_freqs_long = weights
+            .rope_factors_long
+            .as_deref()
+            .map(|long| freqs(Some(long)));
         Model {
             config,
             weights,
             file,
             rope_freqs,
+            rope_freqs_long,
         }
     }
 

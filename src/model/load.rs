@@ -157,17 +157,27 @@ fn load_weights(
             k_norm: optional(format!("blk.{l}.attn_k_norm.weight"), head_dim)?,
         });
     }
-    let rope_factors = optional("rope_freqs.weight".to_string(), config.rope_dim as u64 / 2)?;
-    if rope_factors
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|&x| !(x.is_finite() && x > 0.0)))
-    {
-        return Err(WeightsError::Unsupported {
-            tensor: "rope_freqs.weight".to_string(),
-            what: "RoPE frequency factors must be positive numbers".to_string(),
+    // RoPE factors: Llama 3's for every context, else LongRoPE's short and long ones.
+    let half = config.rope_dim as u64 / 2;
+    let factors = |name: &str| -> Result<Option<Vec<f32>>, WeightsError> {
+        let f = optional(name.to_string(), half)?;
+        if f.as_ref()
+            .is_some_and(|f| f.iter().any(|&x| !(x.is_finite() && x > 0.0)))
+        {
+            return Err(WeightsError::Unsupported {
+                tensor: name.to_string(),
+                what: "RoPE frequency factors must be positive numbers".to_string(),
+            });
         }
-        .into());
-    }
+        Ok(f)
+    };
+    let (rope_factors, rope_factors_long) = match factors("rope_freqs.weight")? {
+        Some(f) => (Some(f), None),
+        None => (
+            factors("rope_factors_short.weight")?,
+            factors("rope_factors_long.weight")?,
+        ),
+    };
     if layers
         .iter()
         .any(|l| l.q_norm.is_some() != l.k_norm.is_some())
@@ -187,6 +197,7 @@ fn load_weights(
         lm_head,
         output_bias: optional("output.bias".to_string(), config.vocab_size as u64)?,
         rope_factors,
+        rope_factors_long,
     };
     // A packed file's matrices are read in place where the OS maps the file with huge pages
     // (advised from its opening, `GgufFile::open`), else copied like converted ones.
@@ -299,6 +310,12 @@ pub fn specifics(file: &GgufFile, config: &ModelConfig) -> Vec<String> {
     if file.tensor("rope_freqs.weight").is_some() {
         out.push("RoPE frequency factors (Llama 3)".into());
     }
+    if file.tensor("rope_factors_long.weight").is_some() {
+        out.push(format!(
+            "LongRoPE (long factors past {} positions, attention factor {})",
+            config.rope_original_context, config.rope_attn_factor
+        ));
+    }
     if config.rope_freq_scale != 1.0 {
         out.push(format!(
             "linear RoPE scaling x{}",
@@ -338,12 +355,14 @@ pub fn check_supported(file: &GgufFile, config: &ModelConfig) -> Result<(), Load
 /// Refuse a file with a tensor this architecture does not read (a norm's bias, a scaling-factor
 /// tensor, experts, ...): running without it would compute something else than the model.
 fn check_tensors(file: &GgufFile, config: &ModelConfig) -> Result<(), LoadError> {
-    const TOP: [&str; 7] = [
+    const TOP: [&str; 9] = [
         "token_embd.weight",
         "output_norm.weight",
         "output.weight",
         "output.bias",
         "rope_freqs.weight",
+        "rope_factors_short.weight",
+        "rope_factors_long.weight",
         "output.packed",
         "output.packed_scale",
     ];

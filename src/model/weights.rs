@@ -257,9 +257,13 @@ pub struct Weights {
     pub lm_head: LmHead,
     /// Added to the logits (`output.bias`), if the file has it.
     pub output_bias: Option<Vec<f32>>,
-    /// Llama 3's RoPE frequency factors (`rope_freqs.weight`, rope_dim/2): pair i turns at
-    /// θ_i / factor_i.
+    /// RoPE frequency factors (rope_dim/2 each): pair i turns at θ_i / factor_i. Llama 3's
+    /// (`rope_freqs.weight`) for every context; else LongRoPE's short ones
+    /// (`rope_factors_short.weight`) for contexts up to the original length.
     pub rope_factors: Option<Vec<f32>>,
+    /// LongRoPE's long factors (`rope_factors_long.weight`), for contexts past the original
+    /// length (see [`ModelConfig::rope_original_context`]).
+    pub rope_factors_long: Option<Vec<f32>>,
 }
 
 impl Weights {

@@ -171,7 +171,8 @@ impl Pass<'_> {
         let rows = self.rows.x.chunks_exact_mut(m.config.d_model);
         for (t, (&token, row)) in tokens.iter().zip(rows).enumerate() {
             m.weights.embedding.row(&m.file, token, row)?;
-            self.ropes[t].at(self.pos0 + t, &m.rope_freqs);
+            let freqs = m.rope_freqs_for(self.kv.ctx);
+            self.ropes[t].at(self.pos0 + t, freqs, m.config.rope_attn_factor);
         }
         self.p.meter.lap(Phase::Embed);
         Ok(())

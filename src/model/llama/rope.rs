@@ -12,12 +12,14 @@ pub(super) struct Rope {
 }
 
 impl Rope {
-    /// The rotation at position `pos` for the frequencies θ_i `freqs`: pos·θ_i per rotated pair.
-    pub(super) fn at(&mut self, pos: usize, freqs: &[f32]) {
+    /// The rotation at position `pos` for the frequencies θ_i `freqs`: pos·θ_i per rotated pair,
+    /// cos and sin multiplied by `scale` (LongRoPE's attention factor; 1 for most models).
+    pub(super) fn at(&mut self, pos: usize, freqs: &[f32], scale: f32) {
         self.cos.clear();
         self.sin.clear();
         for &f in freqs {
             let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (sin, cos) = (sin * scale, cos * scale);
             self.cos.extend([cos, cos]);
             self.sin.extend([-sin, sin]);
         }
