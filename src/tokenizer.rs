@@ -414,6 +414,12 @@ impl Tokenizer {
         String::from_utf8_lossy(self.token_bytes(id)).into_owned()
     }
 
+    /// The token's string in the vocabulary, control tokens included (`<s>`, `<|begin_of_text|>`):
+    /// what chat templates call `bos_token` and `eos_token`.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Whether `id` is a control token (never printed).
     pub fn is_control(&self, id: u32) -> bool {
         self.control.get(id as usize).copied().unwrap_or(false)

@@ -391,3 +391,43 @@ fn end_of_turn_tokens_end_generation() {
         assert!(!tok.is_end(hello[0]), "{vocab}: an ordinary token");
     }
 }
+
+/// A chat prompt has one BOS: where the tokenizer adds it and the template writes it too (Llama
+/// 3, Phi-3), the template's is left out, as llama.cpp does.
+#[test]
+fn chat_prompts_have_one_bos() {
+    let dir = common::vocab_dir();
+    let messages = [Message::new("user", "Hi")];
+    for (vocab, template, bos) in [
+        (
+            "llama-bpe",
+            Some("templates/meta-llama-Llama-3.1-8B-Instruct.jinja"),
+            128_000,
+        ),
+        ("phi-3", None, 1),
+    ] {
+        let file = GgufFile::open(dir.join(format!("ggml-vocab-{vocab}.gguf"))).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let bos_text = tok.token_text(tok.bos().unwrap()).unwrap();
+        let eos_text = tok.token_text(tok.eos().unwrap()).unwrap();
+        let t = match template {
+            Some(name) => {
+                let source = std::fs::read_to_string(dir.join(name)).unwrap();
+                ChatTemplate::from_source(&source, &bos_text, &eos_text).unwrap()
+            }
+            None => ChatTemplate::from_gguf(&file, &bos_text, &eos_text).unwrap(),
+        };
+        let written = t.render(&messages, true).unwrap();
+        assert!(
+            written.starts_with(&bos_text),
+            "{vocab}: the template writes BOS"
+        );
+        let prompt = t
+            .without_leading_bos(tok.adds_bos())
+            .render(&messages, true)
+            .unwrap();
+        let ids = tok.encode(&prompt).unwrap();
+        assert_eq!(ids[0], bos, "{vocab}");
+        assert_ne!(ids[1], bos, "{vocab}: BOS twice");
+    }
+}

@@ -75,14 +75,14 @@ impl<'m> Conversation<'m> {
         }
     }
 
-    /// The template of `model` with its BOS/EOS texts.
+    /// The template of `model` with its BOS/EOS texts; where the tokenizer puts BOS first
+    /// itself, a BOS the template writes is left out (as llama.cpp does), so there is one.
     pub fn template_for(model: &Model, tokenizer: &Tokenizer) -> Result<ChatTemplate, ChatError> {
-        let text = |t: Option<u32>| t.map(|t| tokenizer.piece(t)).unwrap_or_default();
-        Ok(ChatTemplate::from_gguf(
-            &model.file,
-            &text(tokenizer.bos()),
-            &text(tokenizer.eos()),
-        )?)
+        let text = |t: Option<u32>| t.and_then(|t| tokenizer.token_text(t)).unwrap_or_default();
+        Ok(
+            ChatTemplate::from_gguf(&model.file, &text(tokenizer.bos()), &text(tokenizer.eos()))?
+                .without_leading_bos(tokenizer.adds_bos()),
+        )
     }
 
     /// Every message, the system message first.

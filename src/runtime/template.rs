@@ -40,6 +40,8 @@ pub struct ChatTemplate {
     eos: String,
     /// The date `strftime_now` prints (None: today's, in UTC).
     date: Option<Date>,
+    /// Leave out a BOS the template writes first (the tokenizer adds one).
+    strip_bos: bool,
     /// Whether the file had no template and ChatML is used.
     pub fallback: bool,
 }
@@ -76,6 +78,13 @@ impl ChatTemplate {
         self
     }
 
+    /// The same template leaving out a BOS text it writes first when `strip` (for a tokenizer
+    /// that puts BOS first itself: llama.cpp's rule, so that the prompt has one BOS, not two).
+    pub fn without_leading_bos(mut self, strip: bool) -> ChatTemplate {
+        self.strip_bos = strip;
+        self
+    }
+
     fn new(
         source: String,
         bos: &str,
@@ -99,6 +108,7 @@ impl ChatTemplate {
             bos: bos.to_string(),
             eos: eos.to_string(),
             date: None,
+            strip_bos: false,
             fallback,
         })
     }
@@ -121,13 +131,18 @@ impl ChatTemplate {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| TemplateError(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages.iter().map(|m| context! { role => m.role.clone(), content => m.content.clone() }).collect::<Vec<_>>(),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.clone(),
-            eos_token => self.eos.clone(),
-        })
-        .map_err(|e| TemplateError(e.to_string()))
+        let text = tmpl
+            .render(context! {
+                messages => messages.iter().map(|m| context! { role => m.role.clone(), content => m.content.clone() }).collect::<Vec<_>>(),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.clone(),
+                eos_token => self.eos.clone(),
+            })
+            .map_err(|e| TemplateError(e.to_string()))?;
+        match text.strip_prefix(self.bos.as_str()) {
+            Some(rest) if self.strip_bos && !self.bos.is_empty() => Ok(rest.to_string()),
+            _ => Ok(text),
+        }
     }
 }
 
