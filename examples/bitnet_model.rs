@@ -1,7 +1,7 @@
 //! Writes a `bitnet` model with random ternary weights (`qsparse::synthetic`), for the llama.cpp
 //! fixture (`scripts/make_bitnet_fixture.py`) and the speed comparison (`scripts/bench_bitnet.py`).
 //!
-//!     cargo run --release --example bitnet_model -- OUT [--shape small|2b4t] [--f32]
+//!     cargo run --release --example bitnet_model -- OUT [--shape small|2b4t] [--f32|--i2s]
 //!
 //! The tokenizer is SmolLM2's (`qsparse pull` first).
 
@@ -17,6 +17,7 @@ fn main() -> Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--f32" => options.f32_projections = true,
+            "--i2s" => options.i2_s_projections = true,
             "--shape" => {
                 shape = match args.next().as_deref() {
                     Some("small") => BitnetShape::SMALL,
@@ -25,10 +26,10 @@ fn main() -> Result<()> {
                 }
             }
             _ if out.is_none() && !a.starts_with('-') => out = Some(PathBuf::from(a)),
-            _ => bail!("usage: bitnet_model OUT [--shape small|2b4t] [--f32]"),
+            _ => bail!("usage: bitnet_model OUT [--shape small|2b4t] [--f32|--i2s]"),
         }
     }
-    let out = out.context("usage: bitnet_model OUT [--shape small|2b4t] [--f32]")?;
+    let out = out.context("usage: bitnet_model OUT [--shape small|2b4t] [--f32|--i2s]")?;
     let tokenizer = GgufFile::open(qsparse::hub::resolve(
         "smollm2-135m-instruct",
         &qsparse::cli::models_dir(),

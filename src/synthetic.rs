@@ -81,6 +81,9 @@ pub struct BitnetOptions {
     pub activation: Option<String>,
     /// The projections as F32 holding the ternary values instead of TQ2_0.
     pub f32_projections: bool,
+    /// The projections in bitnet.cpp's I2_S (its type ids; one scale per tensor, the same
+    /// values as TQ2_0 holds), for bitnet.cpp to run.
+    pub i2_s_projections: bool,
 }
 
 /// A `bitnet` model at `shape` in `path`, from a fixed seed: F16 token embedding (tied head),
@@ -144,9 +147,13 @@ pub fn write_bitnet(
             (t("ffn_sub_norm"), GgmlType::F32, vec![d_ff]),
         ]);
     }
+    if options.i2_s_projections {
+        w = w.with_dialect(crate::gguf::TypeDialect::BitnetCpp);
+    }
     for (name, ty, dims) in &tensors {
         let ty = match ty {
             GgmlType::TQ2_0 if options.f32_projections => GgmlType::F32,
+            GgmlType::TQ2_0 if options.i2_s_projections => GgmlType::I2_S,
             t => *t,
         };
         w.add_tensor(name.clone(), ty, dims);
@@ -174,6 +181,8 @@ pub fn write_bitnet(
                             .iter()
                             .flat_map(|&c| (f32::from(c) * d.to_f32()).to_le_bytes())
                             .collect()
+                    } else if options.i2_s_projections {
+                        i2_s(&codes, d.to_f32())
                     } else {
                         tq2_0(&codes, d.to_f32())
                     }
@@ -182,6 +191,21 @@ pub fn write_bitnet(
         })
         .collect();
     w.write_file(path, |i, _, sink| sink.write_all(&data[i]))
+}
+
+/// bitnet.cpp's I2_S bytes (x86 layout) of ternary `codes` (a whole number of 128-value
+/// blocks) scaled by `scale`: codes + 1 in 128-element blocks of 32 bytes, byte j holding
+/// elements j, j+32, j+64, j+96 at bits 7:6, 5:4, 3:2, 1:0; then the f32 scale, padded to 32
+/// bytes.
+fn i2_s(codes: &[i8], scale: f32) -> Vec<u8> {
+    let mut out = vec![0u8; codes.len() / 4];
+    for (i, &c) in codes.iter().enumerate() {
+        let (blk, e) = (i / 128, i % 128);
+        out[32 * blk + e % 32] |= ((c + 1) as u8) << (6 - 2 * (e / 32));
+    }
+    out.extend_from_slice(&scale.to_le_bytes());
+    out.resize(out.len() + 28, 0);
+    out
 }
 
 /// TQ2_0 bytes of ternary `codes` (a whole number of 256-value blocks), every block scaled by

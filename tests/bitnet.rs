@@ -24,6 +24,7 @@ fn write_model(path: &Path, activation: Option<&str>, f32_projections: bool) {
     let options = BitnetOptions {
         activation: activation.map(str::to_string),
         f32_projections,
+        i2_s_projections: false,
     };
     write_bitnet(path, BitnetShape::SMALL, &tokenizer, &options).unwrap();
 }
@@ -361,5 +362,39 @@ fn bitnet_b158_files_match_transformers() {
              the largest; greedy 32 identical for {identical}/{}",
             cases.len()
         );
+    }
+}
+
+/// The same model written with I2_S projections (bitnet.cpp's layout and type ids, one scale per
+/// tensor) gives the TQ2_0 file's logits bit for bit: both hold the same ternary values.
+#[test]
+fn i2_s_and_tq2_0_files_of_one_model_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = GgufFile::open(common::smollm2()).unwrap();
+    let (tq2, i2s) = (dir.path().join("tq2.gguf"), dir.path().join("i2s.gguf"));
+    write_bitnet(
+        &tq2,
+        BitnetShape::SMALL,
+        &tokenizer,
+        &BitnetOptions::default(),
+    )
+    .unwrap();
+    let options = BitnetOptions {
+        i2_s_projections: true,
+        ..BitnetOptions::default()
+    };
+    write_bitnet(&i2s, BitnetShape::SMALL, &tokenizer, &options).unwrap();
+    assert_eq!(
+        GgufFile::open(&i2s).unwrap().dialect(),
+        qsparse::gguf::TypeDialect::BitnetCpp
+    );
+    let (a, _) = model::load(&tq2, WeightFormat::Ternary, &|_, _| {}).unwrap();
+    let (b, _) = model::load(&i2s, WeightFormat::Ternary, &|_, _| {}).unwrap();
+    let mut sa = RunState::new(&a.config, WeightFormat::Ternary, 16);
+    let mut sb = RunState::new(&b.config, WeightFormat::Ternary, 16);
+    for (pos, t) in [504u32, 17, 9000, 42].into_iter().enumerate() {
+        a.forward(&mut sa, t, pos, Sparsity::uniform(0.5)).unwrap();
+        b.forward(&mut sb, t, pos, Sparsity::uniform(0.5)).unwrap();
+        assert_eq!(sa.logits(), sb.logits(), "position {pos}");
     }
 }

@@ -28,6 +28,7 @@ fn write_model(path: &Path, seed_activation: Option<&str>) {
     let options = BitnetOptions {
         activation: seed_activation.map(str::to_string),
         f32_projections: false,
+        ..Default::default()
     };
     write_bitnet(path, BitnetShape::SMALL, &tokenizer, &options).unwrap();
 }

@@ -364,6 +364,7 @@ fn the_trainers_forward_equals_the_runtimes_bitnet() {
     let options = qsparse::synthetic::BitnetOptions {
         activation: Some("relu2".into()),
         f32_projections: true,
+        ..Default::default()
     };
     qsparse::synthetic::write_bitnet(
         &model,
