@@ -89,7 +89,7 @@ def main():
         med = {k: statistics.median(v) for k, v in decode.items()}
         report[arch] = {"median_decode_tok_s": med, "runs": decode, "ratios": of_medians,
                         "median_round_ratios": {k: statistics.median(v) for k, v in by_round.items()}}
-        del llm
+        llm.close()  # frees the model before the next one is loaded
         if not a.json:
             print(f"== {arch}")
             for k, v in med.items():

@@ -4,6 +4,7 @@ run in alternating order, and ratios two ways (of the medians, and the median of
 ratios, each pair timed within seconds of each other, which the VM's drifting speed disturbs
 less)."""
 
+import json
 import statistics
 import subprocess
 import sys
@@ -61,3 +62,11 @@ def print_ratios(of_medians, by_round, width=38):
         spread = ", ".join(f"{x:.2f}" for x in sorted(by_round[k]))
         print(f"{k:<{width}} {v:5.2f}x of medians, {statistics.median(by_round[k]):.2f}x "
               f"median of rounds ({spread})")
+
+
+def write_fixture(path, obj):
+    """A test fixture as the tests read it: indented JSON, non-ASCII kept, a final newline."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"wrote {path}")

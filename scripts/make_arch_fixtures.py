@@ -16,14 +16,13 @@ as tests/fixtures/architectures_llamacpp.json so the test suite runs without lla
   models/templates copies) for one conversation.
 """
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import import_llama_cpp  # noqa: E402
+from benchlib import import_llama_cpp, write_fixture  # noqa: E402
 from make_fixtures import logits_and_greedy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,10 +117,7 @@ def main():
         bos, eos = ("<|begin_of_text|>", "<|eot_id|>") if "llama" in fname.lower() else ("<s>", "</s>")
         out["templates"].append({"name": f"templates/{fname}", "bos": bos, "eos": eos,
                                  "prompt": render(src, bos, eos)})
-    with open(OUT, "w") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print(f"wrote {OUT}")
+    write_fixture(OUT, out)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ its F32 form (the same values), per prompt: the prompt's token ids, the top-10 l
 the greedy 8-token continuation (llama.cpp's CPU backend, 2 threads; make_fixtures.py's probe).
 """
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import import_llama_cpp  # noqa: E402
+from benchlib import import_llama_cpp, write_fixture  # noqa: E402
 from make_fixtures import logits_and_greedy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +47,7 @@ def main():
             with open(path, "rb") as f:
                 out[sha_key] = hashlib.sha256(f.read()).hexdigest()
             out[key] = logits_and_greedy(path, PROMPTS, greedy=8)
-    with open(OUT, "w") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print(f"wrote {OUT}")
+    write_fixture(OUT, out)
 
 
 if __name__ == "__main__":

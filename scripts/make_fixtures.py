@@ -7,11 +7,10 @@ tests/fixtures/smollm2_llamacpp.json so the test suite runs without llama.cpp.
 Holds: token ids of tricky strings; for a set of prompts, the top-10 logits after the prompt and
 the greedy 32-token continuation (llama.cpp's CPU backend, 2 threads).
 """
-import json
 import os
 import subprocess
 
-from benchlib import import_llama_cpp
+from benchlib import import_llama_cpp, write_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -177,10 +176,7 @@ def main():
         f32_copy(MODEL, f32_path)
         out["prompts_f32"] = logits_and_greedy(f32_path)
         out["perplexity_f32"] = perplexity(f32_path)
-    with open(OUT, "w") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print(f"wrote {OUT}")
+    write_fixture(OUT, out)
 
 
 if __name__ == "__main__":

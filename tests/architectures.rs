@@ -67,16 +67,8 @@ fn every_architecture_matches_llama_cpp() {
                 .unwrap();
             int8.feed_prompt(&mut b, &prompt, 0, Sparsity::dense())
                 .unwrap();
-            let top10 = case["top10"].as_array().unwrap();
-            let size = top10
-                .iter()
-                .map(|e| e[1].as_f64().unwrap().abs() as f32)
-                .fold(0f32, f32::max);
-            for e in top10 {
-                let (id, logit) = (
-                    e[0].as_u64().unwrap() as usize,
-                    e[1].as_f64().unwrap() as f32,
-                );
+            let (top10, size) = common::top10(case);
+            for (id, logit) in top10 {
                 worst_f32 = worst_f32.max((a.logits()[id] - logit).abs() / size);
                 worst_int8 = worst_int8.max((b.logits()[id] - logit).abs() / size);
             }

@@ -320,16 +320,8 @@ fn bitnet_b158_files_match_transformers() {
             let mut s = RunState::new(&m.config, format, 64);
             m.feed_prompt(&mut s, &prompt, 0, Sparsity::dense())
                 .unwrap();
-            let top10 = case["top10"].as_array().unwrap();
-            let size = top10
-                .iter()
-                .map(|e| e[1].as_f64().unwrap().abs() as f32)
-                .fold(0f32, f32::max);
-            for e in top10 {
-                let (id, logit) = (
-                    e[0].as_u64().unwrap() as usize,
-                    e[1].as_f64().unwrap() as f32,
-                );
+            let (top10, size) = common::top10(case);
+            for (id, logit) in top10 {
                 let diff = (s.logits()[id] - logit).abs() / size;
                 worst = worst.max(diff);
                 assert!(

@@ -204,6 +204,24 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A fixture case's `top10` as (token id, logit) pairs, and the largest |logit| among them (the
+/// scale tolerances are relative to).
+pub fn top10(case: &serde_json::Value) -> (Vec<(usize, f32)>, f32) {
+    let entries: Vec<(usize, f32)> = case["top10"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_u64().unwrap() as usize,
+                e[1].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    let size = entries.iter().fold(0f32, |m, &(_, l)| m.max(l.abs()));
+    (entries, size)
+}
+
 /// A fixture's list of token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
