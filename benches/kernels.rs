@@ -313,6 +313,7 @@ fn benches(c: &mut Criterion) {
                         rows.scales().to_vec(),
                         rows.d_out(),
                         rows.d_in(),
+                        rows.bits(),
                     )
                     .expect("the same geometry")
                 })

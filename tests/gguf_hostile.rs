@@ -422,7 +422,7 @@ fn absurd_model_shapes_are_refused_by_name() {
 /// metadata) and a dense and a sparse step: each is refused with an error or runs, never panics.
 #[test]
 fn random_mutations_of_a_model_never_panic_the_loader() {
-    use qsparse::model::{load_file, weights, HeadInput, LoadOptions, RunState, Sparsity};
+    use qsparse::model::{load_file, weights, LoadOptions, RunState, Sparsity};
     use qsparse::synthetic::{write_bitnet, BitnetOptions, BitnetShape};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.gguf");
@@ -450,9 +450,8 @@ fn random_mutations_of_a_model_never_panic_the_loader() {
             continue;
         };
         let options = LoadOptions {
-            format: weights::default_format(&file),
-            head_input: HeadInput::Dense,
             huge_pages: false,
+            ..LoadOptions::new(weights::default_format(&file))
         };
         match load_file(file, &options, &|_, _| {}) {
             Ok((model, tokenizer)) => {

@@ -414,3 +414,60 @@ fn packed_files_that_do_not_fit_the_run_or_this_build_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+/// A 4-bit lm_head (`--lm-head-bits 4`): packed and read back, it runs bit for bit like the
+/// converted one, holds about half the 8-bit head's bytes, is refused when the run asks for
+/// the other width, and a truncated one is refused naming it.
+#[test]
+fn four_bit_heads_pack_and_are_checked() {
+    use qsparse::model::{LmHead, LoadOptions};
+    use qsparse_kernels::dense_q8::CodeBits;
+    let dir = tempfile::tempdir().unwrap();
+    let load = |path: &Path, bits: Option<CodeBits>| {
+        let options = LoadOptions {
+            head_bits: bits,
+            ..LoadOptions::new(WeightFormat::Int8)
+        };
+        model::load_file(GgufFile::open(path).unwrap(), &options, &|_, _| {})
+    };
+    let (q8, _) = load(&common::smollm2(), None).unwrap();
+    let (q4, _) = load(&common::smollm2(), Some(CodeBits::Four)).unwrap();
+    let bytes = |m: &Model| match &m.weights.lm_head {
+        LmHead::Rows(r) => (r.bits(), r.bytes()),
+        LmHead::Columns(_) => panic!("a column head"),
+    };
+    let ((b8, n8), (b4, n4)) = (bytes(&q8), bytes(&q4));
+    assert_eq!((b8, b4), (CodeBits::Eight, CodeBits::Four));
+    assert!(n4 * 100 < n8 * 56, "{n4} vs {n8}");
+    let path = dir.path().join("q4.gguf");
+    pack::write(&q4.file, &q4.weights, &path, &|_, _| {}).unwrap();
+    let (packed, _) = load(&path, None).unwrap();
+    assert_eq!(bytes(&packed).0, CodeBits::Four);
+    let prompt = [1u32, 504, 3458, 282, 4649];
+    let run = |m: &Model| {
+        let mut s = RunState::new(&m.config, WeightFormat::Int8, 16);
+        m.feed_prompt(&mut s, &prompt, 0, Sparsity::dense())
+            .unwrap();
+        s.logits().to_vec()
+    };
+    assert!(same_bits(&run(&q4), &run(&packed)));
+    assert!(!same_bits(&run(&q4), &run(&q8)));
+    let e = match load(&path, Some(CodeBits::Eight)) {
+        Ok(_) => panic!("an 8-bit head asked of a 4-bit one"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("4-bit codes") && e.contains("--lm-head-bits"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.gguf");
+    let src = GgufFile::open(&path).unwrap();
+    rewrite(
+        &src,
+        &bad,
+        |_| None,
+        |t| (t.name == "output.packed").then(|| (GgmlType::I8, vec![t.dims[0] - 64])),
+    );
+    let e = load_error(&bad, WeightFormat::Int8, HeadInput::Dense);
+    assert!(e.contains("output.packed") && e.contains("4-bit"), "{e}");
+}

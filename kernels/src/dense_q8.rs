@@ -13,6 +13,10 @@
 //!
 //! Block sums are exact integers; their scaled sum is f32 in lane order, so SIMD differs from the
 //! scalar reference by rounding only: tests bound |y − y_ref| by 1e-5 · Σ_b |s_rb·d_b|·Σ|W·q|.
+//!
+//! The weights may also be held as 4-bit codes ([`CodeBits::Four`]: ±7 steps of a block scale,
+//! two to a byte), a lighter head where it is a large part of a token (a sparse ternary model's); the
+//! kernels unpack them to int8 and multiply as above.
 
 use rayon::prelude::*;
 
@@ -73,6 +77,26 @@ impl BlockQ8 {
     }
 }
 
+/// How many bits each weight code of a [`RowsQ8`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeBits {
+    /// int8 codes within ±127 (Q8_0's).
+    Eight,
+    /// 4-bit codes within ±7 (−8 read as such, never written), stored + 8: byte j of a block
+    /// holds code j in its low nibble and code j + 16 in its high one (ggml's Q4_0 order).
+    Four,
+}
+
+impl CodeBits {
+    /// Bytes one block of [`Q8_BLOCK`] codes takes.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            CodeBits::Eight => Q8_BLOCK,
+            CodeBits::Four => Q8_BLOCK / 2,
+        }
+    }
+}
+
 /// Weights `[d_out][d_in]` as int8 blocks of [`Q8_BLOCK`] along each row, one f32 scale per block;
 /// rows padded with zeros to whole blocks. f32, not Q8_0's f16: widening f16 scales per group of
 /// rows made SmolLM2's head 0.90-0.97x the column product's speed instead of 1.04-1.10x; they
@@ -86,6 +110,7 @@ pub struct RowsQ8 {
     scales: Vec<f32>,
     d_out: usize,
     d_in: usize,
+    bits: CodeBits,
 }
 
 impl RowsQ8 {
@@ -99,6 +124,16 @@ impl RowsQ8 {
         infallible(Self::from_rows(d_out, d_in, copy_row(w, d_in)))
     }
 
+    /// [`RowsQ8::from_f32`] with `bits`-bit codes.
+    pub fn from_f32_bits(w: &[f32], d_out: usize, d_in: usize, bits: CodeBits) -> Self {
+        assert_eq!(
+            w.len(),
+            d_out * d_in,
+            "RowsQ8: weights are not d_out x d_in"
+        );
+        infallible(Self::from_rows_bits(d_out, d_in, bits, copy_row(w, d_in)))
+    }
+
     /// Quantize weights whose row r (d_in f32 values) `fill(r, out)` writes, parallel over
     /// blocks of rows: a worker holds one row in f32 at a time (a whole lm_head in f32 would be
     /// 113 MB for SmolLM2, 524 MB for Llama-7B). The first error ends the build.
@@ -107,10 +142,21 @@ impl RowsQ8 {
         d_in: usize,
         fill: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync,
     ) -> Result<Self, E> {
+        Self::from_rows_bits(d_out, d_in, CodeBits::Eight, fill)
+    }
+
+    /// [`RowsQ8::from_rows`] with `bits`-bit codes: each block's scale is its largest magnitude
+    /// over the largest code, each code the nearest (4-bit: d = max|w|/7, q = round(w/d)).
+    pub fn from_rows_bits<E: Send>(
+        d_out: usize,
+        d_in: usize,
+        bits: CodeBits,
+        fill: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
         /// Rows per parallel task.
         const BLOCK_ROWS: usize = 256;
-        let stride = Self::stride_of(d_in);
-        let blocks = stride / Q8_BLOCK;
+        let stride = Self::stride_of(d_in, bits);
+        let blocks = d_in.div_ceil(Q8_BLOCK);
         let mut codes = AlignedBytes::zeroed(d_out * stride);
         let mut scales = vec![0f32; d_out * blocks];
         if d_in > 0 {
@@ -127,13 +173,26 @@ impl RowsQ8 {
                         .enumerate()
                     {
                         fill(c * BLOCK_ROWS + k, &mut row)?;
-                        let out = as_i8_mut(out);
-                        for ((b, q), s) in row
-                            .chunks(Q8_BLOCK)
-                            .zip(out.chunks_exact_mut(Q8_BLOCK))
-                            .zip(s)
-                        {
-                            *s = quantize_block_absmax(b, q);
+                        match bits {
+                            CodeBits::Eight => {
+                                let out = as_i8_mut(out);
+                                for ((b, q), s) in row
+                                    .chunks(Q8_BLOCK)
+                                    .zip(out.chunks_exact_mut(Q8_BLOCK))
+                                    .zip(s)
+                                {
+                                    *s = quantize_block_absmax(b, q);
+                                }
+                            }
+                            CodeBits::Four => {
+                                for ((b, q), s) in row
+                                    .chunks(Q8_BLOCK)
+                                    .zip(out.chunks_exact_mut(Q8_BLOCK / 2))
+                                    .zip(s)
+                                {
+                                    *s = quantize_block_q4(b, q);
+                                }
+                            }
                         }
                     }
                     Ok(())
@@ -144,6 +203,7 @@ impl RowsQ8 {
             scales,
             d_out,
             d_in,
+            bits,
         })
     }
 
@@ -154,16 +214,23 @@ impl RowsQ8 {
         scales: Vec<f32>,
         d_out: usize,
         d_in: usize,
+        bits: CodeBits,
     ) -> Option<Self> {
-        let stride = Self::stride_of(d_in);
+        let stride = Self::stride_of(d_in, bits);
         let fits = d_out.checked_mul(stride) == Some(codes.len())
-            && d_out.checked_mul(stride / Q8_BLOCK) == Some(scales.len());
+            && d_out.checked_mul(d_in.div_ceil(Q8_BLOCK)) == Some(scales.len());
         fits.then_some(RowsQ8 {
             codes,
             scales,
             d_out,
             d_in,
+            bits,
         })
+    }
+
+    /// Bits per weight code.
+    pub fn bits(&self) -> CodeBits {
+        self.bits
     }
 
     /// The int8 codes, `[d_out][stride]` bytes.
@@ -171,18 +238,23 @@ impl RowsQ8 {
         self.codes.as_slice()
     }
 
-    /// The block scales, `[d_out][stride / Q8_BLOCK]`.
+    /// The block scales, `[d_out][blocks per row]`.
     pub fn scales(&self) -> &[f32] {
         &self.scales
     }
 
-    fn stride_of(d_in: usize) -> usize {
-        d_in.div_ceil(Q8_BLOCK) * Q8_BLOCK
+    fn stride_of(d_in: usize, bits: CodeBits) -> usize {
+        d_in.div_ceil(Q8_BLOCK) * bits.block_bytes()
     }
 
     /// Bytes between rows (d_in rounded up to whole blocks).
     pub fn stride(&self) -> usize {
-        Self::stride_of(self.d_in)
+        Self::stride_of(self.d_in, self.bits)
+    }
+
+    /// Blocks of [`Q8_BLOCK`] codes per row (the activation's blocks).
+    pub fn blocks(&self) -> usize {
+        self.d_in.div_ceil(Q8_BLOCK)
     }
 
     /// Rows (outputs).
@@ -207,9 +279,13 @@ impl RowsQ8 {
 
     /// The weight (row, column) as stored: scale · code.
     pub fn get(&self, row: usize, col: usize) -> f32 {
-        let blocks = self.stride() / Q8_BLOCK;
-        let code = self.codes.as_slice()[row * self.stride() + col] as i8;
-        self.scales[row * blocks + col / Q8_BLOCK] * f32::from(code)
+        let (blocks, (b, i)) = (self.blocks(), (col / Q8_BLOCK, col % Q8_BLOCK));
+        let bytes = &self.codes.as_slice()[row * self.stride()..];
+        let code = match self.bits {
+            CodeBits::Eight => bytes[col] as i8,
+            CodeBits::Four => q4_code(bytes[b * Q8_BLOCK / 2 + i % 16], i >= 16),
+        };
+        self.scales[row * blocks + b] * f32::from(code)
     }
 
     fn codes(&self) -> &[i8] {
@@ -285,10 +361,10 @@ pub fn matvec_rows_q8_batch(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], ys: &mut [f32]
 fn check_input(w: &RowsQ8, x: &BlockQ8) {
     assert_eq!(
         x.len(),
-        w.stride(),
+        w.blocks() * Q8_BLOCK,
         "matvec_rows_q8: the activation has {} values, W's rows {}",
         x.len(),
-        w.stride()
+        w.blocks() * Q8_BLOCK
     );
     assert_eq!(
         x.scales.len() * Q8_BLOCK,
@@ -307,32 +383,79 @@ fn rows_per_worker(w: &RowsQ8, threads: usize) -> usize {
 fn rows(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], r0: usize, ys: &mut [&mut [f32]]) {
     let n = ys.first().map_or(0, |y| y.len());
     assert!(ys.len() == xs.len() && ys.iter().all(|y| y.len() == n));
-    let (stride, blocks) = (w.stride(), w.stride() / Q8_BLOCK);
+    let (stride, blocks) = (w.stride(), w.blocks());
     let rows = Rows {
         codes: &w.codes()[r0 * stride..(r0 + n) * stride],
         scales: &w.scales[r0 * blocks..(r0 + n) * blocks],
         stride,
+        blocks,
     };
+    let four = w.bits == CodeBits::Four;
     match isa {
         // AVX-512 machines run the AVX2 kernel (a VNNI one would be the next step there).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if crate::isa::x86::v3().is_some() => {
             // SAFETY: the V3 token proves AVX2 and FMA; `rows` holds n rows of `stride` bytes
-            // and `stride / 32` scales each, every x holds `stride` values and their scales
-            // (checked by the callers), every y n values (checked above).
-            unsafe { avx2::rows(rows, xs, ys) }
+            // (`blocks` blocks of codes of W's width) and `blocks` scales each, every x holds
+            // `blocks` blocks of 32 values and their scales (checked by the callers), every y n
+            // values (checked above).
+            unsafe {
+                if four {
+                    avx2::rows::<true>(rows, xs, ys)
+                } else {
+                    avx2::rows::<false>(rows, xs, ys)
+                }
+            }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if pulp::aarch64::Neon::try_new().is_some() => {
             // SAFETY: NEON is present; sizes as above.
-            unsafe { neon::rows(rows, xs, ys) }
+            unsafe {
+                if four {
+                    neon::rows::<true>(rows, xs, ys)
+                } else {
+                    neon::rows::<false>(rows, xs, ys)
+                }
+            }
         }
         _ => {
             for (x, y) in xs.iter().zip(ys.iter_mut()) {
-                rows_scalar(rows, x, y)
+                rows_scalar(rows, four, x, y)
             }
         }
     }
+}
+
+/// Quantize one block of up to [`Q8_BLOCK`] values to 4-bit codes (into `out`, 16 bytes, the
+/// missing values as 0): d = max|v|/7, q = round(v/d) within ±7, stored + 8. Returns d. (Choosing
+/// d per block for the least squared error among max/6..max/9 cost SmolLM2 more perplexity from
+/// its head, 37.80 against 37.50: `qsparse perplexity -f data/prose.txt --lm-head-bits 4`.)
+fn quantize_block_q4(block: &[f32], out: &mut [u8]) -> f32 {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max / 7.0;
+    let inv = if d > 0.0 && d.is_normal() {
+        1.0 / d
+    } else {
+        0.0
+    };
+    let nibble = |i: usize| -> u8 {
+        let v = block.get(i).copied().unwrap_or(0.0);
+        ((v * inv).round().clamp(-7.0, 7.0) as i8 + 8) as u8
+    };
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = nibble(j) | (nibble(j + 16) << 4);
+    }
+    if inv == 0.0 {
+        0.0
+    } else {
+        d
+    }
+}
+
+/// The 4-bit code a byte holds in its low (`high` false) or high nibble.
+fn q4_code(byte: u8, high: bool) -> i8 {
+    let nibble = if high { byte >> 4 } else { byte & 0x0F };
+    nibble as i8 - 8
 }
 
 /// Some consecutive rows of a [`RowsQ8`].
@@ -340,29 +463,39 @@ fn rows(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], r0: usize, ys: &mut [&mut [f32]]) 
 struct Rows<'a> {
     codes: &'a [i8],
     scales: &'a [f32],
+    /// Bytes per row.
     stride: usize,
+    /// Blocks of 32 codes per row.
+    blocks: usize,
 }
 
 /// The reference: per row, each block's exact integer sum times the two scales, added in block
 /// order.
-fn rows_scalar(w: Rows<'_>, x: &BlockQ8, ys: &mut [f32]) {
-    let blocks = w.stride / Q8_BLOCK;
+fn rows_scalar(w: Rows<'_>, four: bool, x: &BlockQ8, ys: &mut [f32]) {
+    let block_bytes = if four { Q8_BLOCK / 2 } else { Q8_BLOCK };
     for ((y, row), s) in ys
         .iter_mut()
-        .zip(w.codes.chunks_exact(w.stride))
-        .zip(w.scales.chunks_exact(blocks.max(1)))
+        .zip(w.codes.chunks_exact(w.stride.max(1)))
+        .zip(w.scales.chunks_exact(w.blocks.max(1)))
     {
         let mut sum = 0.0f32;
         for (((wb, qb), &d), &s) in row
-            .chunks_exact(Q8_BLOCK)
+            .chunks_exact(block_bytes)
             .zip(x.values.chunks_exact(Q8_BLOCK))
             .zip(&x.scales)
             .zip(s)
         {
-            let dot: i32 = wb
+            let code = |i: usize| -> i8 {
+                if four {
+                    q4_code(wb[i % 16] as u8, i >= 16)
+                } else {
+                    wb[i]
+                }
+            };
+            let dot: i32 = qb
                 .iter()
-                .zip(qb)
-                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .enumerate()
+                .map(|(i, &b)| i32::from(code(i)) * i32::from(b))
                 .sum();
             sum += dot as f32 * (s * d);
         }
@@ -381,10 +514,14 @@ mod avx2 {
     /// ones (int32 per four weights), convert, and one FMA by the two scales' product. Several
     /// activations (a batch) take each group of rows in turn while it is in L1: read from
     /// memory once, prefetched once.
+    /// With `FOUR`, each block's 16 bytes are unpacked to 32 int8 codes first (low nibbles, then
+    /// high ones, less 8).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
-        let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
+    pub unsafe fn rows<const FOUR: bool>(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
+        let (stride, blocks) = (w.stride, w.blocks);
+        let block_bytes = if FOUR { Q8_BLOCK / 2 } else { Q8_BLOCK };
         let ones = _mm256_set1_epi16(1);
+        let (low, eight) = (_mm_set1_epi8(0x0F), _mm256_set1_epi8(8));
         let (wp, sp) = (w.codes.as_ptr(), w.scales.as_ptr());
         let n = ys.first().map_or(0, |y| y.len());
         let full = n / 4 * 4;
@@ -393,8 +530,18 @@ mod avx2 {
         // scales at sp + r·blocks; every activation has `blocks` blocks of 32 values and scales,
         // every y n values. Prefetches are hints, issued only for addresses inside the rows.
         unsafe {
+            let load = |w: *const i8| -> __m256i {
+                if FOUR {
+                    let raw = _mm_loadu_si128(w as *const __m128i);
+                    let lo = _mm_and_si128(raw, low);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), low);
+                    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight)
+                } else {
+                    _mm256_loadu_si256(w as *const __m256i)
+                }
+            };
             let block = |acc: &mut __m256, w: *const i8, xv: __m256i, ax: __m256i, d: f32| {
-                let wv = _mm256_loadu_si256(w as *const __m256i);
+                let wv = load(w);
                 let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
                 let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
                 *acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), *acc);
@@ -407,9 +554,9 @@ mod avx2 {
                     let mut acc = [_mm256_setzero_ps(); 4];
                     for b in 0..blocks {
                         if t == 0 {
-                            // The group's 4·stride bytes, two lines per block (stride = 32·blocks).
-                            for l in [0, 64] {
-                                let p = ahead.wrapping_add(128 * b + l);
+                            // The group's 4·stride bytes, 4·block_bytes per block (a line or two).
+                            for l in (0..4 * block_bytes).step_by(64) {
+                                let p = ahead.wrapping_add(4 * block_bytes * b + l);
                                 if p < end {
                                     _mm_prefetch::<_MM_HINT_NTA>(p);
                                 }
@@ -421,7 +568,7 @@ mod avx2 {
                         for (k, a) in acc.iter_mut().enumerate() {
                             let row = r + k;
                             let s = *sp.add(row * blocks + b);
-                            block(a, wp.add(row * stride + b * Q8_BLOCK), xv, ax, s * d);
+                            block(a, wp.add(row * stride + b * block_bytes), xv, ax, s * d);
                         }
                     }
                     // [row 0 .. row 3] sums: two rounds of pairwise adds, then the two halves.
@@ -440,7 +587,7 @@ mod avx2 {
                     for b in 0..blocks {
                         let xv = _mm256_loadu_si256(xp.add(b * Q8_BLOCK) as *const __m256i);
                         let s = *sp.add(r * blocks + b) * *dp.add(b);
-                        let row = wp.add(r * stride + b * Q8_BLOCK);
+                        let row = wp.add(r * stride + b * block_bytes);
                         block(&mut acc, row, xv, _mm256_abs_epi8(xv), s);
                     }
                     let h =
@@ -462,9 +609,11 @@ mod neon {
     /// Per row and block: four widening int8 multiplies (int16, at most 127·127), pairwise
     /// widening adds into int32, convert, and one fused multiply-add by the scales' product.
     /// Several activations take each row in turn.
+    /// With `FOUR`, each block's 16 bytes are unpacked to 32 int8 codes first.
     #[target_feature(enable = "neon")]
-    pub unsafe fn rows(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
-        let (stride, blocks) = (w.stride, w.stride / Q8_BLOCK);
+    pub unsafe fn rows<const FOUR: bool>(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
+        let (stride, blocks) = (w.stride, w.blocks);
+        let block_bytes = if FOUR { Q8_BLOCK / 2 } else { Q8_BLOCK };
         let wp = w.codes.as_ptr();
         let n = ys.first().map_or(0, |y| y.len());
         for r in 0..n {
@@ -475,8 +624,19 @@ mod neon {
                 unsafe {
                     let mut acc = vdupq_n_f32(0.0);
                     for b in 0..blocks {
-                        let (wb, qb) = (wp.add(r * stride + b * Q8_BLOCK), xp.add(b * Q8_BLOCK));
-                        let (w0, w1) = (vld1q_s8(wb), vld1q_s8(wb.add(16)));
+                        let (wb, qb) = (wp.add(r * stride + b * block_bytes), xp.add(b * Q8_BLOCK));
+                        let (w0, w1) = if FOUR {
+                            let raw = vld1q_u8(wb as *const u8);
+                            let lo = vandq_u8(raw, vdupq_n_u8(0x0F));
+                            let hi = vshrq_n_u8::<4>(raw);
+                            let eight = vdupq_n_s8(8);
+                            (
+                                vsubq_s8(vreinterpretq_s8_u8(lo), eight),
+                                vsubq_s8(vreinterpretq_s8_u8(hi), eight),
+                            )
+                        } else {
+                            (vld1q_s8(wb), vld1q_s8(wb.add(16)))
+                        };
                         let (q0, q1) = (vld1q_s8(qb), vld1q_s8(qb.add(16)));
                         let mut s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(q0)));
                         s = vpadalq_s16(s, vmull_high_s8(w0, q0));
@@ -503,35 +663,45 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
+    /// The code of weight (r, j) as stored.
+    fn code(m: &RowsQ8, r: usize, j: usize) -> i32 {
+        let row = &m.code_bytes()[r * m.stride()..];
+        i32::from(match m.bits() {
+            CodeBits::Eight => row[j] as i8,
+            CodeBits::Four => q4_code(row[j / Q8_BLOCK * 16 + j % 16], j % Q8_BLOCK >= 16),
+        })
+    }
+
     /// |y − y_ref| <= 1e-5 · Σ_b |s_rb·d_b| · Σ_i |W_ri·q_i|.
-    fn check(isa: Isa, d_out: usize, d_in: usize, seed: u64, outlier: bool) {
+    fn check(isa: Isa, d_out: usize, d_in: usize, seed: u64, outlier: bool, bits: CodeBits) {
         let mut s = seed;
         let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
         let mut x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s) * 3.0).collect();
         if outlier {
             x[d_in / 2] = 900.0;
         }
-        let m = RowsQ8::from_f32(&w, d_out, d_in);
+        let m = RowsQ8::from_f32_bits(&w, d_out, d_in, bits);
         let mut q = BlockQ8::default();
         q.quantize(&x).unwrap();
-        let blocks = m.stride() / Q8_BLOCK;
+        let blocks = m.blocks();
         let all = Rows {
             codes: m.codes(),
             scales: &m.scales,
             stride: m.stride(),
+            blocks,
         };
         let mut want = vec![0f32; d_out];
-        rows_scalar(all, &q, &mut want);
+        rows_scalar(all, bits == CodeBits::Four, &q, &mut want);
         let mut got = vec![f32::NAN; d_out];
         matvec_rows_q8(isa, &m, &q, &mut got);
         for r in 0..d_out {
-            let row = &m.codes()[r * m.stride()..(r + 1) * m.stride()];
             let bound: f32 = (0..blocks)
                 .map(|b| {
                     let dot: i32 = (0..Q8_BLOCK)
                         .map(|i| {
                             let j = b * Q8_BLOCK + i;
-                            (i32::from(row[j]) * i32::from(q.values[j])).abs()
+                            let c = if j < d_in { code(&m, r, j) } else { 0 };
+                            (c * i32::from(q.values[j])).abs()
                         })
                         .sum();
                     (m.scales[r * blocks + b] * q.scales[b]).abs() * dot as f32
@@ -539,7 +709,7 @@ mod tests {
                 .sum();
             assert!(
                 (got[r] - want[r]).abs() <= 1e-5 * bound,
-                "{isa:?} {d_out}x{d_in} row {r}: {} vs {}",
+                "{isa:?} {bits:?} {d_out}x{d_in} row {r}: {} vs {}",
                 got[r],
                 want[r]
             );
@@ -559,10 +729,51 @@ mod tests {
                 (130, 64),
                 (2048, 576),
             ] {
-                let seed = (d_out * 1000 + d_in) as u64;
-                check(isa, d_out, d_in, seed, false);
-                check(isa, d_out, d_in, seed + 7, true);
+                for bits in [CodeBits::Eight, CodeBits::Four] {
+                    let seed = (d_out * 1000 + d_in) as u64;
+                    check(isa, d_out, d_in, seed, false, bits);
+                    check(isa, d_out, d_in, seed + 7, true, bits);
+                }
             }
+        }
+    }
+
+    /// 4-bit weights: each code is the nearest of ±7 steps of its block's max/7, so every value
+    /// is within half a step of the f32 weight, and the product within the activation's error
+    /// of the exact one on the stored weights.
+    #[test]
+    fn four_bit_weights_are_within_half_a_step() {
+        let (d_out, d_in) = (9, 100);
+        let mut s = 3;
+        let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
+        let m = RowsQ8::from_f32_bits(&w, d_out, d_in, CodeBits::Four);
+        assert_eq!(m.stride(), 4 * 16);
+        assert_eq!(m.bytes(), d_out * (64 + 4 * 4));
+        for r in 0..d_out {
+            for b in 0..m.blocks() {
+                let cols = b * Q8_BLOCK..((b + 1) * Q8_BLOCK).min(d_in);
+                let max = cols
+                    .clone()
+                    .map(|c| w[r * d_in + c].abs())
+                    .fold(0f32, f32::max);
+                for c in cols {
+                    let err = (m.get(r, c) - w[r * d_in + c]).abs();
+                    assert!(err <= max / 7.0 / 2.0 + 1e-6, "({r}, {c}): {err}");
+                }
+            }
+        }
+        let x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s)).collect();
+        let mut q = BlockQ8::default();
+        q.quantize(&x).unwrap();
+        let mut y = vec![0f32; d_out];
+        matvec_rows_q8(Isa::Scalar, &m, &q, &mut y);
+        for (r, &got) in y.iter().enumerate() {
+            let exact: f32 = (0..d_in).map(|j| m.get(r, j) * x[j]).sum();
+            let bound: f32 = (0..d_in)
+                .map(|j| m.get(r, j).abs() * q.scales[j / Q8_BLOCK] / 2.0)
+                .sum::<f32>()
+                + 1e-4;
+            assert!((got - exact).abs() <= bound, "row {r}: {got} vs {exact}");
         }
     }
 
@@ -579,37 +790,39 @@ mod tests {
         for &(d_out, d_in) in &[(1, 32), (5, 33), (7, 64), (2051, 96), (4099, 64)] {
             let mut s = (d_out * 7 + d_in) as u64;
             let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
-            let m = RowsQ8::from_f32(&w, d_out, d_in);
-            for batch in [0, 1, 2, 3, 8] {
-                let xs: Vec<BlockQ8> = (0..batch)
-                    .map(|t| {
-                        let mut x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s) * 2.0).collect();
-                        if t == 1 {
-                            x[d_in / 3] = 500.0;
-                        }
-                        let mut q = BlockQ8::default();
-                        q.quantize(&x).unwrap();
-                        q
-                    })
-                    .collect();
-                for isa in Isa::available() {
-                    let want: Vec<f32> = xs
-                        .iter()
-                        .flat_map(|x| {
-                            let mut y = vec![0f32; d_out];
-                            matvec_rows_q8(isa, &m, x, &mut y);
-                            y
+            for bits in [CodeBits::Eight, CodeBits::Four] {
+                let m = RowsQ8::from_f32_bits(&w, d_out, d_in, bits);
+                for batch in [0, 1, 2, 3, 8] {
+                    let xs: Vec<BlockQ8> = (0..batch)
+                        .map(|t| {
+                            let mut x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s) * 2.0).collect();
+                            if t == 1 {
+                                x[d_in / 3] = 500.0;
+                            }
+                            let mut q = BlockQ8::default();
+                            q.quantize(&x).unwrap();
+                            q
                         })
                         .collect();
-                    for threads in [1, 2, 3] {
-                        let mut got = vec![f32::NAN; batch * d_out];
-                        pool(threads).install(|| matvec_rows_q8_batch(isa, &m, &xs, &mut got));
-                        assert!(
-                            got.iter()
-                                .zip(&want)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{isa:?} {d_out}x{d_in} batch {batch}, {threads} threads"
-                        );
+                    for isa in Isa::available() {
+                        let want: Vec<f32> = xs
+                            .iter()
+                            .flat_map(|x| {
+                                let mut y = vec![0f32; d_out];
+                                matvec_rows_q8(isa, &m, x, &mut y);
+                                y
+                            })
+                            .collect();
+                        for threads in [1, 2, 3] {
+                            let mut got = vec![f32::NAN; batch * d_out];
+                            pool(threads).install(|| matvec_rows_q8_batch(isa, &m, &xs, &mut got));
+                            assert!(
+                                got.iter()
+                                    .zip(&want)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{isa:?} {bits:?} {d_out}x{d_in} batch {batch}, {threads} threads"
+                            );
+                        }
                     }
                 }
             }

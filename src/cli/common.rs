@@ -11,6 +11,7 @@ use crate::hub;
 use crate::measure::calibrate::SparsityProfile;
 use crate::model::{self, HeadInput, LoadOptions, Model, Select, Sparsity, WeightFormat};
 use crate::tokenizer::Tokenizer;
+use qsparse_kernels::dense_q8::CodeBits;
 
 /// Model selection and weight format: what every command that runs a model needs.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +42,11 @@ pub struct LoadArgs {
     /// Worker threads (default: one per core, or $RAYON_NUM_THREADS).
     #[arg(short = 't', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Bits per lm_head weight when its input is dense: 8 (Q8 blocks, the default; a file's
+    /// Q8_0 head exactly) or 4 (4-bit codes with the same block scales: about half the head's
+    /// bytes, at some cost in perplexity, for any --weights). A packed file holds its own.
+    #[arg(long, value_parser = ["8", "4"])]
+    pub lm_head_bits: Option<String>,
 }
 
 /// `--select`.
@@ -428,6 +434,11 @@ impl LoadArgs {
             // `QSPARSE_NO_HUGE_PAGES=1` keeps the weights on ordinary pages, to measure what
             // huge pages bring.
             huge_pages: std::env::var_os("QSPARSE_NO_HUGE_PAGES").is_none_or(|v| v == "0"),
+            head_bits: match self.lm_head_bits.as_deref() {
+                Some("4") => Some(CodeBits::Four),
+                Some(_) => Some(CodeBits::Eight),
+                None => None,
+            },
         };
         let loaded = model::load_file(file, &options, &progress).with_context(cannot)?;
         if let Some(b) = bar {

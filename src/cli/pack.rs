@@ -31,6 +31,10 @@ pub struct Args {
     /// Q8, as runs without that flag use it).
     #[arg(long)]
     sparse_head: bool,
+    /// Bits per lm_head weight of a head packed for a dense input: 8 (default) or 4 (about
+    /// half the head's bytes; see `--lm-head-bits` of the run commands).
+    #[arg(long, value_parser = ["8", "4"], conflicts_with = "sparse_head")]
+    lm_head_bits: Option<String>,
     /// Store this calibrated profile (`qsparse calibrate`, made for the input file) in the
     /// packed file: runs of it use the profile unless given --sparsity or another profile.
     #[arg(long)]
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         act_outliers: None,
         select: vec![super::common::SelectArg::Magnitude],
         threads: None,
+        lm_head_bits: args.lm_head_bits,
     };
     let input = load.path()?;
     if same_file(&input, &args.output) {

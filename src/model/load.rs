@@ -11,6 +11,7 @@ use super::weights::{self, Embedding, HeadInput, Layer, WeightFormat, Weights, W
 use super::Model;
 use crate::gguf::{dequantize, GgufError, GgufFile};
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use qsparse_kernels::dense_q8::CodeBits;
 
 /// Why a model could not be loaded.
 // Each variant's `#[error]` message is its documentation.
@@ -43,6 +44,10 @@ pub struct LoadOptions {
     /// Put the matrices on 2 MB pages where the OS allows (true unless measuring the
     /// difference: SmolLM2 decodes 5% faster dense and 13% at S = 0.5 with them).
     pub huge_pages: bool,
+    /// The lm_head's code width when it is held row-major (a dense head input): None for the
+    /// default (8 bits; what a packed file holds), `Four` for the lighter 4-bit head, which any
+    /// weight format may ask for.
+    pub head_bits: Option<CodeBits>,
 }
 
 impl LoadOptions {
@@ -52,6 +57,7 @@ impl LoadOptions {
             format,
             head_input: HeadInput::Dense,
             huge_pages: true,
+            head_bits: None,
         }
     }
 }
@@ -108,11 +114,18 @@ fn load_weights(
     let (format, head_input) = (options.format, options.head_input);
     let packed = pack::is_packed(file);
     let (matrices, lm_head) = if packed {
-        let read = pack::matrices(file, config, format, head_input)?;
+        let read = pack::matrices(file, config, format, head_input, options.head_bits)?;
         progress(1, 1);
         read
     } else {
-        weights::convert_all(file, config, format, head_input, progress)?
+        weights::convert_all(
+            file,
+            config,
+            format,
+            head_input,
+            options.head_bits,
+            progress,
+        )?
     };
     let d = config.d_model as u64;
     let norm_of = |name: String, d: u64| -> Result<Vec<f32>, WeightsError> {

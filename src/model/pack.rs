@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use qsparse_kernels::dense_q8::RowsQ8;
+use qsparse_kernels::dense_q8::{CodeBits, RowsQ8};
 use qsparse_kernels::memory::AlignedBytes;
 use qsparse_kernels::{Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 
@@ -44,6 +44,8 @@ pub const KEY_SPARSITY_PROFILE: &str = "qsparse.sparsity_profile";
 
 /// `qsparse.pack.head` for a row-major Q8 head (int8 weights, dense head input).
 const HEAD_ROWS_Q8: &str = "rows_q8";
+/// `qsparse.pack.head` for a row-major head of 4-bit codes (`--lm-head-bits 4`).
+const HEAD_ROWS_Q4: &str = "rows_q4";
 /// `qsparse.pack.head` for a head in column tiles like every projection.
 const HEAD_COLUMNS: &str = "columns";
 
@@ -63,6 +65,8 @@ pub enum PackError {
     Weights { packed: String, asked: &'static str },
     #[error("packed for a dense lm_head input; pack it with `--sparse-head` to sparsify the head")]
     DenseHead,
+    #[error("its lm_head is packed as {packed}; run it without `--lm-head-bits` or pack it again with the width asked for")]
+    HeadBits { packed: &'static str },
     #[error("packed with a different tile geometry ({key} = {found}, this build uses {expected}); pack the model again")]
     Geometry {
         key: &'static str,
@@ -263,7 +267,8 @@ pub fn write_with_profile(
     w.add_kv(KEY_WEIGHTS, weights.format.name());
     w.add_kv(KEY_LINE_BYTES, LINE_BYTES as u32);
     w.add_kv(KEY_LINES_PER_TILE, LINES_PER_TILE as u32);
-    let head_layout = match weights.lm_head {
+    let head_layout = match &weights.lm_head {
+        LmHead::Rows(r) if r.bits() == CodeBits::Four => HEAD_ROWS_Q4,
         LmHead::Rows(_) => HEAD_ROWS_Q8,
         LmHead::Columns(_) => HEAD_COLUMNS,
     };
@@ -342,6 +347,7 @@ pub(super) fn matrices(
     config: &ModelConfig,
     format: WeightFormat,
     head_input: HeadInput,
+    head_bits: Option<CodeBits>,
 ) -> Result<(Vec<[Linear; 4]>, LmHead), PackError> {
     let version = file.get_u64(KEY_VERSION)?;
     if version != u64::from(VERSION) {
@@ -368,16 +374,30 @@ pub(super) fn matrices(
         }
     }
     let rows_head = match file.get_str(KEY_HEAD)? {
-        HEAD_ROWS_Q8 => true,
-        HEAD_COLUMNS => false,
+        HEAD_ROWS_Q8 => Some(CodeBits::Eight),
+        HEAD_ROWS_Q4 => Some(CodeBits::Four),
+        HEAD_COLUMNS => None,
         other => {
             return Err(PackError::HeadLayout {
                 value: other.to_string(),
             })
         }
     };
-    if rows_head && head_input == HeadInput::Sparse {
+    if rows_head.is_some() && head_input == HeadInput::Sparse {
         return Err(PackError::DenseHead);
+    }
+    let packed_as = match rows_head {
+        Some(CodeBits::Four) => "4-bit codes",
+        Some(CodeBits::Eight) => "8-bit codes",
+        None => "columns",
+    };
+    let mismatch = match (head_bits, rows_head) {
+        (Some(asked), Some(packed)) => asked != packed,
+        (Some(asked), None) => asked == CodeBits::Four,
+        (None, _) => false,
+    };
+    if mismatch {
+        return Err(PackError::HeadBits { packed: packed_as });
     }
 
     let reader = Reader { file };
@@ -394,16 +414,19 @@ pub(super) fn matrices(
         layers.push(mats.try_into().expect("four shapes"));
     }
     let head = HEAD_MATRIX.to_string();
-    let lm_head = if rows_head {
+    let lm_head = if let Some(bits) = rows_head {
         let codes = reader.bytes(&head)?;
         let scales = reader.floats(&scale_name(&head))?;
         let (vocab, d) = (config.vocab_size, config.d_model);
-        LmHead::Rows(RowsQ8::from_parts(codes, scales, vocab, d).ok_or_else(|| {
-            PackError::Tensor {
+        let width = if bits == CodeBits::Four { 4 } else { 8 };
+        LmHead::Rows(
+            RowsQ8::from_parts(codes, scales, vocab, d, bits).ok_or_else(|| PackError::Tensor {
                 tensor: head.clone(),
-                what: format!("its codes or scales do not fit a {vocab} x {d} Q8 head"),
-            }
-        })?)
+                what: format!(
+                    "its codes or scales do not fit a {vocab} x {d} head of {width}-bit codes"
+                ),
+            })?,
+        )
     } else {
         LmHead::Columns(reader.matrix(&head, kernel, config.vocab_size, config.d_model)?)
     };

@@ -4,7 +4,7 @@
 //! weights the lm_head is row-major Q8 (int8 blocks of 32 with a scale each) unless its input is to be
 //! sparsified: see [`LmHead`].
 
-use qsparse_kernels::dense_q8::RowsQ8;
+use qsparse_kernels::dense_q8::{CodeBits, RowsQ8};
 use qsparse_kernels::memory::{share_huge_pages, AlignedBytes};
 use std::sync::OnceLock;
 
@@ -228,7 +228,8 @@ pub enum LmHead {
     Columns(Linear),
     /// int8 weights with a dense input: row-major Q8, which holds a Q8_0 head (SmolLM2's) exactly
     /// where a per-row int8 scale re-rounds it (+0.44% perplexity from the head alone), and reads
-    /// a little faster (`qsparse_kernels::dense_q8`).
+    /// a little faster (`qsparse_kernels::dense_q8`); or, asked for (`--lm-head-bits 4`),
+    /// row-major 4-bit codes with the same block scales, for any weight format.
     Rows(RowsQ8),
 }
 
@@ -310,8 +311,15 @@ pub(super) fn convert_all(
     config: &ModelConfig,
     format: WeightFormat,
     head_input: HeadInput,
+    head_bits: Option<CodeBits>,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Vec<[Linear; 4]>, LmHead), WeightsError> {
+    if head_bits == Some(CodeBits::Four) && head_input == HeadInput::Sparse {
+        return Err(WeightsError::Unsupported {
+            tensor: "output.weight".to_string(),
+            what: "a 4-bit lm_head takes a dense input (no --lm-head-sparsity)".to_string(),
+        });
+    }
     // Every matrix to convert: its tensors (stacked by rows), each (name, d_in, d_out).
     let mut linears: Vec<Vec<(String, u64, u64)>> = Vec::new();
     let part = |name: String, (d_in, d_out): (usize, usize)| (name, d_in as u64, d_out as u64);
@@ -369,9 +377,12 @@ pub(super) fn convert_all(
     // The head (the largest matrix) converts beside the blocks' matrices.
     let (lm_head, converted) = rayon::join(
         || -> Result<LmHead, WeightsError> {
-            let head = if format.is_integer() && head_input == HeadInput::Dense {
+            let rows = head_input == HeadInput::Dense
+                && (format.is_integer() || head_bits == Some(CodeBits::Four));
+            let head = if rows {
                 let (d_out, d_in) = stacked_shape(head_parts);
-                LmHead::Rows(RowsQ8::from_rows(d_out, d_in, |r, out| {
+                let bits = head_bits.unwrap_or(CodeBits::Eight);
+                LmHead::Rows(RowsQ8::from_rows_bits(d_out, d_in, bits, |r, out| {
                     dequantize_row(file, head_parts, r, out)
                 })?)
             } else {
