@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode and prompt speed of a ternary model at BitNet b1.58 2B4T's shapes: qsparse (`--weights
-t2`, dense, S = 0.5 and S = 0.6125, the paper's inference-optimal ratio for 1.58-bit models) next
-to llama.cpp on the same model as TQ2_0 and bitnet.cpp on it as I2_S, interleaved round by round.
+t2`, dense, S = 0.5 and S = 0.6125, the paper's inference-optimal ratio for 1.58-bit models, also
+with the 4-bit lm_head) next to llama.cpp on the same model as TQ2_0 and bitnet.cpp on it as I2_S, interleaved round by round.
 
 No real ternary model can be fetched, so the model is written here with random ternary weights:
 architecture `bitnet`, 30 blocks, d_model 2560, FFN 6912, 20 heads sharing 5 kv heads, SiLU (the
@@ -49,9 +49,10 @@ def write_model(path, extra):
     os.replace(path + ".tmp", path)
 
 
-def qsparse_run(sparsity, gen, prompt):
+def qsparse_run(sparsity, gen, prompt, head_bits=8):
     out = subprocess.run(
         [QSPARSE, "bench", "-m", MODEL, "--weights", "t2", "--sparsity", str(sparsity),
+         "--lm-head-bits", str(head_bits),
          "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--runs", "3", "--json"],
         check=True, capture_output=True, text=True).stdout
     j = json.loads(out)
@@ -97,6 +98,8 @@ def main():
         runs["bitnet.cpp I2_S"] = lambda: bitnet_cpp_run(bench, a.gen, a.prompt)
     for s in ["0", "0.5", "0.6125"]:
         runs[f"qsparse t2 S={s}"] = lambda s=s: qsparse_run(float(s), a.gen, a.prompt)
+    # The lighter head (`--lm-head-bits 4`), at the paper's ratio for 1.58-bit models.
+    runs["qsparse t2 S=0.6125 head4"] = lambda: qsparse_run(0.6125, a.gen, a.prompt, 4)
     rounds = run_rounds(runs, a.rounds)
     results = {k: [r[0] for r in v] for k, v in rounds.items()}
     prompts = {k: [r[1] for r in v] for k, v in rounds.items()}
@@ -109,6 +112,8 @@ def main():
         "qsparse_t2_s0.6125_vs_llamacpp_tq2_0": ("qsparse t2 S=0.6125", "llama.cpp TQ2_0"),
         "qsparse_t2_s05_vs_own_dense": ("qsparse t2 S=0.5", "qsparse t2 S=0"),
         "qsparse_t2_s0.6125_vs_own_dense": ("qsparse t2 S=0.6125", "qsparse t2 S=0"),
+        "qsparse_t2_s0.6125_head4_vs_llamacpp_tq2_0": ("qsparse t2 S=0.6125 head4", "llama.cpp TQ2_0"),
+        "qsparse_t2_s0.6125_head4_vs_own_dense": ("qsparse t2 S=0.6125 head4", "qsparse t2 S=0"),
     }
     prompt_pairs = {"prompt: qsparse t2 dense vs llama.cpp TQ2_0": ("qsparse t2 S=0", "llama.cpp TQ2_0")}
     if have_peer:
