@@ -762,19 +762,7 @@ mod tests {
                 }
             }
         }
-        let x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s)).collect();
-        let mut q = BlockQ8::default();
-        q.quantize(&x).unwrap();
-        let mut y = vec![0f32; d_out];
-        matvec_rows_q8(Isa::Scalar, &m, &q, &mut y);
-        for (r, &got) in y.iter().enumerate() {
-            let exact: f32 = (0..d_in).map(|j| m.get(r, j) * x[j]).sum();
-            let bound: f32 = (0..d_in)
-                .map(|j| m.get(r, j).abs() * q.scales[j / Q8_BLOCK] / 2.0)
-                .sum::<f32>()
-                + 1e-4;
-            assert!((got - exact).abs() <= bound, "row {r}: {got} vs {exact}");
-        }
+        product_is_within_the_activation_error(&m, &mut s);
     }
 
     /// Each activation of a batch gets, bit for bit, its own product, at every ISA, on 1-3
@@ -854,19 +842,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_product_is_close_to_the_f32_one() {
-        // Within the activation's quantization error (the weights here are exact Q8 values):
-        // |Σ w·(x − d·q)| <= Σ |w|·d_b/2.
-        let (d_out, d_in) = (16, 200);
-        let mut s = 5;
-        let w0: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
-        let m = RowsQ8::from_f32(&w0, d_out, d_in);
-        let x: Vec<f32> = (0..d_in).map(|_| lcg(&mut s)).collect();
+    /// On a random activation, each output is within the activation's quantization error of
+    /// the exact product of the stored weights: |Σ w·(x − d·q)| <= Σ |w|·d_b/2.
+    fn product_is_within_the_activation_error(m: &RowsQ8, seed: &mut u64) {
+        let (d_out, d_in) = (m.d_out(), m.d_in());
+        let x: Vec<f32> = (0..d_in).map(|_| lcg(seed)).collect();
         let mut q = BlockQ8::default();
         q.quantize(&x).unwrap();
         let mut y = vec![0f32; d_out];
-        matvec_rows_q8(Isa::Scalar, &m, &q, &mut y);
+        matvec_rows_q8(Isa::Scalar, m, &q, &mut y);
         for (r, &got) in y.iter().enumerate() {
             let exact: f32 = (0..d_in).map(|j| m.get(r, j) * x[j]).sum();
             let bound: f32 = (0..d_in)
@@ -875,6 +859,17 @@ mod tests {
                 + 1e-4;
             assert!((got - exact).abs() <= bound, "row {r}: {got} vs {exact}");
         }
+    }
+
+    #[test]
+    fn the_product_is_close_to_the_f32_one() {
+        // Within the activation's quantization error (the weights here are exact Q8 values):
+        // |Σ w·(x − d·q)| <= Σ |w|·d_b/2.
+        let (d_out, d_in) = (16, 200);
+        let mut s = 5;
+        let w0: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
+        let m = RowsQ8::from_f32(&w0, d_out, d_in);
+        product_is_within_the_activation_error(&m, &mut s);
     }
 
     #[test]
