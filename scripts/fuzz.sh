@@ -30,7 +30,11 @@ for target in gguf_reader model_loader; do
     grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|SUMMARY|panicked" "$log" || true
     if [ "$rc" -ne 0 ]; then
         tail -n 40 "$log"
-        echo "fuzzing $target failed (exit $rc); the input is in fuzz/artifacts/$target" >&2
+        if grep -q "failed to build fuzz script" "$log"; then
+            echo "the fuzz target $target does not build (see above)" >&2
+        else
+            echo "fuzzing $target failed (exit $rc); the input is in fuzz/artifacts/$target" >&2
+        fi
         exit 1
     fi
 done

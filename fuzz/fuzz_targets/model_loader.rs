@@ -5,16 +5,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use qsparse::gguf::GgufFile;
-use qsparse::model::{load_file, HeadInput, LoadOptions, RunState, Sparsity, WeightFormat};
+use qsparse::model::{load_file, LoadOptions, RunState, Sparsity, WeightFormat};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(file) = GgufFile::from_bytes(data.to_vec()) else {
         return;
     };
     let options = LoadOptions {
-        format: WeightFormat::Int8,
-        head_input: HeadInput::Dense,
         huge_pages: false,
+        ..LoadOptions::new(WeightFormat::Int8)
     };
     let Ok((model, tokenizer)) = load_file(file, &options, &|_, _| {}) else {
         return;
