@@ -258,9 +258,9 @@ impl ModelConfig {
 }
 
 /// RoPE's position scale from `ARCH.rope.scaling.type` / `.factor` (or the older
-/// `ARCH.rope.scale_linear`): 1 without scaling, 1/factor for linear scaling. Llama 3's
-/// frequency scaling comes as the `rope_freqs.weight` tensor, read with the weights; YaRN and
-/// LongRoPE are refused.
+/// `ARCH.rope.scale_linear`): 1 without scaling, 1/factor for linear scaling. Llama 3's and
+/// LongRoPE's frequency factors come as tensors, read with the weights; any other scaling type
+/// (YaRN, ...) is refused.
 fn rope_scaling(file: &GgufFile, arch: &str) -> Result<f32, ConfigError> {
     let key = |k: &str| format!("{arch}.{k}");
     let factor = |k: String| -> Result<f32, ConfigError> {

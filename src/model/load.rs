@@ -128,17 +128,7 @@ fn load_weights(
         )?
     };
     let d = config.d_model as u64;
-    let norm_of = |name: String, d: u64| -> Result<Vec<f32>, WeightsError> {
-        let info = weights::shape(file, &name, &[d])?;
-        let mut v = vec![0f32; d as usize];
-        dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
-            WeightsError::Dequant {
-                tensor: name.clone(),
-                source,
-            }
-        })?;
-        Ok(v)
-    };
+    let norm_of = |name: String, d: u64| vector(file, &name, d as usize);
     let norm = |name: String| norm_of(name, d);
     let q_dim = (config.n_heads * config.head_dim) as u64;
     let sub = |name: String, d: u64| config.sub_norms.then(|| norm_of(name, d)).transpose();
@@ -226,6 +216,20 @@ fn load_weights(
     Ok(weights)
 }
 
+/// The one-dimensional tensor `name` of `n` values (a norm's weights, a bias), checked for its
+/// shape and dequantized.
+fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, WeightsError> {
+    let info = weights::shape(file, name, &[n as u64])?;
+    let mut v = vec![0f32; n];
+    dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
+        WeightsError::Dequant {
+            tensor: name.to_string(),
+            source,
+        }
+    })?;
+    Ok(v)
+}
+
 /// The bias added to the outputs of block stack `stack` in layer `l`, stacked like its rows:
 /// from one fused tensor (`attn_qkv.bias`; an `ffn_up.bias` covering gate and up), or from one
 /// per projection, a projection without one adding 0. None when no projection has one.
@@ -235,17 +239,7 @@ fn stack_bias(
     stack: Stack,
     l: usize,
 ) -> Result<Option<Vec<f32>>, WeightsError> {
-    let read = |name: &str, n: usize| -> Result<Vec<f32>, WeightsError> {
-        let info = weights::shape(file, name, &[n as u64])?;
-        let mut v = vec![0f32; n];
-        dequantize(info.ty, file.tensor_data(&info), &mut v).map_err(|source| {
-            WeightsError::Dequant {
-                tensor: name.to_string(),
-                source,
-            }
-        })?;
-        Ok(v)
-    };
+    let read = |name: &str, n: usize| vector(file, name, n);
     let rows = stack.shape(config).1;
     let fused = match stack {
         Stack::Qkv => Some(format!("blk.{l}.attn_qkv.bias")),
