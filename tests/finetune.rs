@@ -576,3 +576,85 @@ fn a_model_trained_from_scratch_learns_and_runs() {
     ]);
     assert!(!run.stdout.is_empty());
 }
+
+#[test]
+fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
+    let s = setup(2);
+    let sha = qsparse::hub::sha256_file(&s.model).unwrap();
+    // Every ratio 0 under a profile that says S = 0.5: the run's perplexity "at S" before
+    // training is then the dense one, which it would not be if the ratios were ignored.
+    let profile = |sha: &str| {
+        serde_json::json!({
+            "version": 1, "model": "tiny.gguf", "model_sha256": sha, "sparsity": 0.5,
+            "select": "magnitude", "calibration_text": "generated", "calibration_tokens": 64,
+            "layers": [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        })
+    };
+    let path = s.dir.path().join("profile.json");
+    std::fs::write(&path, profile(&sha).to_string()).unwrap();
+    let (args, out) = s.run_args("profiled.gguf", 2);
+    let without_sparsity = |args: Vec<String>| -> Vec<String> {
+        let at = args.iter().position(|a| a == "--sparsity").unwrap();
+        args.into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at && *i != at + 1)
+            .map(|(_, a)| a)
+            .collect()
+    };
+    let run = bin()
+        .args(without_sparsity(args))
+        .args(["--sparsity-profile", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(work_dir(&out).join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let (at_s, dense) = (
+        first["eval_ppl"].as_f64().unwrap(),
+        first["eval_dense_ppl"].as_f64().unwrap(),
+    );
+    assert!((at_s - dense).abs() <= 1e-6 * dense, "{first}");
+
+    let file = GgufFile::open(&out).unwrap();
+    assert_eq!(file.get_f32("qsparse.finetune.sparsity").unwrap(), 0.5);
+    let stored: serde_json::Value =
+        serde_json::from_str(file.get_str(model::pack::KEY_SPARSITY_PROFILE).unwrap()).unwrap();
+    assert_eq!(stored["layers"], profile(&sha)["layers"]);
+    // The output runs with the stored profile unless told otherwise.
+    let generate = succeed([
+        "generate",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "The",
+        "-n",
+        "2",
+    ]);
+    assert!(
+        stderr(&generate).contains("sparsity profile stored in the model"),
+        "{}",
+        stderr(&generate)
+    );
+
+    // A profile made for another model file is refused before anything is written.
+    std::fs::write(&path, profile(&"0".repeat(64)).to_string()).unwrap();
+    let (args, out) = s.run_args("other.gguf", 2);
+    let refused = bin()
+        .args(without_sparsity(args))
+        .args(["--sparsity-profile", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("does not fit this model"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!out.exists() && !work_dir(&out).exists());
+}

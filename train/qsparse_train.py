@@ -271,6 +271,8 @@ def autocast(job):
 
 
 def layer_ratios(job):
+    if job.get("profile"):
+        return [tuple(r) for r in job["profile"]["layers"]]
     s = job["sparsity"]
     return [(s, s, s, s)] * job["model"]["n_layers"]
 

@@ -1,7 +1,7 @@
 //! `qsparse finetune`: train a model to keep its quality at sparsity S (Q-Sparse's Top-K with the
 //! straight-through estimator; see `crate::train`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use std::io::IsTerminal;
@@ -13,7 +13,8 @@ use super::common::{models_dir, parse_sparsity};
 use super::plot;
 use crate::gguf::GgufFile;
 use crate::hub;
-use crate::model::ModelConfig;
+use crate::measure::calibrate::SparsityProfile;
+use crate::model::{ModelConfig, Select};
 use crate::synthetic::{write_llama_init, LlamaShape};
 use crate::tokenizer::Tokenizer;
 use crate::train::corpus::{self, CORPUS_PACKAGE, CORPUS_VERSION};
@@ -36,8 +37,13 @@ pub struct Args {
     model: String,
     /// The sparsity S to train for: each projection's input keeps its K = (1-S)·d largest
     /// magnitudes, as `--sparsity S` runs it.
-    #[arg(long, value_parser = parse_sparsity, required_unless_present_any = ["resume", "report"])]
+    #[arg(long, value_parser = parse_sparsity, required_unless_present_any = ["resume", "report", "sparsity_profile"])]
     sparsity: Option<f32>,
+    /// Train at the per-layer ratios of a profile from `qsparse calibrate` (made for this model
+    /// file) in place of a uniform --sparsity; the output stores the profile, so it runs with
+    /// it by default.
+    #[arg(long, conflicts_with = "sparsity")]
+    sparsity_profile: Option<PathBuf>,
     /// The fine-tuned model to write (GGUF; written only when training ends).
     #[arg(short, long, required_unless_present_any = ["resume", "report"])]
     output: Option<PathBuf>,
@@ -117,7 +123,7 @@ pub struct Args {
     /// Continue the stopped run in this job directory (its recipe and output as first given;
     /// --minutes may be set anew).
     #[arg(long, conflicts_with_all = [
-        "model", "sparsity", "data", "output", "work_dir", "tokens", "seq", "batch", "accumulate",
+        "model", "sparsity", "sparsity_profile", "data", "output", "work_dir", "tokens", "seq", "batch", "accumulate",
         "lr", "warmup", "distill", "eval_every", "eval_tokens", "checkpoint_every", "stop_at",
         "seed", "projections", "activations", "act_outliers", "train_embeddings",
         "freeze_norms", "f32", "threads", "init", "layers", "d_model", "d_ff", "heads", "kv_heads",
@@ -293,6 +299,11 @@ pub fn run(args: Args) -> Result<()> {
                 (false, false) => "topk-ste",
             };
             let provenance = Provenance {
+                profile: job
+                    .profile
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?,
                 sparsity: job.sparsity,
                 method: method.to_string(),
                 tokens: train::trained_tokens(&dir),
@@ -300,12 +311,15 @@ pub fn run(args: Args) -> Result<()> {
             };
             let bytes =
                 export::write(&source, &trained, job.projections, &provenance, &job.output)?;
+            let how = match job.profile {
+                Some(_) => "(its sparsity profile is stored in it)".to_string(),
+                None => format!("--sparsity {}", job.sparsity),
+            };
             eprintln!(
-                "wrote {} ({:.1} MB); run it with `qsparse chat -m {} --sparsity {}`",
+                "wrote {} ({:.1} MB); run it with `qsparse chat -m {} {how}`",
                 job.output.display(),
                 bytes as f64 / 1e6,
                 job.output.display(),
-                job.sparsity
             );
             Ok(())
         }
@@ -335,9 +349,12 @@ fn with_progress<T>(template: &str, work: impl FnOnce(&mut dyn FnMut(usize, usiz
 /// Check the inputs and write the job directory: the model's tensors in f32, the tokens, the
 /// recipe.
 fn prepare(args: &Args) -> Result<JobDir> {
-    let (Some(sparsity), Some(output)) = (args.sparsity, args.output.clone()) else {
-        bail!("--sparsity and --output are needed to start a run");
+    let Some(output) = args.output.clone() else {
+        bail!("--output is needed to start a run");
     };
+    if args.sparsity.is_none() && args.sparsity_profile.is_none() {
+        bail!("--sparsity or --sparsity-profile is needed to start a run");
+    }
     if let Some(stop) = args.stop_at {
         if stop == 0 {
             bail!("--stop-at must be a step after the first (1 or more)");
@@ -347,6 +364,9 @@ fn prepare(args: &Args) -> Result<JobDir> {
         Init::Random => {
             if args.distill {
                 bail!("--distill learns from the model's own dense predictions: a random model has none to teach; train from scratch with cross-entropy");
+            }
+            if args.sparsity_profile.is_some() {
+                bail!("--sparsity-profile was calibrated for an existing model; a model trained from scratch takes --sparsity");
             }
             Some(scratch_shape(args)?)
         }
@@ -396,6 +416,13 @@ fn prepare(args: &Args) -> Result<JobDir> {
             );
         }
     }
+    let profile = match &args.sparsity_profile {
+        Some(path) => Some(training_profile(path, &source, &source_path)?),
+        None => None,
+    };
+    let sparsity = profile
+        .as_ref()
+        .map_or(args.sparsity.unwrap_or(0.0), |p| p.sparsity);
     let tokenizer = Tokenizer::from_gguf(&source)?;
     let (inputs, data) = if args.data.is_empty() {
         let dir = corpus::default_corpus(&models_dir(), &mut |m| eprintln!("{m}"))?;
@@ -494,9 +521,42 @@ fn prepare(args: &Args) -> Result<JobDir> {
         clip: 1.0,
         data,
         from_scratch: scratch.is_some(),
+        profile,
     };
     super::common::write_json_file(&dir.job(), &job)?;
     Ok(dir)
+}
+
+/// The sparsity profile at `path`, checked against the model file being trained (`source`, at
+/// `source_path`); the trainer selects by magnitude, so a profile calibrated with another
+/// selection is refused.
+fn training_profile(path: &Path, source: &GgufFile, source_path: &Path) -> Result<SparsityProfile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the sparsity profile {}", path.display()))?;
+    let profile: SparsityProfile = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a sparsity profile: {e}", path.display()))?;
+    let config = ModelConfig::from_gguf(source)?;
+    let sha = hub::sha256_file(source_path)?;
+    if profile.model_sha256 != sha {
+        bail!(
+            "{} does not fit this model: it was calibrated for {} (sha256 {}), not {}",
+            path.display(),
+            profile.model,
+            profile.model_sha256,
+            source_path.display()
+        );
+    }
+    profile
+        .check_layers(config.n_layers)
+        .map_err(|why| anyhow::anyhow!("{} does not fit this model: {why}", path.display()))?;
+    if profile.select() != Select::Magnitude {
+        bail!(
+            "{} was calibrated with --select {}; the trainer keeps the largest magnitudes: calibrate with --select magnitude",
+            path.display(),
+            profile.select
+        );
+    }
+    Ok(profile)
 }
 
 /// One run of `--report`: its recipe and its held-out evaluations.

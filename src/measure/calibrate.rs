@@ -62,6 +62,12 @@ impl SparsityProfile {
     /// Check everything but the model file's sha256 (a packed file carries the profile its
     /// source was checked against).
     pub fn check_shape(&self, model: &Model) -> Result<(), String> {
+        self.check_layers(model.config.n_layers)
+    }
+
+    /// Check everything but the model file: the version, the selection, one entry of ratios in
+    /// [0, 1) for each of `n` layers.
+    pub fn check_layers(&self, n: usize) -> Result<(), String> {
         if self.version != PROFILE_VERSION {
             return Err(format!(
                 "version {} (this build reads {PROFILE_VERSION})",
@@ -74,7 +80,6 @@ impl SparsityProfile {
                 self.select
             ));
         }
-        let n = model.config.n_layers;
         if self.layers.len() != n {
             return Err(format!(
                 "layers: {} entries for {n} layers",

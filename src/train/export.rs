@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::gguf::{dequantize, GgmlType, GgufFile, GgufWriter, MetaValue};
+use crate::model::pack::KEY_SPARSITY_PROFILE;
 
 /// How the trained projections are stored.
 #[derive(
@@ -32,6 +33,8 @@ pub struct Provenance {
     pub tokens: u64,
     /// Where the text came from.
     pub data: String,
+    /// The sparsity profile trained at (its JSON), stored for runs to use by default.
+    pub profile: Option<String>,
 }
 
 /// Whether `name` is a block projection's weight (q, k, v, o, gate, up, down).
@@ -57,7 +60,11 @@ pub fn write(
 ) -> Result<u64> {
     let mut w = GgufWriter::new().with_dialect(source.dialect());
     for (key, value) in source.metadata() {
-        if !key.starts_with("qsparse.finetune.") && key != "general.alignment" {
+        // A profile the input held was calibrated for the weights before training.
+        if !key.starts_with("qsparse.finetune.")
+            && key != "general.alignment"
+            && key != KEY_SPARSITY_PROFILE
+        {
             w.add_kv(key, value.to_owned_value());
         }
     }
@@ -74,6 +81,9 @@ pub fn write(
         "qsparse.finetune.data",
         MetaValue::String(provenance.data.clone()),
     );
+    if let Some(profile) = &provenance.profile {
+        w.add_kv(KEY_SPARSITY_PROFILE, MetaValue::String(profile.clone()));
+    }
     enum Blob<'a> {
         Source(&'a [u8]),
         Trained(&'a [u8], GgmlType),

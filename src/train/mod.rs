@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::gguf::{dequantize, GgmlType, GgufFile, GgufWriter};
+use crate::measure::calibrate::SparsityProfile;
 use crate::model::{FfnActivation, ModelConfig};
 
 /// The trainer, written into each job directory.
@@ -142,6 +143,10 @@ pub struct Job {
     /// Trained from a random initialization (`--init random`), not from a trained model.
     #[serde(default)]
     pub from_scratch: bool,
+    /// Per-layer ratios to train at (a calibrated profile, its `sparsity` = `sparsity`); none:
+    /// uniform `sparsity`.
+    #[serde(default)]
+    pub profile: Option<SparsityProfile>,
 }
 
 /// Files of a job directory.
