@@ -642,6 +642,32 @@ fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
         stderr(&generate)
     );
 
+    // sweep measures the model with its stored profile too.
+    let sweep = succeed([
+        "sweep",
+        "-m",
+        out.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--tokens",
+        "64",
+        "--runs",
+        "1",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--json",
+    ]);
+    let sweep: serde_json::Value = serde_json::from_slice(&sweep.stdout).unwrap();
+    let methods: Vec<&str> = sweep["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["method"].as_str())
+        .collect();
+    assert!(methods.contains(&"calibrated"), "{sweep}");
+
     // A profile made for another model file is refused before anything is written.
     std::fs::write(&path, profile(&"0".repeat(64)).to_string()).unwrap();
     let (args, out) = s.run_args("other.gguf", 2);

@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::calibrate::calibration_text;
-use super::common::{head_input, parse_sparsity, read_profile, read_text, LoadArgs};
+use super::common::{
+    head_input, parse_sparsity, read_profile, read_text, stored_profile, LoadArgs,
+};
 use super::plot;
 use crate::measure::calibrate::calibrate;
 use crate::measure::sweep::{self, Method, Point, Settings, Sweep};
@@ -24,7 +26,9 @@ pub struct Args {
           default_value = "0,0.25,0.4,0.5,0.6,0.75,0.9")]
     sparsity: Vec<f32>,
     /// Also measure these calibrated profiles (`qsparse calibrate`, made for this model file):
-    /// a row each, at the bytes of the uniform S it was calibrated for, method `calibrated`.
+    /// a row each, at the bytes of the uniform S it was calibrated for, method `calibrated`. A
+    /// model file that holds a profile (`pack --sparsity-profile`, `finetune
+    /// --sparsity-profile`) gets that row without the flag.
     #[arg(long, num_args = 1..)]
     sparsity_profile: Vec<PathBuf>,
     /// Also calibrate a profile at each --sparsity ratio (as `qsparse calibrate` does, on
@@ -130,6 +134,17 @@ pub fn run(args: Args) -> Result<()> {
             sparsity: profile.sparsity,
             method: Method::Calibrated {
                 source: path.display().to_string(),
+                select: profile.select(),
+                layers: profile.ratios(),
+            },
+        });
+    }
+    // A model that holds a profile (packed with one, or fine-tuned at one) is measured with it.
+    if let Some(profile) = stored_profile(&model)? {
+        points.push(Point {
+            sparsity: profile.sparsity,
+            method: Method::Calibrated {
+                source: "stored in the model".to_string(),
                 select: profile.select(),
                 layers: profile.ratios(),
             },
