@@ -338,3 +338,34 @@ fn a_pulled_model_is_found_from_any_directory() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["architecture"], "llama");
 }
+
+#[test]
+fn bench_profiles_decode_steps_and_batched_prompt_steps_apart() {
+    let o = qsparse(&[
+        "bench",
+        "--prompt-tokens",
+        "9",
+        "--gen-tokens",
+        "2",
+        "--runs",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let us = |section: &str, phase: &str| {
+        j[section]
+            .as_array()
+            .unwrap_or_else(|| panic!("{section}: {j}"))
+            .iter()
+            .find(|r| r["phase"] == phase)
+            .unwrap()["us_per_token"]
+            .as_f64()
+            .unwrap()
+    };
+    // Single-token passes compute logits; a batched pass of the prompt's first 8 tokens does not.
+    assert!(us("profile", "lm_head matvec") > 0.0, "{j}");
+    assert_eq!(us("prompt_profile", "lm_head matvec"), 0.0, "{j}");
+    assert!(us("prompt_profile", "gate/up matvec") > 0.0, "{j}");
+}

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::common::ModelArgs;
 use crate::measure::speed::{median, time_decode};
+use crate::model::profile::Profile;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,18 +71,24 @@ pub fn run(args: Args) -> Result<()> {
     let (prefill_tok_s, decode_tok_s) = (median(prefill), median(decode));
     let threads = rayon::current_num_threads();
     let isa = state.isa();
-    let profile = state.profile.as_ref().map(|p| {
+    let rows = |p: &Profile| {
         p.breakdown()
             .into_iter()
             .map(|(phase, t, share)| {
                 json!({
                     "phase": phase.name(),
-                    "us_per_token": t.as_secs_f64() * 1e6 / p.passes as f64,
+                    "us_per_token": t.as_secs_f64() * 1e6 / p.passes.max(1) as f64,
                     "share": share,
                 })
             })
             .collect::<Vec<_>>()
-    });
+    };
+    let profile = state.profile.as_ref().map(rows);
+    let prompt_profile = state
+        .prompt_profile
+        .as_ref()
+        .filter(|p| p.passes > 0)
+        .map(rows);
     if args.json {
         let out = json!({
             "decode_tok_s": decode_tok_s,
@@ -97,6 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             "gen_tokens": args.gen_tokens,
             "runs": args.runs,
             "profile": profile,
+            "prompt_profile": prompt_profile,
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -107,8 +115,19 @@ pub fn run(args: Args) -> Result<()> {
             args.model.ratio(),
             model.weights.format.name(),
         );
-        if let Some(rows) = &profile {
-            outln!("\nper single-token pass (decode steps, each prompt's last token; batched prompt steps are not profiled):");
+        let sections = [
+            (
+                &profile,
+                "per single-token pass (decode steps, each prompt's last token):",
+            ),
+            (
+                &prompt_profile,
+                "per prompt token in batched passes (the prompt's other tokens):",
+            ),
+        ];
+        for (rows, title) in sections {
+            let Some(rows) = rows else { continue };
+            outln!("\n{title}");
             for r in rows {
                 outln!(
                     "  {:<28} {:>8.1} us {:>5.1}%",

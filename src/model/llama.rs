@@ -94,9 +94,12 @@ pub struct RunState {
     traffic: [Traffic; PROMPT_BATCH],
     /// The token of the last pass that [`RunState::logits`] and [`RunState::traffic`] show.
     current: usize,
-    /// Time per phase, when enabled (single-token passes: decode steps and a prompt's last
-    /// token; batched prompt steps are not timed).
+    /// Time per phase, when enabled: single-token passes (decode steps and a prompt's last
+    /// token).
     pub profile: Option<Profile>,
+    /// Time per phase of the batched prompt passes (every prompt token but the last), when
+    /// enabled.
+    pub prompt_profile: Option<Profile>,
     /// Per-layer ratios [qkv, o, gate_up, down] that replace a sparse pass's uniform ones (a
     /// calibrated sparsity profile); dense passes stay dense.
     layer_ratios: Option<Arc<[[f32; 4]]>>,
@@ -124,6 +127,7 @@ impl RunState {
             traffic: [Traffic::default(); PROMPT_BATCH],
             current: 0,
             profile: None,
+            prompt_profile: None,
             layer_ratios: None,
         }
     }
@@ -155,6 +159,7 @@ impl RunState {
     /// Start timing every forward pass by phase (see [`Profile`]).
     pub fn enable_profile(&mut self) {
         self.profile = Some(Profile::default());
+        self.prompt_profile = Some(Profile::default());
     }
 
     /// The positions its KV cache holds.

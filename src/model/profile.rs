@@ -61,7 +61,7 @@ impl Phase {
 pub struct Profile {
     /// Time per phase (indexed by `Phase as usize`).
     pub time: [Duration; 9],
-    /// Profiled passes.
+    /// Profiled tokens (a single-token pass is one; a batched prompt pass counts its tokens).
     pub passes: u64,
 }
 
@@ -105,10 +105,10 @@ impl<'a> Laps<'a> {
         }
     }
 
-    /// Count one more timed pass.
-    pub(crate) fn finish(self) {
+    /// Count `tokens` more timed passes (a batched pass counts its tokens).
+    pub(crate) fn finish(self, tokens: usize) {
         if let Some(p) = self.profile {
-            p.passes += 1;
+            p.passes += tokens as u64;
         }
     }
 }

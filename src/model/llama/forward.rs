@@ -86,10 +86,11 @@ impl Model {
             logits,
             traffic,
             profile,
+            prompt_profile,
             layer_ratios,
             ..
         } = state;
-        let laps = Laps::start(profile.as_mut().filter(|_| b == 1));
+        let laps = Laps::start(if b == 1 { profile } else { prompt_profile }.as_mut());
         let mut pass = Pass {
             model: self,
             isa: sparsifier.isa,

@@ -44,7 +44,8 @@ impl<'a> Meter<'a> {
     }
 
     pub(super) fn finish(self) {
-        self.laps.finish();
+        let tokens = self.traffic.len();
+        self.laps.finish(tokens);
     }
 }
 
