@@ -52,8 +52,9 @@ impl Rows {
 impl Model {
     /// Run `tokens` (1..=[`PROMPT_BATCH`]) at positions pos0.. through the model: their keys and
     /// values into the cache and, when `predict`, each one's next-token logits into row t of
-    /// `state.logits`. Each token's traffic is left in `state.traffic[t]`; a single-token pass
-    /// is timed when profiling (batched prompt steps are not).
+    /// `state.logits`. Each token's traffic is left in `state.traffic[t]`; when profiling, a
+    /// single-token pass is timed into `state.profile`, a batched one into
+    /// `state.prompt_profile`.
     pub(super) fn pass(
         &self,
         state: &mut RunState,
