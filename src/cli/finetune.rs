@@ -564,12 +564,24 @@ fn training_profile(path: &Path, source: &GgufFile, source_path: &Path) -> Resul
 struct RunReport {
     dir: PathBuf,
     sparsity: f32,
+    /// Trained at a calibrated profile's per-layer ratios (its bytes those of `sparsity`).
+    profile: bool,
     method: &'static str,
     lr: f64,
     /// Held-out perplexity of the untrained model, dense.
     dense_ppl_before: Option<f64>,
     /// (step, tokens, minutes, held-out perplexity at S).
     evals: Vec<(u64, u64, f64, f64)>,
+}
+
+impl RunReport {
+    /// The sparsity trained at, as a label.
+    fn at(&self) -> String {
+        match self.profile {
+            true => format!("profile of S = {}", self.sparsity),
+            false => format!("S = {}", self.sparsity),
+        }
+    }
 }
 
 fn report(args: &Args) -> Result<()> {
@@ -597,6 +609,7 @@ fn report(args: &Args) -> Result<()> {
         runs.push(RunReport {
             dir: dir.clone(),
             sparsity: job.sparsity,
+            profile: job.profile.is_some(),
             method: match (job.from_scratch, job.distill) {
                 (true, _) => "from scratch",
                 (false, true) => "distill",
@@ -612,9 +625,9 @@ fn report(args: &Args) -> Result<()> {
     } else {
         for r in &runs {
             outln!(
-                "{}: S = {}, {}, lr {}; held-out perplexity dense before training {}",
+                "{}: {}, {}, lr {}; held-out perplexity dense before training {}",
                 r.dir.display(),
-                r.sparsity,
+                r.at(),
                 r.method,
                 r.lr,
                 r.dense_ppl_before.map_or("?".into(), |d| format!("{d:.2}"))
@@ -644,7 +657,7 @@ fn report(args: &Args) -> Result<()> {
                 // out, so the axis shows where the runs part.
                 let scratch = r.method == "from scratch";
                 plot::Curve {
-                    name: format!("{name} (S = {}, {}, lr {})", r.sparsity, r.method, r.lr),
+                    name: format!("{name} ({}, {}, lr {})", r.at(), r.method, r.lr),
                     points: r
                         .evals
                         .iter()
