@@ -263,10 +263,11 @@ fn a_stopped_run_resumes_with_the_steps_an_uninterrupted_one_takes() {
     }
 }
 
-/// Next-token logits of the runtime (f32 weights) for `ids` at `s`.
-fn runtime_logits(path: &Path, ids: &[u32], s: f32) -> Vec<Vec<f32>> {
+/// Next-token logits of the runtime (f32 weights) for `ids` at `s`, or at per-layer ratios.
+fn runtime_logits(path: &Path, ids: &[u32], s: f32, layers: Option<&[[f32; 4]]>) -> Vec<Vec<f32>> {
     let (m, _) = model::load(path, WeightFormat::F32, &|_, _| {}).unwrap();
     let mut state = RunState::new(&m.config, WeightFormat::F32, ids.len());
+    state.set_layer_ratios(layers.map(|l| l.to_vec().into()));
     let sparsity = Sparsity::uniform(s);
     let mut rows = Vec::new();
     for (pos, &t) in ids.iter().enumerate() {
@@ -276,8 +277,9 @@ fn runtime_logits(path: &Path, ids: &[u32], s: f32) -> Vec<Vec<f32>> {
     rows
 }
 
-/// The trainer's logits for `ids` at `s` from the job in `work` (f32, no autocast).
-fn trainer_logits(work: &Path, ids: &[u32], s: f32, vocab: usize) -> Vec<Vec<f32>> {
+/// The trainer's logits for `ids` at `s` (or, with `profile`, the job's per-layer ratios) from
+/// the job in `work` (f32, no autocast).
+fn trainer_logits(work: &Path, ids: &[u32], s: f32, profile: bool, vocab: usize) -> Vec<Vec<f32>> {
     let ids_path = work.join("ids.u32");
     let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
     std::fs::write(&ids_path, bytes).unwrap();
@@ -287,6 +289,7 @@ fn trainer_logits(work: &Path, ids: &[u32], s: f32, vocab: usize) -> Vec<Vec<f32
         .args(["logits", work.to_str().unwrap(), ids_path.to_str().unwrap()])
         .arg(&out_path)
         .args(["--sparsity", &s.to_string()])
+        .args(profile.then_some("--profile"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -308,10 +311,30 @@ fn argmax(v: &[f32]) -> usize {
 /// rounding differences (~1e-4 relative; the cache then differs for every later token), so: the
 /// first token within the same bound, and the same next token at `min_agree` of the positions.
 fn assert_parity(model_path: &Path, dir: &Path, min_agree: f64) {
+    assert_parity_at(model_path, dir, min_agree, None)
+}
+
+/// [`assert_parity`], with `layers` (a profile's ratios) in place of uniform S = 0.5.
+fn assert_parity_at(model_path: &Path, dir: &Path, min_agree: f64, layers: Option<&[[f32; 4]]>) {
     let data = training_text(dir);
     let out = dir.join("parity.gguf");
     let mut args = small_run(model_path, &data, &out, 2);
     args.extend(["--stop-at", "1", "--activations", "f32"].map(String::from));
+    if let Some(layers) = layers {
+        let sha = qsparse::hub::sha256_file(model_path).unwrap();
+        let profile = serde_json::json!({
+            "version": 1, "model": "parity", "model_sha256": sha, "sparsity": 0.5,
+            "select": "magnitude", "calibration_text": "generated", "calibration_tokens": 64,
+            "layers": layers,
+        });
+        let path = dir.join("parity-profile.json");
+        std::fs::write(&path, profile.to_string()).unwrap();
+        let at = args.iter().position(|a| a == "--sparsity").unwrap();
+        args.splice(
+            at..at + 2,
+            ["--sparsity-profile".to_string(), path.display().to_string()],
+        );
+    }
     let run = bin().args(args).output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let work = work_dir(&out);
@@ -325,8 +348,9 @@ fn assert_parity(model_path: &Path, dir: &Path, min_agree: f64) {
         )
         .unwrap();
     for s in [0.0f32, 0.5] {
-        let a = runtime_logits(model_path, &ids, s);
-        let b = trainer_logits(&work, &ids, s, a[0].len());
+        let layers = layers.filter(|_| s > 0.0);
+        let a = runtime_logits(model_path, &ids, s, layers);
+        let b = trainer_logits(&work, &ids, s, layers.is_some(), a[0].len());
         assert_eq!(a.len(), b.len());
         let mut agree = 0;
         for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -354,6 +378,13 @@ fn assert_parity(model_path: &Path, dir: &Path, min_agree: f64) {
 fn the_trainers_forward_equals_the_runtimes_llama() {
     let s = setup(2);
     assert_parity(&s.model, s.dir.path(), 0.9);
+}
+
+#[test]
+fn the_trainers_forward_equals_the_runtimes_at_a_profiles_ratios() {
+    let s = setup(2);
+    let layers = [[0.3, 0.6, 0.2, 0.7], [0.6, 0.1, 0.5, 0.4]];
+    assert_parity_at(&s.model, s.dir.path(), 0.9, Some(&layers));
 }
 
 #[test]

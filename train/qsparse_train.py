@@ -410,9 +410,10 @@ def train(job_dir):
     progress.say(f"trained {step} steps, {step * per_step} tokens, in {(time.time() - started) / 60:.1f} min")
 
 
-def logits(job_dir, ids_path, out_path, sparsity):
-    """Next-token logits of the base weights at `sparsity` (f32, no autocast) for one sequence:
-    the trainer's side of the train/infer parity test."""
+def logits(job_dir, ids_path, out_path, sparsity, profile=False):
+    """Next-token logits of the base weights at `sparsity` (or, with `profile`, at the job's
+    per-layer ratios) (f32, no autocast) for one sequence: the trainer's side of the train/infer
+    parity test."""
     job = json.load(open(os.path.join(job_dir, "job.json")))
     torch.set_num_threads(job["threads"])
     c = job["model"]
@@ -421,6 +422,8 @@ def logits(job_dir, ids_path, out_path, sparsity):
     ids = torch.from_numpy(np.fromfile(ids_path, dtype=np.uint32).astype(np.int64))[None]
     n = c["n_layers"]
     ratios = [(sparsity,) * 4] * n if sparsity > 0 else None
+    if profile:
+        ratios = layer_ratios(job)
     with torch.no_grad():
         out = model(ids, ratios, job["act"], job["outliers"])[0].float().numpy()
     out.astype(np.float32).tofile(out_path)
@@ -436,11 +439,12 @@ def main():
     lg.add_argument("ids")
     lg.add_argument("out")
     lg.add_argument("--sparsity", type=float, default=0.0)
+    lg.add_argument("--profile", action="store_true", help="the job's per-layer ratios")
     a = ap.parse_args()
     if a.cmd == "train":
         train(a.job_dir)
     else:
-        logits(a.job_dir, a.ids, a.out, a.sparsity)
+        logits(a.job_dir, a.ids, a.out, a.sparsity, a.profile)
 
 
 if __name__ == "__main__":
