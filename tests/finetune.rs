@@ -108,6 +108,29 @@ fn small_run(model: &Path, data: &Path, out: &Path, steps: u64) -> Vec<String> {
     .collect()
 }
 
+/// A sparsity profile (as `calibrate` writes it) of S = 0.5 with these per-layer ratios, for the
+/// model file whose sha256 is `sha`.
+fn profile_json(sha: &str, layers: &[[f32; 4]]) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1, "model": "tiny.gguf", "model_sha256": sha, "sparsity": 0.5,
+        "select": "magnitude", "calibration_text": "generated", "calibration_tokens": 64,
+        "layers": layers,
+    })
+}
+
+/// A run's flags with `--sparsity S` replaced by `--sparsity-profile profile`.
+fn with_profile(mut args: Vec<String>, profile: &Path) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--sparsity").unwrap();
+    args.splice(
+        at..at + 2,
+        [
+            "--sparsity-profile".to_string(),
+            profile.display().to_string(),
+        ],
+    );
+    args
+}
+
 fn log_losses(work: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(work.join("log.jsonl"))
         .unwrap()
@@ -322,18 +345,9 @@ fn assert_parity_at(model_path: &Path, dir: &Path, min_agree: f64, layers: Optio
     args.extend(["--stop-at", "1", "--activations", "f32"].map(String::from));
     if let Some(layers) = layers {
         let sha = qsparse::hub::sha256_file(model_path).unwrap();
-        let profile = serde_json::json!({
-            "version": 1, "model": "parity", "model_sha256": sha, "sparsity": 0.5,
-            "select": "magnitude", "calibration_text": "generated", "calibration_tokens": 64,
-            "layers": layers,
-        });
         let path = dir.join("parity-profile.json");
-        std::fs::write(&path, profile.to_string()).unwrap();
-        let at = args.iter().position(|a| a == "--sparsity").unwrap();
-        args.splice(
-            at..at + 2,
-            ["--sparsity-profile".to_string(), path.display().to_string()],
-        );
+        std::fs::write(&path, profile_json(&sha, layers).to_string()).unwrap();
+        args = with_profile(args, &path);
     }
     let run = bin().args(args).output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
@@ -614,29 +628,11 @@ fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
     let sha = qsparse::hub::sha256_file(&s.model).unwrap();
     // Every ratio 0 under a profile that says S = 0.5: the run's perplexity "at S" before
     // training is then the dense one, which it would not be if the ratios were ignored.
-    let profile = |sha: &str| {
-        serde_json::json!({
-            "version": 1, "model": "tiny.gguf", "model_sha256": sha, "sparsity": 0.5,
-            "select": "magnitude", "calibration_text": "generated", "calibration_tokens": 64,
-            "layers": [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
-        })
-    };
+    let zeros = [[0.0; 4]; 2];
     let path = s.dir.path().join("profile.json");
-    std::fs::write(&path, profile(&sha).to_string()).unwrap();
+    std::fs::write(&path, profile_json(&sha, &zeros).to_string()).unwrap();
     let (args, out) = s.run_args("profiled.gguf", 2);
-    let without_sparsity = |args: Vec<String>| -> Vec<String> {
-        let at = args.iter().position(|a| a == "--sparsity").unwrap();
-        args.into_iter()
-            .enumerate()
-            .filter(|(i, _)| *i != at && *i != at + 1)
-            .map(|(_, a)| a)
-            .collect()
-    };
-    let run = bin()
-        .args(without_sparsity(args))
-        .args(["--sparsity-profile", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let run = bin().args(with_profile(args, &path)).output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let first: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(work_dir(&out).join("log.jsonl"))
@@ -656,7 +652,7 @@ fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
     assert_eq!(file.get_f32("qsparse.finetune.sparsity").unwrap(), 0.5);
     let stored: serde_json::Value =
         serde_json::from_str(file.get_str(model::pack::KEY_SPARSITY_PROFILE).unwrap()).unwrap();
-    assert_eq!(stored["layers"], profile(&sha)["layers"]);
+    assert_eq!(stored["layers"], profile_json(&sha, &zeros)["layers"]);
     // The output runs with the stored profile unless told otherwise.
     let generate = succeed([
         "generate",
@@ -700,13 +696,9 @@ fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
     assert!(methods.contains(&"calibrated"), "{sweep}");
 
     // A profile made for another model file is refused before anything is written.
-    std::fs::write(&path, profile(&"0".repeat(64)).to_string()).unwrap();
+    std::fs::write(&path, profile_json(&"0".repeat(64), &zeros).to_string()).unwrap();
     let (args, out) = s.run_args("other.gguf", 2);
-    let refused = bin()
-        .args(without_sparsity(args))
-        .args(["--sparsity-profile", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let refused = bin().args(with_profile(args, &path)).output().unwrap();
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("does not fit this model"),
