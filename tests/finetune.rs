@@ -131,6 +131,31 @@ fn with_profile(mut args: Vec<String>, profile: &Path) -> Vec<String> {
     args
 }
 
+/// `sweep --json` of `model` at S = 0.5 on a few tokens (and `extra` flags); it must succeed.
+fn quick_sweep(model: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = succeed(
+        [
+            "sweep",
+            "-m",
+            model.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--tokens",
+            "64",
+            "--runs",
+            "1",
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "4",
+            "--json",
+        ]
+        .iter()
+        .chain(extra),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn log_losses(work: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(work.join("log.jsonl"))
         .unwrap()
@@ -211,29 +236,9 @@ fn a_short_run_lowers_the_loss_and_writes_a_model_every_command_runs() {
         .unwrap();
     assert!(generate.status.success(), "{}", stderr(&generate));
     // sweep --reference compares the tuned model with the model it was tuned from.
-    let sweep = |extra: &[&str]| {
-        let out = bin()
-            .args([
-                "sweep",
-                "-m",
-                p,
-                "--sparsity",
-                "0.5",
-                "--tokens",
-                "64",
-                "--runs",
-                "1",
-            ])
-            .args(["--prompt-tokens", "4", "--gen-tokens", "4", "--json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
-    let own = sweep(&[]);
+    let own = quick_sweep(&out, &[]);
     assert_eq!(own["rows"][0]["kl"].as_f64(), Some(0.0));
-    let against = sweep(&["--reference", model.to_str().unwrap()]);
+    let against = quick_sweep(&out, &["--reference", model.to_str().unwrap()]);
     assert!(
         against["rows"][0]["kl"].as_f64().unwrap() > 0.0,
         "{against}"
@@ -670,23 +675,7 @@ fn a_run_with_a_sparsity_profile_trains_at_its_ratios_and_stores_it() {
     );
 
     // sweep measures the model with its stored profile too.
-    let sweep = succeed([
-        "sweep",
-        "-m",
-        out.to_str().unwrap(),
-        "--sparsity",
-        "0.5",
-        "--tokens",
-        "64",
-        "--runs",
-        "1",
-        "--prompt-tokens",
-        "4",
-        "--gen-tokens",
-        "4",
-        "--json",
-    ]);
-    let sweep: serde_json::Value = serde_json::from_slice(&sweep.stdout).unwrap();
+    let sweep = quick_sweep(&out, &[]);
     let methods: Vec<&str> = sweep["rows"]
         .as_array()
         .unwrap()
