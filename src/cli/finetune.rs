@@ -27,7 +27,7 @@ const TRAINED_ARCHITECTURES: [&str; 2] = ["llama", "bitnet"];
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Example: fine-tune the default model at a calibrated profile of S = 0.5 (the recipe that \
-    recovers the most here, about 15 minutes):\n  \
+    recovers the most here, about 12 minutes):\n  \
     qsparse calibrate --sparsity 0.5 -o s50.json\n  \
     qsparse finetune --sparsity-profile s50.json --distill --tokens 100000 -o models/smollm2-s50.gguf\n  \
     qsparse chat -m models/smollm2-s50.gguf\n\
