@@ -330,7 +330,11 @@ impl Chat<'_> {
             }
             "sparsity" if rest.is_empty() => outln!("({})", self.sparsity_label()),
             "sparsity" if rest.ends_with(".json") => {
-                match read_profile(Path::new(rest), self.model, &self.model_path) {
+                match read_profile(
+                    Path::new(rest),
+                    self.model.config.n_layers,
+                    &self.model_path,
+                ) {
                     Ok(p) => {
                         self.sparsity = p.sparsity;
                         self.profile = Some(rest.to_owned());

@@ -286,7 +286,7 @@ pub fn choose_profile(
     model_path: &Path,
 ) -> Result<Option<SparsityProfile>> {
     match flag {
-        Some(path) => Ok(Some(read_profile(path, model, model_path)?)),
+        Some(path) => Ok(Some(read_profile(path, model.config.n_layers, model_path)?)),
         None if !sparsity_given => stored_profile(model),
         None => Ok(None),
     }
@@ -315,14 +315,15 @@ pub fn stored_profile(model: &Model) -> Result<Option<SparsityProfile>> {
     Ok(Some(profile))
 }
 
-/// Read a sparsity profile and check it against `model` (loaded from `model_path`).
-pub fn read_profile(path: &Path, model: &Model, model_path: &Path) -> Result<SparsityProfile> {
+/// Read a sparsity profile and check it against the model file at `model_path` (of `n_layers`
+/// layers).
+pub fn read_profile(path: &Path, n_layers: usize, model_path: &Path) -> Result<SparsityProfile> {
     let text = read_text(path)?;
     let profile: SparsityProfile = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{} is not a sparsity profile: {e}", path.display()))?;
     let sha = hub::sha256_file(model_path)?;
     profile
-        .check(model, &sha)
+        .check(n_layers, &sha)
         .map_err(|why| anyhow::anyhow!("{} does not fit this model: {why}", path.display()))?;
     Ok(profile)
 }

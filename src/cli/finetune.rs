@@ -533,24 +533,8 @@ fn prepare(args: &Args) -> Result<JobDir> {
 /// `source_path`); the trainer selects by magnitude, so a profile calibrated with another
 /// selection is refused.
 fn training_profile(path: &Path, source: &GgufFile, source_path: &Path) -> Result<SparsityProfile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the sparsity profile {}", path.display()))?;
-    let profile: SparsityProfile = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{} is not a sparsity profile: {e}", path.display()))?;
-    let config = ModelConfig::from_gguf(source)?;
-    let sha = hub::sha256_file(source_path)?;
-    if profile.model_sha256 != sha {
-        bail!(
-            "{} does not fit this model: it was calibrated for {} (sha256 {}), not {}",
-            path.display(),
-            profile.model,
-            profile.model_sha256,
-            source_path.display()
-        );
-    }
-    profile
-        .check_layers(config.n_layers)
-        .map_err(|why| anyhow::anyhow!("{} does not fit this model: {why}", path.display()))?;
+    let n_layers = ModelConfig::from_gguf(source)?.n_layers;
+    let profile = super::common::read_profile(path, n_layers, source_path)?;
     if profile.select() != Select::Magnitude {
         bail!(
             "{} was calibrated with --select {}; the trainer keeps the largest magnitudes: calibrate with --select magnitude",

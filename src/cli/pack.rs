@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         .sparsity_profile
         .as_deref()
         .map(|path| -> Result<String> {
-            let profile = read_profile(path, &model, &input)?;
+            let profile = read_profile(path, model.config.n_layers, &input)?;
             Ok(serde_json::to_string(&profile)?)
         })
         .transpose()?;

@@ -129,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
     for path in &args.sparsity_profile {
-        let profile = read_profile(path, &model, &load.path()?)?;
+        let profile = read_profile(path, model.config.n_layers, &load.path()?)?;
         points.push(Point {
             sparsity: profile.sparsity,
             method: Method::Calibrated {

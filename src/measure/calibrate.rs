@@ -47,16 +47,16 @@ pub struct SparsityProfile {
 pub const PROFILE_VERSION: u32 = 1;
 
 impl SparsityProfile {
-    /// Check the profile against the model it is to run with (`sha256` of its file); an error
-    /// names what does not fit.
-    pub fn check(&self, model: &Model, sha256: &str) -> Result<(), String> {
+    /// Check the profile against the model it is to run with (`sha256` of its file, `n_layers`
+    /// layers); an error names what does not fit.
+    pub fn check(&self, n_layers: usize, sha256: &str) -> Result<(), String> {
         if self.model_sha256 != sha256 {
             return Err(format!(
                 "it was calibrated for {} (sha256 {}), not this model file",
                 self.model, self.model_sha256
             ));
         }
-        self.check_shape(model)
+        self.check_layers(n_layers)
     }
 
     /// Check everything but the model file's sha256 (a packed file carries the profile its
