@@ -77,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|(phase, t, share)| {
                 json!({
                     "phase": phase.name(),
-                    "us_per_token": t.as_secs_f64() * 1e6 / p.passes.max(1) as f64,
+                    "us_per_token": t.as_secs_f64() * 1e6 / p.tokens.max(1) as f64,
                     "share": share,
                 })
             })
@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     let prompt_profile = state
         .prompt_profile
         .as_ref()
-        .filter(|p| p.passes > 0)
+        .filter(|p| p.tokens > 0)
         .map(rows);
     if args.json {
         let out = json!({

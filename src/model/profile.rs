@@ -62,7 +62,7 @@ pub struct Profile {
     /// Time per phase (indexed by `Phase as usize`).
     pub time: [Duration; 9],
     /// Profiled tokens (a single-token pass is one; a batched prompt pass counts its tokens).
-    pub passes: u64,
+    pub tokens: u64,
 }
 
 impl Profile {
@@ -105,10 +105,10 @@ impl<'a> Laps<'a> {
         }
     }
 
-    /// Count `tokens` more timed passes (a batched pass counts its tokens).
+    /// Count the pass's `tokens` as timed.
     pub(crate) fn finish(self, tokens: usize) {
         if let Some(p) = self.profile {
-            p.passes += tokens as u64;
+            p.tokens += tokens as u64;
         }
     }
 }
