@@ -178,7 +178,7 @@ fn batched_bitnet_steps_equal_single_ones() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relu2.gguf");
     write_model(&path, Some("relu2"), false);
-    let tokens: Vec<u32> = (0..19).map(|i| 100 + 37 * i).collect();
+    let tokens: Vec<u32> = (0..45).map(|i| 100 + 37 * i).collect();
     for format in [
         WeightFormat::F32,
         WeightFormat::F16,

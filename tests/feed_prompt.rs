@@ -5,7 +5,7 @@
 
 mod common;
 
-use qsparse::model::{self, RunState, Sparsity, WeightFormat};
+use qsparse::model::{self, RunState, Sparsity, WeightFormat, PROMPT_BATCH};
 use qsparse::sample::argmax;
 
 #[test]
@@ -21,13 +21,15 @@ fn feeding_a_prompt_equals_forwarding_every_token() {
         let prompt = tokenizer
             .encode(
                 "The quick brown fox jumps over the lazy dog, and then it runs into the woods \
-                 where 12 owls and a badger named Otto watch it with some suspicion.",
+                 where 12 owls and a badger named Otto watch it with some suspicion. Otto, who \
+                 has lived under the old oak for 37 winters, does not care for foxes; the owls \
+                 care even less, and they say so loudly until the moon is high.",
             )
             .unwrap();
-        assert!(prompt.len() > 20, "{} tokens", prompt.len());
+        assert!(prompt.len() > PROMPT_BATCH + 8, "{} tokens", prompt.len());
         for sparsity in [Sparsity::dense(), Sparsity::uniform(0.5)] {
             let state = || {
-                let mut s = RunState::new(&model.config, format, 64);
+                let mut s = RunState::new(&model.config, format, 128);
                 s.set_activation_outliers(outliers);
                 s
             };
@@ -107,9 +109,13 @@ fn batched_forward_matches(
     format: WeightFormat,
 ) {
     let tokens = tokenizer
-        .encode("We the People of the United States, in Order to form a more perfect Union")
+        .encode(
+            "We the People of the United States, in Order to form a more perfect Union, \
+             establish Justice, insure domestic Tranquility, provide for the common defence, \
+             promote the general Welfare, and secure the Blessings of Liberty",
+        )
         .unwrap();
-    assert!(tokens.len() > 12, "{} tokens", tokens.len());
+    assert!(tokens.len() > PROMPT_BATCH + 4, "{} tokens", tokens.len());
     let mut sparse_head = Sparsity::uniform(0.5);
     sparse_head.lm_head = 0.5;
     let sparsities = match format {

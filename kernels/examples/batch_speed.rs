@@ -3,7 +3,10 @@
 //! per token-product and the speedup (median of per-round ratios). Int8 weights, then f16 and
 //! f32 (the float run kernels are generic over the batch).
 //!
-//!     cargo run --release -p qsparse-kernels --example batch_speed -- [batch]
+//!     cargo run --release -p qsparse-kernels --example batch_speed -- [batch] [warm] [int8]
+//!
+//! `warm` multiplies one copy of each matrix, in cache: the kernels' arithmetic rate apart from
+//! memory. `int8` skips the float formats.
 
 use std::time::Instant;
 
@@ -18,10 +21,13 @@ use qsparse_kernels::{
 };
 
 fn main() {
-    let b: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().unwrap())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let b: usize = args
+        .iter()
+        .find_map(|a| a.parse().ok())
         .unwrap_or(MAX_BATCH);
+    let warm = args.iter().any(|a| a == "warm");
+    let int8_only = args.iter().any(|a| a == "int8");
     let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(7);
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
@@ -29,7 +35,11 @@ fn main() {
     common::on_busy_pool(|| {
         for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
             let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-            let mats = common::cold_copies(&w, d_out, d_in);
+            let mats = if warm {
+                vec![PackedMatrix::i8_from_f32(&w, d_out, d_in)]
+            } else {
+                common::cold_copies(&w, d_out, d_in)
+            };
             let mut tokens = Vec::new();
             for _ in 0..b {
                 let x: Vec<f32> = (0..d_in).map(|_| rnd().powi(3)).collect();
@@ -59,6 +69,9 @@ fn main() {
                 |m: &PackedMatrix, y: &mut [f32]| gather_matvec_batch(isa, &m.view(), batch, y);
             compare(&label, &mats, b, d_out, one, batched);
         }
+        if int8_only {
+            return;
+        }
         for format in [Format::F16, Format::F32] {
             for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
                 let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
@@ -67,8 +80,8 @@ fn main() {
                     _ => PackedMatrix::f32_from_f32(&w, d_out, d_in),
                 };
                 let bytes = d_in * d_out * format.bits_per_weight() / 8;
-                let mats: Vec<PackedMatrix> =
-                    (0..(192 << 20) / bytes + 1).map(|_| pack()).collect();
+                let copies = if warm { 1 } else { (192 << 20) / bytes + 1 };
+                let mats: Vec<PackedMatrix> = (0..copies).map(|_| pack()).collect();
                 let tokens: Vec<Sparse<f32>> = (0..b)
                     .map(|_| {
                         let mut s = Sparse::default();
@@ -110,11 +123,13 @@ fn compare(
     batched: impl Fn(&PackedMatrix, &mut [f32]),
 ) {
     let per_token = |f: &dyn Fn(&PackedMatrix, &mut [f32]), y: &mut [f32]| {
+        // At least 100 products (a warm run's one matrix, again and again).
+        let n = mats.len().max(100);
         let t = Instant::now();
-        for m in mats {
+        for m in mats.iter().cycle().take(n) {
             f(m, y);
         }
-        t.elapsed().as_secs_f64() / (mats.len() * b) as f64 * 1e6
+        t.elapsed().as_secs_f64() / (n * b) as f64 * 1e6
     };
     let (mut y1, mut y2) = (vec![0f32; b * d_out], vec![0f32; b * d_out]);
     let (ta, tb, r) = common::interleaved(

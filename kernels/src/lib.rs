@@ -29,7 +29,9 @@ pub mod outliers;
 pub mod quant;
 pub mod topk;
 
-pub use gather::{column_norms, gather_matvec, gather_matvec_batch, BatchInput, Input, MAX_BATCH};
+pub use gather::{
+    batch_limit, column_norms, gather_matvec, gather_matvec_batch, BatchInput, Input, MAX_BATCH,
+};
 pub use isa::{Isa, ISA_VARIABLE};
 pub use layout::{ColumnTiles, Format, PackedMatrix, LINES_PER_TILE, LINE_BYTES};
 pub use outliers::largest_f32;

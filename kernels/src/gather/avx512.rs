@@ -13,6 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::runs::{group4, runs4, Lines, Prefetch};
+use crate::layout::LINE_BYTES;
 
 /// int8 weights (64 rows per line) against `B` activation vectors at once (B = 1: a decode step's
 /// product; more: a batch of prompt tokens, [`super::batch`]), as the AVX2 kernel: four
@@ -193,114 +194,255 @@ pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
     })
 }
 
-/// int8 weights against `B` int8 activation vectors with VNNI's `vpdpbusd`, which multiplies
+/// Groups of four columns a block of [`i8_runs_dpbusd`]: the block's interleaved weights (8 KiB a
+/// line of output) stay in L2 while every line's sums are computed.
+const DPBUSD_BLOCK: usize = 32;
+
+/// Vectors from one half line's interleaved block to the next: the block's 2 · [`DPBUSD_BLOCK`]
+/// and two more, so that consecutive half lines do not fall 4 KiB apart (the same L1 sets).
+const PACKED_STRIDE: usize = 2 * DPBUSD_BLOCK + 2;
+
+/// Scratch int32 values [`i8_runs_dpbusd`] needs for `columns` kept columns, `n` lines and a
+/// batch of `batch`.
+pub fn dpbusd_scratch(columns: usize, n: usize, batch: usize) -> usize {
+    columns.div_ceil(4) * batch + n * batch * 64 + n * 2 * PACKED_STRIDE * 16
+}
+
+/// int8 weights against `batch` int8 activation vectors with VNNI's `vpdpbusd`, which multiplies
 /// four unsigned bytes by four signed ones and adds the four products into an int32 lane: four
-/// kept columns per instruction, twice `vpdpwssd`'s two. The weights are the unsigned side,
-/// offset by 128 (w XOR 0x80 = w + 128 as a byte), so each row's sum carries 128·Σx, which the
-/// caller removes per vector (as it removes Σx from ternary codes). Each run swept line by line:
-/// a line (64 rows) of each of four columns is interleaved bytewise with the
-/// others' (each int32 lane then holds row r of the four columns); two such groups (eight
-/// columns) go into each accumulator between its load and store, which keeps the sums' traffic
-/// per multiply that of the pairwise kernel (with four columns a group it was slower than that
-/// kernel, `examples/batch_speed.rs`). Int32 sums in `scratch`
-/// `[line][vector][64]` kept in the interleaved order (vector v, element 4L + i: row 16L + 4v +
-/// i), then put in row order by a 4 x 4 transpose of 128-bit lanes and *added* into `acc`
-/// `[line][vector][64 rows]`. Values are int8 (the batch driver clamps int16 activation outliers
-/// to ±127 for this kernel and sends the remainders through the single-vector one);
-/// `values[p · B + t]` is vector t's value at column idx[p].
+/// kept columns per instruction. The weights are the unsigned side, offset by 128 (w XOR 0x80 =
+/// w + 128 as a byte), so each row's sum carries 128·Σx, which the caller removes per vector (as
+/// it removes Σx from ternary codes). Results are *added* into `acc` `[line][vector][64 rows]` in
+/// row order. Values are int8 (the batch driver clamps int16 activation outliers to ±127 for this
+/// kernel and sends the remainders through the single-vector one); `values[p · batch + t]` is vector
+/// t's value at column idx[p]. `scratch` holds [`dpbusd_scratch`] values.
+///
+/// A matrix product's blocking, in two phases per block of [`DPBUSD_BLOCK`] groups of four
+/// columns. Packing sweeps each group's runs in order (sequential reads, prefetched as the other
+/// run kernels do) and interleaves the four columns bytewise, so that an int32 lane holds one row
+/// of the four, into a buffer laid out line by line. Computing then takes each half line (32
+/// rows) with up to [`DPBUSD_GROUP`] vectors' sums in registers (2 per vector) across the block's
+/// columns (a larger batch takes the block's interleaved weights again from L2, group by group), each
+/// interleaved group multiplied by every vector's four values (one int32, broadcast from
+/// memory). Sweeping the runs line by line with the sums loaded and stored around every multiply
+/// ran at ~20 multiply-adds a cycle per core; sweeping every column's line in turn without the
+/// packing is faster in cache but slower from memory, where its reads scatter
+/// (`examples/batch_speed.rs`, with and without `warm`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn i8_runs_dpbusd<const B: usize>(
+pub unsafe fn i8_runs_dpbusd(
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
     values: &[i8],
+    batch: usize,
     acc: &mut [i32],
     scratch: &mut [i32],
 ) {
-    let rows = n * B * 64;
-    assert!(B >= 1 && values.len() >= idx.len() * B && acc.len() >= rows && scratch.len() >= rows);
-    scratch[..rows].fill(0);
-    let sp = scratch.as_mut_ptr() as *mut __m512i;
-    let flip = _mm512_set1_epi8(i8::MIN);
+    let b = batch;
     let len = idx.len();
-    let mut p = 0;
-    while p < len {
-        // SAFETY: the runs lie in the tile (n lines each); scratch holds n · B · 64 int32; values
-        // are read at p + q < idx.len() only (past the end, padding columns count as 0).
-        unsafe {
-            let c0 = runs4(&l, idx, p);
-            let c1 = if p + 4 < len {
-                runs4(&l, idx, p + 4)
-            } else {
-                c0
+    let quads = len.div_ceil(4);
+    assert!(
+        b >= 1
+            && values.len() >= len * b
+            && acc.len() >= n * b * 64
+            && scratch.len() >= dpbusd_scratch(len, n, b)
+    );
+    let (xq, rest) = scratch.split_at_mut(quads * b);
+    let (sums, packed) = rest.split_at_mut(n * b * 64);
+    // Vector t's values at columns 4k .. 4k + 4 as one int32 (zeros past the end).
+    for (k, quad) in xq.chunks_exact_mut(b).enumerate() {
+        for (t, x) in quad.iter_mut().enumerate() {
+            let v = |q: usize| -> u32 {
+                let p = 4 * k + q;
+                if p < len {
+                    u32::from(values[p * b + t] as u8)
+                } else {
+                    0
+                }
             };
-            let quad = |t: usize, p: usize| {
-                let v = |q: usize| -> u32 {
-                    if p + q < len {
-                        u32::from(*values.get_unchecked((p + q) * B + t) as u8)
-                    } else {
-                        0
-                    }
-                };
-                _mm512_set1_epi32((v(0) | v(1) << 8 | v(2) << 16 | v(3) << 24) as i32)
-            };
-            let x: [[__m512i; 2]; B] = std::array::from_fn(|t| [quad(t, p), quad(t, p + 4)]);
-            let next = Prefetch::before(&l, idx, p + 8, n);
-            let next2 = Prefetch::before(&l, idx, p + 12, n);
-            for s in 0..n {
-                next.line(s);
-                next2.line(s);
-                let interleave = |c: &[*const u8; 4]| {
-                    let w = |q: usize| {
-                        _mm512_xor_si512(_mm512_loadu_si512(c[q].add(64 * s) as *const _), flip)
-                    };
-                    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-                    let (lo01, hi01) = (_mm512_unpacklo_epi8(w0, w1), _mm512_unpackhi_epi8(w0, w1));
-                    let (lo23, hi23) = (_mm512_unpacklo_epi8(w2, w3), _mm512_unpackhi_epi8(w2, w3));
-                    [
-                        _mm512_unpacklo_epi16(lo01, lo23),
-                        _mm512_unpackhi_epi16(lo01, lo23),
-                        _mm512_unpacklo_epi16(hi01, hi23),
-                        _mm512_unpackhi_epi16(hi01, hi23),
-                    ]
-                };
-                let (q0, q1) = (interleave(&c0), interleave(&c1));
-                for (t, &[x0, x1]) in x.iter().enumerate() {
-                    let block = sp.add(4 * (s * B + t));
-                    for v in 0..4 {
-                        let a = block.add(v);
-                        let sum = _mm512_dpbusd_epi32(_mm512_loadu_si512(a as *const _), q0[v], x0);
-                        _mm512_storeu_si512(a as *mut _, _mm512_dpbusd_epi32(sum, q1[v], x1));
+            *x = (v(0) | v(1) << 8 | v(2) << 16 | v(3) << 24) as i32;
+        }
+    }
+    sums.fill(0);
+    let (xp, sp, pp) = (
+        xq.as_ptr(),
+        sums.as_mut_ptr() as *mut __m512i,
+        packed.as_mut_ptr() as *mut __m512i,
+    );
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let mut k0 = 0;
+    while k0 < quads {
+        let kn = DPBUSD_BLOCK.min(quads - k0);
+        for k in 0..kn {
+            let p = 4 * (k0 + k);
+            // SAFETY: the runs lie in the tile (n lines each); packed holds n · 2 ·
+            // DPBUSD_BLOCK pairs of vectors (k < DPBUSD_BLOCK).
+            unsafe {
+                let c = runs4(&l, idx, p);
+                let next = Prefetch::before(&l, idx, p + 4, n);
+                for s in 0..n {
+                    next.line(s);
+                    for half in 0..2 {
+                        let o = 64 * s + 32 * half;
+                        let w = |q: usize| {
+                            let v = _mm256_loadu_si256(c[q].add(o) as *const __m256i);
+                            _mm256_xor_si256(v, flip)
+                        };
+                        let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+                        let (lo01, hi01) =
+                            (_mm256_unpacklo_epi8(w0, w1), _mm256_unpackhi_epi8(w0, w1));
+                        let (lo23, hi23) =
+                            (_mm256_unpacklo_epi8(w2, w3), _mm256_unpackhi_epi8(w2, w3));
+                        // Each int32 lane: one row of the four columns. 128-bit lanes hold rows
+                        // 0-3, 16-19, 4-7, 20-23 (first) and 8-11, 24-27, 12-15, 28-31 (second).
+                        let dst = pp.add((s * 2 + half) * PACKED_STRIDE + 2 * k);
+                        _mm512_storeu_si512(
+                            dst,
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_unpacklo_epi16(lo01, lo23)),
+                                _mm256_unpackhi_epi16(lo01, lo23),
+                            ),
+                        );
+                        _mm512_storeu_si512(
+                            dst.add(1),
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_unpacklo_epi16(hi01, hi23)),
+                                _mm256_unpackhi_epi16(hi01, hi23),
+                            ),
+                        );
                     }
                 }
             }
         }
-        p += 8;
+        // The block's sums, a group of up to DPBUSD_GROUP vectors at a time; the first group
+        // also requests the next block's runs into L2 (its packing then reads them from there).
+        for g0 in (0..b).step_by(DPBUSD_GROUP) {
+            let ahead = (g0 == 0).then_some(4 * (k0 + kn));
+            let block = DpbusdBlock {
+                l: &l,
+                idx,
+                packed: pp,
+                sums: sp,
+                xq: xp,
+                n,
+                batch: b,
+                first: g0,
+                k0,
+                kn,
+                ahead,
+            };
+            // SAFETY: as this function's; the group's vectors are g0 .. g0 + G <= batch.
+            unsafe {
+                match b - g0 {
+                    1 => dpbusd_block::<1>(block),
+                    2 => dpbusd_block::<2>(block),
+                    3 => dpbusd_block::<3>(block),
+                    4 => dpbusd_block::<4>(block),
+                    5 => dpbusd_block::<5>(block),
+                    6 => dpbusd_block::<6>(block),
+                    7 => dpbusd_block::<7>(block),
+                    _ => dpbusd_block::<DPBUSD_GROUP>(block),
+                }
+            }
+        }
+        k0 += kn;
     }
-    // Row order: output vector L (rows 16L .. 16L + 16) is lane L of vectors 0, 1, 2, 3.
-    let ap = acc.as_mut_ptr() as *mut __m512i;
-    for block in 0..n * B {
-        // SAFETY: scratch and acc hold n · B blocks of 4 vectors.
+    // Row order: rows 0..16 and 16..32 of a half line from its two vectors' 128-bit lanes.
+    let first = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    let second = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    let ap = acc.as_mut_ptr();
+    for s in 0..n {
+        for half in 0..2 {
+            for t in 0..b {
+                // SAFETY: sums holds n · 2 · batch pairs of vectors; acc n · batch · 64 int32
+                // (line s, vector t, rows 32·half .. 32·half + 32).
+                unsafe {
+                    let at = sp.add(2 * ((s * 2 + half) * b + t));
+                    let (z0, z1) = (_mm512_loadu_si512(at), _mm512_loadu_si512(at.add(1)));
+                    for (i, idx) in [first, second].into_iter().enumerate() {
+                        let dst = ap.add((s * b + t) * 64 + 32 * half + 16 * i) as *mut __m512i;
+                        let v = _mm512_permutex2var_epi32(z0, idx, z1);
+                        _mm512_storeu_si512(dst, _mm512_add_epi32(_mm512_loadu_si512(dst), v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Vectors whose sums one pass of [`i8_runs_dpbusd`] holds in registers (two each).
+const DPBUSD_GROUP: usize = 8;
+
+/// One block of [`i8_runs_dpbusd`]'s columns against one group of its vectors.
+struct DpbusdBlock<'a, 'b> {
+    l: &'a Lines<'b>,
+    idx: &'a [u32],
+    /// The block's interleaved weights, [`PACKED_STRIDE`] vectors a half line.
+    packed: *const __m512i,
+    /// Sums `[half line][vector][2]`, all `batch` vectors.
+    sums: *mut __m512i,
+    /// Four columns' values as one int32, `[group of four][vector]`.
+    xq: *const i32,
+    n: usize,
+    batch: usize,
+    /// The group's first vector.
+    first: usize,
+    /// The block's first group of four columns, and its number of groups.
+    k0: usize,
+    kn: usize,
+    /// The next block's first column, to request into L2 as this one computes.
+    ahead: Option<usize>,
+}
+
+/// Adds the block's products for vectors first .. first + G into their sums: each half line with
+/// the G vectors' sums in registers across the block's columns. The next block's runs are
+/// requested into L2 along the way (pass sh: line sh / 2 of half of its columns, two a group).
+///
+/// Safety: AVX-512 F/BW/VL and VNNI; the pointers hold what [`DpbusdBlock`] says for n lines,
+/// batch >= first + G vectors and k0 + kn groups of four; idx's runs lie in the tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dpbusd_block<const G: usize>(b: DpbusdBlock<'_, '_>) {
+    let len = b.idx.len();
+    for sh in 0..2 * b.n {
+        let (line, cols) = (
+            LINE_BYTES * (sh / 2),
+            b.ahead.map(|a| a + 2 * DPBUSD_BLOCK * (sh % 2)),
+        );
+        // SAFETY: as the function's; prefetches are hints, their addresses inside the runs
+        // (indices < d_in, lines < n).
         unsafe {
-            let (s4, a4) = (sp.add(4 * block), ap.add(4 * block));
-            let v = |i: usize| _mm512_loadu_si512(s4.add(i) as *const _);
-            let (a, b, c, d) = (v(0), v(1), v(2), v(3));
-            let t0 = _mm512_shuffle_i32x4::<0x44>(a, b);
-            let t1 = _mm512_shuffle_i32x4::<0xEE>(a, b);
-            let t2 = _mm512_shuffle_i32x4::<0x44>(c, d);
-            let t3 = _mm512_shuffle_i32x4::<0xEE>(c, d);
-            let out = [
-                _mm512_shuffle_i32x4::<0x88>(t0, t2),
-                _mm512_shuffle_i32x4::<0xDD>(t0, t2),
-                _mm512_shuffle_i32x4::<0x88>(t1, t3),
-                _mm512_shuffle_i32x4::<0xDD>(t1, t3),
-            ];
-            for (lane, o) in out.into_iter().enumerate() {
-                let dst = a4.add(lane);
-                _mm512_storeu_si512(
-                    dst as *mut _,
-                    _mm512_add_epi32(_mm512_loadu_si512(dst as *const _), o),
+            let at = b.sums.add(2 * (sh * b.batch + b.first));
+            let mut v: [[__m512i; 2]; G] = std::array::from_fn(|t| {
+                [
+                    _mm512_loadu_si512(at.add(2 * t)),
+                    _mm512_loadu_si512(at.add(2 * t + 1)),
+                ]
+            });
+            let src = b.packed.add(sh * PACKED_STRIDE);
+            for k in 0..b.kn {
+                if let Some(cols) = cols {
+                    for p in [cols + 2 * k, cols + 2 * k + 1] {
+                        if p < len {
+                            let run = b.l.first + *b.idx.get_unchecked(p) as usize * b.l.stride;
+                            let at = b.l.tile.as_ptr().add(run + line);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        }
+                    }
+                }
+                let (z0, z1) = (
+                    _mm512_loadu_si512(src.add(2 * k)),
+                    _mm512_loadu_si512(src.add(2 * k + 1)),
                 );
+                let x = b.xq.add((b.k0 + k) * b.batch + b.first);
+                for (t, v) in v.iter_mut().enumerate() {
+                    let xv = _mm512_set1_epi32(*x.add(t));
+                    v[0] = _mm512_dpbusd_epi32(v[0], z0, xv);
+                    v[1] = _mm512_dpbusd_epi32(v[1], z1, xv);
+                }
+            }
+            for (t, [lo, hi]) in v.into_iter().enumerate() {
+                _mm512_storeu_si512(at.add(2 * t), lo);
+                _mm512_storeu_si512(at.add(2 * t + 1), hi);
             }
         }
     }

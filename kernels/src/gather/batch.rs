@@ -29,7 +29,13 @@ use super::runs::for_each_segment;
 use crate::isa::Isa;
 use crate::layout::{ColumnTiles, Format, MAX_LINE_ROWS};
 
-pub use super::dispatch::MAX_BATCH;
+use super::dispatch::RUN_BATCH;
+
+/// The most tokens one batched product takes. With VNNI's four-column int8 kernel, a batch of 32
+/// reads each weight once for 32 tokens, where one of 8 is bound by reading them (SmolLM2's
+/// prompt: `qsparse bench --prompt-tokens 256`, `examples/batch_speed.rs`); the other kernels
+/// take [`RUN_BATCH`] tokens at a time.
+pub const MAX_BATCH: usize = 32;
 
 /// The activations of a batch of B tokens: the union of their kept columns (`indices`, any order
 /// for int8, ascending for floats as each token's own selection is) and, per column, every
@@ -196,12 +202,16 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
         "gather_matvec_batch: an input index is >= d_in = {d_in}"
     );
     let kernel = Kernel::select(isa);
+    let int8_dot = matches!(x, BatchInput::Int { .. }) && kernel.has_int8_dot();
+    if batch > RUN_BATCH && !int8_dot {
+        return by_run_batches(isa, w, x, ys);
+    }
     // Taken out of the thread-local for the call, not borrowed: while this thread waits for the
     // workers it may run other pool work, another batched product included.
     let split = match x {
         BatchInput::Int {
             indices, values, ..
-        } if kernel.has_int8_dot() => {
+        } if int8_dot => {
             let mut split = SPLIT.take();
             split.build(indices, values, batch);
             Some(split)
@@ -234,6 +244,72 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
     }
     if let Some(split) = split {
         SPLIT.set(split);
+    }
+}
+
+/// The most tokens a batched product over `format` weights takes in one sweep of them here: up to
+/// [`MAX_BATCH`] int8 against int8 weights with VNNI, [`RUN_BATCH`] otherwise (a larger batch is
+/// split into products of that many).
+pub fn batch_limit(isa: Isa, format: Format) -> usize {
+    if format == Format::I8 && Kernel::select(isa).has_int8_dot() {
+        MAX_BATCH
+    } else {
+        RUN_BATCH
+    }
+}
+
+/// [`gather_matvec_batch`] [`RUN_BATCH`] tokens at a time (for kernels that take no more): each
+/// part's values copied out of the batch's, its outputs a slice of `ys`.
+fn by_run_batches(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys: &mut [f32]) {
+    fn part<T: Copy>(values: &[T], batch: usize, tokens: std::ops::Range<usize>) -> Vec<T> {
+        values
+            .chunks_exact(batch)
+            .flat_map(|column| &column[tokens.clone()])
+            .copied()
+            .collect()
+    }
+    let (batch, d_out) = (x.batch(), w.d_out());
+    for (c, ys) in ys.chunks_mut(RUN_BATCH * d_out).enumerate() {
+        let tokens = c * RUN_BATCH..(c * RUN_BATCH + RUN_BATCH).min(batch);
+        match x {
+            BatchInput::Int {
+                indices,
+                values,
+                scales,
+            } => {
+                let values = part(values, batch, tokens.clone());
+                let input = BatchInput::Int {
+                    indices,
+                    values: &values,
+                    scales: &scales[tokens],
+                };
+                gather_matvec_batch(isa, w, input, ys);
+            }
+            BatchInput::Ternary {
+                indices,
+                values,
+                scales,
+            } => {
+                let values = part(values, batch, tokens.clone());
+                let input = BatchInput::Ternary {
+                    indices,
+                    values: &values,
+                    scales: &scales[tokens],
+                };
+                gather_matvec_batch(isa, w, input, ys);
+            }
+            BatchInput::Float {
+                indices, values, ..
+            } => {
+                let values = part(values, batch, tokens.clone());
+                let input = BatchInput::Float {
+                    indices,
+                    values: &values,
+                    batch: tokens.len(),
+                };
+                gather_matvec_batch(isa, w, input, ys);
+            }
+        }
     }
 }
 

@@ -20,15 +20,16 @@ use crate::layout::MAX_LINE_ROWS;
 #[cfg(target_arch = "x86_64")]
 use pulp::x86::{V3, V4};
 
-/// The most activation vectors one batched product takes: per token, 8 ran 3-14% faster than 4
+/// The most activation vectors one run kernel takes at once: per token, 8 ran 3-14% faster than 4
 /// on SmolLM2's shapes (`examples/batch_speed.rs`), the shared loading and widening of the weights
-/// spread over more tokens. Each batch size runs kernels compiled for it (`by_batch!`).
-pub const MAX_BATCH: usize = 8;
+/// spread over more tokens. Each batch size runs kernels compiled for it (`by_batch!`). (The
+/// four-column int8 kernel takes any batch, holding 8 vectors' sums at a time.)
+pub const RUN_BATCH: usize = 8;
 
 thread_local! {
     /// int16 partial sums of the T2 kernels.
     static T2_SCRATCH: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
-    /// int32 sums of the four-column int8 kernel, in its interleaved row order.
+    /// The four-column int8 kernel's activations, sums and interleaved weights.
     static I8_SCRATCH: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -60,14 +61,14 @@ use super::neon;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
 
-/// `$e` with the const `$B` = `batch` (1..=8: [`MAX_BATCH`]), so that each
+/// `$e` with the const `$B` = `batch` (1..=8: [`RUN_BATCH`]), so that each
 /// batch size runs a kernel compiled for it.
 macro_rules! by_batch {
     ($batch:expr, $B:ident => $e:expr) => {
         by_batch!(@arms $batch, $B, $e; 1, 2, 3, 4, 5, 6, 7)
     };
     (@arms $batch:expr, $B:ident, $e:expr; $($n:literal),*) => {{
-        const _: () = assert!(MAX_BATCH == 8, "an arm per batch");
+        const _: () = assert!(RUN_BATCH == 8, "an arm per batch");
         match $batch {
             $($n => {
                 const $B: usize = $n;
@@ -270,12 +271,15 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if let Kernel::Avx512 { vnni: Some(_), .. } = self {
             I8_SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize(scratch.len().max(n * batch * 64), 0);
+                scratch.resize(
+                    scratch
+                        .len()
+                        .max(avx512::dpbusd_scratch(idx.len(), n, batch)),
+                    0,
+                );
                 // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs and acc (n ·
                 // batch · 64 rows) as the module doc says; scratch sized here.
-                unsafe {
-                    by_batch!(batch, B => avx512::i8_runs_dpbusd::<B>(l, n, idx, values, acc, scratch))
-                }
+                unsafe { avx512::i8_runs_dpbusd(l, n, idx, values, batch, acc, scratch) }
             });
             return;
         }

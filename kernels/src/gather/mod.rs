@@ -33,6 +33,6 @@ mod scalar;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{gather_matvec_batch, BatchInput, MAX_BATCH};
+pub use batch::{batch_limit, gather_matvec_batch, BatchInput, MAX_BATCH};
 pub use driver::{gather_matvec, Input, PARALLEL_MIN_BYTES};
 pub use norms::column_norms;

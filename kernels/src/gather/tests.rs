@@ -34,11 +34,12 @@ fn kernels() -> Vec<Kernel> {
 
 /// The integer run kernels of every kernel set against the scalar ones, segment by segment:
 /// int8 and int16 values, batches of 1-8 vectors, T2 codes, and the four-column int8 form
-/// (its sums carry 128·Σx per vector). Odd column counts leave a partial group of four.
+/// (its sums carry 128·Σx per vector; batches of up to 32, and kept columns over more than one of
+/// its blocks of 128). Odd column counts leave a partial group of four.
 #[test]
 fn every_integer_run_kernel_equals_the_scalar_one() {
     let mut rng = SmallRng::seed_from_u64(21);
-    let (d_in, d_out) = (45, 600);
+    let (d_in, d_out) = (301, 600);
     let w: Vec<f32> = (0..d_in * d_out)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
@@ -78,7 +79,10 @@ fn every_integer_run_kernel_equals_the_scalar_one() {
                 let v = batch_values(&mut rng, b, true);
                 let (got, want) = run(&|k, acc| k.i8_runs_batch(seg, n, &idx, &v, b, acc), b);
                 assert_eq!(got, want, "{what} i8_runs_batch B={b}");
-                if k.has_int8_dot() {
+            }
+            // The four-column int8 kernel takes any batch, 8 vectors' sums at a time.
+            if k.has_int8_dot() {
+                for b in [1, 3, MAX_BATCH_ROWS, 9, 13, super::MAX_BATCH] {
                     let v8: Vec<i8> = batch_values(&mut rng, b, false)
                         .iter()
                         .map(|&v| v as i8)
@@ -122,4 +126,4 @@ fn every_integer_run_kernel_equals_the_scalar_one() {
 }
 
 /// The largest batch the run kernels take.
-const MAX_BATCH_ROWS: usize = super::MAX_BATCH;
+const MAX_BATCH_ROWS: usize = super::dispatch::RUN_BATCH;
