@@ -402,7 +402,8 @@ def train(job_dir):
         progress_log.write(json.dumps(record) + "\n")
         progress_log.flush()
     save_checkpoint(ckpt, model, opt, step, {"elapsed": time.time() - started})
-    progress.show(step, loss_avg if loss_avg is not None else float("nan"), 0.0, 0.0, force=True)
+    if loss_avg is not None:
+        progress.show(step, loss_avg, 0.0, 0.0, force=True)
     if stop.asked:
         progress.say(f"stopped at step {step}; checkpoint saved (resume with --resume {job_dir})")
         sys.exit(130)
