@@ -202,10 +202,10 @@ const DPBUSD_BLOCK: usize = 32;
 /// and two more, so that consecutive half lines do not fall 4 KiB apart (the same L1 sets).
 const PACKED_STRIDE: usize = 2 * DPBUSD_BLOCK + 2;
 
-/// Scratch int32 values [`i8_runs_dpbusd`] needs for `columns` kept columns, `n` lines and a
-/// batch of `batch`.
-pub fn dpbusd_scratch(columns: usize, n: usize, batch: usize) -> usize {
-    columns.div_ceil(4) * batch + n * batch * 64 + n * 2 * PACKED_STRIDE * 16
+/// Scratch int32 values [`i8_runs_dpbusd`] needs for `columns` kept columns, `n` lines of
+/// `rows` rows (64 for int8, 256 for T2) and a batch of `batch`.
+pub fn dpbusd_scratch(columns: usize, n: usize, rows: usize, batch: usize) -> usize {
+    columns.div_ceil(4) * batch + n * batch * rows + n * (rows / 32) * PACKED_STRIDE * 16
 }
 
 /// int8 weights against `batch` int8 activation vectors with VNNI's `vpdpbusd`, which multiplies
@@ -229,7 +229,7 @@ pub fn dpbusd_scratch(columns: usize, n: usize, batch: usize) -> usize {
 /// packing is faster in cache but slower from memory, where its reads scatter
 /// (`examples/batch_speed.rs`, with and without `warm`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn i8_runs_dpbusd(
+pub unsafe fn i8_runs_dpbusd<const T2: bool>(
     l: Lines<'_>,
     n: usize,
     idx: &[u32],
@@ -239,16 +239,19 @@ pub unsafe fn i8_runs_dpbusd(
     scratch: &mut [i32],
 ) {
     let b = batch;
+    // Rows of a line, and its sweeps of 32 rows.
+    let rows = if T2 { 256 } else { 64 };
+    let halves = rows / 32;
     let len = idx.len();
     let quads = len.div_ceil(4);
     assert!(
         b >= 1
             && values.len() >= len * b
-            && acc.len() >= n * b * 64
-            && scratch.len() >= dpbusd_scratch(len, n, b)
+            && acc.len() >= n * b * rows
+            && scratch.len() >= dpbusd_scratch(len, n, rows, b)
     );
     let (xq, rest) = scratch.split_at_mut(quads * b);
-    let (sums, packed) = rest.split_at_mut(n * b * 64);
+    let (sums, packed) = rest.split_at_mut(n * b * rows);
     // Vector t's values at columns 4k .. 4k + 4 as one int32 (zeros past the end).
     for (k, quad) in xq.chunks_exact_mut(b).enumerate() {
         for (t, x) in quad.iter_mut().enumerate() {
@@ -270,6 +273,7 @@ pub unsafe fn i8_runs_dpbusd(
         packed.as_mut_ptr() as *mut __m512i,
     );
     let flip = _mm256_set1_epi8(i8::MIN);
+    let (shifts, three) = (_mm256_setr_epi64x(0, 2, 4, 6), _mm256_set1_epi8(3));
     let mut k0 = 0;
     while k0 < quads {
         let kn = DPBUSD_BLOCK.min(quads - k0);
@@ -282,11 +286,19 @@ pub unsafe fn i8_runs_dpbusd(
                 let next = Prefetch::before(&l, idx, p + 4, n);
                 for s in 0..n {
                     next.line(s);
-                    for half in 0..2 {
-                        let o = 64 * s + 32 * half;
+                    for half in 0..halves {
                         let w = |q: usize| {
-                            let v = _mm256_loadu_si256(c[q].add(o) as *const __m256i);
-                            _mm256_xor_si256(v, flip)
+                            if T2 {
+                                // Group `half` of the line: 8 bytes, row 8j + k of the group in
+                                // bits 2j of byte k; lane j shifted by 2j gives rows 8j.. in
+                                // order. Codes t + 1 are the unsigned side as they are.
+                                let at = c[q].add(64 * s + 8 * half) as *const i64;
+                                let v = _mm256_set1_epi64x(at.read_unaligned());
+                                _mm256_and_si256(_mm256_srlv_epi64(v, shifts), three)
+                            } else {
+                                let at = c[q].add(64 * s + 32 * half) as *const __m256i;
+                                _mm256_xor_si256(_mm256_loadu_si256(at), flip)
+                            }
                         };
                         let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
                         let (lo01, hi01) =
@@ -295,7 +307,7 @@ pub unsafe fn i8_runs_dpbusd(
                             (_mm256_unpacklo_epi8(w2, w3), _mm256_unpackhi_epi8(w2, w3));
                         // Each int32 lane: one row of the four columns. 128-bit lanes hold rows
                         // 0-3, 16-19, 4-7, 20-23 (first) and 8-11, 24-27, 12-15, 28-31 (second).
-                        let dst = pp.add((s * 2 + half) * PACKED_STRIDE + 2 * k);
+                        let dst = pp.add((s * halves + half) * PACKED_STRIDE + 2 * k);
                         _mm512_storeu_si512(
                             dst,
                             _mm512_inserti64x4::<1>(
@@ -325,6 +337,7 @@ pub unsafe fn i8_runs_dpbusd(
                 sums: sp,
                 xq: xp,
                 n,
+                halves,
                 batch: b,
                 first: g0,
                 k0,
@@ -352,15 +365,15 @@ pub unsafe fn i8_runs_dpbusd(
     let second = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
     let ap = acc.as_mut_ptr();
     for s in 0..n {
-        for half in 0..2 {
+        for half in 0..halves {
             for t in 0..b {
-                // SAFETY: sums holds n · 2 · batch pairs of vectors; acc n · batch · 64 int32
-                // (line s, vector t, rows 32·half .. 32·half + 32).
+                // SAFETY: sums holds n · halves · batch pairs of vectors; acc n · batch · rows
+                // int32 (line s, vector t, rows 32·half .. 32·half + 32).
                 unsafe {
-                    let at = sp.add(2 * ((s * 2 + half) * b + t));
+                    let at = sp.add(2 * ((s * halves + half) * b + t));
                     let (z0, z1) = (_mm512_loadu_si512(at), _mm512_loadu_si512(at.add(1)));
                     for (i, idx) in [first, second].into_iter().enumerate() {
-                        let dst = ap.add((s * b + t) * 64 + 32 * half + 16 * i) as *mut __m512i;
+                        let dst = ap.add((s * b + t) * rows + 32 * half + 16 * i) as *mut __m512i;
                         let v = _mm512_permutex2var_epi32(z0, idx, z1);
                         _mm512_storeu_si512(dst, _mm512_add_epi32(_mm512_loadu_si512(dst), v));
                     }
@@ -384,6 +397,8 @@ struct DpbusdBlock<'a, 'b> {
     /// Four columns' values as one int32, `[group of four][vector]`.
     xq: *const i32,
     n: usize,
+    /// Sweeps of 32 rows a line.
+    halves: usize,
     batch: usize,
     /// The group's first vector.
     first: usize,
@@ -403,10 +418,14 @@ struct DpbusdBlock<'a, 'b> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dpbusd_block<const G: usize>(b: DpbusdBlock<'_, '_>) {
     let len = b.idx.len();
-    for sh in 0..2 * b.n {
+    // Columns of the next block each sweep requests (a line's sweeps share its 4 · DPBUSD_BLOCK
+    // columns), and how many of them a group of four asks for.
+    let per_sweep = 4 * DPBUSD_BLOCK / b.halves;
+    let per_group = per_sweep.div_ceil(DPBUSD_BLOCK);
+    for sh in 0..b.halves * b.n {
         let (line, cols) = (
-            LINE_BYTES * (sh / 2),
-            b.ahead.map(|a| a + 2 * DPBUSD_BLOCK * (sh % 2)),
+            LINE_BYTES * (sh / b.halves),
+            b.ahead.map(|a| a + per_sweep * (sh % b.halves)),
         );
         // SAFETY: as the function's; prefetches are hints, their addresses inside the runs
         // (indices < d_in, lines < n).
@@ -421,7 +440,8 @@ unsafe fn dpbusd_block<const G: usize>(b: DpbusdBlock<'_, '_>) {
             let src = b.packed.add(sh * PACKED_STRIDE);
             for k in 0..b.kn {
                 if let Some(cols) = cols {
-                    for p in [cols + 2 * k, cols + 2 * k + 1] {
+                    for i in per_group * k..(per_group * (k + 1)).min(per_sweep) {
+                        let p = cols + i;
                         if p < len {
                             let run = b.l.first + *b.idx.get_unchecked(p) as usize * b.l.stride;
                             let at = b.l.tile.as_ptr().add(run + line);

@@ -206,7 +206,8 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
     );
     let kernel = Kernel::select(isa);
     let int8_dot = matches!(x, BatchInput::Int { .. }) && kernel.has_int8_dot();
-    if batch > RUN_BATCH && !int8_dot {
+    let ternary_dot = matches!(x, BatchInput::Ternary { .. }) && kernel.has_int8_dot();
+    if batch > RUN_BATCH && !int8_dot && !ternary_dot {
         return by_run_batches(isa, w, x, ys);
     }
     // Taken out of the thread-local for the call, not borrowed: while this thread waits for the
@@ -251,10 +252,10 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
 }
 
 /// The most tokens a batched product over `format` weights takes in one sweep of them here: up to
-/// [`MAX_BATCH`] int8 against int8 weights with VNNI, [`RUN_BATCH`] otherwise (a larger batch is
+/// [`MAX_BATCH`] int8 against int8 or T2 weights with VNNI, [`RUN_BATCH`] otherwise (a larger batch is
 /// split into products of that many).
 pub fn batch_limit(isa: Isa, format: Format) -> usize {
-    if format == Format::I8 && Kernel::select(isa).has_int8_dot() {
+    if matches!(format, Format::I8 | Format::T2) && Kernel::select(isa).has_int8_dot() {
         MAX_BATCH
     } else {
         RUN_BATCH

@@ -192,6 +192,14 @@ impl Kernel {
         acc: &mut [i32],
     ) {
         match self {
+            // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs and acc (n · batch ·
+            // 256 rows) as the module doc says; scratch sized here.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 { vnni: Some(_), .. } => I8_SCRATCH.with_borrow_mut(|scratch| {
+                let need = avx512::dpbusd_scratch(idx.len(), n, MAX_LINE_ROWS, batch);
+                scratch.resize(scratch.len().max(need), 0);
+                unsafe { avx512::i8_runs_dpbusd::<true>(l, n, idx, values, batch, acc, scratch) }
+            }),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(_) | Kernel::Avx512 { .. } => T2_SCRATCH.with_borrow_mut(|scratch| {
                 scratch.resize(scratch.len().max(n * batch * MAX_LINE_ROWS), 0);
@@ -274,12 +282,12 @@ impl Kernel {
                 scratch.resize(
                     scratch
                         .len()
-                        .max(avx512::dpbusd_scratch(idx.len(), n, batch)),
+                        .max(avx512::dpbusd_scratch(idx.len(), n, 64, batch)),
                     0,
                 );
                 // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs and acc (n ·
                 // batch · 64 rows) as the module doc says; scratch sized here.
-                unsafe { avx512::i8_runs_dpbusd(l, n, idx, values, batch, acc, scratch) }
+                unsafe { avx512::i8_runs_dpbusd::<false>(l, n, idx, values, batch, acc, scratch) }
             });
             return;
         }

@@ -112,7 +112,13 @@ fn every_integer_run_kernel_equals_the_scalar_one() {
             k.t2_runs(seg, n, &idx, &v8, &mut got);
             scalar::t2_runs(seg, n, &idx, &v8, &mut want);
             assert_eq!(got, want, "{what} t2_runs");
-            for b in [1, 3, MAX_BATCH_ROWS] {
+            // With VNNI the T2 batch takes the four-column int8 kernel too, any batch.
+            let wide: &[usize] = if k.has_int8_dot() {
+                &[13, super::MAX_BATCH]
+            } else {
+                &[]
+            };
+            for &b in [1, 3, MAX_BATCH_ROWS].iter().chain(wide) {
                 let v: Vec<i8> = (0..idx.len() * b)
                     .map(|_| rng.random_range(-127..=127))
                     .collect();
