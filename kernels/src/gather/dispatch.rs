@@ -192,12 +192,12 @@ impl Kernel {
         acc: &mut [i32],
     ) {
         match self {
-            // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs and acc (n · batch ·
-            // 256 rows) as the module doc says; scratch sized here.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 { vnni: Some(_), .. } => I8_SCRATCH.with_borrow_mut(|scratch| {
                 let need = avx512::dpbusd_scratch(idx.len(), n, MAX_LINE_ROWS, batch);
                 scratch.resize(scratch.len().max(need), 0);
+                // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs and acc (n ·
+                // batch · 256 rows) as the module doc says; scratch sized here.
                 unsafe { avx512::i8_runs_dpbusd::<true>(l, n, idx, values, batch, acc, scratch) }
             }),
             #[cfg(target_arch = "x86_64")]
