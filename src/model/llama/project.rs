@@ -158,19 +158,22 @@ fn matvec_batch(
             };
             gather_matvec_batch(sp.isa, &view, input, ys);
         }
-        // Ternary weights with plain int8 activations (the T2 kernel multiplies int8 only),
-        // when the tokens keep nearly the same columns. The T2 kernel runs near its compute
-        // limit, so a batch pays for every column of the union for every token (`bench
-        // --prompt-tokens 64` on the 2B4T-shaped model: faster dense, slower at S = 0.5, whose
-        // unions hold nearly all columns). Batched while the tokens keep on average at least
-        // 1/1.3 of the columns, so that the union (at most all) is within 1.3x of it.
+        // Ternary weights with plain int8 activations (the T2 kernels multiply int8 only).
+        // The AVX2 T2 kernel runs near its compute limit, so a batch pays for every column of
+        // the union for every token (`bench --prompt-tokens 64` on the 2B4T-shaped model:
+        // faster dense, slower at S = 0.5, whose unions hold nearly all columns): batched
+        // while the tokens keep on average at least 1/1.3 of the columns, so that the union (at
+        // most all) is within 1.3x of it. The VNNI matrix product pays for the union too but is
+        // fast enough to win anyway (S = 0.5 prompts 1.55x faster batched, `bench
+        // --prompt-tokens 128 --sparsity 0.5`): always batched.
         (WeightFormat::Ternary, Format::T2)
             if selections
                 .iter()
                 .all(|sel| !sel.is_wide && sel.outliers.is_empty()) =>
         {
             let kept: usize = selections.iter().map(|sel| sel.int.len()).sum();
-            if 13 * kept >= 10 * w.d_in() * selections.len() {
+            let matrix_product = batch_limit(sp.isa, Format::T2) == MAX_BATCH;
+            if matrix_product || 13 * kept >= 10 * w.d_in() * selections.len() {
                 union.build_int8(selections, w.d_in());
                 let input = BatchInput::Ternary {
                     indices: &union.columns,
