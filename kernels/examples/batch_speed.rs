@@ -16,19 +16,22 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use qsparse_kernels::{
-    gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Format, Input, Isa,
-    PackedMatrix, Sparse, MAX_BATCH,
+    batch_limit, gather_matvec, gather_matvec_batch, quantize_absmax, BatchInput, Format, Input,
+    Isa, PackedMatrix, Sparse,
 };
 
 fn main() {
+    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The largest batch the int8 kernels take here unless given (at most that).
+    let limit = batch_limit(isa, Format::I8);
     let b: usize = args
         .iter()
         .find_map(|a| a.parse().ok())
-        .unwrap_or(MAX_BATCH);
+        .unwrap_or(limit)
+        .min(limit);
     let warm = args.iter().any(|a| a == "warm");
     let int8_only = args.iter().any(|a| a == "int8");
-    let isa = Isa::choose(std::env::var(qsparse_kernels::ISA_VARIABLE).ok().as_deref());
     let mut rng = SmallRng::seed_from_u64(7);
     let mut rnd = move || rng.random_range(-1.0f32..1.0);
     // As in the executor: on a pool worker while the other one spins, looking for work.
@@ -73,6 +76,7 @@ fn main() {
             return;
         }
         for format in [Format::F16, Format::F32] {
+            let b = b.min(batch_limit(isa, format));
             for (name, d_in, d_out) in common::SMOLLM2_SHAPES {
                 let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
                 let pack = || match format {

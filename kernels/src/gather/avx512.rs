@@ -1,10 +1,12 @@
 //! AVX-512 run kernels for [`super`] and [`super::batch`]: the AVX2 kernels'
 //! algorithms on 512-bit vectors (VNNI's fused `vpdpwssd` where present).
 //!
-//! T2 uses the AVX2 kernel, with GFNI field extraction where present (`avx2::t2_runs_gfni`; on
-//! Zen4, 512-bit ops split in two, a 512-bit form would issue as many µops). A VNNI form
-//! (`vpdpbusd` on quads of columns, no int16 stage) was slower there (`examples/hot_rate.rs`):
-//! each dot carries its own accumulator load and store, as many µops as the int16 form's two.
+//! A single T2 product uses the AVX2 kernel, with GFNI field extraction where present
+//! (`avx2::t2_runs_gfni`; on Zen4, 512-bit ops split in two, a 512-bit form would issue as many
+//! µops). A VNNI form (`vpdpbusd` on quads of columns, no int16 stage) was slower there
+//! (`examples/hot_rate.rs`): each dot carries its own accumulator load and store, as many µops as
+//! the int16 form's two. Batched T2 products (prompts) take [`i8_runs_dpbusd`], whose sums stay
+//! in registers.
 //!
 //! Callers guarantee (checked once in `gather_matvec`): the CPU has AVX-512 F/BW/VL (and VNNI
 //! for the `_vnni` kernel); every index is < d_in, so each run lies in `l.tile`; `acc` holds n
@@ -195,7 +197,7 @@ pub unsafe fn f16_runs(l: Lines<'_>, n: usize, idx: &[u32], val: &[f32], acc: &m
 }
 
 /// Groups of four columns a block of [`i8_runs_dpbusd`]: the block's interleaved weights (8 KiB a
-/// line of output) stay in L2 while every line's sums are computed.
+/// 64-row line of output, 32 KiB a T2 line of 256) stay in L2 while every line's sums are computed.
 const DPBUSD_BLOCK: usize = 32;
 
 /// Vectors from one half line's interleaved block to the next: the block's 2 · [`DPBUSD_BLOCK`]
@@ -208,12 +210,12 @@ pub fn dpbusd_scratch(columns: usize, n: usize, rows: usize, batch: usize) -> us
     columns.div_ceil(4) * batch + n * batch * rows + n * (rows / 32) * PACKED_STRIDE * 16
 }
 
-/// int8 weights against `batch` int8 activation vectors with VNNI's `vpdpbusd`, which multiplies
-/// four unsigned bytes by four signed ones and adds the four products into an int32 lane: four
-/// kept columns per instruction. The weights are the unsigned side, offset by 128 (w XOR 0x80 =
-/// w + 128 as a byte), so each row's sum carries 128·Σx, which the caller removes per vector (as
-/// it removes Σx from ternary codes). Results are *added* into `acc` `[line][vector][64 rows]` in
-/// row order. Values are int8 (the batch driver clamps int16 activation outliers to ±127 for this
+/// int8 (or, with `T2`, ternary) weights against `batch` int8 activation vectors with VNNI's
+/// `vpdpbusd`, which multiplies four unsigned bytes by four signed ones and adds the four products
+/// into an int32 lane: four kept columns per instruction. The weights are the unsigned side: int8
+/// ones offset by 128 (w XOR 0x80 = w + 128 as a byte), so each row's sum carries 128·Σx, T2 codes
+/// t + 1 as they are (Σx); the caller removes it per vector. Results are *added* into `acc`
+/// `[line][vector][rows]` (64 rows a line, 256 for T2) in row order. Values are int8 (the batch driver clamps int16 activation outliers to ±127 for this
 /// kernel and sends the remainders through the single-vector one); `values[p · batch + t]` is vector
 /// t's value at column idx[p]. `scratch` holds [`dpbusd_scratch`] values.
 ///
@@ -279,8 +281,8 @@ pub unsafe fn i8_runs_dpbusd<const T2: bool>(
         let kn = DPBUSD_BLOCK.min(quads - k0);
         for k in 0..kn {
             let p = 4 * (k0 + k);
-            // SAFETY: the runs lie in the tile (n lines each); packed holds n · 2 ·
-            // DPBUSD_BLOCK pairs of vectors (k < DPBUSD_BLOCK).
+            // SAFETY: the runs lie in the tile (n lines each); packed holds n · halves half lines
+            // of PACKED_STRIDE vectors (k < DPBUSD_BLOCK).
             unsafe {
                 let c = runs4(&l, idx, p);
                 let next = Prefetch::before(&l, idx, p + 4, n);
@@ -409,9 +411,9 @@ struct DpbusdBlock<'a, 'b> {
     ahead: Option<usize>,
 }
 
-/// Adds the block's products for vectors first .. first + G into their sums: each half line with
-/// the G vectors' sums in registers across the block's columns. The next block's runs are
-/// requested into L2 along the way (pass sh: line sh / 2 of half of its columns, two a group).
+/// Adds the block's products for vectors first .. first + G into their sums: each half line (32
+/// rows) with the G vectors' sums in registers across the block's columns. The next block's runs
+/// are requested into L2 along the way (each of a line's sweeps a share of its columns).
 ///
 /// Safety: AVX-512 F/BW/VL and VNNI; the pointers hold what [`DpbusdBlock`] says for n lines,
 /// batch >= first + G vectors and k0 + kn groups of four; idx's runs lie in the tile.

@@ -34,7 +34,7 @@ use super::dispatch::RUN_BATCH;
 /// The most tokens one batched product takes. With VNNI's four-column int8 kernel, a batch of 32
 /// reads each weight once for 32 tokens, where one of 8 is bound by reading them (SmolLM2's
 /// prompt: `qsparse bench --prompt-tokens 256`, `examples/batch_speed.rs`); the other kernels
-/// take [`RUN_BATCH`] tokens at a time.
+/// take [`RUN_BATCH`] tokens at a time ([`batch_limit`]).
 pub const MAX_BATCH: usize = 32;
 
 /// The activations of a batch of B tokens: the union of their kept columns (`indices`, any order
@@ -168,7 +168,7 @@ impl Int8Split {
 /// rayon pool.
 ///
 /// Panics when the input kind does not match the weights (int8-scale values for I8, int8 for T2,
-/// floats for F16 and F32), when the batch is empty or larger than [`MAX_BATCH`], when the sizes
+/// floats for F16 and F32), when the batch is empty or larger than [`batch_limit`], when the sizes
 /// disagree or when an index is not below d_in (programming errors, checked once so the kernels
 /// can read without bounds checks).
 pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys: &mut [f32]) {
@@ -204,12 +204,13 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
         all_below(x.indices(), d_in),
         "gather_matvec_batch: an input index is >= d_in = {d_in}"
     );
+    let limit = batch_limit(isa, w.format());
+    assert!(
+        batch <= limit,
+        "gather_matvec_batch: batch of {batch}, more than the {limit} these kernels take"
+    );
     let kernel = Kernel::select(isa);
     let int8_dot = matches!(x, BatchInput::Int { .. }) && kernel.has_int8_dot();
-    let ternary_dot = matches!(x, BatchInput::Ternary { .. }) && kernel.has_int8_dot();
-    if batch > RUN_BATCH && !int8_dot && !ternary_dot {
-        return by_run_batches(isa, w, x, ys);
-    }
     // Taken out of the thread-local for the call, not borrowed: while this thread waits for the
     // workers it may run other pool work, another batched product included.
     let split = match x {
@@ -251,69 +252,14 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
     }
 }
 
-/// The most tokens a batched product over `format` weights takes in one sweep of them here: up to
-/// [`MAX_BATCH`] int8 against int8 or T2 weights with VNNI, [`RUN_BATCH`] otherwise (a larger batch is
-/// split into products of that many).
+/// The most tokens a batched product over `format` weights takes here (callers split larger
+/// batches): [`MAX_BATCH`] against int8 or T2 weights with VNNI (the four-column matrix product),
+/// [`RUN_BATCH`] otherwise.
 pub fn batch_limit(isa: Isa, format: Format) -> usize {
     if matches!(format, Format::I8 | Format::T2) && Kernel::select(isa).has_int8_dot() {
         MAX_BATCH
     } else {
         RUN_BATCH
-    }
-}
-
-/// [`gather_matvec_batch`] [`RUN_BATCH`] tokens at a time (for kernels that take no more): each
-/// part's values copied out of the batch's, its outputs a slice of `ys`.
-fn by_run_batches(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys: &mut [f32]) {
-    fn part<T: Copy>(values: &[T], batch: usize, tokens: std::ops::Range<usize>) -> Vec<T> {
-        values
-            .chunks_exact(batch)
-            .flat_map(|column| &column[tokens.clone()])
-            .copied()
-            .collect()
-    }
-    let (batch, d_out) = (x.batch(), w.d_out());
-    for (c, ys) in ys.chunks_mut(RUN_BATCH * d_out).enumerate() {
-        let tokens = c * RUN_BATCH..(c * RUN_BATCH + RUN_BATCH).min(batch);
-        match x {
-            BatchInput::Int {
-                indices,
-                values,
-                scales,
-            } => {
-                let values = part(values, batch, tokens.clone());
-                let input = BatchInput::Int {
-                    indices,
-                    values: &values,
-                    scales: &scales[tokens],
-                };
-                gather_matvec_batch(isa, w, input, ys);
-            }
-            BatchInput::Ternary {
-                indices,
-                values,
-                scales,
-            } => {
-                let values = part(values, batch, tokens.clone());
-                let input = BatchInput::Ternary {
-                    indices,
-                    values: &values,
-                    scales: &scales[tokens],
-                };
-                gather_matvec_batch(isa, w, input, ys);
-            }
-            BatchInput::Float {
-                indices, values, ..
-            } => {
-                let values = part(values, batch, tokens.clone());
-                let input = BatchInput::Float {
-                    indices,
-                    values: &values,
-                    batch: tokens.len(),
-                };
-                gather_matvec_batch(isa, w, input, ys);
-            }
-        }
     }
 }
 
