@@ -1,5 +1,6 @@
 //! Time of one key/value head's attention (SmolLM2 shape: head_dim 64, 3 query heads per
-//! key/value head) at a few context lengths, per ISA, with the cache hot.
+//! key/value head) at a few context lengths, per ISA, with the cache hot: over the half-precision
+//! cache and over a widened (f32) copy of it.
 //!
 //!     cargo run --release -p qsparse-kernels --example attention_speed
 
@@ -20,6 +21,7 @@ fn main() {
             .collect();
         let mut scores = vec![0f32; group * positions];
         let mut out = vec![0f32; group * hd];
+        let wide: Vec<f32> = keys.iter().map(|h| h.to_f32()).collect();
         for isa in Isa::available() {
             let h = KvHead {
                 queries: &queries,
@@ -31,15 +33,31 @@ fn main() {
                 scale: 0.125,
             };
             let n = 2000;
+            let flops = 2.0 * 2.0 * (group * positions * hd) as f64;
             let t = Instant::now();
             for _ in 0..n {
                 attend(isa, h, &mut scores, positions, &mut out);
             }
             let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-            let flops = 2.0 * 2.0 * (group * positions * hd) as f64;
+            // The same cache widened to f32, as a batched pass holds it.
+            let h = KvHead {
+                queries: &queries,
+                keys: &wide,
+                values: &wide,
+                stride,
+                offset: 64,
+                head_dim: hd,
+                scale: 0.125,
+            };
+            let t = Instant::now();
+            for _ in 0..n {
+                attend(isa, h, &mut scores, positions, &mut out);
+            }
+            let wide_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
             println!(
-                "positions {positions:>5} {isa:<7} {us:>8.2} us  {:.1} GFLOP/s",
-                flops / us / 1e3
+                "positions {positions:>5} {isa:<7} f16 {us:>8.2} us  {:.1} GFLOP/s   f32 {wide_us:>8.2} us  {:.1} GFLOP/s",
+                flops / us / 1e3,
+                flops / wide_us / 1e3
             );
         }
     }

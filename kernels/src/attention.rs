@@ -15,17 +15,67 @@ use crate::isa::Isa;
 /// The largest head dimension served (llama-family models use 64 to 256).
 pub const MAX_HEAD_DIM: usize = 512;
 
+/// What a key/value cache holds: halves (the cache itself), or f32 (a batch's widened copy of
+/// it: the same values exactly, without a conversion per key the kernel's queries wait on:
+/// `examples/attention_speed.rs`).
+pub trait CacheValue: Copy + private::Sealed {
+    /// `dst` = `src` as f32 (exact).
+    fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// Eight values from `p` as f32 (exact).
+    ///
+    /// # Safety
+    /// AVX2 and F16C present; eight values readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+}
+
+impl CacheValue for f16 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        // The `half` crate converts slices with F16C or the aarch64 conversions where the CPU
+        // has them.
+        src.convert_to_f32_slice(dst)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller holds F16C and guarantees 8 readable halves at p.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
+impl CacheValue for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller holds AVX2 and guarantees 8 readable floats at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
 /// One key/value head and the query heads that share it.
 #[derive(Debug, Clone, Copy)]
-pub struct KvHead<'a> {
+pub struct KvHead<'a, E: CacheValue = f16> {
     /// `group` query vectors of `head_dim`, one after another.
     pub queries: &'a [f32],
     /// Cached keys and values of positions 0..n: position t's vector for this head starts at
     /// `t * stride + offset`. Half precision, as llama.cpp caches them by default: half the bytes
     /// a long context reads per step.
-    pub keys: &'a [f16],
+    pub keys: &'a [E],
     /// The cached values of those positions, laid out as the keys.
-    pub values: &'a [f16],
+    pub values: &'a [E],
     /// Entries between one position's key and the next's.
     pub stride: usize,
     /// Where the first position's key starts.
@@ -38,7 +88,13 @@ pub struct KvHead<'a> {
 
 /// Attention outputs of the head's query group into `out` (`group * head_dim`); `scores` holds
 /// `group` rows of `row` floats (row >= positions) as scratch. Panics on inconsistent sizes.
-pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut [f32]) {
+pub fn attend<E: CacheValue>(
+    isa: Isa,
+    h: KvHead<'_, E>,
+    scores: &mut [f32],
+    row: usize,
+    out: &mut [f32],
+) {
     let hd = h.head_dim;
     assert!(hd > 0 && h.queries.len().is_multiple_of(hd) && out.len() == h.queries.len());
     assert!(hd <= MAX_HEAD_DIM, "attend: head_dim {hd} > {MAX_HEAD_DIM}");
@@ -58,13 +114,19 @@ pub fn attend(isa: Isa, h: KvHead<'_>, scores: &mut [f32], row: usize, out: &mut
         return;
     }
     let _ = isa;
-    body::<Plain>(h, positions, scores, row, out);
+    body::<Plain, E>(h, positions, scores, row, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2(h: KvHead<'_>, positions: usize, scores: &mut [f32], row: usize, out: &mut [f32]) {
-    body::<Fused>(h, positions, scores, row, out)
+unsafe fn avx2<E: CacheValue>(
+    h: KvHead<'_, E>,
+    positions: usize,
+    scores: &mut [f32],
+    row: usize,
+    out: &mut [f32],
+) {
+    body::<Fused, E>(h, positions, scores, row, out)
 }
 
 /// a·b + c, fused or not, and the two vector loops of attention built on it.
@@ -87,14 +149,20 @@ trait MulAdd {
 
     /// scores[g·row + t] = q_g·k_t · scale for every query g and position t.
     #[inline(always)]
-    fn scores(h: &KvHead<'_>, positions: usize, scores: &mut [f32], row: usize) {
-        scores_by_dot::<Self>(h, 0..positions, scores, row)
+    fn scores<E: CacheValue>(h: &KvHead<'_, E>, positions: usize, scores: &mut [f32], row: usize) {
+        scores_by_dot::<Self, E>(h, 0..positions, scores, row)
     }
 
     /// out_g = Σ_t p_{g,t}·v_t (out zeroed here), summed in position order.
     #[inline(always)]
-    fn weighted_sum(h: &KvHead<'_>, positions: usize, scores: &[f32], row: usize, out: &mut [f32]) {
-        weighted_sum_by_axpy::<Self>(h, positions, scores, row, out)
+    fn weighted_sum<E: CacheValue>(
+        h: &KvHead<'_, E>,
+        positions: usize,
+        scores: &[f32],
+        row: usize,
+        out: &mut [f32],
+    ) {
+        weighted_sum_by_axpy::<Self, E>(h, positions, scores, row, out)
     }
 
     /// s_i = e^(s_i − max s); returns Σ s_i.
@@ -139,9 +207,9 @@ impl MulAdd for Fused {
     /// three queries' chunks, into 3 x 4 accumulators (with the three query chunks and the key,
     /// the sixteen vector registers); one horizontal reduction per four scores.
     #[inline(always)]
-    fn scores(h: &KvHead<'_>, positions: usize, scores: &mut [f32], row: usize) {
+    fn scores<E: CacheValue>(h: &KvHead<'_, E>, positions: usize, scores: &mut [f32], row: usize) {
         if !h.head_dim.is_multiple_of(8) {
-            return scores_by_dot::<Self>(h, 0..positions, scores, row);
+            return scores_by_dot::<Self, E>(h, 0..positions, scores, row);
         }
         let full = positions / 4 * 4;
         let group = h.queries.len() / h.head_dim;
@@ -150,32 +218,38 @@ impl MulAdd for Fused {
             // 0..positions hold keys and that scores holds `row` >= positions floats per query.
             unsafe {
                 match group - g0 {
-                    1 => scores_avx2::<1>(h, g0, full, scores, row),
-                    2 => scores_avx2::<2>(h, g0, full, scores, row),
-                    _ => scores_avx2::<SUB_GROUP>(h, g0, full, scores, row),
+                    1 => scores_avx2::<1, E>(h, g0, full, scores, row),
+                    2 => scores_avx2::<2, E>(h, g0, full, scores, row),
+                    _ => scores_avx2::<SUB_GROUP, E>(h, g0, full, scores, row),
                 }
             }
         }
         // The last positions % 4, one dot product each.
-        scores_by_dot::<Self>(h, full..positions, scores, row);
+        scores_by_dot::<Self, E>(h, full..positions, scores, row);
     }
 
     /// Up to three query heads and 32 output dimensions at a time (head_dim a multiple of 8):
     /// their 3 x 4 output chunks stay in registers over all positions, each cached value chunk
     /// widened once for the three; the same fused sums in the same (position) order.
     #[inline(always)]
-    fn weighted_sum(h: &KvHead<'_>, positions: usize, scores: &[f32], row: usize, out: &mut [f32]) {
+    fn weighted_sum<E: CacheValue>(
+        h: &KvHead<'_, E>,
+        positions: usize,
+        scores: &[f32],
+        row: usize,
+        out: &mut [f32],
+    ) {
         if !h.head_dim.is_multiple_of(8) {
-            return weighted_sum_by_axpy::<Self>(h, positions, scores, row, out);
+            return weighted_sum_by_axpy::<Self, E>(h, positions, scores, row, out);
         }
         let group = h.queries.len() / h.head_dim;
         for g0 in (0..group).step_by(SUB_GROUP) {
             // SAFETY: as in `scores`; out holds group · head_dim floats.
             unsafe {
                 match group - g0 {
-                    1 => weighted_sum_avx2::<1>(h, g0, positions, scores, row, out),
-                    2 => weighted_sum_avx2::<2>(h, g0, positions, scores, row, out),
-                    _ => weighted_sum_avx2::<SUB_GROUP>(h, g0, positions, scores, row, out),
+                    1 => weighted_sum_avx2::<1, E>(h, g0, positions, scores, row, out),
+                    2 => weighted_sum_avx2::<2, E>(h, g0, positions, scores, row, out),
+                    _ => weighted_sum_avx2::<SUB_GROUP, E>(h, g0, positions, scores, row, out),
                 }
             }
         }
@@ -240,8 +314,8 @@ impl MulAdd for Fused {
 
 /// scores[g·row + t] = q_g·k_t · scale for positions t in `positions`, one dot product each.
 #[inline(always)]
-fn scores_by_dot<M: MulAdd + ?Sized>(
-    h: &KvHead<'_>,
+fn scores_by_dot<M: MulAdd + ?Sized, E: CacheValue>(
+    h: &KvHead<'_, E>,
     positions: std::ops::Range<usize>,
     scores: &mut [f32],
     row: usize,
@@ -250,9 +324,8 @@ fn scores_by_dot<M: MulAdd + ?Sized>(
     let mut wide = [0f32; MAX_HEAD_DIM];
     let k = &mut wide[..hd];
     for t in positions {
-        // Widened once for the whole group (the `half` crate converts slices with F16C or the
-        // aarch64 conversions where the CPU has them).
-        h.keys[t * h.stride + h.offset..][..hd].convert_to_f32_slice(k);
+        // Widened once for the whole group.
+        E::widen(&h.keys[t * h.stride + h.offset..][..hd], k);
         for (g, q) in h.queries.chunks_exact(hd).enumerate() {
             scores[g * row + t] = M::dot(q, k) * h.scale;
         }
@@ -261,8 +334,8 @@ fn scores_by_dot<M: MulAdd + ?Sized>(
 
 /// out_g = Σ_t p_{g,t}·v_t (out zeroed here) in position order, one `axpy` per position.
 #[inline(always)]
-fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
-    h: &KvHead<'_>,
+fn weighted_sum_by_axpy<M: MulAdd + ?Sized, E: CacheValue>(
+    h: &KvHead<'_, E>,
     positions: usize,
     scores: &[f32],
     row: usize,
@@ -273,7 +346,7 @@ fn weighted_sum_by_axpy<M: MulAdd + ?Sized>(
     let mut wide = [0f32; MAX_HEAD_DIM];
     let v = &mut wide[..hd];
     for t in 0..positions {
-        h.values[t * h.stride + h.offset..][..hd].convert_to_f32_slice(v);
+        E::widen(&h.values[t * h.stride + h.offset..][..hd], v);
         for (g, o) in out.chunks_exact_mut(hd).enumerate() {
             M::axpy(scores[g * row + t], v, o);
         }
@@ -292,8 +365,8 @@ const SUB_GROUP: usize = 3;
 /// from g0 exist; scores holds `row` >= full floats for each of them; head_dim % 8 == 0.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn scores_avx2<const G: usize>(
-    h: &KvHead<'_>,
+unsafe fn scores_avx2<const G: usize, E: CacheValue>(
+    h: &KvHead<'_, E>,
     g0: usize,
     full: usize,
     scores: &mut [f32],
@@ -311,7 +384,7 @@ unsafe fn scores_avx2<const G: usize>(
             for c in (0..hd).step_by(8) {
                 let q: [__m256; G] = std::array::from_fn(|g| _mm256_loadu_ps(qp.add(g * hd + c)));
                 for p in 0..4 {
-                    let k = load_f16(kp.add((t + p) * h.stride + c));
+                    let k = E::load8(kp.add((t + p) * h.stride + c));
                     for (a, q) in acc.iter_mut().zip(&q) {
                         a[p] = _mm256_fmadd_ps(*q, k, a[p]);
                     }
@@ -331,8 +404,8 @@ unsafe fn scores_avx2<const G: usize>(
 /// holding G heads of head_dim floats from g0.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn weighted_sum_avx2<const G: usize>(
-    h: &KvHead<'_>,
+unsafe fn weighted_sum_avx2<const G: usize, E: CacheValue>(
+    h: &KvHead<'_, E>,
     g0: usize,
     positions: usize,
     scores: &[f32],
@@ -344,11 +417,11 @@ unsafe fn weighted_sum_avx2<const G: usize>(
     // SAFETY: by the function's contract.
     unsafe {
         while c + 32 <= hd {
-            weighted_chunks_avx2::<G, 4>(h, g0, c, positions, scores, row, out);
+            weighted_chunks_avx2::<G, 4, E>(h, g0, c, positions, scores, row, out);
             c += 32;
         }
         while c < hd {
-            weighted_chunks_avx2::<G, 1>(h, g0, c, positions, scores, row, out);
+            weighted_chunks_avx2::<G, 1, E>(h, g0, c, positions, scores, row, out);
             c += 8;
         }
     }
@@ -357,8 +430,8 @@ unsafe fn weighted_sum_avx2<const G: usize>(
 /// Output dimensions c .. c + 8·C of G query heads (see [`weighted_sum_avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn weighted_chunks_avx2<const G: usize, const C: usize>(
-    h: &KvHead<'_>,
+unsafe fn weighted_chunks_avx2<const G: usize, const C: usize, E: CacheValue>(
+    h: &KvHead<'_, E>,
     g0: usize,
     c: usize,
     positions: usize,
@@ -376,7 +449,7 @@ unsafe fn weighted_chunks_avx2<const G: usize, const C: usize>(
         for t in 0..positions {
             let p: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(*sp.add(g * row + t)));
             for j in 0..C {
-                let v = load_f16(vp.add(t * h.stride + 8 * j));
+                let v = E::load8(vp.add(t * h.stride + 8 * j));
                 for (a, p) in acc.iter_mut().zip(&p) {
                     a[j] = _mm256_fmadd_ps(*p, v, a[j]);
                 }
@@ -388,15 +461,6 @@ unsafe fn weighted_chunks_avx2<const G: usize, const C: usize>(
             }
         }
     }
-}
-
-/// Eight halves from `p` as f32 (exact).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load_f16(p: *const f16) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller holds F16C and guarantees 8 readable halves at p.
-    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
 }
 
 /// dst = src rounded to the nearest half (ties to even; beyond ±65504: ±inf), as
@@ -449,8 +513,8 @@ unsafe fn sum_lanes4(a: [std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__
 }
 
 #[inline(always)]
-fn body<M: MulAdd>(
-    h: KvHead<'_>,
+fn body<M: MulAdd, E: CacheValue>(
+    h: KvHead<'_, E>,
     positions: usize,
     scores: &mut [f32],
     row: usize,

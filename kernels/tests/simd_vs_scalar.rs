@@ -960,6 +960,26 @@ fn attention_equals_the_f64_reference_at_every_isa() {
                 scale,
             };
             attend(isa, h, &mut scores, row, &mut out);
+            // A widened (f32) copy of the cache gives the same bits: batched passes use one.
+            let wide = |v: &[f16]| -> Vec<f32> { v.iter().map(|h| h.to_f32()).collect() };
+            let (wide_keys, wide_values) = (wide(&keys), wide(&values));
+            let mut widened = vec![f32::NAN; group * head_dim];
+            let h = KvHead {
+                queries: &queries,
+                keys: &wide_keys,
+                values: &wide_values,
+                stride,
+                offset: kvh * head_dim,
+                head_dim,
+                scale,
+            };
+            attend(isa, h, &mut scores, row, &mut widened);
+            assert!(
+                out.iter()
+                    .zip(&widened)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa} hd={head_dim} g={group} n={positions}: widened cache differs"
+            );
             for (i, (&got, &w)) in out.iter().zip(&want).enumerate() {
                 // Softmax weights are exact to ~1e-6 relative; values are at most `spread`.
                 assert!(

@@ -78,8 +78,8 @@ pub enum ForwardError {
 pub struct RunState {
     rows: Rows,
     kv: KvCache,
-    /// One row of ctx attention scores per query head.
-    scores: Vec<f32>,
+    /// Attention's scratch: score rows, a batched pass's widened cache.
+    attention_scratch: attend::Scratch,
     /// Each token's RoPE rotation.
     ropes: Vec<Rope>,
     sparsifier: Sparsifier,
@@ -112,7 +112,7 @@ impl RunState {
         RunState {
             rows: Rows::new(config),
             kv: KvCache::new(config, ctx),
-            scores: vec![0.0; config.n_heads * ctx],
+            attention_scratch: attend::Scratch::default(),
             ropes: (0..b).map(|_| Rope::default()).collect(),
             sparsifier: Sparsifier {
                 isa: Isa::best(),

@@ -7,7 +7,7 @@ use qsparse_kernels::activation;
 use qsparse_kernels::dense_q8::{matvec_rows_q8, matvec_rows_q8_batch, BlockQ8};
 use qsparse_kernels::{Isa, NonFinite};
 
-use super::attend::{attend, Attention};
+use super::attend::{attend, Attention, Scratch};
 use super::kv_cache::KvCache;
 use super::project::{Meter, Projector, PROMPT_BATCH};
 use super::rope::Rope;
@@ -78,7 +78,7 @@ impl Model {
         let RunState {
             rows,
             kv,
-            scores,
+            attention_scratch,
             ropes,
             sparsifier,
             selections,
@@ -108,7 +108,7 @@ impl Model {
             rows: rows.first(c, b),
             kv,
             ropes: &mut ropes[..b],
-            scores,
+            attention_scratch,
         };
         pass.embed(tokens)?;
         for (l, layer) in self.weights.layers.iter().enumerate() {
@@ -138,7 +138,7 @@ struct Pass<'a> {
     rows: Batch<'a>,
     kv: &'a mut KvCache,
     ropes: &'a mut [Rope],
-    scores: &'a mut [f32],
+    attention_scratch: &'a mut Scratch,
 }
 
 /// The rows of the pass's tokens (see [`Rows`]).
@@ -238,21 +238,29 @@ impl Pass<'_> {
             self.kv.store(self.isa, l, self.pos0 + t, k, v);
         }
         let (keys, values) = self.kv.layer(l);
-        let queries = r.qkv.chunks_exact(Stack::Qkv.shape(c).1);
-        for (t, (qkv, out)) in queries.zip(r.att_out.chunks_exact_mut(q_dim)).enumerate() {
-            let attention = Attention {
-                q: &qkv[..q_dim],
-                keys,
-                values,
-                positions: self.pos0 + t + 1,
-                head_dim: hd,
-                group: c.n_heads / c.n_kv_heads,
-                scale: 1.0 / (hd as f32).sqrt(),
-            };
-            attend(self.isa, attention, self.scores, out);
-            if let Some(w) = &layer.attn_sub_norm {
-                rms_norm_in_place(out, w, c.rms_eps);
-            }
+        let attention = Attention {
+            q: r.qkv,
+            q_stride: Stack::Qkv.shape(c).1,
+            keys,
+            values,
+            positions: self.pos0 + 1,
+            tokens: r.att_out.len() / q_dim,
+            n_heads: c.n_heads,
+            head_dim: hd,
+            group: c.n_heads / c.n_kv_heads,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        attend(
+            self.isa,
+            attention,
+            self.kv.ctx,
+            self.attention_scratch,
+            r.att_out,
+        );
+        if let Some(w) = &layer.attn_sub_norm {
+            r.att_out
+                .chunks_exact_mut(q_dim)
+                .for_each(|out| rms_norm_in_place(out, w, c.rms_eps));
         }
         self.p.meter.lap(Phase::Attention);
     }
