@@ -254,18 +254,46 @@ pub unsafe fn i8_runs_dpbusd<const T2: bool>(
     );
     let (xq, rest) = scratch.split_at_mut(quads * b);
     let (sums, packed) = rest.split_at_mut(n * b * rows);
-    // Vector t's values at columns 4k .. 4k + 4 as one int32 (zeros past the end).
-    for (k, quad) in xq.chunks_exact_mut(b).enumerate() {
-        for (t, x) in quad.iter_mut().enumerate() {
-            let v = |q: usize| -> u32 {
+    // Vector t's values at columns 4k .. 4k + 4 as one int32 (zeros past the end): a 4 x batch
+    // byte transpose a quad (a scalar loop here was ~7% of a prompt's int8 products).
+    let token_mask: __mmask32 = if b == 32 { !0 } else { (1 << b) - 1 };
+    for k in 0..quads {
+        // SAFETY: column p's b values lie within values (p < len; the mask keeps the load to
+        // them); quad k's b int32 lie within xq (the masks keep the stores to them).
+        unsafe {
+            let column = |q: usize| {
                 let p = 4 * k + q;
                 if p < len {
-                    u32::from(values[p * b + t] as u8)
+                    _mm256_maskz_loadu_epi8(token_mask, values.as_ptr().add(p * b).cast())
                 } else {
-                    0
+                    _mm256_setzero_si256()
                 }
             };
-            *x = (v(0) | v(1) << 8 | v(2) << 16 | v(3) << 24) as i32;
+            let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3));
+            let (lo01, hi01) = (_mm256_unpacklo_epi8(c0, c1), _mm256_unpackhi_epi8(c0, c1));
+            let (lo23, hi23) = (_mm256_unpacklo_epi8(c2, c3), _mm256_unpackhi_epi8(c2, c3));
+            // Tokens [0-3 | 16-19], [4-7 | 20-23], [8-11 | 24-27], [12-15 | 28-31].
+            let (a, bb) = (
+                _mm256_unpacklo_epi16(lo01, lo23),
+                _mm256_unpackhi_epi16(lo01, lo23),
+            );
+            let (c, d) = (
+                _mm256_unpacklo_epi16(hi01, hi23),
+                _mm256_unpackhi_epi16(hi01, hi23),
+            );
+            let out = [
+                _mm256_permute2x128_si256::<0x20>(a, bb),
+                _mm256_permute2x128_si256::<0x20>(c, d),
+                _mm256_permute2x128_si256::<0x31>(a, bb),
+                _mm256_permute2x128_si256::<0x31>(c, d),
+            ];
+            let dst = xq.as_mut_ptr().add(k * b);
+            for (i, v) in out.into_iter().enumerate() {
+                let m = (token_mask >> (8 * i)) as __mmask8;
+                if m != 0 {
+                    _mm256_mask_storeu_epi32(dst.add(8 * i).cast(), m, v);
+                }
+            }
         }
     }
     sums.fill(0);
@@ -467,5 +495,55 @@ unsafe fn dpbusd_block<const G: usize>(b: DpbusdBlock<'_, '_>) {
                 _mm512_storeu_si512(at.add(2 * t + 1), hi);
             }
         }
+    }
+}
+
+/// The clamp of a batch's int8-scale values to int8 for [`i8_runs_dpbusd`] (see
+/// `batch::Int8Split`): `narrow[i]` = clamp(values[i], ±127) over columns of `batch` values,
+/// `sums[t]` += token t's clamped values, and `beyond(p, t)` for each value of column p and token
+/// t that the clamp changed (an activation outlier). One column a vector; the portable loop was a
+/// tenth of a prompt's time, serial (`qsparse bench --prompt-tokens 256`).
+///
+/// Safety: AVX-512 F/BW present; 1 <= batch <= 32; narrow.len() == values.len(), a multiple of
+/// batch.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn clamp_columns(
+    values: &[i16],
+    batch: usize,
+    narrow: &mut [i8],
+    sums: &mut [i32; 32],
+    mut beyond: impl FnMut(usize, usize),
+) {
+    assert!((1..=32).contains(&batch) && narrow.len() == values.len());
+    let m: __mmask32 = if batch == 32 { !0 } else { (1 << batch) - 1 };
+    let (lo, hi) = (_mm512_set1_epi16(-127), _mm512_set1_epi16(127));
+    let (mut sum_lo, mut sum_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for p in 0..values.len() / batch {
+        // SAFETY: column p's batch values lie within values and narrow (lengths checked); the
+        // mask keeps the loads and stores to them.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi16(m, values.as_ptr().add(p * batch));
+            let c = _mm512_max_epi16(_mm512_min_epi16(v, hi), lo);
+            _mm512_mask_cvtepi16_storeu_epi8(narrow.as_mut_ptr().add(p * batch).cast(), m, c);
+            sum_lo = _mm512_add_epi32(sum_lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(c)));
+            sum_hi = _mm512_add_epi32(
+                sum_hi,
+                _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(c)),
+            );
+            let mut changed = _mm512_mask_cmpneq_epi16_mask(m, v, c);
+            while changed != 0 {
+                beyond(p, changed.trailing_zeros() as usize);
+                changed &= changed - 1;
+            }
+        }
+    }
+    let mut lanes = [0i32; 32];
+    // SAFETY: lanes holds 32 int32, two vectors.
+    unsafe {
+        _mm512_storeu_si512(lanes.as_mut_ptr().cast(), sum_lo);
+        _mm512_storeu_si512(lanes.as_mut_ptr().add(16).cast(), sum_hi);
+    }
+    for (s, l) in sums.iter_mut().zip(lanes) {
+        *s += l;
     }
 }

@@ -126,41 +126,21 @@ struct Int8Split {
 }
 
 impl Int8Split {
-    fn build(&mut self, indices: &[u32], values: &[i16], batch: usize) {
-        // Whole-array passes that vectorize (a per-column loop tracking clamps was a few
-        // percent of a prompt's time on one core: `perf record` of `qsparse bench`).
+    fn build(&mut self, kernel: Kernel, indices: &[u32], values: &[i16], batch: usize) {
         self.narrow.clear();
-        self.narrow
-            .extend(values.iter().map(|&v| v.clamp(-127, 127) as i8));
-        self.offset = [0; MAX_BATCH];
-        let offset = &mut self.offset[..batch];
-        for column in self.narrow.chunks_exact(batch) {
-            for (o, &c) in offset.iter_mut().zip(column) {
-                *o += i32::from(c);
-            }
-        }
-        for o in offset {
-            *o *= 128;
-        }
+        self.narrow.resize(values.len(), 0);
+        let mut sums = [0i32; MAX_BATCH];
         for (i, r) in self.residual_idx.iter_mut().zip(&mut self.residual) {
             i.clear();
             r.clear();
         }
-        const _: () = assert!(MAX_BATCH <= 32, "a bit per token");
-        for (&j, column) in indices.iter().zip(values.chunks_exact(batch)) {
-            // The tokens whose value here is an outlier beyond ±127, a bit each: most columns
-            // have one or two among a batch's tokens, few have many.
-            let mut wide = column.iter().enumerate().fold(0u32, |w, (t, &v)| {
-                w | (u32::from(v.unsigned_abs() > 127) << t)
-            });
-            while wide != 0 {
-                let t = wide.trailing_zeros() as usize;
-                wide &= wide - 1;
-                let v = column[t];
-                self.residual_idx[t].push(j);
-                self.residual[t].push(v - v.clamp(-127, 127));
-            }
-        }
+        let (idx, res) = (&mut self.residual_idx, &mut self.residual);
+        kernel.clamp_columns(values, batch, &mut self.narrow, &mut sums, |p, t| {
+            let v = values[p * batch + t];
+            idx[t].push(indices[p]);
+            res[t].push(v - v.clamp(-127, 127));
+        });
+        self.offset = sums.map(|s| 128 * s);
     }
 }
 
@@ -218,7 +198,7 @@ pub fn gather_matvec_batch(isa: Isa, w: &ColumnTiles<'_>, x: BatchInput<'_>, ys:
             indices, values, ..
         } if int8_dot => {
             let mut split = SPLIT.take();
-            split.build(indices, values, batch);
+            split.build(kernel, indices, values, batch);
             Some(split)
         }
         _ => None,

@@ -263,6 +263,41 @@ impl Kernel {
         false
     }
 
+    /// narrow = clamp(values, ±127) over columns of `batch` values, sums[t] += token t's clamped
+    /// values, `beyond(p, t)` for each value the clamp changed: the input of
+    /// [`Kernel::i8_runs_batch_int8`] (see `batch::Int8Split`), with AVX-512 where it runs, else
+    /// the portable loop.
+    pub(crate) fn clamp_columns(
+        self,
+        values: &[i16],
+        batch: usize,
+        narrow: &mut [i8],
+        sums: &mut [i32; 32],
+        mut beyond: impl FnMut(usize, usize),
+    ) {
+        assert!((1..=32).contains(&batch) && narrow.len() == values.len());
+        #[cfg(target_arch = "x86_64")]
+        if let Kernel::Avx512 { .. } = self {
+            // SAFETY: AVX-512 F/BW proven by the variant; batch and lengths checked above.
+            unsafe { avx512::clamp_columns(values, batch, narrow, sums, beyond) };
+            return;
+        }
+        for (p, (column, out)) in values
+            .chunks_exact(batch)
+            .zip(narrow.chunks_exact_mut(batch))
+            .enumerate()
+        {
+            for (t, ((&v, o), s)) in column.iter().zip(out).zip(sums.iter_mut()).enumerate() {
+                let c = v.clamp(-127, 127);
+                *o = c as i8;
+                *s += i32::from(c);
+                if c != v {
+                    beyond(p, t);
+                }
+            }
+        }
+    }
+
     /// As `i8_runs_batch` for int8 values, four columns a multiply (`vpdpbusd`), where
     /// [`Kernel::has_int8_dot`]: acc[line][vector][64 rows] += Σ_p (w + 128)·x_p, the sums in
     /// row order (added to what acc holds), each row carrying 128·Σ_p x_p for the caller to

@@ -133,3 +133,37 @@ fn every_integer_run_kernel_equals_the_scalar_one() {
 
 /// The largest batch the run kernels take.
 const MAX_BATCH_ROWS: usize = super::dispatch::RUN_BATCH;
+
+/// The clamp of a batch to int8 (the four-column kernel's input) in every kernel set equals the
+/// portable loop: the clamped values, each token's sum and the (column, token) of every value
+/// the clamp changed, for full and partial batches.
+#[test]
+fn every_clamp_to_int8_equals_the_scalar_one() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    for (batch, columns) in [(32, 577), (31, 40), (7, 3), (1, 9), (32, 0)] {
+        let values: Vec<i16> = (0..batch * columns)
+            .map(|i| match i % 11 {
+                4 => rng.random_range(-32767..=32767),
+                5 => [-128, 128, -127, 127, i16::MIN + 1, i16::MAX][i % 6],
+                _ => rng.random_range(-127..=127),
+            })
+            .collect();
+        let run = |k: Kernel| {
+            let mut narrow = vec![0i8; values.len()];
+            let mut sums = [0i32; 32];
+            let mut beyond = Vec::new();
+            k.clamp_columns(&values, batch, &mut narrow, &mut sums, |p, t| {
+                beyond.push((p, t))
+            });
+            (narrow, sums, beyond)
+        };
+        let want = run(Kernel::Scalar);
+        assert!(
+            columns == 0 || !want.2.is_empty(),
+            "some values beyond ±127"
+        );
+        for k in kernels() {
+            assert_eq!(run(k), want, "{k:?} batch {batch} columns {columns}");
+        }
+    }
+}
