@@ -16,7 +16,7 @@
 //! widest multiply the CPU has pays (`examples/batch_speed.rs`, `qsparse bench --prompt-tokens
 //! 256`). With VNNI the batch goes four columns a multiply (`vpdpbusd`, int8 values only): every
 //! value clamped to ±127 through that kernel, and each token's few activation outliers'
-//! remainders (v − clamp(v)) through the single-vector kernel (`Int8Split`). The lines, not the
+//! remainders (v − clamp(v)) each vector over its own few columns (`Int8Split`). The lines, not the
 //! union's columns, are split across the workers: a column split's reduction would not be shared.
 
 use std::cell::RefCell;
@@ -105,8 +105,6 @@ thread_local! {
     /// Per-thread accumulators, reused across calls.
     static ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static ACC_FLOAT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One vector's sums over its activation outliers' columns ([`Int8Split`]).
-    static RESIDUAL: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's [`Int8Split`] (taken for a call, then put back).
     static SPLIT: RefCell<Int8Split> = RefCell::new(Int8Split::default());
 }
@@ -115,7 +113,7 @@ thread_local! {
 /// multiplies int8 values only: every value clamped to ±127 (`narrow`, all the union's columns),
 /// and per vector the rest, v − clamp(v), nonzero only at its int16 activation outliers
 /// (`residual_idx`, `residual`: a few columns a vector, summed one vector at a time by the
-/// single-vector kernel); and per vector the 128·Σ clamp(v) the four-column kernel's sums carry
+/// kernel of each vector's own columns); and per vector the 128·Σ clamp(v) the four-column kernel's sums carry
 /// (its weights are offset by 128).
 #[derive(Debug, Default)]
 struct Int8Split {
@@ -284,27 +282,11 @@ fn lines_range(
                     let acc = &mut acc[at * batch * rpl..(at + n) * batch * rpl];
                     match (x, split) {
                         // The four-column kernel adds its sums in row order; each token's outlier
-                        // remainders, summed apart by the single-vector kernel, go onto its rows.
+                        // remainders go onto its rows.
                         (BatchInput::Int { .. }, Some(sp)) => {
                             kernel.i8_runs_batch_int8(seg, n, indices, &sp.narrow, batch, acc);
-                            for (t, (idx, res)) in
-                                sp.residual_idx.iter().zip(&sp.residual).enumerate()
-                            {
-                                if idx.is_empty() {
-                                    continue;
-                                }
-                                RESIDUAL.with_borrow_mut(|sums| {
-                                    sums.clear();
-                                    sums.resize(n * rpl, 0);
-                                    kernel.i8_runs_i16(seg, n, idx, res, sums);
-                                    for (s, line) in sums.chunks_exact(rpl).enumerate() {
-                                        let at = (s * batch + t) * rpl;
-                                        for (a, &v) in acc[at..at + rpl].iter_mut().zip(line) {
-                                            *a += v;
-                                        }
-                                    }
-                                });
-                            }
+                            let (idx, res) = (&sp.residual_idx[..batch], &sp.residual[..batch]);
+                            kernel.i16_columns_each(seg, n, idx, res, acc);
                         }
                         (BatchInput::Int { values, .. }, None) => {
                             kernel.i8_runs_batch(seg, n, indices, values, batch, acc)

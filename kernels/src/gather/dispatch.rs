@@ -179,6 +179,44 @@ impl Kernel {
         }
     }
 
+    /// Each vector's own int16 columns (`idx[t]`, `values[t]`: its activation outliers'
+    /// remainders) against int8 weights: acc[line][t][64 rows] += Σ_j w(row, idx[t][j]) ·
+    /// values[t][j] for t = 0..idx.len(). AVX-512 VNNI (where the batched int8 product splits its
+    /// input so) takes every vector in one sweep; elsewhere `i8_runs_i16` a vector at a time.
+    pub(crate) fn i16_columns_each(
+        self,
+        l: Lines<'_>,
+        n: usize,
+        idx: &[Vec<u32>],
+        values: &[Vec<i16>],
+        acc: &mut [i32],
+    ) {
+        let b = idx.len();
+        assert!(values.len() == b && acc.len() >= n * b * 64);
+        #[cfg(target_arch = "x86_64")]
+        if let Kernel::Avx512 { vnni: Some(_), .. } = self {
+            // SAFETY: AVX-512 F/BW/VL and VNNI proven by the variant; runs as the module doc
+            // says; values and acc checked by the kernel.
+            unsafe { avx512::i16_columns_each(l, n, idx, values, acc) };
+            return;
+        }
+        let mut sums = Vec::new();
+        for (t, (idx, val)) in idx.iter().zip(values).enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            sums.clear();
+            sums.resize(n * 64, 0);
+            self.i8_runs_i16(l, n, idx, val, &mut sums);
+            for (s, line) in sums.chunks_exact(64).enumerate() {
+                let at = (s * b + t) * 64;
+                for (a, &v) in acc[at..at + 64].iter_mut().zip(line) {
+                    *a += v;
+                }
+            }
+        }
+    }
+
     /// Ternary codes against `batch` int8 activation vectors at once ([`super::batch`]):
     /// acc[line][vector][256 rows] of Σ (t + 1)·x, values[p · batch + t] vector t's value at
     /// column idx[p].

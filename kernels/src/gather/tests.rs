@@ -103,6 +103,35 @@ fn every_integer_run_kernel_equals_the_scalar_one() {
                     assert_eq!(got, want, "{what} i8_runs_batch_int8 B={b}");
                 }
             }
+            // Each vector's own int16 columns (outlier remainders): none, one, an odd count and
+            // many, added onto what acc holds, against the scalar kernel a vector at a time.
+            for b in [1, 5, super::MAX_BATCH] {
+                let lists: Vec<(Vec<u32>, Vec<i16>)> = (0..b)
+                    .map(|t| {
+                        let m = [0, 1, 7, 32, 3][t % 5].min(idx.len());
+                        let mut cols = idx.clone();
+                        cols.shuffle(&mut rng);
+                        cols.truncate(m);
+                        let vals = (0..m).map(|_| rng.random_range(-32767..=32767)).collect();
+                        (cols, vals)
+                    })
+                    .collect();
+                let (cols, vals): (Vec<_>, Vec<_>) = lists.into_iter().unzip();
+                let start: Vec<i32> = (0..n * b * 64).map(|_| rng.random_range(-9..9)).collect();
+                let mut got = start.clone();
+                k.i16_columns_each(seg, n, &cols, &vals, &mut got);
+                let mut want = start;
+                for (t, (c, v)) in cols.iter().zip(&vals).enumerate() {
+                    let mut sums = vec![0; n * 64];
+                    scalar::i8_runs(seg, n, c, v, &mut sums);
+                    for (s, line) in sums.chunks_exact(64).enumerate() {
+                        for (r, &x) in line.iter().enumerate() {
+                            want[(s * b + t) * 64 + r] += x;
+                        }
+                    }
+                }
+                assert_eq!(got, want, "{what} i16_columns_each B={b}");
+            }
         });
         for_each_segment(&t2m.view(), 0, t2m.view().n_lines(), |seg, n, _| {
             let v8: Vec<i8> = (0..idx.len())
