@@ -1,13 +1,13 @@
 //! The lm_head product both ways, side by side: the column gather (every column kept) against the
-//! row-major Q8 kernel (int8 blocks of 32 with a scale each, weights and activation), and a plain parallel read of the same
-//! bytes, on two threads (SmolLM2's head: 576 x 49152; the matrix is far larger than the L3).
+//! row-major Q8 kernel (int8 blocks of 32 with a scale each, weights and activation), its 4-bit
+//! form, and a plain parallel read of the column bytes, on two threads (SmolLM2's head: 576 x 49152; the matrix is far larger than the L3).
 //!
 //!     cargo run --release -p qsparse-kernels --example head_speed -- [d_in d_out]
 
 use std::time::Instant;
 
 use qsparse_kernels::bandwidth::read_all;
-use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8, RowsQ8};
+use qsparse_kernels::dense_q8::{matvec_rows_q8, BlockQ8, CodeBits, RowsQ8};
 use qsparse_kernels::{gather_matvec, quantize_absmax, Input, Isa, PackedMatrix, Sparse};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -29,6 +29,7 @@ fn main() {
     let x: Vec<f32> = (0..d_in).map(|_| rnd()).collect();
     let cols = PackedMatrix::i8_from_f32(&w, d_out, d_in);
     let rows = RowsQ8::from_f32(&w, d_out, d_in);
+    let rows4 = RowsQ8::from_f32_bits(&w, d_out, d_in, CodeBits::Four);
     drop(w);
     let mut q = vec![0i8; d_in];
     let g = quantize_absmax(isa, &x, &mut q).unwrap();
@@ -61,6 +62,10 @@ fn main() {
             blocks.quantize(&x).unwrap();
             matvec_rows_q8(isa, &rows, &blocks, &mut y)
         });
+        let r4 = time(&mut || {
+            blocks.quantize(&x).unwrap();
+            matvec_rows_q8(isa, &rows4, &blocks, &mut y)
+        });
         let data = cols.view().data();
         let per = data.len().div_ceil(2).div_ceil(64) * 64;
         let p = time(&mut || {
@@ -71,10 +76,11 @@ fn main() {
             );
         });
         println!(
-            "round {round}: {d_in}x{d_out} columns {c:.0} us ({:.1} GB/s), rows {r:.0} us ({:.1} GB/s, {:.2}x), plain read {p:.0} us ({:.1} GB/s)",
+            "round {round}: {d_in}x{d_out} columns {c:.0} us ({:.1} GB/s), rows {r:.0} us ({:.1} GB/s, {:.2}x), 4-bit rows {r4:.0} us ({:.1} GB/s), plain read {p:.0} us ({:.1} GB/s)",
             mb / c * 1e3,
-            mb / r * 1e3,
+            rows.bytes() as f64 / r / 1e3,
             c / r,
+            rows4.bytes() as f64 / r4 / 1e3,
             mb / p * 1e3
         );
     }
