@@ -1,4 +1,5 @@
-//! Shared by the examples that time products as a decode step meets them.
+//! Shared by the examples that time products as a decode step meets them (each uses a part).
+#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

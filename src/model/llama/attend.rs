@@ -31,6 +31,11 @@ pub(super) struct Attention<'a> {
 /// parallel region costs more than it saves (`qsparse bench --profile`, attention phase).
 pub(super) const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
 
+/// The largest widened copy of a layer's cache a batched pass makes (see [`attend`]): it stays
+/// in cache while the batch's tokens read it, and the scratch stays small at long contexts (a
+/// larger one takes the half-precision cache as it is).
+const MAX_WIDENED_BYTES: usize = 4 << 20;
+
 /// Scaled dot-product attention of every token's query heads over the cache, into `out` (token
 /// t's heads at t · n_heads · head_dim). The kernel takes a key/value head with the query heads
 /// that share it (reading each cached key and value once for all of them). The (token, query
@@ -39,8 +44,9 @@ pub(super) const PARALLEL_ATTENTION_MIN: usize = 8 * 1024;
 /// a layer, not one a token (the attention phase of `bench --profile`, prompt passes); a share
 /// may begin or end inside a key/value head's group, whose query heads are computed the same
 /// way whoever runs them. A pass of several tokens first widens the cached keys and values it
-/// reads to f32 (exact), which the kernel then reads without a conversion per key: 1.5x faster
-/// (`examples/attention_speed.rs`), and each one is read by every token of the pass.
+/// reads to f32 (exact; up to [`MAX_WIDENED_BYTES`]), which the kernel then reads without a
+/// conversion per key: 1.5x faster (`examples/attention_speed.rs`), and each one is read by
+/// every token of the pass.
 pub(super) fn attend(isa: Isa, a: Attention, ctx: usize, scratch: &mut Scratch, out: &mut [f32]) {
     let (hd, n_q) = (a.head_dim, a.n_heads);
     assert!(out.len() == a.tokens * n_q * hd && a.positions + a.tokens - 1 <= ctx);
@@ -82,12 +88,12 @@ pub(super) fn attend(isa: Isa, a: Attention, ctx: usize, scratch: &mut Scratch, 
     // Cache rows per key/value head.
     let n_kv = n_q / a.group;
     let rows = a.keys.len() / n_kv / hd;
-    if a.tokens == 1 {
+    let last = a.positions + a.tokens - 1;
+    if a.tokens == 1 || 2 * n_kv * last * hd * 4 > MAX_WIDENED_BYTES {
         let cache = (a.keys, a.values, rows);
         run_shares(isa, &a, cache, parts, ctx);
     } else {
         // Positions 0..last of each head, widened into rows of `last`.
-        let last = a.positions + a.tokens - 1;
         wide.resize(2 * n_kv * last * hd, 0.0);
         let (keys, values) = wide.split_at_mut(n_kv * last * hd);
         for h in 0..n_kv {
@@ -171,9 +177,16 @@ mod tests {
 
     /// Splitting the (token, query head) pairs across workers (a key/value head's group between
     /// two of them) and taking many tokens at once change no bit: each token's query head is
-    /// computed the same way whoever runs it, alone or in a batch.
+    /// computed the same way whoever runs it, alone or in a batch, over a widened copy of the
+    /// cache or (past [`MAX_WIDENED_BYTES`]) the cache itself.
     #[test]
     pub(super) fn parallel_and_batched_attention_equal_the_serial_one() {
+        batches_equal_one_token_at_a_time(290, 320);
+        let long = MAX_WIDENED_BYTES / (2 * 3 * 64 * 4) + 10;
+        batches_equal_one_token_at_a_time(long, long + 10);
+    }
+
+    fn batches_equal_one_token_at_a_time(first: usize, ctx: usize) {
         let mut seed = 3u32;
         let mut rnd = || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -181,7 +194,7 @@ mod tests {
         };
         // SmolLM2's heads: 9 query heads over 3 key/value heads of 64; enough positions to go
         // parallel. Each token's row holds q then (here unused) k and v, as the pass lays it out.
-        let (hd, n_q, n_kv, first, tokens, ctx) = (64, 9, 3, 290, 7, 320);
+        let (hd, n_q, n_kv, tokens) = (64, 9, 3, 7);
         let (kv_dim, q_stride) = (n_kv * hd, (n_q + 2 * n_kv) * hd);
         let q: Vec<f32> = (0..tokens * q_stride).map(|_| rnd()).collect();
         let mut half = || f16::from_f32(rnd());
