@@ -16,8 +16,9 @@
 //!
 //! The weights may also be held as 4-bit codes ([`CodeBits::Four`]: ±7 steps of a block scale,
 //! two to a byte), a lighter head where it is a large part of a token (a sparse ternary model's); the
-//! kernels unpack them to int8 and multiply as above, or with AVX-512 VNNI take the stored codes
-//! (+ 8) as `vpdpbusd`'s unsigned side and remove 8·Σq per block.
+//! kernels unpack them to int8 and multiply as above. With AVX-512 VNNI, 4-bit codes and long
+//! 8-bit rows take a `vpdpbusd` form instead (the codes + 8 or + 128 its unsigned side, that
+//! offset times Σq removed per block).
 
 use rayon::prelude::*;
 
@@ -38,6 +39,10 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 /// `examples/head_speed.rs`). Non-temporal, as the gather's runs: they are read once a token.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 16;
+
+/// From this many codes a row, 8-bit heads take the VNNI kernel (see `rows`).
+#[cfg(target_arch = "x86_64")]
+const VNNI_MIN_ROW: usize = 2048;
 
 /// Int8 blocks of [`Q8_BLOCK`] values, each with its own scale: v_i ≈ d_b · q_i, q within ±127
 /// (`vpsignb` cannot negate −128). Quantizing reuses the buffers (no allocation once sized).
@@ -393,18 +398,24 @@ fn rows(isa: Isa, w: &RowsQ8, xs: &[BlockQ8], r0: usize, ys: &mut [&mut [f32]]) 
     };
     let four = w.bits == CodeBits::Four;
     match isa {
-        // 4-bit codes with VNNI: the AVX2 kernel's unpacking made it compute-bound, this one
-        // reads at the memory's rate (1.3-1.6x on 2B4T's 2560 x 49152 head,
-        // `examples/head_speed.rs` with QSPARSE_ISA=avx2 and avx512 alternated). 8-bit codes stay
-        // with AVX2, whose four-row groups read faster there (the VNNI form: 0.85x).
+        // VNNI for 4-bit codes (the AVX2 kernel's unpacking made it compute-bound: 2x on 2B4T's
+        // 2560 x 49152 head, on par on SmolLM2's 576 x 49152) and for long 8-bit rows (1.25x on
+        // 2B4T's; SmolLM2's short rows read faster through AVX2's four-row groups):
+        // `examples/head_speed.rs [d_in d_out]` under QSPARSE_ISA=avx2 and avx512, alternated.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512
-            if four
+            if (four || blocks * Q8_BLOCK >= VNNI_MIN_ROW)
                 && crate::isa::x86::v4().is_some()
                 && crate::isa::x86::Vnni::detect().is_some() =>
         {
             // SAFETY: the V4 token and Vnni prove AVX-512 F/BW/VL and VNNI; sizes as below.
-            unsafe { avx512::rows4(rows, xs, ys) }
+            unsafe {
+                if four {
+                    avx512::rows::<true>(rows, xs, ys)
+                } else {
+                    avx512::rows::<false>(rows, xs, ys)
+                }
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if crate::isa::x86::v3().is_some() => {
@@ -619,10 +630,11 @@ mod avx512 {
 
     use super::{BlockQ8, Rows, PREFETCH_ROWS, Q8_BLOCK};
 
-    /// One activation's part for a group of 64 code bytes (four blocks of 4-bit codes), laid out
-    /// as the codes' bytes are multiplied: each block's first 16 values in the block's 128-bit
-    /// lane of `x[0]`, its last 16 in `x[1]`; the offset the stored codes (+ 8) add to each int32
-    /// lane; each lane's block scale.
+    /// One activation's part for a group of 64 code bytes (four blocks of 4-bit codes, two of
+    /// 8-bit ones), laid out as the codes' bytes are multiplied: for 4-bit codes each block's
+    /// first 16 values in the block's 128-bit lane of `x[0]`, its last 16 in `x[1]`, for 8-bit
+    /// ones the values in order in `x[0]`; the offset the unsigned codes add to each int32 lane;
+    /// each lane's block scale.
     #[derive(Clone, Copy)]
     struct Group {
         x: [__m512i; 2],
@@ -630,19 +642,20 @@ mod avx512 {
         scale: __m512,
     }
 
-    /// 4-bit codes, per row 64 code bytes (four blocks) at a time: low and high nibbles each a
-    /// `vpdpbusd` (the codes as stored, + 8, the unsigned side; the activation the signed side),
-    /// each int32 lane less its share of 8·Σq of its block (exact), converted and fused by the
-    /// two scales' product. The AVX2 kernel spends ~12 instructions a block, this one ~13 a
-    /// group of four. Each row is read from memory once for every activation, prefetched
-    /// `PREFETCH_ROWS` ahead.
+    /// Per row 64 code bytes at a time (four blocks of 4-bit codes, two of 8-bit ones): the
+    /// codes `vpdpbusd`'s unsigned side (4-bit ones as stored, + 8, low and high nibbles each a
+    /// multiply; 8-bit ones + 128), the activation its signed side; each int32 lane less its
+    /// share of that offset times its block's Σq (exact), converted and fused by the two
+    /// scales' product. The AVX2 kernel spends ~12 instructions a 4-bit block, this one ~13 a
+    /// group of four. Each row is read from memory once for every activation, its codes
+    /// prefetched `PREFETCH_ROWS` rows ahead group by group (a whole row at once read slower).
     ///
     /// Safety: AVX-512 F/BW/VL and VNNI present; as `avx2::rows`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn rows4(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
+    pub unsafe fn rows<const FOUR: bool>(w: Rows<'_>, xs: &[BlockQ8], ys: &mut [&mut [f32]]) {
         let (stride, blocks) = (w.stride, w.blocks);
         // Blocks per group of 64 code bytes, and the group count.
-        let per = 4;
+        let per = if FOUR { 4 } else { 2 };
         let groups = blocks.div_ceil(per);
         let tail_bytes = stride - 64 * groups.saturating_sub(1);
         let tail: __mmask64 = if tail_bytes >= 64 {
@@ -655,13 +668,17 @@ mod avx512 {
             let mut groups_of_x = Vec::with_capacity(groups);
             for k in 0..groups {
                 // SAFETY: AVX-512 F is present (this function's target features).
-                groups_of_x.push(unsafe { prepare(x, k, blocks) });
+                groups_of_x.push(unsafe { prepare::<FOUR>(x, k, blocks) });
             }
             prepared.push(groups_of_x);
         }
-        // Lane l of a group takes block l / 4's scale.
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let nibble = _mm512_set1_epi8(0x0F);
+        // Lane l of a group takes block l / (16 / per)'s scale.
+        let spread = if FOUR {
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+        } else {
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+        };
+        let (nibble, flip) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(i8::MIN));
         let (wp, sp) = (w.codes.as_ptr(), w.scales.as_ptr());
         let n = ys.first().map_or(0, |y| y.len());
         // SAFETY: (all below) rows r < n have `stride` bytes at wp + r·stride and `blocks`
@@ -671,24 +688,29 @@ mod avx512 {
             for r in 0..n {
                 let ahead = r + PREFETCH_ROWS;
                 if ahead < n {
-                    for l in (0..stride).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_NTA>(wp.add(ahead * stride + l));
-                    }
                     for l in (0..4 * blocks).step_by(64) {
                         _mm_prefetch::<_MM_HINT_NTA>((sp.add(ahead * blocks) as *const i8).add(l));
                     }
                 }
                 let (row, scales) = (wp.add(r * stride), sp.add(r * blocks));
-                for (x, y) in prepared.iter().zip(ys.iter_mut()) {
+                for (t, (x, y)) in prepared.iter().zip(ys.iter_mut()).enumerate() {
                     let mut acc = _mm512_setzero_ps();
                     for (k, g) in x.iter().enumerate() {
+                        if t == 0 && ahead < n {
+                            _mm_prefetch::<_MM_HINT_NTA>(wp.add(ahead * stride + 64 * k));
+                        }
                         let last = k + 1 == groups;
                         let raw =
                             _mm512_maskz_loadu_epi8(if last { tail } else { !0 }, row.add(64 * k));
-                        let lo = _mm512_and_si512(raw, nibble);
-                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nibble);
-                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, g.x[0]);
-                        let dot = _mm512_dpbusd_epi32(dot, hi, g.x[1]);
+                        let dot = if FOUR {
+                            let lo = _mm512_and_si512(raw, nibble);
+                            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nibble);
+                            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, g.x[0]);
+                            _mm512_dpbusd_epi32(dot, hi, g.x[1])
+                        } else {
+                            let codes = _mm512_xor_si512(raw, flip);
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, g.x[0])
+                        };
                         let dot = _mm512_sub_epi32(dot, g.offset);
                         let count = if last { blocks - per * k } else { per };
                         let s = _mm512_maskz_loadu_ps((1u16 << count) - 1, scales.add(per * k));
@@ -705,8 +727,8 @@ mod avx512 {
     ///
     /// Safety: AVX-512 F present.
     #[target_feature(enable = "avx512f")]
-    unsafe fn prepare(x: &BlockQ8, k: usize, blocks: usize) -> Group {
-        let (per, lanes) = (4, 4);
+    unsafe fn prepare<const FOUR: bool>(x: &BlockQ8, k: usize, blocks: usize) -> Group {
+        let (per, lanes) = if FOUR { (4, 4) } else { (2, 8) };
         let mut bytes = [[0i8; 64]; 2];
         let mut offset = [0i32; 16];
         let mut scale = [0f32; 16];
@@ -716,11 +738,16 @@ mod avx512 {
                 break;
             }
             let q = &x.values[b * Q8_BLOCK..(b + 1) * Q8_BLOCK];
-            bytes[0][16 * j..16 * j + 16].copy_from_slice(&q[..16]);
-            bytes[1][16 * j..16 * j + 16].copy_from_slice(&q[16..]);
-            // Codes + 8 add 8·Σq to the block's four lanes' sum: 2·Σq a lane.
+            if FOUR {
+                bytes[0][16 * j..16 * j + 16].copy_from_slice(&q[..16]);
+                bytes[1][16 * j..16 * j + 16].copy_from_slice(&q[16..]);
+            } else {
+                bytes[0][32 * j..32 * j + 32].copy_from_slice(q);
+            }
+            // Codes + 8 (4-bit) or + 128 (8-bit) add that times Σq to the block's lanes' sum:
+            // 2·Σq or 16·Σq a lane.
             let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
-            offset[lanes * j..lanes * (j + 1)].fill(2 * sum);
+            offset[lanes * j..lanes * (j + 1)].fill(if FOUR { 2 * sum } else { 16 * sum });
             scale[lanes * j..lanes * (j + 1)].fill(x.scales[b]);
         }
         // SAFETY: the arrays hold 64 bytes, 16 int32 and 16 f32; AVX-512 F is present.
@@ -862,6 +889,9 @@ mod tests {
                 (64, 576),
                 (130, 64),
                 (2048, 576),
+                // Rows long enough for the VNNI kernel's 8-bit form, and one past whole groups.
+                (9, 2048),
+                (6, 2100),
             ] {
                 for bits in [CodeBits::Eight, CodeBits::Four] {
                     let seed = (d_out * 1000 + d_in) as u64;
@@ -909,7 +939,7 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        for &(d_out, d_in) in &[(1, 32), (5, 33), (7, 64), (2051, 96), (4099, 64)] {
+        for &(d_out, d_in) in &[(1, 32), (5, 33), (7, 64), (2051, 96), (4099, 64), (6, 2100)] {
             let mut s = (d_out * 7 + d_in) as u64;
             let w: Vec<f32> = (0..d_out * d_in).map(|_| lcg(&mut s)).collect();
             for bits in [CodeBits::Eight, CodeBits::Four] {
