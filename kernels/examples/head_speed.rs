@@ -1,6 +1,7 @@
 //! The lm_head product both ways, side by side: the column gather (every column kept) against the
 //! row-major Q8 kernel (int8 blocks of 32 with a scale each, weights and activation), its 4-bit
-//! form, and a plain parallel read of the column bytes, on two threads (SmolLM2's head: 576 x 49152; the matrix is far larger than the L3).
+//! form, and a plain parallel read of the column bytes, on two threads (SmolLM2's head: 576 x
+//! 49152; the matrix is far larger than the L3).
 //!
 //!     cargo run --release -p qsparse-kernels --example head_speed -- [d_in d_out]
 

@@ -16,8 +16,9 @@
 //! widest multiply the CPU has pays (`examples/batch_speed.rs`, `qsparse bench --prompt-tokens
 //! 256`). With VNNI the batch goes four columns a multiply (`vpdpbusd`, int8 values only): every
 //! value clamped to ±127 through that kernel, and each token's few activation outliers'
-//! remainders (v − clamp(v)) each vector over its own few columns (`Int8Split`). The lines, not the
-//! union's columns, are split across the workers: a column split's reduction would not be shared.
+//! remainders (v − clamp(v)) in one more sweep, each vector over its own few columns
+//! (`Int8Split`). The lines, not the union's columns, are split across the workers: a column
+//! split's reduction would not be shared.
 
 use std::cell::RefCell;
 
@@ -112,9 +113,9 @@ thread_local! {
 /// An int8-scale batch for the four-column int8 kernel (`vpdpbusd`, AVX-512 VNNI), which
 /// multiplies int8 values only: every value clamped to ±127 (`narrow`, all the union's columns),
 /// and per vector the rest, v − clamp(v), nonzero only at its int16 activation outliers
-/// (`residual_idx`, `residual`: a few columns a vector, summed one vector at a time by the
-/// kernel of each vector's own columns); and per vector the 128·Σ clamp(v) the four-column kernel's sums carry
-/// (its weights are offset by 128).
+/// (`residual_idx`, `residual`: a few columns a vector, summed by the kernel of each vector's
+/// own columns); and per vector the 128·Σ clamp(v) the four-column kernel's sums carry (its
+/// weights are offset by 128).
 #[derive(Debug, Default)]
 struct Int8Split {
     narrow: Vec<i8>,
