@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import sys
+import termios
 import time
 
 binary, model = sys.argv[1], sys.argv[2]
@@ -97,8 +98,29 @@ send("/sparsity 0.25\r")
 read_until("sparsity 0.25", start=mark)
 read_until("> ", start=mark)
 
-send("\x04")  # Ctrl-D quits
-_, status = os.waitpid(pid, 0)
+# Ctrl-D quits. Sent only once the line editor has the terminal in raw mode: in canonical mode
+# the line discipline would turn it into an end-of-file that the switch to raw mode discards,
+# and the program would wait for input forever.
+end = time.time() + 30
+while termios.tcgetattr(fd)[3] & termios.ICANON:
+    if time.time() > end:
+        fail("the line editor did not take the terminal for the next message")
+    time.sleep(0.01)
+send("\x04")
+end = time.time() + 60
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.time() > end:
+        os.kill(pid, 9)
+        fail("Ctrl-D did not quit within 60 s")
+    r, _, _ = select.select([fd], [], [], 0.1)
+    if r:
+        try:
+            transcript.extend(os.read(fd, 4096))
+        except OSError:
+            pass
 code = os.waitstatus_to_exitcode(status)
 print(transcript.decode(errors="replace"))
 if code != 0:
